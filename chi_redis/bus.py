@@ -1,0 +1,161 @@
+"""The event bus: publishing into one Redis stream per topic, and the event store."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis
+import redis.exceptions as rex
+
+from .codec import DEFAULT_MAX_EVENT_BYTES, Codec, Encoding
+from .connection import DEFAULT_URL, RetryPolicy, call_with_retry, client_url, connect
+from .errors import ChiError, PublishError
+from .event import Event
+from .keys import Keys
+from .publisher import DEFAULT_CHUNK, DEFAULT_IDEMPOTENCY_TTL_MS, pack
+from .scripts import script
+from .store.redis import RedisEventStore
+
+if TYPE_CHECKING:
+    from .subscriptions import SubscriptionRegistry
+
+__all__ = ["EventBus"]
+
+logger = logging.getLogger(__name__)
+
+
+class EventBus:
+    """Publishes events and answers queries over one Redis database.
+
+    Thread-safe: the underlying redis-py client pools connections.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        namespace: str = "chi",
+        encoding: Encoding = "msgpack",
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        idempotency_ttl_ms: int = DEFAULT_IDEMPOTENCY_TTL_MS,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.client = client
+        self.keys = Keys(namespace)
+        self.codec = Codec(encoding, max_event_bytes)
+        self.idempotency_ttl_ms = idempotency_ttl_ms
+        self.retry = retry or RetryPolicy()
+        self._url, self._password = client_url(client)
+        self._publish = script("publish")
+        self.store = RedisEventStore(self)
+        self._subscriptions: SubscriptionRegistry | None = None
+
+    @classmethod
+    def from_url(
+        cls, url: str = DEFAULT_URL, *, namespace: str = "chi", **options: Any
+    ) -> EventBus:
+        """A bus on a new client for ``url``; ``options`` go to :class:`EventBus`."""
+        bus_opts = {
+            k: options.pop(k)
+            for k in ("encoding", "max_event_bytes", "idempotency_ttl_ms", "retry")
+            if k in options
+        }
+        return cls(connect(url, **options), namespace=namespace, **bus_opts)
+
+    def __repr__(self) -> str:
+        return f"EventBus({self._url!r}, namespace={self.keys.ns!r})"
+
+    @property
+    def namespace(self) -> str:
+        """The key namespace."""
+        return self.keys.ns
+
+    def call(self, fn: Any) -> Any:
+        """Run ``fn()`` under the bus's retry policy, mapping redis-py errors to ChiErrors."""
+        return call_with_retry(fn, self.retry, self._url, self._password)
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
+    # publishing ---------------------------------------------------------------------
+    def _evalsha(self, keys: list[str], argv: list[Any]) -> list[bytes]:
+        try:
+            return self.client.evalsha(self._publish.sha, len(keys), *keys, *argv)  # type: ignore[no-any-return]
+        except rex.NoScriptError:
+            return self.client.eval(self._publish.source, len(keys), *keys, *argv)  # type: ignore[no-any-return]
+
+    def publish(self, event: Event, *, idempotency_key: str | None = None) -> str:
+        """Append ``event`` to its topic stream and index it; returns the stream id.
+
+        One round trip.  With ``idempotency_key``, a second publish within the TTL writes
+        nothing and returns the first stream id.  Publishing the same event id twice (a
+        retry) also writes it once.
+        """
+        keys, argv = pack(
+            self.keys, self.codec, (event,), (idempotency_key,) if idempotency_key else None,
+            self.idempotency_ttl_ms,
+        )
+        return self.call(lambda: self._evalsha(keys, argv))[0].decode()  # type: ignore[no-any-return]
+
+    def publish_batch(
+        self, events: Sequence[Event], *, chunk_size: int = DEFAULT_CHUNK
+    ) -> list[str]:
+        """Publish ``events`` in order, pipelined; one round trip per ``chunk_size`` events.
+
+        Every event is validated and encoded before anything is sent.  When a chunk fails,
+        raises :class:`PublishError` whose ``written`` maps event indexes to stream ids and
+        whose ``failed`` lists the indexes not written.
+        """
+        return self._write_batch(events, chunk_size, archive=False)
+
+    def _write_batch(self, events: Sequence[Event], chunk_size: int, archive: bool) -> list[str]:
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        events = list(events)
+        calls = [
+            pack(self.keys, self.codec, events[i : i + chunk_size], None, self.idempotency_ttl_ms, archive)
+            for i in range(0, len(events), chunk_size)
+        ]
+        out: list[str] = []
+        per_rt = 20  # chunks per pipeline round trip
+        for start in range(0, len(calls), per_rt):
+            group = calls[start : start + per_rt]
+            try:
+                results = self.call(lambda group=group: self._pipeline(group))
+            except ChiError as exc:
+                raise self._partial_failure(events, out, exc) from exc
+            for r in results:
+                out.extend(sid.decode() for sid in r)
+        return out
+
+    def _pipeline(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[bytes]]:
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for keys, argv in calls:
+                pipe.evalsha(self._publish.sha, len(keys), *keys, *argv)
+            try:
+                return pipe.execute()  # type: ignore[no-any-return]
+            except rex.NoScriptError:
+                if attempt:
+                    raise
+                self.client.script_load(self._publish.source)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _partial_failure(self, events: list[Event], out: list[str], exc: ChiError) -> PublishError:
+        written = dict(enumerate(out))
+        rest = list(range(len(out), len(events)))
+        try:  # some events of the failed chunks may have been written: ask the id lookup
+            found = self.client.hmget(self.keys.ids(), [events[i].id for i in rest]) if rest else []
+            for i, value in zip(rest, found, strict=True):
+                if value is not None:
+                    written[i] = value.decode().split(" ", 1)[1]
+        except rex.RedisError:
+            pass
+        failed = [i for i in rest if i not in written]
+        return PublishError(
+            f"batch publish failed after {len(written)} of {len(events)} events: {exc}",
+            written=written, failed=failed, cause=exc,
+        )

@@ -1,0 +1,164 @@
+"""Stream entry ⇄ :class:`Event`.
+
+A topic stream entry keeps the envelope's fields separate, so ``redis-cli XRANGE`` shows the
+routing fields in clear and filters need no payload decode:
+
+=========  ==========================================================================
+field      value
+=========  ==========================================================================
+``id``     event id (UUIDv7 text)
+``type``   event type, e.g. ``user.created``
+``ts``     event time, integer microseconds since the Unix epoch (UTC)
+``ver``    schema version
+``meta``   metadata as JSON (``{}`` when empty)
+``enc``    payload encoding: ``mp`` (msgspec MessagePack) or ``js`` (JSON)
+``data``   the payload
+=========  ==========================================================================
+
+Archive writes (``EventStore.store``) carry one more field, ``arc`` = ``1``: they are part
+of the log but are not delivered to subscriptions.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import msgspec
+
+from .errors import DecodeError, PayloadTooLargeError, ValidationError
+from .event import Event, MetaValue, registered_type
+
+__all__ = ["DEFAULT_MAX_EVENT_BYTES", "Codec", "Encoding"]
+
+Encoding = Literal["msgpack", "json"]
+DEFAULT_MAX_EVENT_BYTES = 1 << 20
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ENC_TAG = {"msgpack": b"mp", "json": b"js"}
+_META_DECODER = msgspec.json.Decoder(dict[str, MetaValue])
+_EMPTY_META = b"{}"
+
+Fields = dict[bytes, bytes]
+
+
+def _b(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return str(value).encode()
+
+
+def us_to_datetime(us: int) -> datetime:
+    """Microseconds since the epoch → aware UTC datetime."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+class Codec:
+    """Encodes events into stream-entry fields and decodes them back.
+
+    Thread-safe: msgspec encoders and decoders hold no per-call state.
+    """
+
+    def __init__(
+        self, encoding: Encoding = "msgpack", max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    ) -> None:
+        if encoding not in _ENC_TAG:
+            raise ValidationError(f"unknown encoding {encoding!r}", field="encoding")
+        if max_event_bytes <= 0:
+            raise ValidationError("max_event_bytes must be positive", field="max_event_bytes")
+        self.encoding = encoding
+        self.enc_tag = _ENC_TAG[encoding]
+        self.max_event_bytes = max_event_bytes
+        self._encode = (
+            msgspec.msgpack.Encoder().encode
+            if encoding == "msgpack"
+            else msgspec.json.Encoder().encode
+        )
+        self._json = msgspec.json.Encoder().encode
+        self._untyped_mp = msgspec.msgpack.Decoder()
+        self._untyped_js = msgspec.json.Decoder()
+        self._typed: dict[tuple[bytes, type[Any]], Any] = {}
+
+    # encoding -----------------------------------------------------------------------
+    def encode(self, event: Event) -> list[bytes]:
+        """The entry values in field order ``id type ts ver meta enc data``.
+
+        Raises :class:`PayloadTooLargeError` when the encoded event is over the cap.
+        """
+        try:
+            data = self._encode(event.data)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise ValidationError(f"event data cannot be encoded: {exc}", field="data") from None
+        meta = self._json(event.metadata) if event.metadata else _EMPTY_META
+        size = len(data) + len(meta) + len(event.id) + len(event.type) + len(event.version) + 32
+        if size > self.max_event_bytes:
+            raise PayloadTooLargeError(size, self.max_event_bytes, topic=event.topic)
+        return [
+            event.id.encode(),
+            event.type.encode(),
+            str(event.timestamp_us).encode(),
+            event.version.encode(),
+            meta,
+            self.enc_tag,
+            data,
+        ]
+
+    # decoding -----------------------------------------------------------------------
+    def _decoder(self, tag: bytes, cls: type[Any]) -> Any:
+        key = (tag, cls)
+        dec = self._typed.get(key)
+        if dec is None:
+            mod = msgspec.msgpack if tag == b"mp" else msgspec.json
+            dec = self._typed[key] = mod.Decoder(cls)
+        return dec
+
+    def decode_data(self, tag: bytes, raw: bytes, event_type: str) -> Any:
+        """Decode a payload: to the registered class of ``event_type`` if any."""
+        cls = registered_type(event_type)
+        if cls is not None:
+            return self._decoder(tag, cls).decode(raw)
+        if tag == b"mp":
+            return self._untyped_mp.decode(raw)
+        if tag == b"js":
+            return self._untyped_js.decode(raw)
+        raise ValueError(f"unknown payload encoding {tag!r}")
+
+    def decode(self, fields: Fields, *, topic: str, stream: str = "", entry_id: str = "") -> Event:
+        """Decode an entry's fields into an :class:`Event`.
+
+        Anything wrong (missing field, bad value, corrupt payload, nesting too deep, over the
+        size cap) raises :class:`DecodeError` naming the stream and entry id.
+        """
+        try:
+            raw = fields[b"data"]
+            if len(raw) > self.max_event_bytes:
+                raise ValueError(f"payload of {len(raw)} bytes is over the size cap")
+            type_ = fields[b"type"].decode()
+            meta_raw = fields.get(b"meta", _EMPTY_META)
+            return Event(
+                id=fields[b"id"].decode(),
+                type=type_,
+                topic=topic,
+                timestamp=us_to_datetime(int(fields[b"ts"])),
+                version=fields.get(b"ver", b"1.0").decode(),
+                metadata=_META_DECODER.decode(meta_raw) if meta_raw != _EMPTY_META else {},
+                data=self.decode_data(fields.get(b"enc", b"mp"), raw, type_),
+            )
+        except KeyError as exc:
+            raise DecodeError(
+                f"missing field {exc.args[0]!r}", stream=stream, entry_id=entry_id
+            ) from None
+        except RecursionError:
+            raise DecodeError("payload nested too deeply", stream=stream, entry_id=entry_id) from None
+        except (msgspec.DecodeError, ValueError, TypeError, UnicodeDecodeError, OverflowError) as exc:
+            raise DecodeError(str(exc), stream=stream, entry_id=entry_id) from None
+
+
+def entry_fields(values: list[bytes], archive: bool = False) -> Fields:
+    """The field mapping for ``values`` as returned by :meth:`Codec.encode`."""
+    names = (b"id", b"type", b"ts", b"ver", b"meta", b"enc", b"data")
+    fields = dict(zip(names, values, strict=True))
+    if archive:
+        fields[b"arc"] = b"1"
+    return fields

@@ -1,0 +1,164 @@
+"""Redis connections: a deliberate retry policy and errors mapped at the boundary.
+
+redis-py retries every command ten times on timeouts by default; a retried XADD after a
+lost reply duplicates the event.  chi-redis turns that off (``Retry(NoBackoff(), 0)``) and
+retries itself under :class:`RetryPolicy`, only where a retry is safe: the publish script
+skips an event id that is already written, so re-sending it cannot duplicate it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+import redis
+import redis.asyncio
+import redis.exceptions as rex
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .errors import (
+    ChiError,
+    RedisAuthError,
+    RedisError,
+    RedisFullError,
+    RedisUnavailableError,
+    redact_url,
+    scrub,
+)
+
+__all__ = ["RetryPolicy", "connect", "connect_async", "map_redis_error"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+class RetryPolicy(msgspec.Struct, frozen=True):
+    """How often and how patiently to retry after a connection error.
+
+    ``attempts`` counts every try (1 = no retry); waits grow exponentially from
+    ``base_ms`` to ``max_ms`` with full jitter.
+    """
+
+    attempts: int = 3
+    base_ms: int = 50
+    max_ms: int = 1000
+
+    def delays(self) -> list[float]:
+        """The waits (seconds) before each retry."""
+        return [
+            random.uniform(0, min(self.max_ms, self.base_ms * 2**i)) / 1000
+            for i in range(max(0, self.attempts - 1))
+        ]
+
+
+_TRANSIENT = (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError)
+
+
+def map_redis_error(exc: BaseException, url: str = "", password: str | None = None) -> ChiError:
+    """Translate a redis-py exception into a :class:`ChiError` without any secret in it."""
+    where = f" at {redact_url(url)}" if url else ""
+    text = scrub(str(exc), password)
+    if isinstance(exc, rex.AuthenticationError) or (
+        isinstance(exc, rex.ResponseError) and text.startswith(("WRONGPASS", "NOAUTH"))
+    ):
+        if "NOAUTH" in text or "HELLO must be called" in text or "Authentication required" in text:
+            return RedisAuthError(f"no credentials supplied{where}: the server requires a password")
+        return RedisAuthError(f"authentication failed{where}: {text}")
+    if isinstance(exc, rex.NoPermissionError):
+        return RedisAuthError(f"permission denied{where}: {text}")
+    if isinstance(exc, rex.OutOfMemoryError) or (
+        isinstance(exc, rex.ResponseError) and text.startswith("OOM")
+    ):
+        return RedisFullError(
+            f"Redis refused the write{where}: maxmemory reached ({text}); trim with"
+            " `chi-redis retention apply` or raise maxmemory"
+        )
+    if isinstance(exc, _TRANSIENT):
+        return RedisUnavailableError(f"cannot reach Redis{where}: {text}")
+    return RedisError(f"Redis error{where}: {text}")
+
+
+def _client_options(options: dict[str, Any]) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "socket_connect_timeout": 5.0,
+        # Must exceed the longest XREADGROUP BLOCK we issue (DESIGN §6).
+        "socket_timeout": 10.0,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 30,
+    }
+    opts.update(options)
+    return opts
+
+
+def connect(url: str = DEFAULT_URL, **options: Any) -> redis.Redis:
+    """A redis-py client for ``url`` with chi-redis's connection defaults."""
+    try:
+        return redis.Redis.from_url(url, **_client_options(options))
+    except ValueError as exc:
+        raise RedisUnavailableError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from None
+
+
+def connect_async(url: str = DEFAULT_URL, **options: Any) -> redis.asyncio.Redis:
+    """A ``redis.asyncio`` client for ``url`` with chi-redis's connection defaults."""
+    try:
+        return redis.asyncio.Redis.from_url(url, **_client_options(options))
+    except ValueError as exc:
+        raise RedisUnavailableError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from None
+
+
+def client_url(client: Any) -> tuple[str, str | None]:
+    """A display URL (no password) and the password of a redis-py client, for error text."""
+    kw = client.connection_pool.connection_kwargs
+    host = kw.get("host", kw.get("path", "?"))
+    port = kw.get("port")
+    scheme = "rediss" if kw.get("ssl") or "ssl" in str(client.connection_pool.connection_class) else "redis"
+    url = f"{scheme}://{host}" + (f":{port}" if port else "") + f"/{kw.get('db', 0)}"
+    return url, kw.get("password")
+
+
+def call_with_retry(
+    fn: Callable[[], T], policy: RetryPolicy, url: str = "", password: str | None = None
+) -> T:
+    """Run ``fn``, retrying transient connection errors under ``policy``; map errors."""
+    delays = policy.delays()
+    for attempt in range(len(delays) + 1):
+        try:
+            return fn()
+        except rex.AuthenticationError as exc:
+            raise map_redis_error(exc, url, password) from None
+        except _TRANSIENT as exc:
+            if attempt >= len(delays):
+                raise map_redis_error(exc, url, password) from None
+            logger.warning("redis connection error (attempt %d): %s", attempt + 1, type(exc).__name__)
+            time.sleep(delays[attempt])
+        except rex.RedisError as exc:
+            raise map_redis_error(exc, url, password) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def acall_with_retry(
+    fn: Callable[[], Awaitable[T]], policy: RetryPolicy, url: str = "", password: str | None = None
+) -> T:
+    """The async twin of :func:`call_with_retry`."""
+    delays = policy.delays()
+    for attempt in range(len(delays) + 1):
+        try:
+            return await fn()
+        except rex.AuthenticationError as exc:
+            raise map_redis_error(exc, url, password) from None
+        except _TRANSIENT as exc:
+            if attempt >= len(delays):
+                raise map_redis_error(exc, url, password) from None
+            logger.warning("redis connection error (attempt %d): %s", attempt + 1, type(exc).__name__)
+            await asyncio.sleep(delays[attempt])
+        except rex.RedisError as exc:
+            raise map_redis_error(exc, url, password) from None
+    raise AssertionError("unreachable")  # pragma: no cover

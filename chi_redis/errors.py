@@ -1,0 +1,154 @@
+"""The exception tree of chi-redis.
+
+Every error a caller can catch subclasses :class:`ChiError`::
+
+    ChiError
+    ├── ValidationError (also ValueError)   bad input, caught before Redis is touched
+    │   ├── InvalidNameError                a type, topic, subscription or namespace name
+    │   ├── PayloadTooLargeError            the encoded event is over the size cap
+    │   └── ConfigError                     a config file or setting is wrong
+    ├── DecodeError                         a stream entry that cannot be decoded
+    ├── RedisError                          Redis said no or could not be reached
+    │   ├── RedisUnavailableError           connection refused, timed out, reset
+    │   ├── RedisAuthError                  wrong or missing credentials
+    │   └── RedisFullError                  ``OOM command not allowed`` (maxmemory reached)
+    ├── PublishError                        a batch was written only in part
+    ├── BufferFullError                     the background publisher's buffer is full
+    └── NotFoundError                       an unknown subscription, event or dead letter
+
+Messages never contain a password: URLs are passed through :func:`redact_url`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = [
+    "BufferFullError",
+    "ChiError",
+    "ConfigError",
+    "DecodeError",
+    "InvalidNameError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PublishError",
+    "RedisAuthError",
+    "RedisError",
+    "RedisFullError",
+    "RedisUnavailableError",
+    "ValidationError",
+    "redact_url",
+]
+
+
+class ChiError(Exception):
+    """Base class of every chi-redis error."""
+
+
+class ValidationError(ChiError, ValueError):
+    """Input that fails validation; ``field`` names what was wrong."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidNameError(ValidationError):
+    """A type, topic, subscription or namespace name outside the allowed pattern."""
+
+
+class PayloadTooLargeError(ValidationError):
+    """The encoded event is larger than ``max_event_bytes``."""
+
+    def __init__(self, size: int, limit: int, *, field: str = "data", topic: str = "") -> None:
+        super().__init__(
+            f"event {field} is {size} bytes encoded, over the limit of {limit} bytes"
+            + (f" (topic {topic!r})" if topic else "")
+            + "; store large payloads elsewhere and publish a reference",
+            field=field,
+        )
+        self.size = size
+        self.limit = limit
+
+
+class ConfigError(ValidationError):
+    """A configuration value or file is wrong."""
+
+
+class DecodeError(ChiError):
+    """A stream entry that cannot be decoded into an event."""
+
+    def __init__(self, reason: str, *, stream: str = "", entry_id: str = "") -> None:
+        where = f" (stream {stream!r}, entry {entry_id})" if stream or entry_id else ""
+        super().__init__(f"cannot decode entry{where}: {reason}")
+        self.reason = reason
+        self.stream = stream
+        self.entry_id = entry_id
+
+
+class RedisError(ChiError):
+    """Redis refused a command or could not be reached."""
+
+
+class RedisUnavailableError(RedisError):
+    """Redis could not be reached (refused, reset, timed out) within the retry policy."""
+
+
+class RedisAuthError(RedisError):
+    """Redis rejected the credentials (or none were given)."""
+
+
+class RedisFullError(RedisError):
+    """Redis refused a write because ``maxmemory`` is reached (noeviction)."""
+
+
+class PublishError(ChiError):
+    """A batch publish that was written only in part.
+
+    ``written`` maps the index of each written event to its stream id; ``failed`` lists
+    the indexes of events that were not written.
+    """
+
+    def __init__(
+        self, message: str, *, written: dict[int, str], failed: list[int], cause: Exception
+    ) -> None:
+        super().__init__(message)
+        self.written = written
+        self.failed = failed
+        self.cause = cause
+
+
+class BufferFullError(ChiError):
+    """The background publisher's buffer is full and the policy is to raise."""
+
+
+class NotFoundError(ChiError):
+    """An unknown subscription, event or dead letter."""
+
+
+_PASSWORD_IN_TEXT = re.compile(r"(\w+://)([^:/@\s]*):([^@\s]*)@")
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _PASSWORD_IN_TEXT.sub(r"\1\2:***@", url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def scrub(text: str, *secrets: Any) -> str:
+    """Remove every non-empty secret and any URL password from ``text``."""
+    text = _PASSWORD_IN_TEXT.sub(r"\1\2:***@", text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(str(secret), "***")
+    return text

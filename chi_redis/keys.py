@@ -1,0 +1,75 @@
+"""Every Redis key name chi-redis uses, built here and nowhere else.
+
+All keys of one topic share the hash tag ``{<topic>}`` and all keys of one subscription
+share ``{<sub>}``, so the multi-key scripts of a topic (or a subscription) stay in one
+Redis Cluster slot.  Names are validated before they get here, so no key can contain
+glob characters, braces, colons or whitespace from user input.
+"""
+
+from __future__ import annotations
+
+from .names import validate_name
+
+__all__ = ["Keys"]
+
+
+class Keys:
+    """Key names under one namespace (default ``chi``)."""
+
+    __slots__ = ("ns",)
+
+    def __init__(self, namespace: str = "chi") -> None:
+        self.ns = validate_name(namespace, "namespace")
+
+    def __repr__(self) -> str:
+        return f"Keys({self.ns!r})"
+
+    # topics ---------------------------------------------------------------------------
+    def stream(self, topic: str) -> str:
+        """The topic's event stream."""
+        return f"{self.ns}:{{{topic}}}:stream"
+
+    def index(self, topic: str) -> str:
+        """The topic's time index: member = stream id, score = event time (µs since epoch)."""
+        return f"{self.ns}:{{{topic}}}:ts"
+
+    def idem(self, topic: str, key: str) -> str:
+        """A producer idempotency key (scoped per topic)."""
+        return f"{self.ns}:{{{topic}}}:idem:{key}"
+
+    def ids(self) -> str:
+        """Hash: event id → ``<topic> <stream id>``, so ``load(id)`` finds an event."""
+        return f"{self.ns}:ids"
+
+    def topics(self) -> str:
+        """Set of every topic ever published to."""
+        return f"{self.ns}:topics"
+
+    def topic_from_stream(self, key: str) -> str:
+        """The topic of a stream key built by :meth:`stream`."""
+        return key[len(self.ns) + 2 : -len("}:stream")]
+
+    # subscriptions ----------------------------------------------------------------------
+    def subs(self) -> str:
+        """Hash: subscription name → its registration (msgspec JSON, last-seen time)."""
+        return f"{self.ns}:subs"
+
+    def queue(self, sub: str) -> str:
+        """The subscription's private stream: retries due, redrives, replays, plain tasks."""
+        return f"{self.ns}:q:{{{sub}}}"
+
+    def delayed(self, sub: str) -> str:
+        """Sorted set of delayed messages, score = due time (server clock, ms)."""
+        return f"{self.ns}:q:{{{sub}}}:delayed"
+
+    def dlq(self, sub: str) -> str:
+        """The subscription's dead-letter stream."""
+        return f"{self.ns}:q:{{{sub}}}:dlq"
+
+    def seen(self, sub: str, event_id: str) -> str:
+        """Dedupe marker: this event id already succeeded for this subscription."""
+        return f"{self.ns}:q:{{{sub}}}:seen:{event_id}"
+
+    def checkpoint(self, name: str) -> str:
+        """A replay checkpoint."""
+        return f"{self.ns}:replay:{name}"

@@ -1,0 +1,69 @@
+"""Name rules for types, topics, subscriptions and namespaces, and type globs."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from .errors import InvalidNameError
+
+__all__ = ["NAME_PATTERN", "compile_glob", "default_topic", "validate_glob", "validate_name"]
+
+#: One rule for every name that becomes part of a Redis key: lowercase ASCII letters, digits,
+#: ``.``, ``_`` and ``-``, 1 to 128 characters, starting with a letter or digit.  No ``*``,
+#: ``{``, ``}``, ``:`` or whitespace can appear, so names never break key layout or hash tags.
+NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,127}"
+_NAME = re.compile(NAME_PATTERN)
+# A glob is a name in which whole dot-separated segments may be ``*``.
+_GLOB_SEGMENT = re.compile(r"\*|[a-z0-9_-]+")
+
+
+def validate_name(value: object, field: str = "name") -> str:
+    """Return ``value`` if it is a valid name, else raise :class:`InvalidNameError`."""
+    if not isinstance(value, str) or _NAME.fullmatch(value) is None:
+        shown = repr(value)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        raise InvalidNameError(
+            f"invalid {field} {shown}: must be 1-128 characters of lowercase letters, digits,"
+            " '.', '_' or '-', starting with a letter or digit",
+            field=field,
+        )
+    return value
+
+
+def default_topic(event_type: str) -> str:
+    """The default topic of a type: its first dot-separated segment (``user.created`` → ``user``)."""
+    return event_type.split(".", 1)[0]
+
+
+def validate_glob(pattern: object, field: str = "types") -> str:
+    """Validate a type glob: dot-separated segments, each a name part or a whole ``*``."""
+    if not isinstance(pattern, str) or not pattern or len(pattern) > 128:
+        raise InvalidNameError(f"invalid {field} pattern {pattern!r}", field=field)
+    if "*" not in pattern:
+        return validate_name(pattern, field)
+    if not all(_GLOB_SEGMENT.fullmatch(seg) for seg in pattern.split(".")):
+        raise InvalidNameError(
+            f"invalid {field} pattern {pattern!r}: '*' must stand for a whole dot-separated"
+            " segment (user.*, *.created)",
+            field=field,
+        )
+    return pattern
+
+
+@lru_cache(maxsize=1024)
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """Compile a type glob.  ``*`` matches exactly one segment and never crosses a dot.
+
+    ``user.*`` matches ``user.created`` but not ``user.profile.updated``; a final ``**`` is
+    not supported: list both patterns instead.
+    """
+    validate_glob(pattern)
+    parts = [r"[^.]+" if seg == "*" else re.escape(seg) for seg in pattern.split(".")]
+    return re.compile(r"\.".join(parts))
+
+
+def glob_matches(pattern: str, event_type: str) -> bool:
+    """Whether ``event_type`` matches the glob ``pattern``."""
+    return compile_glob(pattern).fullmatch(event_type) is not None

@@ -1,0 +1,30 @@
+"""Lua scripts, loaded from ``chi_redis/lua`` once and called by SHA."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from importlib import resources
+
+__all__ = ["Script", "script"]
+
+
+class Script:
+    """A Lua script's source and SHA1 (callers use EVALSHA and fall back to EVAL)."""
+
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"Script({self.name!r})"
+
+
+@cache
+def script(name: str) -> Script:
+    """The script ``chi_redis/lua/<name>.lua``."""
+    source = resources.files("chi_redis").joinpath("lua", f"{name}.lua").read_text()
+    return Script(name, source)

@@ -1,0 +1,200 @@
+"""The bus's own event log on Redis: topic streams, time indexes and the id lookup."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import redis.exceptions as rex
+
+from ..event import Event
+from ..names import validate_name
+from ..scripts import script
+from .query import check_page, check_range, sort_key, type_matcher
+
+if TYPE_CHECKING:
+    from ..bus import EventBus
+
+__all__ = ["RedisEventStore"]
+
+_PAGE = 5000
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def _sid_key(sid: bytes) -> tuple[int, int]:
+    ms, _, seq = sid.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+class RedisEventStore:
+    """EventStore over the bus's Redis layout (DESIGN §4); reach it as ``bus.store``.
+
+    Thread-safe.  Entries that cannot be decoded raise :class:`~chi_redis.DecodeError`.
+    """
+
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
+        self._keys = bus.keys
+        self._page = script("page")
+        self._delete = script("delete")
+
+    def __repr__(self) -> str:
+        return f"RedisEventStore({self.bus!r})"
+
+    def _r(self, fn: Callable[[], Any]) -> Any:
+        return self.bus.call(fn)
+
+    def _decode(self, topic: str, entries: Iterable[Entry]) -> list[Event]:
+        stream = self._keys.stream(topic)
+        decode = self.bus.codec.decode
+        return [
+            decode(f, topic=topic, stream=stream, entry_id=sid.decode()) for sid, f in entries
+        ]
+
+    def _script(self, s: Any, keys: list[str], args: list[Any]) -> Any:
+        client = self.bus.client
+
+        def run() -> Any:
+            try:
+                return client.evalsha(s.sha, len(keys), *keys, *args)
+            except rex.NoScriptError:  # first use, or after a restart or SCRIPT FLUSH
+                return client.eval(s.source, len(keys), *keys, *args)
+
+        return self._r(run)
+
+    # EventStore -----------------------------------------------------------------------
+    def store(self, event: Event) -> str:
+        """Archive ``event``: written to its topic's log and indexes, not delivered."""
+        return self.bus._write_batch([event], 1, archive=True)[0]
+
+    def locate(self, event_id: str) -> tuple[str, str] | None:
+        """``(topic, stream id)`` of an event, or None."""
+        raw = self._r(lambda: self.bus.client.hget(self._keys.ids(), event_id))
+        if raw is None:
+            return None
+        topic, sid = raw.decode().split(" ", 1)
+        return topic, sid
+
+    def load(self, event_id: str) -> Event | None:
+        where = self.locate(event_id)
+        if where is None:
+            return None
+        topic, sid = where
+        entries = self._r(lambda: self.bus.client.xrange(self._keys.stream(topic), sid, sid))
+        return self._decode(topic, entries)[0] if entries else None
+
+    def load_by_topic(self, topic: str, offset: int = 0, limit: int = 100) -> list[Event]:
+        check_page(topic, offset, limit)
+        if limit == 0:
+            return []
+        entries = self._script(self._page, [self._keys.stream(topic)], [offset, limit])
+        return self._decode(topic, ((e[0], _pairs(e[1])) for e in entries))
+
+    def page_by_topic(
+        self, topic: str, after: str | None = None, limit: int = 100
+    ) -> tuple[list[Event], str | None]:
+        """One page after the stream id ``after`` (exclusive); returns the next cursor."""
+        check_page(topic, 0, limit)
+        lo = "-" if after is None else f"({after}"
+        entries = self._r(
+            lambda: self.bus.client.xrange(self._keys.stream(topic), lo, "+", count=limit)
+        )
+        cursor = entries[-1][0].decode() if entries else after
+        return self._decode(topic, entries), cursor
+
+    def topics(self) -> list[str]:
+        """Every topic ever published to, sorted."""
+        return sorted(m.decode() for m in self._r(lambda: self.bus.client.smembers(self._keys.topics())))
+
+    def load_by_time_range(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        topic: str | None = None,
+        types: list[str] | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        lo, hi = check_range(start, end, limit)
+        if limit == 0 or lo > hi:
+            return []
+        topics = [validate_name(topic, "topic")] if topic is not None else self.topics()
+        match = type_matcher(types)
+        events: list[Event] = []
+        for t in topics:
+            events.extend(self._range_topic(t, lo, hi, match, limit))
+        events.sort(key=sort_key)
+        return events if limit is None else events[:limit]
+
+    def _range_topic(
+        self, topic: str, lo: int, hi: int, match: Callable[[str], bool] | None, limit: int | None
+    ) -> list[Event]:
+        client, index = self.bus.client, self._keys.index(topic)
+        out: list[Event] = []
+        offset = 0
+        cutoff: float | None = None
+        while True:
+            page: list[tuple[bytes, float]] = self._r(
+                lambda o=offset: client.zrangebyscore(index, lo, hi, start=o, num=_PAGE, withscores=True)
+            )
+            if not page:
+                break
+            offset += len(page)
+            if cutoff is not None:  # only ties with the last kept score still matter
+                page = [p for p in page if p[1] <= cutoff]
+            entries = self._fetch(topic, [sid for sid, _ in page])
+            if match is not None:
+                entries = [e for e in entries if match(e[1][b"type"].decode())]
+            out.extend(self._decode(topic, entries))
+            if limit is not None and cutoff is None and len(out) >= limit:
+                out.sort(key=sort_key)
+                cutoff = out[limit - 1].timestamp_us
+            if len(page) < _PAGE or (cutoff is not None and page and page[-1][1] > cutoff):
+                break
+        return out
+
+    def _fetch(self, topic: str, sids: list[bytes]) -> list[Entry]:
+        """The entries with these stream ids (missing ones skipped), in the order given.
+
+        Events usually arrive in event-time order, so one XRANGE over the span brings them
+        all; entries out of that span (back-filled events) are fetched one by one.
+        """
+        if not sids:
+            return []
+        client, stream = self.bus.client, self._keys.stream(topic)
+        lo, hi = min(sids, key=_sid_key), max(sids, key=_sid_key)
+        want = set(sids)
+        got: dict[bytes, dict[bytes, bytes]] = {}
+        span = self._r(lambda: client.xrange(stream, lo, hi, count=len(sids) * 2 + 16))
+        for sid, fields in span:
+            if sid in want:
+                got[sid] = fields
+        missing = [s for s in sids if s not in got]
+        if missing:
+            def each() -> list[Any]:
+                pipe = client.pipeline(transaction=False)
+                for s in missing:
+                    pipe.xrange(stream, s, s)
+                return pipe.execute()  # type: ignore[no-any-return]
+            for found in self._r(each):
+                if found:
+                    got[found[0][0]] = found[0][1]
+        return [(s, got[s]) for s in sids if s in got]
+
+    def delete(self, event_id: str) -> bool:
+        where = self.locate(event_id)
+        if where is None:
+            return False
+        topic, sid = where
+        k = self._keys
+        n = self._script(self._delete, [k.stream(topic), k.index(topic), k.ids()], [sid, event_id])
+        return bool(n)
+
+
+def _pairs(flat: Any) -> dict[bytes, bytes]:
+    """Lua returns stream fields as a flat list; redis-py's XRANGE gives a dict."""
+    if isinstance(flat, dict):
+        return flat
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
