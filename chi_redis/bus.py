@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -14,12 +15,18 @@ from .connection import DEFAULT_URL, RetryPolicy, call_with_retry, client_url, c
 from .errors import ChiError, PublishError
 from .event import Event
 from .keys import Keys
-from .publisher import DEFAULT_CHUNK, DEFAULT_IDEMPOTENCY_TTL_MS, pack
+from .publisher import DEFAULT_CHUNK, DEFAULT_IDEMPOTENCY_TTL_MS, pack, partial_failure
 from .scripts import script
 from .store.redis import RedisEventStore
+from .subscriptions import Subscription, SubscriptionOptions
 
 if TYPE_CHECKING:
-    from .subscriptions import SubscriptionRegistry
+    from collections.abc import Callable
+
+    from .broker import StreamsBroker
+    from .dlq import DeadLetter
+    from .filters import Filter
+    from .subscriptions import Handler, Start
 
 __all__ = ["EventBus"]
 
@@ -50,7 +57,8 @@ class EventBus:
         self._url, self._password = client_url(client)
         self._publish = script("publish")
         self.store = RedisEventStore(self)
-        self._subscriptions: SubscriptionRegistry | None = None
+        self.subscriptions: dict[str, Subscription] = {}
+        self.broker: StreamsBroker | None = None
 
     @classmethod
     def from_url(
@@ -115,8 +123,9 @@ class EventBus:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         events = list(events)
+        ttl = self.idempotency_ttl_ms
         calls = [
-            pack(self.keys, self.codec, events[i : i + chunk_size], None, self.idempotency_ttl_ms, archive)
+            pack(self.keys, self.codec, events[i : i + chunk_size], None, ttl, archive)
             for i in range(0, len(events), chunk_size)
         ]
         out: list[str] = []
@@ -137,7 +146,7 @@ class EventBus:
             for keys, argv in calls:
                 pipe.evalsha(self._publish.sha, len(keys), *keys, *argv)
             try:
-                return pipe.execute()  # type: ignore[no-any-return]
+                return pipe.execute()
             except rex.NoScriptError:
                 if attempt:
                     raise
@@ -145,17 +154,71 @@ class EventBus:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _partial_failure(self, events: list[Event], out: list[str], exc: ChiError) -> PublishError:
-        written = dict(enumerate(out))
-        rest = list(range(len(out), len(events)))
-        try:  # some events of the failed chunks may have been written: ask the id lookup
-            found = self.client.hmget(self.keys.ids(), [events[i].id for i in rest]) if rest else []
-            for i, value in zip(rest, found, strict=True):
-                if value is not None:
-                    written[i] = value.decode().split(" ", 1)[1]
-        except rex.RedisError:
-            pass
-        failed = [i for i in rest if i not in written]
-        return PublishError(
-            f"batch publish failed after {len(written)} of {len(events)} events: {exc}",
-            written=written, failed=failed, cause=exc,
+        rest = [events[i].id for i in range(len(out), len(events))]
+        found: list[bytes | str | None] | None = None
+        # Some events of the failed chunks may have been written: ask the id lookup.
+        with contextlib.suppress(rex.RedisError):
+            found = self.client.hmget(self.keys.ids(), rest) if rest else []
+        return partial_failure(events, out, found, exc)
+
+    # subscriptions ----------------------------------------------------------------------
+    def subscribe(
+        self,
+        name: str,
+        *,
+        types: list[str] | tuple[str, ...] = (),
+        topics: list[str] | tuple[str, ...] = (),
+        filter: Filter | None = None,  # noqa: A002 - the documented parameter name
+        priority: int = 0,
+        max_retries: int = 5,
+        min_backoff_ms: int = 1_000,
+        max_backoff_ms: int = 300_000,
+        max_deliveries: int | None = None,
+        time_limit_ms: int | None = None,
+        start: Start = "new",
+        dedupe: bool = False,
+        dedupe_ttl_ms: int = 24 * 3600 * 1000,
+        throws: tuple[type[BaseException], ...] = (),
+    ) -> Callable[[Handler], Handler]:
+        """Register ``fn(event)`` (or ``fn(event, delivery)``, sync or async) as a subscription.
+
+        The name is the consumer group and the Dramatiq queue/actor: renaming is a
+        migration.  ``priority``: higher runs first when workers are saturated.
+        """
+        options = SubscriptionOptions(
+            max_retries=max_retries, min_backoff_ms=min_backoff_ms, max_backoff_ms=max_backoff_ms,
+            max_deliveries=max_deliveries, time_limit_ms=time_limit_ms, dedupe=dedupe,
+            dedupe_ttl_ms=dedupe_ttl_ms, throws=tuple(throws),
         )
+
+        def register(fn: Handler) -> Handler:
+            sub = Subscription(
+                name=name, handler=fn, types=tuple(types), topics=tuple(topics), filter=filter,
+                priority=priority, start=start, options=options,
+            )
+            if name in self.subscriptions:
+                raise ValueError(f"subscription {name!r} is already registered")
+            self.subscriptions[name] = sub
+            if self.broker is not None:
+                self.broker.declare_subscription(sub)
+            return fn
+
+        return register
+
+    def _attach(self, broker: StreamsBroker) -> None:
+        """Called by StreamsBroker: declare every subscription registered so far."""
+        self.broker = broker
+        for sub in self.subscriptions.values():
+            broker.declare_subscription(sub)
+
+    def dead_letters(self, sub: str, *, after: str | None = None, count: int = 100) -> list[DeadLetter]:
+        """Dead letters of subscription ``sub``, oldest first."""
+        from .dlq import list_dead_letters
+
+        return list_dead_letters(self, sub, after=after, count=count)
+
+    def redrive(self, sub: str, ids: list[str] | None = None) -> int:
+        """Put dead letters of ``sub`` (all, or ``ids``) back on its queue once; returns count."""
+        from .dlq import redrive
+
+        return redrive(self, sub, ids)

@@ -88,9 +88,12 @@ class Codec:
         """
         try:
             data = self._encode(event.data)
-        except (TypeError, msgspec.EncodeError) as exc:
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
             raise ValidationError(f"event data cannot be encoded: {exc}", field="data") from None
-        meta = self._json(event.metadata) if event.metadata else _EMPTY_META
+        try:
+            meta = self._json(event.metadata) if event.metadata else _EMPTY_META
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            raise ValidationError(f"metadata cannot be encoded: {exc}", field="metadata") from None
         size = len(data) + len(meta) + len(event.id) + len(event.type) + len(event.version) + 32
         if size > self.max_event_bytes:
             raise PayloadTooLargeError(size, self.max_event_bytes, topic=event.topic)
@@ -146,12 +149,17 @@ class Codec:
                 data=self.decode_data(fields.get(b"enc", b"mp"), raw, type_),
             )
         except KeyError as exc:
+            name = exc.args[0].decode() if isinstance(exc.args[0], bytes) else exc.args[0]
             raise DecodeError(
-                f"missing field {exc.args[0]!r}", stream=stream, entry_id=entry_id
+                f"missing field {name!r}", stream=stream, entry_id=entry_id
             ) from None
         except RecursionError:
-            raise DecodeError("payload nested too deeply", stream=stream, entry_id=entry_id) from None
-        except (msgspec.DecodeError, ValueError, TypeError, UnicodeDecodeError, OverflowError) as exc:
+            raise DecodeError(
+                "payload nested too deeply", stream=stream, entry_id=entry_id
+            ) from None
+        except (msgspec.DecodeError, ValueError, TypeError, OverflowError, AttributeError) as exc:
+            # UnicodeDecodeError and msgspec.ValidationError are subclasses of these;
+            # AttributeError: field values that are not bytes.
             raise DecodeError(str(exc), stream=stream, entry_id=entry_id) from None
 
 

@@ -119,7 +119,8 @@ def client_url(client: Any) -> tuple[str, str | None]:
     kw = client.connection_pool.connection_kwargs
     host = kw.get("host", kw.get("path", "?"))
     port = kw.get("port")
-    scheme = "rediss" if kw.get("ssl") or "ssl" in str(client.connection_pool.connection_class) else "redis"
+    ssl = kw.get("ssl") or "ssl" in str(client.connection_pool.connection_class).lower()
+    scheme = "rediss" if ssl else "redis"
     url = f"{scheme}://{host}" + (f":{port}" if port else "") + f"/{kw.get('db', 0)}"
     return url, kw.get("password")
 
@@ -137,7 +138,9 @@ def call_with_retry(
         except _TRANSIENT as exc:
             if attempt >= len(delays):
                 raise map_redis_error(exc, url, password) from None
-            logger.warning("redis connection error (attempt %d): %s", attempt + 1, type(exc).__name__)
+            logger.warning(
+                "redis connection error (attempt %d): %s", attempt + 1, type(exc).__name__
+            )
             time.sleep(delays[attempt])
         except rex.RedisError as exc:
             raise map_redis_error(exc, url, password) from None
@@ -157,7 +160,9 @@ async def acall_with_retry(
         except _TRANSIENT as exc:
             if attempt >= len(delays):
                 raise map_redis_error(exc, url, password) from None
-            logger.warning("redis connection error (attempt %d): %s", attempt + 1, type(exc).__name__)
+            logger.warning(
+                "redis connection error (attempt %d): %s", attempt + 1, type(exc).__name__
+            )
             await asyncio.sleep(delays[attempt])
         except rex.RedisError as exc:
             raise map_redis_error(exc, url, password) from None

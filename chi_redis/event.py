@@ -16,6 +16,7 @@ plain Python values (dicts, lists, ...).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -83,10 +84,18 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=False):
             self.timestamp = self.timestamp.astimezone(UTC)
         if not isinstance(self.version, str) or not self.version:
             raise ValidationError("version must be a non-empty string", field="version")
+        if not isinstance(self.metadata, dict):
+            raise ValidationError("metadata must be a dict", field="metadata")
         for key, value in self.metadata.items():
-            if not isinstance(key, str) or not isinstance(value, str | int | float | bool):
+            # Non-finite floats would be written as JSON null and make the entry undecodable.
+            if (
+                not isinstance(key, str)
+                or not isinstance(value, str | int | float | bool)
+                or (isinstance(value, float) and not math.isfinite(value))
+            ):
                 raise ValidationError(
-                    f"metadata {key!r}: keys must be str and values str, int, float or bool",
+                    f"metadata {key!r}: keys must be str and values str, int, finite float"
+                    " or bool",
                     field="metadata",
                 )
 

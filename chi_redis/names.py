@@ -33,7 +33,7 @@ def validate_name(value: object, field: str = "name") -> str:
 
 
 def default_topic(event_type: str) -> str:
-    """The default topic of a type: its first dot-separated segment (``user.created`` → ``user``)."""
+    """The default topic of a type: its first segment (``user.created`` → ``user``)."""
     return event_type.split(".", 1)[0]
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .codec import Codec
-from .errors import ValidationError
+from .errors import ChiError, PublishError, ValidationError
 from .event import Event
 from .keys import Keys
 from .names import validate_name
 
-__all__ = ["DEFAULT_CHUNK", "DEFAULT_IDEMPOTENCY_TTL_MS", "pack"]
+__all__ = ["DEFAULT_CHUNK", "DEFAULT_IDEMPOTENCY_TTL_MS", "pack", "partial_failure"]
 
 DEFAULT_CHUNK = 500
 DEFAULT_IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
@@ -59,3 +59,30 @@ def pack(
 def check_topic(topic: str) -> str:
     """Validate a topic name given on its own (queries, CLI)."""
     return validate_name(topic, "topic")
+
+
+def partial_failure(
+    events: Sequence[Event],
+    written_ids: list[str],
+    found: Sequence[bytes | str | None] | None,
+    exc: ChiError,
+) -> PublishError:
+    """The error for a batch whose first ``len(written_ids)`` events are known written.
+
+    ``found`` is the id lookup's answer (``HMGET ids``) for the remaining events, or None
+    when Redis could not be asked: an event of a failed chunk may still have been written
+    (the script ran but its reply was lost, or it failed half-way through a chunk).
+    """
+    written = dict(enumerate(written_ids))
+    rest = list(range(len(written_ids), len(events)))
+    for i, value in zip(rest, found or (), strict=False):
+        if value is not None:
+            text = value.decode() if isinstance(value, bytes) else value
+            written[i] = text.split(" ", 1)[1]
+    failed = [i for i in rest if i not in written]
+    return PublishError(
+        f"batch publish failed after {len(written)} of {len(events)} events: {exc}",
+        written=written,
+        failed=failed,
+        cause=exc,
+    )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.exceptions as rex
 
+from ..errors import PublishError
 from ..event import Event
 from ..names import validate_name
 from ..scripts import script
@@ -65,8 +67,17 @@ class RedisEventStore:
 
     # EventStore -----------------------------------------------------------------------
     def store(self, event: Event) -> str:
-        """Archive ``event``: written to its topic's log and indexes, not delivered."""
-        return self.bus._write_batch([event], 1, archive=True)[0]
+        """Archive ``event``: written to its topic's log and indexes, not delivered.
+
+        Raises the underlying :class:`~chi_redis.RedisError` (not a one-event
+        :class:`~chi_redis.PublishError`) when it was not written.
+        """
+        try:
+            return self.bus._write_batch([event], 1, archive=True)[0]
+        except PublishError as exc:
+            if 0 in exc.written:  # the script ran, only its reply was lost
+                return exc.written[0]
+            raise exc.cause from None
 
     def locate(self, event_id: str) -> tuple[str, str] | None:
         """``(topic, stream id)`` of an event, or None."""
@@ -96,6 +107,8 @@ class RedisEventStore:
     ) -> tuple[list[Event], str | None]:
         """One page after the stream id ``after`` (exclusive); returns the next cursor."""
         check_page(topic, 0, limit)
+        if limit == 0:  # XRANGE refuses COUNT 0
+            return [], after
         lo = "-" if after is None else f"({after}"
         entries = self._r(
             lambda: self.bus.client.xrange(self._keys.stream(topic), lo, "+", count=limit)
@@ -105,7 +118,8 @@ class RedisEventStore:
 
     def topics(self) -> list[str]:
         """Every topic ever published to, sorted."""
-        return sorted(m.decode() for m in self._r(lambda: self.bus.client.smembers(self._keys.topics())))
+        members = self._r(lambda: self.bus.client.smembers(self._keys.topics()))
+        return sorted(m.decode() for m in members)
 
     def load_by_time_range(
         self,
@@ -117,10 +131,12 @@ class RedisEventStore:
         limit: int | None = None,
     ) -> list[Event]:
         lo, hi = check_range(start, end, limit)
+        if topic is not None:
+            validate_name(topic, "topic")
+        match = type_matcher(types)
         if limit == 0 or lo > hi:
             return []
-        topics = [validate_name(topic, "topic")] if topic is not None else self.topics()
-        match = type_matcher(types)
+        topics = [topic] if topic is not None else self.topics()
         events: list[Event] = []
         for t in topics:
             events.extend(self._range_topic(t, lo, hi, match, limit))
@@ -134,10 +150,15 @@ class RedisEventStore:
         out: list[Event] = []
         offset = 0
         cutoff: float | None = None
-        while True:
-            page: list[tuple[bytes, float]] = self._r(
-                lambda o=offset: client.zrangebyscore(index, lo, hi, start=o, num=_PAGE, withscores=True)
+
+        def fetch_page(o: int) -> list[tuple[bytes, float]]:
+            return cast(
+                "list[tuple[bytes, float]]",
+                client.zrangebyscore(index, lo, hi, start=o, num=_PAGE, withscores=True),
             )
+
+        while True:
+            page = cast("list[tuple[bytes, float]]", self._r(partial(fetch_page, offset)))
             if not page:
                 break
             offset += len(page)
@@ -145,7 +166,7 @@ class RedisEventStore:
                 page = [p for p in page if p[1] <= cutoff]
             entries = self._fetch(topic, [sid for sid, _ in page])
             if match is not None:
-                entries = [e for e in entries if match(e[1][b"type"].decode())]
+                entries = [e for e in entries if _type_matches(match, e[1])]
             out.extend(self._decode(topic, entries))
             if limit is not None and cutoff is None and len(out) >= limit:
                 out.sort(key=sort_key)
@@ -176,7 +197,7 @@ class RedisEventStore:
                 pipe = client.pipeline(transaction=False)
                 for s in missing:
                     pipe.xrange(stream, s, s)
-                return pipe.execute()  # type: ignore[no-any-return]
+                return pipe.execute()
             for found in self._r(each):
                 if found:
                     got[found[0][0]] = found[0][1]
@@ -190,6 +211,12 @@ class RedisEventStore:
         k = self._keys
         n = self._script(self._delete, [k.stream(topic), k.index(topic), k.ids()], [sid, event_id])
         return bool(n)
+
+
+def _type_matches(match: Callable[[str], bool], fields: dict[bytes, bytes]) -> bool:
+    """Whether the entry's type matches; an entry without one is kept so decoding reports it."""
+    raw = fields.get(b"type")
+    return not isinstance(raw, bytes) or match(raw.decode(errors="replace"))
 
 
 def _pairs(flat: Any) -> dict[bytes, bytes]:

@@ -1,0 +1,291 @@
+"""``StreamsBroker``: a Dramatiq broker whose queues are Redis Streams consumer groups.
+
+A subscription is a consumer group (named after it) on each topic stream it binds, plus a
+private stream ``chi:q:{<sub>}`` for retries, redrives, targeted replays and plain tasks.
+Dramatiq's own Worker, CLI and middleware (Retries, TimeLimit, AgeLimit, Callbacks,
+Prometheus) run on it unchanged.  Delayed messages wait in a sorted set that a Lua script
+promotes by the server's clock (no ``eta`` option, no ``.DQ`` queues).  Entries are acked
+after the handler ran; acks are buffered per stream and flushed with the consumer's next
+read (DESIGN §5a); leases and XAUTOCLAIM recover what a dead worker held.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+import redis.exceptions as rex
+from dramatiq.errors import ConnectionClosed
+
+from .encoder import MsgpackEncoder, encode_message
+from .names import validate_name
+from .runner import ChiMiddleware, make_runner
+from .scripts import script
+from .subscriptions import Subscription
+
+if TYPE_CHECKING:
+    from .bus import EventBus
+    from .consumer import StreamsConsumer
+
+__all__ = ["BrokerOptions", "StreamsBroker"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BrokerOptions:
+    """Lease, reclaim and delivery settings (production defaults; tests use seconds)."""
+
+    lease_ms: int = 60_000
+    reclaim_interval_ms: int = 5_000
+    max_deliveries: int = 5
+    block_ms: int = 1_000
+    prefetch: int | None = None  # None: the Worker's choice (threads × 2)
+    dlq_maxlen: int = 1_000_000
+    registry_refresh_ms: int = 60_000
+
+
+@dataclass
+class QueueState:
+    """In-flight accounting and buffered acks of one queue, shared by its consumers.
+
+    The Worker may replace a consumer object while messages are in flight, so this lives
+    on the broker, keyed by queue, and acks need nothing but the message proxy.
+    """
+
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    inflight: dict[tuple[str, bytes], None] = field(default_factory=dict)
+    acks: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+
+
+class StreamsBroker(dramatiq.Broker):  # type: ignore[misc]
+    """A Dramatiq broker over Redis Streams, built around an :class:`~chi_redis.EventBus`.
+
+    Creating it installs the msgspec encoder process-wide (``dramatiq.set_encoder``) and
+    attaches it to the bus, which then declares its subscriptions as actors here.
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        middleware: list[Any] | None = None,
+        options: BrokerOptions | None = None,
+    ) -> None:
+        super().__init__(middleware=middleware)
+        self.bus = bus
+        self.client = bus.client
+        self.keys = bus.keys
+        self.options = options or BrokerOptions()
+        self.queues: set[str] = set()
+        self.subscriptions: dict[str, Subscription] = {}
+        self.states: dict[str, QueueState] = defaultdict(QueueState)
+        self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._lock = threading.Lock()
+        self.add_middleware(ChiMiddleware())
+        dramatiq.set_encoder(MsgpackEncoder())
+        bus._attach(self)
+
+    def __repr__(self) -> str:
+        return f"StreamsBroker({self.bus!r})"
+
+    # declaring ------------------------------------------------------------------------
+    def declare_queue(self, queue_name: str) -> None:
+        validate_name(queue_name, "queue")
+        if queue_name in self.queues:
+            return
+        self.emit_before("declare_queue", queue_name)
+        self._ensure_group(self.keys.queue(queue_name), queue_name, "0")
+        self.queues.add(queue_name)
+        self.emit_after("declare_queue", queue_name)
+
+    def declare_subscription(self, sub: Subscription) -> dramatiq.Actor[Any, Any]:
+        """Declare ``sub`` as an actor (queue = actor name = subscription name)."""
+        with self._lock:
+            if sub.name in self.subscriptions:
+                raise ValueError(f"subscription {sub.name!r} is already declared")
+            self.subscriptions[sub.name] = sub
+        new = self._register(sub)
+        for topic in sub.bound_topics(self.bus.store.topics()):
+            self._ensure_group(self.keys.stream(topic), sub.name, self._start_id(sub, new))
+        o = sub.options
+        actor_options: dict[str, Any] = {
+            "max_retries": o.max_retries,
+            "min_backoff": max(1, o.min_backoff_ms),
+            "max_backoff": max(1, o.max_backoff_ms),
+            "throws": (*_decode_errors(), *o.throws),
+        }
+        if o.time_limit_ms is not None:
+            actor_options["time_limit"] = o.time_limit_ms
+        return dramatiq.Actor(
+            make_runner(self, sub), broker=self, actor_name=sub.name, queue_name=sub.name,
+            priority=-sub.priority, options=actor_options,
+        )
+
+    def _start_id(self, sub: Subscription, first_time: bool) -> str:
+        # DESIGN §8: "new" only when the subscription first appears; topics found later
+        # (wildcards) and groups re-created after NOGROUP start at the first unhandled entry.
+        if not first_time or sub.start == "earliest":
+            return "0"
+        if sub.start == "new":
+            return "$"
+        ms = int(sub.start.timestamp() * 1000)  # type: ignore[union-attr]
+        return f"{max(ms - 1, 0)}-18446744073709551615"
+
+    def _register(self, sub: Subscription) -> bool:
+        """Record ``sub`` in the registry hash; True if it was not there before."""
+        import msgspec
+
+        info = {**sub.describe(), "last_seen_ms": int(time.time() * 1000)}
+        return bool(
+            self._call(lambda: self.client.hset(self.keys.subs(), sub.name, msgspec.json.encode(info)))
+        )
+
+    def _ensure_group(self, stream: str, group: str, start: str) -> bool:
+        """Create ``group`` on ``stream`` (and the stream) if missing; True if created."""
+        try:
+            self.client.xgroup_create(stream, group, id=start, mkstream=True)
+            return True
+        except rex.ResponseError as exc:
+            if "BUSYGROUP" in str(exc):
+                return False
+            raise
+        except (rex.ConnectionError, rex.TimeoutError) as exc:
+            raise ConnectionClosed(exc) from None
+
+    def _call(self, fn: Any) -> Any:
+        try:
+            return fn()
+        except (rex.ConnectionError, rex.TimeoutError) as exc:
+            raise ConnectionClosed(exc) from None
+
+    # Dramatiq's broker interface --------------------------------------------------------
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> StreamsConsumer:
+        from .consumer import StreamsConsumer
+
+        return StreamsConsumer(self, queue_name, self.options.prefetch or prefetch, timeout)
+
+    def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
+        queue_name = message.queue_name
+        self.declare_queue(queue_name)
+        self.emit_before("enqueue", message, delay)
+        body = encode_message(message)
+        if delay:
+            s = script("delay")
+            self._call(lambda: self._eval(s, [self.keys.delayed(queue_name)], [int(delay), body]))
+        else:
+            self._call(lambda: self.client.xadd(self.keys.queue(queue_name), {"m": body}))
+        self.emit_after("enqueue", message, delay)
+        return message
+
+    def _eval(self, s: Any, keys: list[str], argv: list[Any]) -> Any:
+        try:
+            return self.client.evalsha(s.sha, len(keys), *keys, *argv)
+        except rex.NoScriptError:
+            return self.client.eval(s.source, len(keys), *keys, *argv)
+
+    def get_declared_queues(self) -> set[str]:
+        return set(self.queues)
+
+    def get_declared_delay_queues(self) -> set[str]:
+        return set()
+
+    def streams_of(self, queue_name: str) -> list[str]:
+        """Every stream the queue's group reads: its private stream, then bound topics."""
+        streams = [self.keys.queue(queue_name)]
+        sub = self.subscriptions.get(queue_name)
+        if sub is not None:
+            streams += [self.keys.stream(t) for t in sub.bound_topics(self.bus.store.topics())]
+        return streams
+
+    def flush(self, queue_name: str) -> None:
+        """Drop everything waiting in the queue: its private stream, delayed set, and for a
+        subscription everything unread or pending on its topic groups."""
+        validate_name(queue_name, "queue")
+        self.client.delete(self.keys.queue(queue_name), self.keys.delayed(queue_name))
+        self._ensure_group(self.keys.queue(queue_name), queue_name, "0")
+        for stream in self.streams_of(queue_name)[1:]:
+            try:
+                self.client.xgroup_destroy(stream, queue_name)
+            except rex.ResponseError:
+                pass
+            self._ensure_group(stream, queue_name, "$")
+        state = self.states[queue_name]
+        with state.cond:
+            state.acks.clear()
+            state.inflight.clear()
+
+    def flush_all(self) -> None:
+        for queue_name in list(self.queues):
+            self.flush(queue_name)
+
+    def join(self, queue_name: str, *, timeout: int | None = None) -> None:
+        """Wait until nothing is waiting, delayed or in flight on ``queue_name``.
+
+        Raises :class:`dramatiq.errors.QueueJoinTimeout` after ``timeout`` ms.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout / 1000
+        while not self.is_idle(queue_name):
+            if deadline is not None and time.monotonic() > deadline:
+                raise dramatiq.errors.QueueJoinTimeout(queue_name)
+            time.sleep(0.05)
+
+    def is_idle(self, queue_name: str) -> bool:
+        """True when the queue has no unread, pending, delayed or unflushed entries."""
+        state = self.states[queue_name]
+        with state.cond:
+            if state.inflight or any(state.acks.values()):
+                return False
+        if self.client.zcard(self.keys.delayed(queue_name)):
+            return False
+        return all(group_idle(self.client, s, queue_name) for s in self.streams_of(queue_name))
+
+    # acking (called from worker threads) ---------------------------------------------------
+    def buffer_ack(self, queue_name: str, stream: str, entry_id: bytes) -> None:
+        """Record a finished entry; the queue's consumer flushes it with its next read."""
+        state = self.states[queue_name]
+        with state.cond:
+            state.inflight.pop((stream, entry_id), None)
+            state.acks[stream].append(entry_id)
+            state.cond.notify_all()
+
+    def release(self, queue_name: str, stream: str, entry_id: bytes) -> None:
+        """Forget an in-flight entry without acking it (it was handed back or dead-lettered)."""
+        state = self.states[queue_name]
+        with state.cond:
+            state.inflight.pop((stream, entry_id), None)
+            state.cond.notify_all()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def group_idle(client: Any, stream: str, group: str) -> bool:
+    """Whether ``group`` on ``stream`` has nothing pending and nothing unread."""
+    try:
+        groups = client.xinfo_groups(stream)
+    except rex.ResponseError:
+        return True  # no stream: nothing to read
+    for g in groups:
+        name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+        if name != group:
+            continue
+        if g["pending"]:
+            return False
+        last = g["last-delivered-id"]
+        return not client.xrange(stream, f"({last.decode() if isinstance(last, bytes) else last}", "+", count=1)
+    return True
+
+
+def _decode_errors() -> tuple[type[BaseException], ...]:
+    from .errors import DecodeError
+
+    return (DecodeError,)

@@ -1,0 +1,457 @@
+"""``StreamsConsumer``: reads a queue's streams for Dramatiq's consumer thread.
+
+One loop iteration is one pipelined round trip: flush buffered acks, promote due delayed
+messages, XREADGROUP the private stream and every bound topic stream.  Every few seconds it
+also refreshes the leases of entries this process holds, reclaims entries idle past the
+lease (XAUTOCLAIM) — dead-lettering those delivered more than ``max_deliveries`` times —
+discovers new topics for wildcard subscriptions, and removes consumers with nothing pending.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+import redis.exceptions as rex
+from dramatiq.errors import ActorNotFound, ConnectionClosed
+
+from .dlq import dead_letter_fields, encode_body
+from .encoder import decode_message, encode_message
+from .errors import DecodeError
+from .filters import EntryView
+from .metrics import DEAD_LETTERED, TRIMMED_UNPROCESSED
+from .scripts import script
+
+if TYPE_CHECKING:
+    from .broker import StreamsBroker
+
+__all__ = ["StreamMessage", "StreamsConsumer"]
+
+logger = logging.getLogger(__name__)
+
+ABANDONED = "chi-abandoned"
+ABANDON_IDLE_MS = 10**12
+_REQUIRED = (b"id", b"type", b"ts", b"data")
+
+
+class StreamMessage(dramatiq.MessageProxy):  # type: ignore[misc]
+    """A message proxy that knows the stream entry to ack; prints no payload."""
+
+    def __init__(self, message: Any, queue: str, stream: str, entry_id: bytes, deliveries: int) -> None:
+        super().__init__(message)
+        self._chi_queue = queue
+        self._chi_stream = stream
+        self._chi_entry = entry_id
+        self._chi_deliveries = deliveries
+
+    def __str__(self) -> str:
+        return f"{self._message.actor_name}({self._message.message_id})"
+
+
+class StreamsConsumer(dramatiq.Consumer):  # type: ignore[misc]
+    """Consumes one queue (a subscription or a plain task queue).  Not thread-safe except
+    for ``ack``/``nack``, which worker threads call and which touch only broker state."""
+
+    def __init__(self, broker: StreamsBroker, queue: str, prefetch: int, timeout: int) -> None:
+        self.broker = broker
+        self.client = broker.client
+        self.queue = queue
+        self.prefetch = max(1, prefetch)
+        self.timeout_ms = max(1, timeout)
+        self.sub = broker.subscriptions.get(queue)
+        self.private = broker.keys.queue(queue)
+        self.delayed = broker.keys.delayed(queue)
+        self.name = broker.consumer_id
+        self.state = broker.states[queue]
+        self.opts = broker.options
+        self.max_deliveries = (self.sub.options.max_deliveries if self.sub else None) or self.opts.max_deliveries
+        self._local: deque[StreamMessage] = deque()
+        self._topic_of: dict[str, str] = {}
+        self._streams: list[str] = []
+        self._refresh_streams()
+        now = time.monotonic()
+        self._next_lease = now + self.opts.lease_ms / 3000
+        self._next_reclaim = now  # reclaim at once: picks up what a dead worker left
+        self._next_registry = now + self.opts.registry_refresh_ms / 1000
+        self._sweeps = 0
+        self._next_due_ms = 0
+        self._warned_at = 0.0
+        self._promote = script("promote")
+        self._lease = script("lease")
+        self._delcons = script("delconsumer")
+
+    # Dramatiq interface --------------------------------------------------------------------
+    def __next__(self) -> StreamMessage | None:
+        try:
+            return self._next()
+        except (rex.ConnectionError, rex.TimeoutError) as exc:
+            raise ConnectionClosed(exc) from None
+
+    def ack(self, message: StreamMessage) -> None:
+        self.broker.buffer_ack(message._chi_queue, message._chi_stream, message._chi_entry)
+
+    def nack(self, message: StreamMessage) -> None:
+        exc = message._exception
+        options = message.options
+        sub = self.broker.subscriptions.get(message._chi_queue)
+        if isinstance(exc, ActorNotFound):
+            reason = "unknown_actor"
+        elif isinstance(exc, DecodeError):
+            reason = "decode"
+        elif sub is not None and options.get("retries", 0) < sub.options.max_retries:
+            reason = "not_retryable"
+        else:
+            reason = "retries_exhausted"
+        try:
+            self._dead_letter(message, reason, exc)
+        except (rex.ConnectionError, rex.TimeoutError) as e:
+            raise ConnectionClosed(e) from None
+
+    def requeue(self, messages: Any) -> None:
+        """Hand messages back: to a placeholder consumer, marked long idle, so the next
+        reclaim sweep of any worker takes them at once."""
+        by_stream: dict[str, list[bytes]] = {}
+        msgs = list(messages)
+        for m in msgs:
+            by_stream.setdefault(m._chi_stream, []).append(m._chi_entry)
+        try:
+            for stream, ids in by_stream.items():
+                self.client.xclaim(
+                    stream, self.queue, ABANDONED, 0, ids, idle=ABANDON_IDLE_MS, justid=True
+                )
+        except (rex.ConnectionError, rex.TimeoutError) as e:
+            raise ConnectionClosed(e) from None
+        except rex.ResponseError:
+            logger.warning("could not hand back %d entries of %s", len(msgs), self.queue)
+        for m in msgs:
+            self.broker.release(m._chi_queue, m._chi_stream, m._chi_entry)
+
+    def close(self) -> None:
+        try:
+            if self._local:
+                self.requeue(list(self._local))
+                self._local.clear()
+            self._flush_acks()
+            for stream in self._streams:
+                self._eval(self._delcons, [stream], [self.queue, self.name])
+        except (rex.RedisError, ConnectionClosed):
+            logger.debug("consumer %s closed without cleanup (Redis unreachable)", self.queue)
+
+    # the loop --------------------------------------------------------------------------------
+    def _next(self) -> StreamMessage | None:
+        if self._local:
+            return self._local.popleft()
+        now = time.monotonic()
+        if now >= min(self._next_lease, self._next_reclaim, self._next_registry):
+            self._maintain(now)
+            if self._local:
+                return self._local.popleft()
+        free = self.prefetch - len(self.state.inflight)
+        if free <= 0:
+            self._flush_acks()
+            with self.state.cond:
+                if len(self.state.inflight) >= self.prefetch:
+                    self.state.cond.wait(timeout=min(self.timeout_ms, 200) / 1000)
+            return None
+        self._read(free, now)
+        return self._local.popleft() if self._local else None
+
+    def _block_ms(self, now: float) -> int | None:
+        until_maint = (min(self._next_lease, self._next_reclaim) - now) * 1000
+        block = min(self.opts.block_ms, self.timeout_ms, until_maint)
+        if self._next_due_ms > 0:
+            block = min(block, self._next_due_ms)
+        block = int(block)
+        return block if block >= 1 else None
+
+    def _read(self, free: int, now: float) -> None:
+        acks = self._take_acks()
+        pipe = self.client.pipeline(transaction=False)
+        self._queue_acks(pipe, acks)
+        pipe.evalsha(self._promote.sha, 2, self.delayed, self.private, 100)
+        pipe.xreadgroup(
+            self.queue, self.name, dict.fromkeys(self._streams, ">"), count=free,
+            block=self._block_ms(now),
+        )
+        try:
+            results = pipe.execute(raise_on_error=False)
+        except (rex.ConnectionError, rex.TimeoutError):
+            self._restore_acks(acks)
+            raise
+        *ack_results, promoted, read = results
+        self._check_acks(ack_results)
+        if isinstance(promoted, rex.NoScriptError):
+            self.client.script_load(self._promote.source)
+            self._next_due_ms = 1
+        elif isinstance(promoted, int):
+            self._next_due_ms = promoted if promoted >= 0 else 0
+        if isinstance(read, Exception):
+            self._read_error(read)
+            return
+        for stream, entries in read or ():
+            self._handle(stream.decode() if isinstance(stream, bytes) else stream, entries)
+
+    def _read_error(self, exc: Exception) -> None:
+        text = str(exc)
+        if "NOGROUP" in text or "no longer exists" in text:
+            self._recover_groups(text)
+            return
+        raise exc
+
+    def _recover_groups(self, why: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_at > 60:
+            self._warned_at = now
+            logger.warning(
+                "consumer group %r missing (Redis restarted without persistence, or a key was"
+                " deleted): re-creating it at the first entry", self.queue,
+            )
+        for stream in self._streams:
+            self.broker._ensure_group(stream, self.queue, "0")
+        if self.sub is not None:
+            self.broker._register(self.sub)
+        time.sleep(0.05)  # never hot-loop on a server that keeps losing state
+
+    # entries ---------------------------------------------------------------------------------
+    def _handle(self, stream: str, entries: Any, deliveries: dict[bytes, int] | None = None) -> None:
+        inflight = self.state.inflight
+        for sid, fields in entries:
+            if fields is None:
+                continue
+            count = deliveries.get(sid, 1) if deliveries else 1
+            if count > self.max_deliveries:
+                self._dead_letter_entry(stream, sid, fields, "max_deliveries", count)
+                continue
+            if stream == self.private:
+                msg = self._from_private(sid, fields, count)
+            else:
+                msg = self._from_topic(stream, sid, fields, count)
+            if msg is not None:
+                with self.state.cond:
+                    inflight[(stream, sid)] = None
+                self._local.append(msg)
+
+    def _from_topic(self, stream: str, sid: bytes, f: dict[bytes, bytes], count: int) -> StreamMessage | None:
+        if any(k not in f for k in _REQUIRED):
+            missing = next(k for k in _REQUIRED if k not in f).decode()
+            self._dead_letter_entry(stream, sid, f, "decode", count, DecodeError(
+                f"missing field {missing!r}", stream=stream, entry_id=sid.decode()))
+            return None
+        topic = self._topic_of[stream]
+        sub = self.sub
+        if b"arc" in f or sub is None or not sub.accepts(
+            EntryView(f[b"type"].decode(errors="replace"), topic, f.get(b"meta", b"{}"))
+        ):
+            self.broker.buffer_ack(self.queue, stream, sid)
+            return None
+        message = dramatiq.Message(
+            queue_name=self.queue, actor_name=self.queue,
+            args=(topic, {k.decode(): v for k, v in f.items()}), kwargs={}, options={},
+            message_id=f"{self.queue}:{f[b'id'].decode(errors='replace')}",
+            message_timestamp=int(sid.split(b"-", 1)[0]),
+        )
+        return StreamMessage(message, self.queue, stream, sid, count)
+
+    def _from_private(self, sid: bytes, f: dict[bytes, bytes], count: int) -> StreamMessage | None:
+        try:
+            message = decode_message(f[b"m"])
+        except (KeyError, ValueError) as exc:
+            self._dead_letter_entry(self.private, sid, f, "decode", count, DecodeError(
+                str(exc), stream=self.private, entry_id=sid.decode()))
+            return None
+        if message.queue_name != self.queue:
+            message = message.copy(queue_name=self.queue)
+        return StreamMessage(message, self.queue, self.private, sid, count)
+
+    # dead letters --------------------------------------------------------------------------
+    def _dead_letter_entry(
+        self, stream: str, sid: bytes, f: dict[bytes, bytes], reason: str, count: int,
+        exc: BaseException | None = None,
+    ) -> None:
+        """Dead-letter an entry the consumer itself rejects (no Dramatiq message yet)."""
+        if stream == self.private and b"m" in f:
+            try:
+                msg = decode_message(f[b"m"])
+                proxy = StreamMessage(msg, self.queue, stream, sid, count)
+                self._dead_letter(proxy, reason, exc)
+                return
+            except ValueError:
+                pass
+        topic = self._topic_of.get(stream, "")
+        fields = dead_letter_fields(
+            sub=self.queue, reason=reason, exc=exc, kind="event" if topic else "raw",
+            body=encode_body(f), event_id=f.get(b"id", b"").decode(errors="replace"),
+            type_=f.get(b"type", b"").decode(errors="replace"), topic=topic,
+            source_stream=stream, source_id=sid.decode(), deliveries=count, attempts=count,
+        )
+        self._write_dead_letter(stream, sid, fields)
+
+    def _dead_letter(self, message: StreamMessage, reason: str, exc: BaseException | None) -> None:
+        options = message.options
+        args = message.args
+        sub = self.broker.subscriptions.get(message._chi_queue)
+        is_event = sub is not None and message.actor_name == sub.name and len(args) == 2
+        if is_event:
+            topic, fields = args
+            body = encode_body(fields)
+            event_id = fields.get("id", b"").decode(errors="replace")
+            type_ = fields.get("type", b"").decode(errors="replace")
+        else:
+            topic, body, event_id, type_ = "", encode_message(message), message.message_id, message.actor_name
+        fields_out = dead_letter_fields(
+            sub=message._chi_queue, reason=reason, exc=exc, kind="event" if is_event else "task",
+            body=body, event_id=event_id, type_=type_, topic=topic,
+            source_stream=options.get("src") or message._chi_stream,
+            source_id=options.get("src_id") or message._chi_entry.decode(),
+            deliveries=message._chi_deliveries,
+            # Retries has already counted the failed run when it gave up.
+            attempts=options.get("retries", 0) + (reason != "retries_exhausted"),
+            first_failure_ms=options.get("first_failure"), tb=None if exc is not None else options.get("traceback"),
+        )
+        self._write_dead_letter(message._chi_stream, message._chi_entry, fields_out, message._chi_queue)
+
+    def _write_dead_letter(self, stream: str, sid: bytes, fields: dict[str, Any], queue: str | None = None) -> None:
+        queue = queue or self.queue
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(self.broker.keys.dlq(queue), fields, maxlen=self.opts.dlq_maxlen, approximate=True)
+        pipe.xack(stream, queue, sid)
+        if stream == self.broker.keys.queue(queue):
+            pipe.xdel(stream, sid)
+        pipe.execute()
+        DEAD_LETTERED.labels(queue, fields["reason"]).inc()
+        logger.warning("dead-lettered %s entry %s of %s: %s", queue, sid.decode(), stream, fields["reason"])
+        self.broker.release(queue, stream, sid)
+
+    # acks --------------------------------------------------------------------------------------
+    def _take_acks(self) -> dict[str, list[bytes]]:
+        state = self.state
+        with state.cond:
+            if not any(state.acks.values()):
+                return {}
+            acks = {s: ids for s, ids in state.acks.items() if ids}
+            state.acks.clear()
+        return acks
+
+    def _restore_acks(self, acks: dict[str, list[bytes]]) -> None:
+        with self.state.cond:
+            for s, ids in acks.items():
+                self.state.acks[s][:0] = ids
+
+    def _queue_acks(self, pipe: Any, acks: dict[str, list[bytes]]) -> None:
+        for stream, ids in acks.items():
+            pipe.xack(stream, self.queue, *ids)
+            if stream == self.private:
+                pipe.xdel(stream, *ids)
+
+    def _check_acks(self, results: list[Any]) -> None:
+        for r in results:
+            if isinstance(r, Exception):  # NOGROUP after a restart: those entries are gone
+                logger.warning("ack failed on %s: %s", self.queue, r)
+
+    def _flush_acks(self) -> None:
+        acks = self._take_acks()
+        if not acks:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        self._queue_acks(pipe, acks)
+        try:
+            self._check_acks(pipe.execute(raise_on_error=False))
+        except (rex.ConnectionError, rex.TimeoutError):
+            self._restore_acks(acks)
+            raise
+
+    # maintenance ---------------------------------------------------------------------------
+    def _maintain(self, now: float) -> None:
+        self._flush_acks()
+        if now >= self._next_lease:
+            self._refresh_leases()
+            self._next_lease = now + self.opts.lease_ms / 3000
+        if now >= self._next_reclaim:
+            self._refresh_streams()
+            self._reclaim()
+            self._sweeps += 1
+            if self._sweeps % 12 == 1:
+                self._reap_consumers()
+            self._next_reclaim = now + self.opts.reclaim_interval_ms / 1000
+        if now >= self._next_registry:
+            if self.sub is not None:
+                self.broker._register(self.sub)
+            self._next_registry = now + self.opts.registry_refresh_ms / 1000
+
+    def _refresh_streams(self) -> None:
+        streams = self.broker.streams_of(self.queue)
+        for s in streams:
+            if s not in self._topic_of and s != self.private:
+                self._topic_of[s] = self.broker.keys.topic_from_stream(s)
+                if self._streams:  # a topic that appeared later: start at its first entry
+                    self.broker._ensure_group(s, self.queue, "0")
+        self._streams = streams
+
+    def _refresh_leases(self) -> None:
+        with self.state.cond:
+            held = list(self.state.inflight)
+        by_stream: dict[str, list[bytes]] = {}
+        for stream, sid in held:
+            by_stream.setdefault(stream, []).append(sid)
+        for stream, ids in by_stream.items():
+            for i in range(0, len(ids), 500):
+                self._eval(self._lease, [stream], [self.queue, self.name, *ids[i : i + 500]])
+
+    def _reclaim(self) -> None:
+        free = self.prefetch - len(self.state.inflight) - len(self._local)
+        for stream in self._streams:
+            if free <= 0:
+                return
+            try:
+                res = self.client.xautoclaim(
+                    stream, self.queue, self.name, self.opts.lease_ms, "0-0", count=free
+                )
+            except rex.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    self._recover_groups(str(exc))
+                    return
+                raise
+            claimed, deleted = res[1], (res[2] if len(res) > 2 else [])
+            if deleted:
+                TRIMMED_UNPROCESSED.labels(self.queue).inc(len(deleted))
+                logger.warning(
+                    "%d pending entries of %s on %s were trimmed before they were processed",
+                    len(deleted), self.queue, stream,
+                )
+            claimed = [c for c in claimed if c[1] is not None]
+            if not claimed:
+                continue
+            ids = [c[0] for c in claimed]
+            pending = self.client.xpending_range(
+                stream, self.queue, min=min(ids, key=_k), max=max(ids, key=_k), count=len(ids) + 100,
+                consumername=self.name,
+            )
+            counts = {p["message_id"]: p["times_delivered"] for p in pending}
+            self._handle(stream, claimed, counts)
+            free -= len(claimed)
+
+    def _reap_consumers(self) -> None:
+        """Remove consumers with nothing pending that have been idle past the lease."""
+        for stream in self._streams:
+            try:
+                consumers = self.client.xinfo_consumers(stream, self.queue)
+            except rex.ResponseError:
+                continue
+            for c in consumers:
+                name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                if name != self.name and not c["pending"] and c["idle"] > self.opts.lease_ms:
+                    self._eval(self._delcons, [stream], [self.queue, name])
+
+    def _eval(self, s: Any, keys: list[str], argv: list[Any]) -> Any:
+        try:
+            return self.client.evalsha(s.sha, len(keys), *keys, *argv)
+        except rex.NoScriptError:
+            return self.client.eval(s.source, len(keys), *keys, *argv)
+
+
+def _k(sid: bytes) -> tuple[int, int]:
+    ms, _, seq = sid.partition(b"-")
+    return int(ms), int(seq or 0)

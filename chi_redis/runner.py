@@ -1,0 +1,94 @@
+"""Running a subscription's handler inside a Dramatiq actor.
+
+The actor receives ``(topic, fields)`` — the raw stream entry — and decodes it here, in the
+worker thread, so a payload that cannot be decoded raises :class:`~chi_redis.DecodeError`,
+which every subscription lists in ``throws``: it goes straight to the dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+
+from .subscriptions import Delivery, Subscription
+
+if TYPE_CHECKING:
+    from .broker import StreamsBroker
+
+__all__ = ["ChiMiddleware", "current_message", "make_runner"]
+
+_local = threading.local()
+
+
+def current_message() -> Any:
+    """The message proxy the current worker thread is processing (or None)."""
+    return getattr(_local, "message", None)
+
+
+class ChiMiddleware(dramatiq.Middleware):  # type: ignore[misc]
+    """Tracks the current message per thread and stamps the first failure time."""
+
+    def before_process_message(self, broker: Any, message: Any) -> None:
+        _local.message = message
+
+    def after_process_message(
+        self, broker: Any, message: Any, *, result: Any = None, exception: Any = None
+    ) -> None:
+        if exception is not None:
+            options = message.options
+            options.setdefault("first_failure", int(time.time() * 1000))
+            # A retried copy lives in the private stream: keep where the event came from.
+            if "src" not in options and hasattr(message, "_chi_stream"):
+                options["src"] = message._chi_stream
+                options["src_id"] = message._chi_entry.decode()
+        _local.message = None
+
+    def after_skip_message(self, broker: Any, message: Any) -> None:
+        _local.message = None
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _local.loop = asyncio.new_event_loop()
+    return loop
+
+
+def make_runner(broker: StreamsBroker, sub: Subscription) -> Any:
+    """The actor function of ``sub``: decode, dedupe, call the handler (sync or async)."""
+    codec = broker.bus.codec
+    keys = broker.keys
+    client = broker.client
+    opts = sub.options
+
+    def run(topic: str, fields: dict[str, bytes]) -> None:
+        msg = current_message()
+        options = msg.options if msg is not None else {}
+        raw = {k.encode(): v for k, v in fields.items()}
+        src = options.get("src") or (msg._chi_stream if msg is not None else "")
+        src_id = options.get("src_id") or (msg._chi_entry.decode() if msg is not None else "")
+        event = codec.decode(raw, topic=topic, stream=src, entry_id=src_id)
+        seen_key = keys.seen(sub.name, event.id) if opts.dedupe else None
+        if seen_key is not None and client.exists(seen_key):
+            return
+        delivery = Delivery(
+            subscription=sub.name,
+            attempt=options.get("retries", 0) + 1,
+            stream=src,
+            entry_id=src_id,
+            replay=bool(options.get("replay")) or bool(event.metadata.get("chi_replay")),
+        )
+        result = sub.call(event, delivery)
+        if inspect.isawaitable(result):
+            _loop().run_until_complete(result)
+        if seen_key is not None:
+            client.set(seen_key, b"1", px=opts.dedupe_ttl_ms)
+
+    run.__name__ = run.__qualname__ = f"chi_subscription_{sub.name.replace('-', '_').replace('.', '_')}"
+    run.__module__ = getattr(sub.handler, "__module__", __name__)
+    return run
