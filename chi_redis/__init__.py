@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .abus import AsyncEventBus
+from .buffered import BufferedPublisher
 from .bus import EventBus
 from .codec import Codec
 from .connection import RetryPolicy, connect
@@ -29,7 +31,9 @@ from .store.redis import RedisEventStore
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncEventBus",
     "BufferFullError",
+    "BufferedPublisher",
     "ChiError",
     "Codec",
     "ConfigError",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import redis.asyncio
@@ -129,7 +130,7 @@ class AsyncEventBus:
         for start in range(0, len(calls), _CHUNKS_PER_ROUND_TRIP):
             group = calls[start : start + _CHUNKS_PER_ROUND_TRIP]
             try:
-                results = await self.call(lambda group=group: self._pipeline(group))
+                results = await self.call(partial(self._pipeline, group))
             except ChiError as exc:
                 raise await self._partial_failure(events, out, exc) from exc
             for r in results:

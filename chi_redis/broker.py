@@ -255,7 +255,7 @@ class StreamsBroker(dramatiq.Broker):  # type: ignore[misc]
         with state.cond:
             state.inflight.pop((stream, entry_id), None)
             state.acks[stream].append(entry_id)
-            state.cond.notify_all()
+            state.cond.notify()
 
     def release(self, queue_name: str, stream: str, entry_id: bytes) -> None:
         """Forget an in-flight entry without acking it (it was handed back or dead-lettered)."""

@@ -98,6 +98,7 @@ class BufferedPublisher:
         self._wakeup = asyncio.Event()  # cuts the linger short (full batch, flush, close)
         self._urgent = 0
         self._task: asyncio.Task[None] | None = None
+        self._inflight: list[Event] = []
         self._closed = False
         self._published = EVENTS_PUBLISHED.labels(bus.namespace)
         self._failed = PUBLISH_FAILED.labels(bus.namespace)
@@ -180,19 +181,36 @@ class BufferedPublisher:
         if self._closed and (self._task is None or self._task.done()):
             return
         self._closed = True
-        if self._task is not None:
+        task = self._task
+        try:
             # Callers blocked in publish() when close began still get their events in.
-            while self.pending or not self._queue.empty():
+            while (self.pending or not self._queue.empty()) and task and not task.done():
                 await self.flush()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self._report_leftovers()
+
+    async def _report_leftovers(self) -> None:
+        """Report what the task left in the buffer (only if it stopped early)."""
+        if self._inflight:  # cancelled half-way through a write: it may or may not be written
+            inflight, self._inflight = self._inflight, []
+            await self._report(inflight, ChiError("the publisher stopped while writing these"))
+        left: list[Event] = []
+        while not self._queue.empty():
+            left.append(self._queue.get_nowait())
+        if left:
+            await self._report(left, ChiError("the publisher stopped before writing these"))
+        self._settle(self._enqueued - self._settled)
 
     # the background task -------------------------------------------------------------
     async def _run(self) -> None:
         while True:
-            batch = await self._next_batch()
+            batch = self._inflight = await self._next_batch()
             await self._write(batch)
+            self._inflight = []
             self._settle(len(batch))
 
     async def _next_batch(self) -> list[Event]:

@@ -30,6 +30,7 @@ from .errors import (
     RedisUnavailableError,
     redact_url,
     scrub,
+    url_has_password,
 )
 
 __all__ = ["RetryPolicy", "connect", "connect_async", "map_redis_error"]
@@ -98,12 +99,23 @@ def _client_options(options: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
+def _invalid_url(url: str, exc: Exception) -> RedisUnavailableError:
+    # A parse error may quote a piece of a password with unescaped characters: show it
+    # only when the URL has no password at all.
+    detail = (
+        "cannot parse it (percent-encode special characters in the password)"
+        if url_has_password(url)
+        else str(exc)
+    )
+    return RedisUnavailableError(f"invalid Redis URL {redact_url(url)!r}: {detail}")
+
+
 def connect(url: str = DEFAULT_URL, **options: Any) -> redis.Redis:
     """A redis-py client for ``url`` with chi-redis's connection defaults."""
     try:
         return redis.Redis.from_url(url, **_client_options(options))
     except ValueError as exc:
-        raise RedisUnavailableError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from None
+        raise _invalid_url(url, exc) from None
 
 
 def connect_async(url: str = DEFAULT_URL, **options: Any) -> redis.asyncio.Redis:
@@ -111,7 +123,7 @@ def connect_async(url: str = DEFAULT_URL, **options: Any) -> redis.asyncio.Redis
     try:
         return redis.asyncio.Redis.from_url(url, **_client_options(options))
     except ValueError as exc:
-        raise RedisUnavailableError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from None
+        raise _invalid_url(url, exc) from None
 
 
 def client_url(client: Any) -> tuple[str, str | None]:

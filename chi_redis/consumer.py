@@ -68,6 +68,7 @@ class StreamsConsumer(dramatiq.Consumer):  # type: ignore[misc]
         self.state = broker.states[queue]
         self.opts = broker.options
         self.max_deliveries = (self.sub.options.max_deliveries if self.sub else None) or self.opts.max_deliveries
+        self._low_water = max(1, self.prefetch // 2)
         self._local: deque[StreamMessage] = deque()
         self._topic_of: dict[str, str] = {}
         self._streams: list[str] = []
@@ -150,10 +151,12 @@ class StreamsConsumer(dramatiq.Consumer):  # type: ignore[misc]
             if self._local:
                 return self._local.popleft()
         free = self.prefetch - len(self.state.inflight)
-        if free <= 0:
+        if free < self._low_water and free < self.prefetch:
+            # Read again only when half the prefetch window is free: refilling one slot
+            # per ack would cost a round trip per message.
             self._flush_acks()
             with self.state.cond:
-                if len(self.state.inflight) >= self.prefetch:
+                if self.prefetch - len(self.state.inflight) < self._low_water:
                     self.state.cond.wait(timeout=min(self.timeout_ms, 200) / 1000)
             return None
         self._read(free, now)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "BufferFullError",
@@ -128,21 +127,30 @@ class NotFoundError(ChiError):
     """An unknown subscription, event or dead letter."""
 
 
-_PASSWORD_IN_TEXT = re.compile(r"(\w+://)([^:/@\s]*):([^@\s]*)@")
+# The password part runs to the *last* "@" of the URL-like token, so a password holding
+# "@", ":" or "/" (unescaped) is still hidden whole.
+_PASSWORD_IN_TEXT = re.compile(r"(\w+://)([^:/@\s]*):(\S*)@")
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return _PASSWORD_IN_TEXT.sub(r"\1\2:***@", url)
-    if parts.password is None:
+    """Return ``url`` with any password replaced by ``***``; never raises.
+
+    Everything between ``://`` and the last ``@`` is the user info: only a user name is
+    kept, so even a password with unescaped ``@``, ``:`` or ``/`` does not leak.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    userinfo, _, host = rest.rpartition("@")
+    if ":" not in userinfo:  # a user name only
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def url_has_password(url: str) -> bool:
+    """Whether ``url`` carries a password (so parse errors must not be echoed)."""
+    return redact_url(url) != url
 
 
 def scrub(text: str, *secrets: Any) -> str:

@@ -74,14 +74,16 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=False):
             validate_name(self.topic, "topic")
         if not isinstance(self.id, str) or not 0 < len(self.id) <= 128 or not self.id.isprintable():
             raise ValidationError(f"invalid event id {self.id!r}", field="id")
-        if not isinstance(self.timestamp, datetime):
+        ts = self.timestamp
+        if not isinstance(ts, datetime):
             raise ValidationError("timestamp must be a datetime", field="timestamp")
-        if self.timestamp.tzinfo is None or self.timestamp.utcoffset() is None:
-            raise ValidationError(
-                "timestamp must be timezone-aware (use datetime.now(UTC))", field="timestamp"
-            )
-        if self.timestamp.utcoffset():
-            self.timestamp = self.timestamp.astimezone(UTC)
+        if ts.tzinfo is not UTC:
+            offset = ts.utcoffset()
+            if offset is None:
+                raise ValidationError(
+                    "timestamp must be timezone-aware (use datetime.now(UTC))", field="timestamp"
+                )
+            self.timestamp = ts.astimezone(UTC)
         if not isinstance(self.version, str) or not self.version:
             raise ValidationError("version must be a non-empty string", field="version")
         if not isinstance(self.metadata, dict):

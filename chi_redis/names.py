@@ -18,8 +18,13 @@ _NAME = re.compile(NAME_PATTERN)
 _GLOB_SEGMENT = re.compile(r"\*|[a-z0-9_-]+")
 
 
+_VALID: set[str] = set()  # names already checked (bounded): the hot path is a set lookup
+
+
 def validate_name(value: object, field: str = "name") -> str:
     """Return ``value`` if it is a valid name, else raise :class:`InvalidNameError`."""
+    if value in _VALID:
+        return value  # type: ignore[return-value]
     if not isinstance(value, str) or _NAME.fullmatch(value) is None:
         shown = repr(value)
         if len(shown) > 60:
@@ -29,6 +34,8 @@ def validate_name(value: object, field: str = "name") -> str:
             " '.', '_' or '-', starting with a letter or digit",
             field=field,
         )
+    if len(_VALID) < 100_000:
+        _VALID.add(value)
     return value
 
 

@@ -1,0 +1,59 @@
+"""The module ``dramatiq`` loads: ``dramatiq chi_redis.worker my_handlers``.
+
+Like ``__main__``, this entry point reads the environment at import (DESIGN §8):
+``CHI_REDIS_URL``, ``CHI_NAMESPACE``, ``CHI_CONFIG`` and the tuning variables
+``CHI_LEASE_MS``, ``CHI_RECLAIM_INTERVAL_MS``, ``CHI_MAX_DELIVERIES``.  It builds ``bus``
+and ``broker``, sets the broker and the msgspec encoder explicitly, and exposes both, so
+handler modules register with::
+
+    from chi_redis.worker import bus
+
+    @bus.subscribe("welcome-email", types=["user.created"])
+    def welcome(event): ...
+"""
+
+from __future__ import annotations
+
+import os
+
+import dramatiq
+
+from .broker import BrokerOptions, StreamsBroker
+from .bus import EventBus
+from .config import load_config
+from .connection import connect
+from .encoder import MsgpackEncoder
+
+__all__ = ["broker", "bus", "config"]
+
+config = load_config(env=os.environ)
+bus = EventBus(
+    connect(
+        config.redis.url,
+        socket_timeout=config.redis.socket_timeout_s,
+        socket_connect_timeout=config.redis.socket_connect_timeout_s,
+    ),
+    namespace=config.namespace,
+    encoding=config.bus.encoding,
+    max_event_bytes=config.bus.max_event_bytes,
+    idempotency_ttl_ms=config.bus.idempotency_ttl_ms,
+)
+_middleware = None
+if config.worker.metrics_port:
+    from dramatiq.middleware import Prometheus, default_middleware
+
+    os.environ.setdefault("dramatiq_prom_port", str(config.worker.metrics_port))
+    _middleware = [m() for m in default_middleware] + [Prometheus()]
+broker = StreamsBroker(
+    bus,
+    middleware=_middleware,
+    options=BrokerOptions(
+        lease_ms=config.worker.lease_ms,
+        reclaim_interval_ms=config.worker.reclaim_interval_ms,
+        max_deliveries=config.worker.max_deliveries,
+        block_ms=config.worker.block_ms,
+        prefetch=config.worker.prefetch,
+    ),
+)
+dramatiq.set_broker(broker)
+dramatiq.set_encoder(MsgpackEncoder())
