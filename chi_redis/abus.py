@@ -103,7 +103,7 @@ class AsyncEventBus:
             self.keys,
             self.codec,
             (event,),
-            (idempotency_key,) if idempotency_key else None,
+            (idempotency_key,) if idempotency_key is not None else None,
             self.idempotency_ttl_ms,
         )
         result = await self.call(lambda: self._evalsha(keys, argv))

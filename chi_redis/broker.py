@@ -25,6 +25,7 @@ import dramatiq
 import redis.exceptions as rex
 from dramatiq.errors import ConnectionClosed
 
+from .consumer import StreamMessage, StreamsConsumer
 from .encoder import MsgpackEncoder, encode_message
 from .names import validate_name
 from .runner import ChiMiddleware, make_runner
@@ -33,7 +34,6 @@ from .subscriptions import Subscription
 
 if TYPE_CHECKING:
     from .bus import EventBus
-    from .consumer import StreamsConsumer
 
 __all__ = ["BrokerOptions", "StreamsBroker"]
 
@@ -66,7 +66,7 @@ class QueueState:
     acks: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
 
 
-class StreamsBroker(dramatiq.Broker):  # type: ignore[misc]
+class StreamsBroker(dramatiq.Broker):
     """A Dramatiq broker over Redis Streams, built around an :class:`~chi_redis.EventBus`.
 
     Creating it installs the msgspec encoder process-wide (``dramatiq.set_encoder``) and
@@ -114,7 +114,7 @@ class StreamsBroker(dramatiq.Broker):  # type: ignore[misc]
                 raise ValueError(f"subscription {sub.name!r} is already declared")
             self.subscriptions[sub.name] = sub
         new = self._register(sub)
-        for topic in sub.bound_topics(self.bus.store.topics()):
+        for topic in sub.bound_topics(self._call(self.topics)):
             self._ensure_group(self.keys.stream(topic), sub.name, self._start_id(sub, new))
         o = sub.options
         actor_options: dict[str, Any] = {
@@ -137,7 +137,7 @@ class StreamsBroker(dramatiq.Broker):  # type: ignore[misc]
             return "0"
         if sub.start == "new":
             return "$"
-        ms = int(sub.start.timestamp() * 1000)  # type: ignore[union-attr]
+        ms = int(sub.start.timestamp() * 1000)
         return f"{max(ms - 1, 0)}-18446744073709551615"
 
     def _register(self, sub: Subscription) -> bool:
@@ -159,18 +159,21 @@ class StreamsBroker(dramatiq.Broker):  # type: ignore[misc]
                 return False
             raise
         except (rex.ConnectionError, rex.TimeoutError) as exc:
-            raise ConnectionClosed(exc) from None
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
 
     def _call(self, fn: Any) -> Any:
         try:
             return fn()
         except (rex.ConnectionError, rex.TimeoutError) as exc:
-            raise ConnectionClosed(exc) from None
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+
+    def topics(self) -> list[str]:
+        """Every topic published to so far (the registry set); raises redis-py errors."""
+        members = self.client.smembers(self.keys.topics())
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
     # Dramatiq's broker interface --------------------------------------------------------
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> StreamsConsumer:
-        from .consumer import StreamsConsumer
-
         return StreamsConsumer(self, queue_name, self.options.prefetch or prefetch, timeout)
 
     def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
@@ -178,11 +181,18 @@ class StreamsBroker(dramatiq.Broker):  # type: ignore[misc]
         self.declare_queue(queue_name)
         self.emit_before("enqueue", message, delay)
         body = encode_message(message)
-        if delay:
-            s = script("delay")
-            self._call(lambda: self._eval(s, [self.keys.delayed(queue_name)], [int(delay), body]))
-        else:
-            self._call(lambda: self.client.xadd(self.keys.queue(queue_name), {"m": body}))
+        try:
+            if delay:
+                s = script("delay")
+                self._call(lambda: self._eval(s, [self.keys.delayed(queue_name)], [int(delay), body]))
+            else:
+                self._call(lambda: self.client.xadd(self.keys.queue(queue_name), {"m": body}))
+        except ConnectionClosed:
+            if isinstance(message, StreamMessage):
+                # Retries is re-enqueueing a message we delivered: since its copy was not
+                # written, keep the original entry pending (not acked) so it is reclaimed.
+                message._chi_keep = True
+            raise
         self.emit_after("enqueue", message, delay)
         return message
 
@@ -203,7 +213,7 @@ class StreamsBroker(dramatiq.Broker):  # type: ignore[misc]
         streams = [self.keys.queue(queue_name)]
         sub = self.subscriptions.get(queue_name)
         if sub is not None:
-            streams += [self.keys.stream(t) for t in sub.bound_topics(self.bus.store.topics())]
+            streams += [self.keys.stream(t) for t in sub.bound_topics(self.topics())]
         return streams
 
     def flush(self, queue_name: str) -> None:
@@ -235,7 +245,7 @@ class StreamsBroker(dramatiq.Broker):  # type: ignore[misc]
         deadline = None if timeout is None else time.monotonic() + timeout / 1000
         while not self.is_idle(queue_name):
             if deadline is not None and time.monotonic() > deadline:
-                raise dramatiq.errors.QueueJoinTimeout(queue_name)
+                raise dramatiq.errors.QueueJoinTimeout(queue_name)  # type: ignore[no-untyped-call]
             time.sleep(0.05)
 
     def is_idle(self, queue_name: str) -> bool:
@@ -282,7 +292,9 @@ def group_idle(client: Any, stream: str, group: str) -> bool:
             return False
         last = g["last-delivered-id"]
         return not client.xrange(stream, f"({last.decode() if isinstance(last, bytes) else last}", "+", count=1)
-    return True
+    # No group yet (a topic a wildcard subscription has not discovered yet, or a group lost
+    # with Redis's state): it will be created at the first entry, so entries are waiting.
+    return not client.xlen(stream)
 
 
 def _decode_errors() -> tuple[type[BaseException], ...]:

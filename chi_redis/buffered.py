@@ -27,9 +27,9 @@ import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
-from prometheus_client import Counter
 
 from .abus import AsyncEventBus
+from .metrics import counter
 from .errors import BufferFullError, ChiError, PublishError, ValidationError
 from .event import Event
 
@@ -42,16 +42,6 @@ OnFull = Literal["block", "raise"]
 #: them.  May be a plain function or a coroutine function.
 ErrorCallback = Callable[[list[Event], BaseException], Any]
 
-EVENTS_PUBLISHED = Counter(
-    "chi_events_published_total",
-    "Events written to Redis by the buffered publisher.",
-    ["namespace"],
-)
-PUBLISH_FAILED = Counter(
-    "chi_publish_failed_total",
-    "Events the buffered publisher could not write (reported to on_error).",
-    ["namespace"],
-)
 
 
 class BufferedPublisher:
@@ -100,8 +90,8 @@ class BufferedPublisher:
         self._task: asyncio.Task[None] | None = None
         self._inflight: list[Event] = []
         self._closed = False
-        self._published = EVENTS_PUBLISHED.labels(bus.namespace)
-        self._failed = PUBLISH_FAILED.labels(bus.namespace)
+        self._published = counter("chi_events_published_total").labels(bus.namespace)
+        self._failed = counter("chi_publish_failed_total").labels(bus.namespace)
 
     def __repr__(self) -> str:
         return f"BufferedPublisher({self.bus!r}, pending={self.pending})"

@@ -102,10 +102,8 @@ class EventBus:
         nothing and returns the first stream id.  Publishing the same event id twice (a
         retry) also writes it once.
         """
-        keys, argv = pack(
-            self.keys, self.codec, (event,), (idempotency_key,) if idempotency_key else None,
-            self.idempotency_ttl_ms,
-        )
+        idem = (idempotency_key,) if idempotency_key is not None else None
+        keys, argv = pack(self.keys, self.codec, (event,), idem, self.idempotency_ttl_ms)
         return self.call(lambda: self._evalsha(keys, argv))[0].decode()  # type: ignore[no-any-return]
 
     def publish_batch(

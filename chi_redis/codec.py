@@ -27,7 +27,7 @@ from typing import Any, Literal
 import msgspec
 
 from .errors import DecodeError, PayloadTooLargeError, ValidationError
-from .event import Event, MetaValue, registered_type
+from .event import Event, MetaValue, _to_us, registered_type
 
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "Codec", "Encoding"]
 
@@ -81,31 +81,42 @@ class Codec:
         self._typed: dict[tuple[bytes, type[Any]], Any] = {}
 
     # encoding -----------------------------------------------------------------------
-    def encode(self, event: Event) -> list[bytes]:
-        """The entry values in field order ``id type ts ver meta enc data``.
+    def encode_parts(self, event: Event) -> tuple[str, str, int, str, bytes, bytes]:
+        """``(id, type, ts, ver, meta, data)`` of an entry, checked against the size cap.
 
+        The hot path of publishing: redis-py turns the str and int values into bytes in C.
         Raises :class:`PayloadTooLargeError` when the encoded event is over the cap.
         """
         try:
             data = self._encode(event.data)
         except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
             raise ValidationError(f"event data cannot be encoded: {exc}", field="data") from None
-        try:
-            meta = self._json(event.metadata) if event.metadata else _EMPTY_META
-        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-            raise ValidationError(f"metadata cannot be encoded: {exc}", field="metadata") from None
-        size = len(data) + len(meta) + len(event.id) + len(event.type) + len(event.version) + 32
-        if size > self.max_event_bytes:
-            raise PayloadTooLargeError(size, self.max_event_bytes, topic=event.topic)
-        return [
-            event.id.encode(),
-            event.type.encode(),
-            str(event.timestamp_us).encode(),
-            event.version.encode(),
-            meta,
-            self.enc_tag,
-            data,
-        ]
+        metadata = event.metadata
+        if metadata:
+            try:
+                meta = self._json(metadata)
+            except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+                raise ValidationError(
+                    f"metadata cannot be encoded: {exc}", field="metadata"
+                ) from None
+        else:
+            meta = _EMPTY_META
+        id_, type_, version = event.id, event.type, event.version
+        size = len(data) + len(meta) + len(id_) + len(type_) + len(version) + 32
+        if size > self.max_event_bytes or not (id_.isascii() and version.isascii()):
+            size += len(id_.encode()) - len(id_) + len(version.encode()) - len(version)
+            if size > self.max_event_bytes:
+                raise PayloadTooLargeError(size, self.max_event_bytes, topic=event.topic)
+        return id_, type_, _to_us(event.timestamp), version, meta, data
+
+    def encode(self, event: Event) -> list[bytes]:
+        """The entry values in field order ``id type ts ver meta enc data``.
+
+        Raises :class:`PayloadTooLargeError` when the encoded event is over the cap.
+        """
+        id_, type_, ts, version, meta, data = self.encode_parts(event)
+        return [id_.encode(), type_.encode(), str(ts).encode(), version.encode(), meta,
+                self.enc_tag, data]
 
     # decoding -----------------------------------------------------------------------
     def _decoder(self, tag: bytes, cls: type[Any]) -> Any:

@@ -12,17 +12,19 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import redis.exceptions as rex
 from dramatiq.errors import ActorNotFound, ConnectionClosed
+from dramatiq.middleware import SkipMessage
 
 from .dlq import dead_letter_fields, encode_body
 from .encoder import decode_message, encode_message
 from .errors import DecodeError
 from .filters import EntryView
-from .metrics import DEAD_LETTERED, TRIMMED_UNPROCESSED
+from .metrics import counter
 from .scripts import script
 
 if TYPE_CHECKING:
@@ -35,23 +37,37 @@ logger = logging.getLogger(__name__)
 ABANDONED = "chi-abandoned"
 ABANDON_IDLE_MS = 10**12
 _REQUIRED = (b"id", b"type", b"ts", b"data")
+_CONNECTION_ERRORS = (rex.ConnectionError, rex.TimeoutError)
 
 
-class StreamMessage(dramatiq.MessageProxy):  # type: ignore[misc]
+class StreamMessage(dramatiq.MessageProxy):
     """A message proxy that knows the stream entry to ack; prints no payload."""
 
-    def __init__(self, message: Any, queue: str, stream: str, entry_id: bytes, deliveries: int) -> None:
+    def __init__(
+        self, message: dramatiq.Message[Any], queue: str, stream: str, entry_id: bytes,
+        deliveries: int,
+    ) -> None:
         super().__init__(message)
         self._chi_queue = queue
         self._chi_stream = stream
         self._chi_entry = entry_id
         self._chi_deliveries = deliveries
+        # Set when a retry copy of this message could not be written: the entry is then
+        # left pending (not acked) so that the lease expires and it is reclaimed.
+        self._chi_keep = False
 
     def __str__(self) -> str:
         return f"{self._message.actor_name}({self._message.message_id})"
 
 
-class StreamsConsumer(dramatiq.Consumer):  # type: ignore[misc]
+def as_stream_message(message: dramatiq.MessageProxy) -> StreamMessage:
+    """``message`` as the StreamMessage this broker made (Dramatiq hands it back to us)."""
+    if not isinstance(message, StreamMessage):
+        raise TypeError(f"not a message of a StreamsBroker: {type(message).__name__}")
+    return message
+
+
+class StreamsConsumer(dramatiq.Consumer):
     """Consumes one queue (a subscription or a plain task queue).  Not thread-safe except
     for ``ack``/``nack``, which worker threads call and which touch only broker state."""
 
@@ -67,74 +83,106 @@ class StreamsConsumer(dramatiq.Consumer):  # type: ignore[misc]
         self.name = broker.consumer_id
         self.state = broker.states[queue]
         self.opts = broker.options
-        self.max_deliveries = (self.sub.options.max_deliveries if self.sub else None) or self.opts.max_deliveries
+        self.max_deliveries = (
+            self.sub.options.max_deliveries if self.sub else None
+        ) or self.opts.max_deliveries
         self._low_water = max(1, self.prefetch // 2)
         self._local: deque[StreamMessage] = deque()
         self._topic_of: dict[str, str] = {}
         self._streams: list[str] = []
-        self._refresh_streams()
+        self._cursors: dict[str, str] = {}
+        self._promote = script("promote")
+        self._lease = script("lease")
+        self._delcons = script("delconsumer")
+        self._next_due_ms = 0
+        self._warned_at = 0.0
+        self._sweeps = 0
+        try:
+            self._refresh_streams()
+        except _CONNECTION_ERRORS as exc:
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
         now = time.monotonic()
         self._next_lease = now + self.opts.lease_ms / 3000
         self._next_reclaim = now  # reclaim at once: picks up what a dead worker left
         self._next_registry = now + self.opts.registry_refresh_ms / 1000
-        self._sweeps = 0
-        self._next_due_ms = 0
-        self._warned_at = 0.0
-        self._promote = script("promote")
-        self._lease = script("lease")
-        self._delcons = script("delconsumer")
 
     # Dramatiq interface --------------------------------------------------------------------
     def __next__(self) -> StreamMessage | None:
         try:
             return self._next()
-        except (rex.ConnectionError, rex.TimeoutError) as exc:
-            raise ConnectionClosed(exc) from None
+        except _CONNECTION_ERRORS as exc:
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
 
-    def ack(self, message: StreamMessage) -> None:
-        self.broker.buffer_ack(message._chi_queue, message._chi_stream, message._chi_entry)
-
-    def nack(self, message: StreamMessage) -> None:
-        exc = message._exception
-        options = message.options
-        sub = self.broker.subscriptions.get(message._chi_queue)
-        if isinstance(exc, ActorNotFound):
-            reason = "unknown_actor"
-        elif isinstance(exc, DecodeError):
-            reason = "decode"
-        elif sub is not None and options.get("retries", 0) < sub.options.max_retries:
-            reason = "not_retryable"
-        else:
-            reason = "retries_exhausted"
-        try:
-            self._dead_letter(message, reason, exc)
-        except (rex.ConnectionError, rex.TimeoutError) as e:
-            raise ConnectionClosed(e) from None
-
-    def requeue(self, messages: Any) -> None:
-        """Hand messages back: to a placeholder consumer, marked long idle, so the next
-        reclaim sweep of any worker takes them at once."""
-        by_stream: dict[str, list[bytes]] = {}
-        msgs = list(messages)
-        for m in msgs:
-            by_stream.setdefault(m._chi_stream, []).append(m._chi_entry)
-        try:
-            for stream, ids in by_stream.items():
-                self.client.xclaim(
-                    stream, self.queue, ABANDONED, 0, ids, idle=ABANDON_IDLE_MS, justid=True
-                )
-        except (rex.ConnectionError, rex.TimeoutError) as e:
-            raise ConnectionClosed(e) from None
-        except rex.ResponseError:
-            logger.warning("could not hand back %d entries of %s", len(msgs), self.queue)
-        for m in msgs:
+    def ack(self, message: dramatiq.MessageProxy) -> None:
+        m = as_stream_message(message)
+        if m._chi_keep:
+            # Its retry copy was not written: leave the entry pending for reclaim.
             self.broker.release(m._chi_queue, m._chi_stream, m._chi_entry)
+            return
+        self.broker.buffer_ack(m._chi_queue, m._chi_stream, m._chi_entry)
+
+    def nack(self, message: dramatiq.MessageProxy) -> None:
+        m = as_stream_message(message)
+        if m._chi_keep:
+            self.broker.release(m._chi_queue, m._chi_stream, m._chi_entry)
+            return
+        exc = m._exception
+        try:
+            self._dead_letter(m, self._reason(m, exc), exc)
+        except _CONNECTION_ERRORS as e:
+            raise ConnectionClosed(e) from None  # type: ignore[no-untyped-call]
+
+    def _reason(self, message: StreamMessage, exc: BaseException | None) -> str:
+        if isinstance(exc, ActorNotFound):
+            return "unknown_actor"
+        if isinstance(exc, DecodeError | dramatiq.DecodeError):
+            return "decode"
+        if isinstance(exc, SkipMessage):
+            return "skipped"  # e.g. AgeLimit
+        if exc is None:
+            return "failed"
+        throws = message.options.get("throws")
+        if not throws:
+            try:
+                throws = self.broker.get_actor(message.actor_name).options.get("throws")
+            except ActorNotFound:
+                throws = None
+        if throws and isinstance(exc, throws):
+            return "not_retryable"
+        return "retries_exhausted"
+
+    def requeue(self, messages: Iterable[dramatiq.MessageProxy]) -> None:
+        """Hand messages back: to a placeholder consumer, marked long idle, so the next
+        reclaim sweep of any worker takes them at once.  The delivery count is set back
+        (RETRYCOUNT), so a hand-back does not count as a delivery."""
+        msgs = [as_stream_message(m) for m in messages]
+        groups: dict[tuple[str, int], list[bytes]] = {}
+        for m in msgs:
+            groups.setdefault((m._chi_stream, max(0, m._chi_deliveries - 1)), []).append(m._chi_entry)
+        try:
+            if groups:
+                pipe = self.client.pipeline(transaction=False)
+                for (stream, count), ids in groups.items():
+                    pipe.xclaim(
+                        stream, self.queue, ABANDONED, 0, list(ids), idle=ABANDON_IDLE_MS,
+                        retrycount=count, justid=True,
+                    )
+                for r in pipe.execute(raise_on_error=False):
+                    if isinstance(r, Exception):
+                        logger.warning("could not hand back entries of %s: %s", self.queue, r)
+        except _CONNECTION_ERRORS as e:
+            raise ConnectionClosed(e) from None  # type: ignore[no-untyped-call]
+        finally:
+            # Either handed back or, if Redis is unreachable, left pending: the lease of
+            # entries we no longer track expires and any worker reclaims them.
+            for m in msgs:
+                self.broker.release(m._chi_queue, m._chi_stream, m._chi_entry)
 
     def close(self) -> None:
+        local, self._local = list(self._local), deque()
         try:
-            if self._local:
-                self.requeue(list(self._local))
-                self._local.clear()
+            if local:
+                self.requeue(local)
             self._flush_acks()
             for stream in self._streams:
                 self._eval(self._delcons, [stream], [self.queue, self.name])
@@ -151,10 +199,10 @@ class StreamsConsumer(dramatiq.Consumer):  # type: ignore[misc]
             if self._local:
                 return self._local.popleft()
         free = self.prefetch - len(self.state.inflight)
-        if free < self._low_water and free < self.prefetch:
+        if free < self._low_water:
             # Read again only when half the prefetch window is free: refilling one slot
-            # per ack would cost a round trip per message.
-            self._flush_acks()
+            # per ack would cost a round trip per message.  Buffered acks go out with
+            # that read (or with the next maintenance, well within the lease).
             with self.state.cond:
                 if self.prefetch - len(self.state.inflight) < self._low_water:
                     self.state.cond.wait(timeout=min(self.timeout_ms, 200) / 1000)
@@ -181,7 +229,7 @@ class StreamsConsumer(dramatiq.Consumer):  # type: ignore[misc]
         )
         try:
             results = pipe.execute(raise_on_error=False)
-        except (rex.ConnectionError, rex.TimeoutError):
+        except _CONNECTION_ERRORS:
             self._restore_acks(acks)
             raise
         *ack_results, promoted, read = results
@@ -200,11 +248,11 @@ class StreamsConsumer(dramatiq.Consumer):  # type: ignore[misc]
     def _read_error(self, exc: Exception) -> None:
         text = str(exc)
         if "NOGROUP" in text or "no longer exists" in text:
-            self._recover_groups(text)
+            self._recover_groups()
             return
         raise exc
 
-    def _recover_groups(self, why: str) -> None:
+    def _recover_groups(self) -> None:
         now = time.monotonic()
         if now - self._warned_at > 60:
             self._warned_at = now
@@ -216,6 +264,7 @@ class StreamsConsumer(dramatiq.Consumer):  # type: ignore[misc]
             self.broker._ensure_group(stream, self.queue, "0")
         if self.sub is not None:
             self.broker._register(self.sub)
+        self._cursors.clear()
         time.sleep(0.05)  # never hot-loop on a server that keeps losing state
 
     # entries ---------------------------------------------------------------------------------
@@ -237,7 +286,9 @@ class StreamsConsumer(dramatiq.Consumer):  # type: ignore[misc]
                     inflight[(stream, sid)] = None
                 self._local.append(msg)
 
-    def _from_topic(self, stream: str, sid: bytes, f: dict[bytes, bytes], count: int) -> StreamMessage | None:
+    def _from_topic(
+        self, stream: str, sid: bytes, f: dict[bytes, bytes], count: int
+    ) -> StreamMessage | None:
         if any(k not in f for k in _REQUIRED):
             missing = next(k for k in _REQUIRED if k not in f).decode()
             self._dead_letter_entry(stream, sid, f, "decode", count, DecodeError(
@@ -250,7 +301,7 @@ class StreamsConsumer(dramatiq.Consumer):  # type: ignore[misc]
         ):
             self.broker.buffer_ack(self.queue, stream, sid)
             return None
-        message = dramatiq.Message(
+        message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=self.queue, actor_name=self.queue,
             args=(topic, {k.decode(): v for k, v in f.items()}), kwargs={}, options={},
             message_id=f"{self.queue}:{f[b'id'].decode(errors='replace')}",
@@ -278,11 +329,11 @@ class StreamsConsumer(dramatiq.Consumer):  # type: ignore[misc]
         if stream == self.private and b"m" in f:
             try:
                 msg = decode_message(f[b"m"])
-                proxy = StreamMessage(msg, self.queue, stream, sid, count)
-                self._dead_letter(proxy, reason, exc)
-                return
             except ValueError:
                 pass
+            else:
+                self._dead_letter(StreamMessage(msg, self.queue, stream, sid, count), reason, exc)
+                return
         topic = self._topic_of.get(stream, "")
         fields = dead_letter_fields(
             sub=self.queue, reason=reason, exc=exc, kind="event" if topic else "raw",
@@ -303,7 +354,8 @@ class StreamsConsumer(dramatiq.Consumer):  # type: ignore[misc]
             event_id = fields.get("id", b"").decode(errors="replace")
             type_ = fields.get("type", b"").decode(errors="replace")
         else:
-            topic, body, event_id, type_ = "", encode_message(message), message.message_id, message.actor_name
+            topic, body = "", encode_message(message)
+            event_id, type_ = message.message_id, message.actor_name
         fields_out = dead_letter_fields(
             sub=message._chi_queue, reason=reason, exc=exc, kind="event" if is_event else "task",
             body=body, event_id=event_id, type_=type_, topic=topic,
@@ -312,20 +364,39 @@ class StreamsConsumer(dramatiq.Consumer):  # type: ignore[misc]
             deliveries=message._chi_deliveries,
             # Retries has already counted the failed run when it gave up.
             attempts=options.get("retries", 0) + (reason != "retries_exhausted"),
-            first_failure_ms=options.get("first_failure"), tb=None if exc is not None else options.get("traceback"),
+            first_failure_ms=options.get("first_failure"),
+            tb=None if exc is not None else options.get("traceback"),
         )
-        self._write_dead_letter(message._chi_stream, message._chi_entry, fields_out, message._chi_queue)
+        self._write_dead_letter(
+            message._chi_stream, message._chi_entry, fields_out, message._chi_queue
+        )
 
-    def _write_dead_letter(self, stream: str, sid: bytes, fields: dict[str, Any], queue: str | None = None) -> None:
+    def _write_dead_letter(
+        self, stream: str, sid: bytes, fields: dict[str, Any], queue: str | None = None
+    ) -> None:
+        """XACK the entry and XADD its dead letter in one script, at most once."""
         queue = queue or self.queue
-        pipe = self.client.pipeline(transaction=True)
-        pipe.xadd(self.broker.keys.dlq(queue), fields, maxlen=self.opts.dlq_maxlen, approximate=True)
-        pipe.xack(stream, queue, sid)
-        if stream == self.broker.keys.queue(queue):
-            pipe.xdel(stream, sid)
-        pipe.execute()
-        DEAD_LETTERED.labels(queue, fields["reason"]).inc()
-        logger.warning("dead-lettered %s entry %s of %s: %s", queue, sid.decode(), stream, fields["reason"])
+        keys = self.broker.keys
+        argv: list[Any] = [
+            queue, sid, "1" if stream == keys.queue(queue) else "0", self.opts.dlq_maxlen,
+        ]
+        for k, v in fields.items():
+            argv += (k, v)
+        try:
+            written = self._eval(script("deadletter"), [stream, keys.dlq(queue)], argv)
+        except _CONNECTION_ERRORS:
+            raise  # the caller retries (Dramatiq retries nack); the script is idempotent
+        except rex.RedisError as exc:
+            # Leave the entry pending: its lease expires and a reclaim tries again.
+            logger.error("could not dead-letter %s entry %s of %s: %s", queue, sid.decode(),
+                         stream, exc)
+            self.broker.release(queue, stream, sid)
+            return
+        if written:
+            counter("chi_dead_lettered_total").labels(queue, fields["reason"]).inc()
+            logger.warning(
+                "dead-lettered %s entry %s of %s: %s", queue, sid.decode(), stream, fields["reason"]
+            )
         self.broker.release(queue, stream, sid)
 
     # acks --------------------------------------------------------------------------------------
@@ -362,7 +433,7 @@ class StreamsConsumer(dramatiq.Consumer):  # type: ignore[misc]
         self._queue_acks(pipe, acks)
         try:
             self._check_acks(pipe.execute(raise_on_error=False))
-        except (rex.ConnectionError, rex.TimeoutError):
+        except _CONNECTION_ERRORS:
             self._restore_acks(acks)
             raise
 
@@ -404,22 +475,27 @@ class StreamsConsumer(dramatiq.Consumer):  # type: ignore[misc]
                 self._eval(self._lease, [stream], [self.queue, self.name, *ids[i : i + 500]])
 
     def _reclaim(self) -> None:
-        free = self.prefetch - len(self.state.inflight) - len(self._local)
+        free = self.prefetch - len(self.state.inflight)
         for stream in self._streams:
             if free <= 0:
                 return
+            start = self._cursors.get(stream, "0-0")
             try:
                 res = self.client.xautoclaim(
-                    stream, self.queue, self.name, self.opts.lease_ms, "0-0", count=free
+                    stream, self.queue, self.name, self.opts.lease_ms, start, count=free
                 )
             except rex.ResponseError as exc:
                 if "NOGROUP" in str(exc):
-                    self._recover_groups(str(exc))
+                    self._recover_groups()
                     return
                 raise
+            # Follow the cursor across sweeps so a long PEL of live entries does not
+            # hide idle ones behind it.
+            cursor = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
+            self._cursors[stream] = cursor
             claimed, deleted = res[1], (res[2] if len(res) > 2 else [])
             if deleted:
-                TRIMMED_UNPROCESSED.labels(self.queue).inc(len(deleted))
+                counter("chi_trimmed_unprocessed_total").labels(self.queue).inc(len(deleted))
                 logger.warning(
                     "%d pending entries of %s on %s were trimmed before they were processed",
                     len(deleted), self.queue, stream,
@@ -429,10 +505,11 @@ class StreamsConsumer(dramatiq.Consumer):  # type: ignore[misc]
                 continue
             ids = [c[0] for c in claimed]
             pending = self.client.xpending_range(
-                stream, self.queue, min=min(ids, key=_k), max=max(ids, key=_k), count=len(ids) + 100,
+                stream, self.queue, min=min(ids, key=_k), max=max(ids, key=_k),
+                count=len(ids) + len(self.state.inflight) + self.prefetch,
                 consumername=self.name,
             )
-            counts = {p["message_id"]: p["times_delivered"] for p in pending}
+            counts = {_bytes(p["message_id"]): int(p["times_delivered"]) for p in pending}
             self._handle(stream, claimed, counts)
             free -= len(claimed)
 
@@ -453,6 +530,10 @@ class StreamsConsumer(dramatiq.Consumer):  # type: ignore[misc]
             return self.client.evalsha(s.sha, len(keys), *keys, *argv)
         except rex.NoScriptError:
             return self.client.eval(s.source, len(keys), *keys, *argv)
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def _k(sid: bytes) -> tuple[int, int]:

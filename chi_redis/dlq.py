@@ -136,7 +136,7 @@ def list_dead_letters(
             pipe = client.pipeline(transaction=False)
             for i in ids:
                 pipe.xrange(key, i, i)
-            return pipe.execute()  # type: ignore[no-any-return]
+            return pipe.execute()
         found = [r[0] for r in bus.call(each) if r]
     else:
         lo = "-" if after is None else f"({after}"

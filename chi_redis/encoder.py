@@ -31,7 +31,7 @@ def _default(obj: Any) -> Any:
 _ENC_SAFE = msgspec.msgpack.Encoder(enc_hook=_default)
 
 
-class MsgpackEncoder(dramatiq.Encoder):  # type: ignore[misc]
+class MsgpackEncoder(dramatiq.Encoder):
     """Encodes Dramatiq message dicts with msgspec MessagePack."""
 
     def encode(self, data: dict[str, Any]) -> bytes:
@@ -41,9 +41,11 @@ class MsgpackEncoder(dramatiq.Encoder):  # type: ignore[misc]
         try:
             return _DEC.decode(data)
         except RecursionError:
-            raise dramatiq.DecodeError("message nested too deeply", data, None) from None
+            raise dramatiq.DecodeError(  # type: ignore[no-untyped-call]
+                "message nested too deeply", data, None
+            ) from None
         except msgspec.DecodeError as exc:
-            raise dramatiq.DecodeError(str(exc), data, exc) from None
+            raise dramatiq.DecodeError(str(exc), data, exc) from None  # type: ignore[no-untyped-call]
 
 
 def encode_message(message: Any) -> bytes:

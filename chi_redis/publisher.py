@@ -18,6 +18,15 @@ DEFAULT_IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 Call = tuple[list[str], list[bytes | str | int]]
 
 
+def _check_idempotency_key(idem: object) -> str:
+    if not isinstance(idem, str) or not idem or len(idem) > 256 or not idem.isprintable():
+        raise ValidationError(
+            "idempotency key must be a printable string of 1-256 characters",
+            field="idempotency_key",
+        )
+    return idem
+
+
 def pack(
     keys: Keys,
     codec: Codec,
@@ -28,32 +37,48 @@ def pack(
 ) -> Call:
     """KEYS and ARGV of one publish-script call for ``events`` (validated and encoded first).
 
-    Raises before anything is sent: nothing of an invalid chunk reaches Redis.
+    Raises before anything is sent: nothing of an invalid chunk reaches Redis.  The layout
+    is documented in ``lua/publish.lua``: each topic's keys are passed once per chunk and
+    each event costs seven arguments, so packing stays cheap in Python and in Redis.
     """
-    ids_key = keys.ids()
-    klist: list[str] = [ids_key, keys.topics()]
-    argv: list[bytes | str | int] = [ttl_ms, len(events)]
-    arc = b"1" if archive else b"0"
+    slots: dict[str, int] = {}
+    topic_keys: list[str] = []
+    topic_names: list[str] = []
+    idem_keys: list[str] = []
+    body: list[bytes | str | int] = []
+    parts = codec.encode_parts
+    with_idem = bool(idempotency_keys) and any(k is not None for k in idempotency_keys or ())
     for i, event in enumerate(events):
         if not isinstance(event, Event):
             raise ValidationError(
                 f"expected an Event, got {type(event).__name__}", field=f"events[{i}]"
             )
         topic = event.topic
-        stream = keys.stream(topic)
-        idem = idempotency_keys[i] if idempotency_keys else None
-        if idem is not None:
-            if not isinstance(idem, str) or not idem or len(idem) > 256 or not idem.isprintable():
-                raise ValidationError(
-                    "idempotency key must be a printable string of 1-256 characters",
-                    field="idempotency_key",
-                )
-            klist += (stream, keys.index(topic), keys.idem(topic, idem))
-        else:
-            klist += (stream, keys.index(topic), stream)
-        values = codec.encode(event)
-        argv += (b"1" if idem is not None else b"0", topic.encode(), *values[:6], values[6], arc)
-    return klist, argv
+        slot = slots.get(topic)
+        if slot is None:
+            slot = slots[topic] = len(topic_names) + 1
+            topic_names.append(topic)
+            topic_keys += (keys.stream(topic), keys.index(topic))
+        body.append(slot)
+        body += parts(event)
+        if with_idem:
+            idem = idempotency_keys[i] if idempotency_keys else None
+            if idem is None:
+                body.append(0)
+            else:
+                idem_keys.append(keys.idem(topic, _check_idempotency_key(idem)))
+                body.append(len(idem_keys))
+    klist = [keys.ids(), keys.topics(), *topic_keys, *idem_keys]
+    head: list[bytes | str | int] = [
+        ttl_ms,
+        len(events),
+        len(topic_names),
+        b"1" if archive else b"0",
+        codec.enc_tag,
+        b"1" if with_idem else b"0",
+        *topic_names,
+    ]
+    return klist, head + body
 
 
 def check_topic(topic: str) -> str:

@@ -30,7 +30,7 @@ def current_message() -> Any:
     return getattr(_local, "message", None)
 
 
-class ChiMiddleware(dramatiq.Middleware):  # type: ignore[misc]
+class ChiMiddleware(dramatiq.Middleware):
     """Tracks the current message per thread and stamps the first failure time."""
 
     def before_process_message(self, broker: Any, message: Any) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "StreamId",
     "TimePoint",
     "format_id",
+    "parse_duration",
     "parse_id",
     "parse_rate",
     "parse_time",

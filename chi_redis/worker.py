@@ -40,9 +40,21 @@ bus = EventBus(
 )
 _middleware = None
 if config.worker.metrics_port:
-    from dramatiq.middleware import Prometheus, default_middleware
+    # Dramatiq's exposition server runs in a process forked from the dramatiq master, which
+    # never imports this module: its port and multiprocess directory come from the
+    # environment of the `dramatiq` command (`chi-redis worker` sets both).
+    import logging
 
-    os.environ.setdefault("dramatiq_prom_port", str(config.worker.metrics_port))
+    from dramatiq.middleware import default_middleware
+
+    if os.environ.get("dramatiq_prom_port") != str(config.worker.metrics_port):
+        logging.getLogger(__name__).warning(
+            "metrics_port is %s but dramatiq_prom_port is %r: set dramatiq_prom_port (and a"
+            " dramatiq_prom_db directory per worker group) in the worker's environment",
+            config.worker.metrics_port, os.environ.get("dramatiq_prom_port"),
+        )
+    from dramatiq.middleware.prometheus import Prometheus
+
     _middleware = [m() for m in default_middleware] + [Prometheus()]
 broker = StreamsBroker(
     bus,

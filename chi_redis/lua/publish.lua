@@ -1,47 +1,84 @@
--- Publish a chunk of events atomically, one round trip.
--- KEYS[1] ids hash, KEYS[2] topics set, then per event: stream, index, idempotency key
---   (the stream key again when the event has none).
--- ARGV[1] idempotency TTL (ms), ARGV[2] number of events, then per event 10 values:
---   has_idem, topic, id, type, ts(us), ver, meta, enc, data, arc
+-- Publish a chunk of events atomically, in one round trip.
+-- KEYS: [1] ids hash, [2] topics set, then stream and index of each topic of the chunk
+--   (2 keys per topic), then the idempotency keys of the chunk (if any).
+-- ARGV: [1] idempotency TTL (ms), [2] number of events, [3] number of topics, [4] arc
+--   ('1': archive writes), [5] payload encoding tag, [6] '1' when events carry an
+--   idempotency key index, then the topic names, then per event 7 values:
+--   topic slot (1-based), id, type, ts (us), ver, meta, data
+--   (plus the 1-based index of its idempotency key, 0 for none, when ARGV[6] is '1').
 -- Returns the stream id of each event.  An event id already written (a retry after a lost
--- reply) and a live idempotency key both return the first stream id and write nothing.
-local ids, topics = KEYS[1], KEYS[2]
-local ttl = ARGV[1]
-local n = tonumber(ARGV[2])
-local out = {}
-local new_topics = {}
-local a = 3
-for i = 0, n - 1 do
-  local k = 3 + i * 3
-  local stream, index, idem = KEYS[k], KEYS[k + 1], KEYS[k + 2]
-  local has_idem, topic, id = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  local sid = false
-  if has_idem == '1' then sid = redis.call('GET', idem) end
-  if not sid then
-    local known = redis.call('HGET', ids, id)
-    if known then sid = string.match(known, ' (.*)$') end
+-- reply), an id seen earlier in the chunk and a live idempotency key all return the first
+-- stream id and write nothing.
+-- Cost: one XADD per event; the id lookup, the time index and the topics set are read and
+-- written with one command per chunk (redis.call is the expensive part of a script).  The
+-- first write is an XADD, so a server over maxmemory refuses the chunk before it changes
+-- anything (scripts are OOM-checked at their first write).
+local unpack = unpack or table.unpack
+local ids_key, topics_key = KEYS[1], KEYS[2]
+local ttl, n, nt = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local arc, enc, has_idem = ARGV[4] == '1', ARGV[5], ARGV[6] == '1'
+local per = has_idem and 8 or 7
+local base = 6 + nt
+local SLICE = 1000 -- arguments per command: stays far below Lua's unpack limit
+
+local function sliced(cmd, key, args)
+  local out = {}
+  for i = 1, #args, SLICE do
+    local part = redis.call(cmd, key, unpack(args, i, math.min(i + SLICE - 1, #args)))
+    if type(part) == 'table' then
+      for j = 1, #part do out[#out + 1] = part[j] end
+    end
   end
+  return out
+end
+
+local event_ids = {}
+for i = 0, n - 1 do event_ids[i + 1] = ARGV[base + i * per + 2] end
+local known = sliced('HMGET', ids_key, event_ids)
+
+local out, seen, index_args, id_args, used = {}, {}, {}, {}, {}
+for i = 0, n - 1 do
+  local a = base + i * per
+  local slot, id = tonumber(ARGV[a + 1]), ARGV[a + 2]
+  local idem = false
+  if has_idem and ARGV[a + 8] ~= '0' then idem = KEYS[2 + 2 * nt + tonumber(ARGV[a + 8])] end
+  local sid = false
+  if idem then sid = redis.call('GET', idem) end
+  if not sid then sid = seen[id] end
+  if not sid and known[i + 1] then sid = string.match(known[i + 1], ' (.*)$') end
   if not sid then
-    local ts = ARGV[a + 4]
-    if ARGV[a + 9] == '1' then
+    local stream, ts = KEYS[1 + 2 * slot], ARGV[a + 4]
+    if arc then
       sid = redis.call('XADD', stream, '*', 'id', id, 'type', ARGV[a + 3], 'ts', ts,
-        'ver', ARGV[a + 5], 'meta', ARGV[a + 6], 'enc', ARGV[a + 7], 'data', ARGV[a + 8],
-        'arc', '1')
+        'ver', ARGV[a + 5], 'meta', ARGV[a + 6], 'enc', enc, 'data', ARGV[a + 7], 'arc', '1')
     else
       sid = redis.call('XADD', stream, '*', 'id', id, 'type', ARGV[a + 3], 'ts', ts,
-        'ver', ARGV[a + 5], 'meta', ARGV[a + 6], 'enc', ARGV[a + 7], 'data', ARGV[a + 8])
+        'ver', ARGV[a + 5], 'meta', ARGV[a + 6], 'enc', enc, 'data', ARGV[a + 7])
     end
-    redis.call('ZADD', index, ts, sid)
-    redis.call('HSET', ids, id, topic .. ' ' .. sid)
-    if has_idem == '1' then redis.call('SET', idem, sid, 'PX', ttl) end
-    if not new_topics[topic] then
-      new_topics[topic] = true
-      redis.call('SADD', topics, topic)
+    local zargs = index_args[slot]
+    if not zargs then
+      zargs = {}
+      index_args[slot] = zargs
+      used[#used + 1] = slot
     end
-  elseif has_idem == '1' and redis.call('EXISTS', idem) == 0 then
+    zargs[#zargs + 1] = ts
+    zargs[#zargs + 1] = sid
+    id_args[#id_args + 1] = id
+    id_args[#id_args + 1] = ARGV[6 + slot] .. ' ' .. sid
+    if idem then redis.call('SET', idem, sid, 'PX', ttl) end
+  elseif idem and redis.call('EXISTS', idem) == 0 then
     redis.call('SET', idem, sid, 'PX', ttl)
   end
+  seen[id] = sid
   out[i + 1] = sid
-  a = a + 10
 end
+
+-- The id lookup first: should a later command fail, a retry still finds these events.
+if #id_args > 0 then sliced('HSET', ids_key, id_args) end
+local topic_names = {}
+for _, slot in ipairs(used) do
+  sliced('ZADD', KEYS[2 + 2 * slot], index_args[slot])
+  topic_names[#topic_names + 1] = ARGV[6 + slot]
+end
+if #topic_names > 0 then sliced('SADD', topics_key, topic_names) end
 return out

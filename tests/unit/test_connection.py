@@ -150,7 +150,8 @@ def test_full_redis_gives_redis_full_error_and_nothing_half_written(tmp_path: Pa
         written = 0
         with pytest.raises(PublishError) as info:
             for _ in range(10_000):
-                ids = bus.publish_batch([Event(type="user.created", data=payload) for _ in range(20)])
+                batch = [Event(type="user.created", data=payload) for _ in range(20)]
+                ids = bus.publish_batch(batch)
                 written += len(ids)
         assert isinstance(info.value.cause, RedisFullError)
         assert "maxmemory" in str(info.value.cause)

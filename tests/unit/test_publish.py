@@ -18,6 +18,7 @@ from chi_redis import (
     RetryPolicy,
     ValidationError,
 )
+from chi_redis.scripts import script
 
 NO_RETRY = RetryPolicy(attempts=1)
 
@@ -30,6 +31,7 @@ def test_publish_returns_the_stream_id_and_writes_entry_index_and_lookup(
     bus: EventBus, client: redis.Redis
 ) -> None:
     event = ev(1, metadata={"source": "test"})
+    client.script_load(script("publish").source)  # as after the first publish
     with CommandCounter(client) as counter:
         sid = bus.publish(event)
     assert counter.count == 1  # one round trip
@@ -66,11 +68,10 @@ def test_idempotency_key_returns_the_first_stream_id(bus: EventBus, client: redi
 
 
 def test_idempotency_keys_are_scoped_per_topic(bus: EventBus, client: redis.Redis) -> None:
-    a = bus.publish(ev(1, "user.created"), idempotency_key="k")
-    b = bus.publish(ev(2, "order.created"), idempotency_key="k")
+    bus.publish(ev(1, "user.created"), idempotency_key="k")
+    bus.publish(ev(2, "order.created"), idempotency_key="k")
     assert client.xlen(bus.keys.stream("user")) == 1
     assert client.xlen(bus.keys.stream("order")) == 1
-    assert a != b or True  # stream ids of two streams may coincide; both were written
 
 
 def test_idempotency_key_expires_after_its_ttl(client: redis.Redis, namespace: str) -> None:
@@ -90,7 +91,7 @@ def test_invalid_idempotency_key_is_rejected_before_redis(
 ) -> None:
     with CommandCounter(client) as counter, pytest.raises(ValidationError) as info:
         bus.publish(ev(), idempotency_key=bad)
-    assert info.value.field == "idempotency_key" or bad == ""
+    assert info.value.field == "idempotency_key"
     assert counter.count == 0
 
 
@@ -103,7 +104,6 @@ def test_publish_batch_preserves_order_across_topics(bus: EventBus, client: redi
         mine = [(e.id, sid) for e, sid in zip(events, ids, strict=True) if e.topic == topic]
         entries = client.xrange(bus.keys.stream(topic))
         assert [(f[b"id"].decode(), sid.decode()) for sid, f in entries] == mine
-    assert len(set(ids)) == len(ids)
 
 
 def test_publish_batch_of_nothing_sends_nothing(bus: EventBus, client: redis.Redis) -> None:

@@ -1,0 +1,277 @@
+"""chi-redis publishing and queries against raw redis-py, measured in the same run.
+
+  chi.baseline.xadd.single / .pipe100 / .pipe1000   raw redis-py XADD of the peers' event
+  chi.publish.single              EventBus.publish: one event per round trip
+  chi.publish_batch.100 / .1000   EventBus.publish_batch of 100 / 1000 events per call
+  chi.async.publish_batch.1000    AsyncEventBus.publish_batch of 1000 events per call
+  chi.buffered                    BufferedPublisher (asyncio): publish() each event, then close()
+  chi.ratio.*                     chi-redis ÷ its raw baseline (events/s; for queries: time)
+  chi.query.range10k_ms           load_by_time_range returning 10k events out of 1M
+  chi.baseline.xrange10k_ms       raw XRANGE of the same 10k entries (no decoding)
+  chi.mem.*_bytes_per_event       MEMORY USAGE per event: stream + time index + id lookup,
+                                  next to a raw XADD of the same event
+
+Events are built and encoded inside the timed loops, for chi-redis and for the baselines.
+Targets (issue #2): single ≥ 0.8× raw XADD, batch ≥ 0.5× raw pipelined XADD, time range
+≤ 2× raw XRANGE.
+
+Runs only against a redis-server of its own (it FLUSHALLs it; port 6379 is refused):
+  beside the peers:  EXTRA_BENCH_DIRS=$PWD/bench ONLY=chi. REPEATS=1 \
+                     PY=$PWD/.venv/bin/python /work/shared/peers/run_all.sh 6391
+  standalone:        python bench/bench_publish.py --port 6391
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PEERS = ROOT.parent / "shared" / "peers"
+for p in (str(ROOT), str(PEERS)):
+    if p not in sys.path:
+        sys.path.append(p)
+
+import redis  # noqa: E402
+import redis.asyncio as aredis  # noqa: E402
+
+from chi_redis import AsyncEventBus, BufferedPublisher, Event, EventBus  # noqa: E402
+
+try:
+    from common import (  # noqa: E402
+        ENCODER,
+        base_args,
+        fresh,
+        log,
+        make_event,
+        measured,
+        report,
+        report_value,
+        wanted,
+    )
+except ImportError:  # pragma: no cover - standalone without the peers folder
+    raise SystemExit(f"needs common.py from the peers folder on PYTHONPATH ({PEERS})") from None
+
+STREAM = "orders"
+NS = "bench"
+RATES: dict[str, float] = {}
+
+
+def chi_event(i: int, ts: datetime | None = None) -> Event:
+    """The peers' event (common.make_event) as a chi-redis Event."""
+    return Event(
+        type="order.created",
+        data={"order_id": i, "amount": 129.95, "sku": "SKU-0042", "qty": 3},
+        metadata={"source": "bench", "attempt": 0},
+        **({"timestamp": ts} if ts is not None else {}),
+    )
+
+
+def record(name: str, n: int, m: Any, **extra: Any) -> None:
+    RATES[name] = n / m.wall
+    report(name, n, m, **extra)
+
+
+def ratio(name: str, num: str, den: str, target: str) -> None:
+    if num in RATES and den in RATES:
+        report_value(name, RATES[num] / RATES[den], target=target)
+
+
+# -- raw baselines ---------------------------------------------------------------------------
+
+
+def raw_xadd(r: redis.Redis, name: str, n: int, batch: int) -> None:
+    fresh(r)
+    enc = ENCODER.encode
+    with measured(r) as m:
+        if batch <= 1:
+            xadd = r.xadd
+            for i in range(n):
+                xadd(STREAM, {"d": enc(make_event(i))})
+        else:
+            pipe = r.pipeline(transaction=False)
+            for i in range(n):
+                pipe.xadd(STREAM, {"d": enc(make_event(i))})
+                if (i + 1) % batch == 0:
+                    pipe.execute()
+            pipe.execute()
+    assert r.xlen(STREAM) == n
+    record(name, n, m)
+
+
+# -- chi-redis -------------------------------------------------------------------------------
+
+
+def chi_single(r: redis.Redis, bus: EventBus, n: int) -> None:
+    fresh(r)
+    publish = bus.publish
+    with measured(r) as m:
+        for i in range(n):
+            publish(chi_event(i))
+    assert r.xlen(bus.keys.stream("order")) == n
+    record("chi.publish.single", n, m)
+
+
+def chi_batch(r: redis.Redis, bus: EventBus, n: int, batch: int) -> None:
+    fresh(r)
+    with measured(r) as m:
+        for start in range(0, n, batch):
+            bus.publish_batch([chi_event(i) for i in range(start, min(n, start + batch))])
+    assert r.xlen(bus.keys.stream("order")) == n
+    record(f"chi.publish_batch.{batch}", n, m)
+
+
+def chi_async_batch(r: redis.Redis, url: str, n: int, batch: int) -> None:
+    fresh(r)
+
+    async def run() -> None:
+        abus = AsyncEventBus(aredis.Redis.from_url(url), namespace=NS)
+        for start in range(0, n, batch):
+            await abus.publish_batch([chi_event(i) for i in range(start, min(n, start + batch))])
+        await abus.close()
+
+    with measured(r) as m:
+        asyncio.run(run())
+    assert r.xlen(f"{NS}:{{order}}:stream") == n
+    record(f"chi.async.publish_batch.{batch}", n, m)
+
+
+def chi_buffered(r: redis.Redis, url: str, n: int) -> None:
+    fresh(r)
+
+    async def run() -> int:
+        abus = AsyncEventBus(aredis.Redis.from_url(url), namespace=NS)
+        async with BufferedPublisher(abus, batch_size=1000, max_buffer=20_000) as publisher:
+            for i in range(n):
+                await publisher.publish(chi_event(i))
+        await abus.close()
+        return publisher.failed_count
+
+    with measured(r) as m:
+        failed = asyncio.run(run())
+    assert failed == 0 and r.xlen(f"{NS}:{{order}}:stream") == n
+    record("chi.buffered", n, m)
+
+
+# -- queries ---------------------------------------------------------------------------------
+
+
+def best_ms(fn: Any, repeats: int = 7) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return min(times)
+
+
+def query_range(r: redis.Redis, bus: EventBus, total: int, window: int) -> None:
+    fresh(r)
+    base = datetime(2024, 1, 1, tzinfo=UTC)
+    t0 = time.perf_counter()
+    sids: list[str] = []
+    for start in range(0, total, 10_000):
+        sids += bus.publish_batch(
+            [chi_event(i, base + timedelta(milliseconds=i)) for i in range(start, start + 10_000)]
+        )
+    log(f"filled {total} events in {time.perf_counter() - t0:.1f} s")
+    lo = total // 2
+    hi = lo + window - 1
+    start, end = base + timedelta(milliseconds=lo), base + timedelta(milliseconds=hi)
+    stream = bus.keys.stream("order")
+
+    def chi_query() -> None:
+        got = bus.store.load_by_time_range(start, end, topic="order")
+        assert len(got) == window, len(got)
+
+    def chi_query_all_topics() -> None:
+        assert len(bus.store.load_by_time_range(start, end)) == window
+
+    def raw_query() -> None:
+        got = r.xrange(stream, sids[lo], sids[hi])
+        assert len(got) == window
+
+    raw_ms = best_ms(raw_query)
+    chi_ms = best_ms(chi_query)
+    chi_all_ms = best_ms(chi_query_all_topics)
+    report_value("chi.baseline.xrange10k_ms", raw_ms, n=window, of=total)
+    report_value("chi.query.range10k_ms", chi_ms, n=window, of=total, topic="order")
+    report_value("chi.query.range10k.alltopics_ms", chi_all_ms, n=window, of=total)
+    report_value("chi.ratio.range10k_time", chi_ms / raw_ms, target="<=2")
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+
+def memory(r: redis.Redis, bus: EventBus, n: int) -> None:
+    fresh(r)
+    for start in range(0, n, 1000):
+        bus.publish_batch([chi_event(i) for i in range(start, start + 1000)])
+    k = bus.keys
+    usage = {
+        "stream": r.memory_usage(k.stream("order"), samples=0) or 0,
+        "index": r.memory_usage(k.index("order"), samples=0) or 0,
+        "ids": r.memory_usage(k.ids(), samples=0) or 0,
+    }
+    total = sum(usage.values())
+    fresh(r)
+    enc = ENCODER.encode
+    pipe = r.pipeline(transaction=False)
+    for i in range(n):
+        pipe.xadd(STREAM, {"d": enc(make_event(i))})
+        if (i + 1) % 1000 == 0:
+            pipe.execute()
+    pipe.execute()
+    raw = r.memory_usage(STREAM, samples=0) or 0
+    parts = " ".join(f"{key}={v / n:.0f}" for key, v in usage.items())
+    report_value("chi.mem.bytes_per_event", total / n, n=n, parts=parts.replace(" ", ","))
+    report_value("chi.baseline.mem.xadd_bytes_per_event", raw / n, n=n)
+    report_value("chi.ratio.mem", total / raw)
+
+
+def main() -> None:
+    p = base_args(__doc__ or "", 100_000)
+    p.add_argument("--n-single", type=int, default=20_000)
+    p.add_argument("--range-total", type=int, default=1_000_000)
+    args = p.parse_args()
+    if args.port == 6379:
+        raise SystemExit("refusing port 6379: this benchmark FLUSHALLs its server")
+    url = f"redis://{args.host}:{args.port}/0"
+    r = redis.Redis(host=args.host, port=args.port)
+    bus = EventBus.from_url(url, namespace=NS)
+    n, n1 = args.n, min(args.n, args.n_single)
+
+    for name, batch, count in [
+        ("chi.baseline.xadd.single", 1, n1),
+        ("chi.baseline.xadd.pipe100", 100, n),
+        ("chi.baseline.xadd.pipe1000", 1000, n),
+    ]:
+        if wanted(args, name):
+            raw_xadd(r, name, count, batch)
+    if wanted(args, "chi.publish.single"):
+        chi_single(r, bus, n1)
+    for batch in (100, 1000):
+        if wanted(args, f"chi.publish_batch.{batch}"):
+            chi_batch(r, bus, n, batch)
+    if wanted(args, "chi.async.publish_batch.1000"):
+        chi_async_batch(r, url, n, 1000)
+    if wanted(args, "chi.buffered"):
+        chi_buffered(r, url, n)
+    ratio("chi.ratio.single", "chi.publish.single", "chi.baseline.xadd.single", ">=0.8")
+    ratio("chi.ratio.batch100", "chi.publish_batch.100", "chi.baseline.xadd.pipe100", ">=0.5")
+    ratio("chi.ratio.batch1000", "chi.publish_batch.1000", "chi.baseline.xadd.pipe1000", ">=0.5")
+    ratio("chi.ratio.buffered", "chi.buffered", "chi.baseline.xadd.pipe1000", "-")
+    if wanted(args, "chi.mem"):
+        memory(r, bus, n)
+    if wanted(args, "chi.query.range10k"):
+        query_range(r, bus, args.range_total, 10_000)
+    fresh(r)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""A five-minute tour of publishing and querying: ``python -m chi_redis.demo``.
+
+Publishes a few typed events (the seed's ``UserCreated`` / ``OrderCreated``), a batch and a
+buffered async stream, then queries them back by id, by topic and by time.  Everything lives
+under the ``demo`` namespace (``--namespace``) and is deleted at the end (``--keep`` keeps it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from datetime import UTC, datetime, timedelta
+
+import click
+import msgspec
+
+from .abus import AsyncEventBus
+from .buffered import BufferedPublisher
+from .bus import EventBus
+from .connection import DEFAULT_URL
+from .errors import ChiError
+from .event import Event, event_type
+
+
+class UserCreated(msgspec.Struct, kw_only=True):
+    user_id: str
+    email: str
+    name: str = ""
+
+
+class OrderCreated(msgspec.Struct, kw_only=True):
+    order_id: str
+    user_id: str
+    amount_cents: int
+    items: list[str] = []
+
+
+def show(event: Event) -> str:
+    return f"{event.timestamp:%H:%M:%S.%f} {event.type:<14} {event.data!r}"
+
+
+def publish(bus: EventBus) -> Event:
+    click.echo("\n== publish")
+    user = Event.of(UserCreated(user_id="u-1", email="ada@example.com", name="Ada"))
+    click.echo(f"user.created -> stream id {bus.publish(user)}")
+    order = Event.of(OrderCreated(order_id="o-1", user_id="u-1", amount_cents=4200))
+    first = bus.publish(order, idempotency_key="checkout-o-1")
+    again = bus.publish(
+        Event.of(OrderCreated(order_id="o-1", user_id="u-1", amount_cents=4200)),
+        idempotency_key="checkout-o-1",
+    )
+    click.echo(f"order.created -> {first}; same idempotency key again -> {again} (not re-written)")
+
+    now = datetime.now(UTC)
+    batch = [
+        Event.of(
+            OrderCreated(order_id=f"o-{i}", user_id=f"u-{i % 3}", amount_cents=100 * i),
+            # Back-filled events keep their own time: the time index is by event time.
+            timestamp=now - timedelta(minutes=i),
+            metadata={"source": "demo", "batch": True},
+        )
+        for i in range(2, 22)
+    ]
+    ids = bus.publish_batch(batch)
+    click.echo(f"publish_batch: {len(ids)} orders in order, {ids[0]} .. {ids[-1]}")
+    return user
+
+
+async def publish_buffered(url: str, namespace: str) -> None:
+    click.echo("\n== buffered async publisher")
+    abus = AsyncEventBus.from_url(url, namespace=namespace)
+    failures: list[int] = []
+    try:
+        async with BufferedPublisher(
+            abus, on_error=lambda events, exc: failures.append(len(events))
+        ) as publisher:
+            for i in range(100):
+                event = Event(type="metric.sampled", data={"i": i})
+                await publisher.publish(event)
+            await publisher.flush()
+            click.echo(f"100 events queued and flushed: {publisher.published_count} written,"
+                       f" {publisher.failed_count} failed")
+    finally:
+        await abus.close()
+
+
+def query(bus: EventBus, user: Event) -> None:
+    store = bus.store
+    click.echo("\n== query")
+    loaded = store.load(user.id)
+    click.echo(f"load({user.id[:13]}...) -> {type(loaded.data).__name__ if loaded else None}")
+    click.echo("load_by_topic('order', offset=0, limit=3):")
+    for event in store.load_by_topic("order", limit=3):
+        click.echo(f"  {show(event)}")
+    now = datetime.now(UTC)
+    window = store.load_by_time_range(now - timedelta(minutes=5, seconds=30), now,
+                                      types=["order.*"])
+    click.echo(f"orders with event time in the last 5.5 minutes: {len(window)}")
+    for event in window[:3]:
+        click.echo(f"  {show(event)}")
+    pages, cursor, seen = 0, None, 0
+    while True:
+        page, cursor = store.page_by_topic("order", after=cursor, limit=8)
+        if not page:
+            break
+        pages, seen = pages + 1, seen + len(page)
+    click.echo(f"page_by_topic('order', limit=8): {seen} events in {pages} pages")
+    click.echo(f"topics: {', '.join(store.topics())}")
+
+
+def cleanup(bus: EventBus) -> int:
+    """Delete the demo's keys (SCAN on the namespace's own prefix, never KEYS)."""
+
+    def unlink_all() -> int:
+        keys = list(bus.client.scan_iter(match=f"{bus.namespace}:*", count=1000))
+        if keys:
+            bus.client.unlink(*keys)
+        return len(keys)
+
+    return int(bus.call(unlink_all))
+
+
+@click.command()
+@click.option("--redis-url", envvar="CHI_REDIS_URL", default=DEFAULT_URL, show_default=True)
+@click.option("--namespace", default="demo", show_default=True)
+@click.option("--keep", is_flag=True, help="Keep the demo's keys in Redis.")
+def main(redis_url: str, namespace: str, keep: bool) -> None:
+    """Publish a few events and query them back."""
+    event_type("user.created")(UserCreated)
+    event_type("order.created")(OrderCreated)
+    try:
+        bus = EventBus.from_url(redis_url, namespace=namespace)
+        click.echo(f"chi-redis demo on {bus!r}")
+        try:
+            user = publish(bus)
+            asyncio.run(publish_buffered(redis_url, namespace))
+            query(bus, user)
+        finally:
+            if keep:
+                click.echo(f"\nkept the keys under {namespace}:*")
+            else:
+                with contextlib.suppress(ChiError):  # Redis is gone: nothing to clean
+                    click.echo(f"\ncleaned up {cleanup(bus)} keys under {namespace}:*")
+            bus.close()
+    except ChiError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

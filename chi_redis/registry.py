@@ -1,0 +1,168 @@
+"""The subscription registry, seen from operations: list, rewind, prune.
+
+Workers record each subscription in the ``keys.subs()`` hash when they start and refresh
+its ``last_seen_ms``; its consumer groups live on the topic streams.  A subscription is
+*registered* while it has been seen within ``subscriptions_seen_days`` (DESIGN §8); groups
+of subscriptions no longer registered (and groups no registry entry explains) hold back
+retention forever, which is what ``prune`` is for.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import redis.exceptions as rex
+
+from .errors import NotFoundError
+from .names import validate_name
+from .timeparse import TimePoint, format_id, pred
+
+if TYPE_CHECKING:
+    from .bus import EventBus
+
+__all__ = [
+    "Registered",
+    "find",
+    "groups_by_subscription",
+    "prune",
+    "prune_candidates",
+    "registry",
+    "rewind",
+    "subscriptions",
+]
+
+DAY_MS = 86_400_000
+
+
+@dataclass
+class Registered:
+    """A subscription as the registry and the topic streams know it."""
+
+    name: str
+    info: dict[str, Any] | None  # None: a group with no registry entry
+    topics: list[str] = field(default_factory=list)  # topics holding a group of this name
+
+    @property
+    def last_seen_ms(self) -> int | None:
+        return int(self.info["last_seen_ms"]) if self.info and "last_seen_ms" in self.info else None
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def registry(bus: EventBus) -> dict[str, dict[str, Any]]:
+    """Every registry entry: subscription name → its description (with ``last_seen_ms``)."""
+    raw = bus.call(lambda: bus.client.hgetall(bus.keys.subs()))
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in raw.items():
+        try:
+            info = msgspec.json.decode(value)
+        except msgspec.DecodeError:
+            info = {}
+        out[_s(name)] = info if isinstance(info, dict) else {}
+    return out
+
+
+def groups_by_subscription(bus: EventBus) -> dict[str, list[str]]:
+    """Group name → the topics whose stream has a group of that name (one round trip)."""
+    topics = bus.store.topics()
+
+    def run() -> list[Any]:
+        pipe = bus.client.pipeline(transaction=False)
+        for t in topics:
+            pipe.xinfo_groups(bus.keys.stream(t))
+        return pipe.execute(raise_on_error=False)
+
+    out: dict[str, list[str]] = {}
+    for topic, groups in zip(topics, bus.call(run), strict=True):
+        if isinstance(groups, rex.ResponseError):
+            continue
+        if isinstance(groups, Exception):
+            raise groups
+        for g in groups:
+            out.setdefault(_s(g["name"]), []).append(topic)
+    return out
+
+
+def subscriptions(bus: EventBus) -> list[Registered]:
+    """Registry entries and group-only subscriptions, sorted by name."""
+    reg = registry(bus)
+    groups = groups_by_subscription(bus)
+    names = sorted(set(reg) | set(groups))
+    return [Registered(n, reg.get(n), groups.get(n, [])) for n in names]
+
+
+def find(bus: EventBus, sub: str) -> Registered:
+    """One subscription; :class:`NotFoundError` when neither registered nor grouped."""
+    validate_name(sub, "subscription")
+    for r in subscriptions(bus):
+        if r.name == sub:
+            return r
+    raise NotFoundError(
+        f"unknown subscription {sub!r}: no registry entry and no consumer group of that name"
+    )
+
+
+def rewind(
+    bus: EventBus, sub: str, to: TimePoint, topics: list[str] | None = None
+) -> dict[str, str]:
+    """Move the group of ``sub`` on each of its topics back (or forward) to ``to``.
+
+    The next read delivers entries from ``to`` on (inclusive).  Entries the group still
+    has pending stay pending.  Returns topic → the last-delivered id that was set.
+    """
+    found = find(bus, sub)
+    chosen = found.topics if topics is None else [t for t in found.topics if t in topics]
+    if topics is not None and set(topics) - set(found.topics):
+        missing = sorted(set(topics) - set(found.topics))[0]
+        raise NotFoundError(f"subscription {sub!r} has no consumer group on topic {missing!r}")
+    last = format_id(pred(to.lower_id()))
+    done: dict[str, str] = {}
+    for t in chosen:
+        bus.call(lambda t=t: bus.client.xgroup_setid(bus.keys.stream(t), sub, last))
+        done[t] = last
+    return done
+
+
+def prune_candidates(bus: EventBus, seen_days: float) -> list[Registered]:
+    """Subscriptions not seen within ``seen_days``, and groups with no registry entry."""
+    cutoff = int(time.time() * 1000 - seen_days * DAY_MS)
+    return [
+        r for r in subscriptions(bus)
+        if r.info is None or r.last_seen_ms is None or r.last_seen_ms < cutoff
+    ]
+
+
+def prune(bus: EventBus, candidates: list[Registered], seen_days: float) -> list[str]:
+    """Destroy the groups (on every topic stream) and registry entries of ``candidates``.
+
+    Each is checked again just before: one whose worker came back meanwhile is kept.
+    Returns the names pruned.
+    """
+    cutoff = int(time.time() * 1000 - seen_days * DAY_MS)
+    topics = bus.store.topics()
+    pruned = []
+    for c in candidates:
+        raw = bus.call(lambda c=c: bus.client.hget(bus.keys.subs(), c.name))
+        if raw is not None:
+            try:
+                seen = int(msgspec.json.decode(raw).get("last_seen_ms", 0))
+            except (msgspec.DecodeError, AttributeError, TypeError, ValueError):
+                seen = 0
+            if seen >= cutoff:
+                continue
+
+        def drop(name: str = c.name) -> None:
+            pipe = bus.client.pipeline(transaction=False)
+            for t in topics:
+                pipe.xgroup_destroy(bus.keys.stream(t), name)
+            pipe.hdel(bus.keys.subs(), name)
+            pipe.execute(raise_on_error=False)
+
+        bus.call(drop)
+        pruned.append(c.name)
+    return pruned

@@ -1,0 +1,804 @@
+"""Replay: re-read a range of history and deliver it again (DESIGN §5 Replay).
+
+Sources (:mod:`chi_redis.history`): one or more topic streams by stream-id / append-time
+range, or the time index by event time.  Targets:
+
+- :class:`QueueTarget` — one subscription's private stream, as the Dramatiq messages its
+  actor runs (marked ``replay``); other subscriptions see nothing;
+- :class:`RepublishTarget` — back onto the topic as new events (new ids) whose metadata
+  carries ``chi_replay=true`` and ``chi_replay_of=<original id>``;
+- :class:`PrintTarget` — JSON lines.
+
+With a checkpoint name, the last delivered position is stored under
+``keys.checkpoint(name)`` *in the same Lua script as the delivery*, so a replay that is
+interrupted (crash, kill, Ctrl-C) and run again resumes exactly where it stopped: nothing
+is repeated, nothing skipped.  With ``workers > 1`` batches are delivered in parallel (and
+so not in order): each records its own range atomically, and the contiguous prefix is
+folded into the position as batches complete.  (The print target writes before it
+records, so its last batch may be printed twice after a crash.)
+
+An upper bound left open is fixed at the stream's last entry when the replay starts (and
+stored in the checkpoint), so a republish never chases its own output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+import dramatiq
+import msgspec
+import redis.exceptions as rex
+
+from .connection import map_redis_error
+from .encoder import encode_message
+from .errors import ChiError, NotFoundError, ValidationError
+from .event import new_event_id
+from .history import (
+    By,
+    Item,
+    TypeFilter,
+    envelope,
+    index_pages,
+    item_pos,
+    merged,
+    pos_key,
+    rechunk,
+    stream_pages,
+)
+from .names import validate_name
+from .scripts import Script, script
+from .timeparse import TimePoint, format_id, parse_id
+
+if TYPE_CHECKING:
+    from .bus import EventBus
+
+__all__ = [
+    "PrintTarget",
+    "QueueTarget",
+    "ReplayInterrupted",
+    "ReplayOptions",
+    "ReplayReport",
+    "RepublishTarget",
+    "Target",
+    "choose_target",
+    "estimate_total",
+    "replay",
+    "subscription_info",
+]
+
+logger = logging.getLogger(__name__)
+
+_JSON = msgspec.json.Encoder()
+_META = msgspec.json.Decoder(dict[str, Any])
+
+
+# targets ---------------------------------------------------------------------------------
+class Target(Protocol):
+    """Where replayed entries go.  ``deliver`` is called from worker threads."""
+
+    name: str
+    types: tuple[str, ...]  # extra type globs the target itself accepts (AND-ed)
+    skips_archived: bool
+    ordered: bool  # must batches be delivered one at a time?
+
+    def deliver(self, items: list[Item], ckpt_key: str, ckpt: dict[str, str]) -> int: ...
+
+
+def _run(bus: EventBus, s: Script, keys: list[str], argv: list[Any]) -> Any:
+    client = bus.client
+
+    def call() -> Any:
+        try:
+            return client.evalsha(s.sha, len(keys), *keys, *argv)
+        except rex.NoScriptError:
+            return client.eval(s.source, len(keys), *keys, *argv)
+
+    # Never retried: after a lost reply a retry would deliver twice.  The checkpoint tells
+    # a rerun where the replay really stopped.
+    return _once(bus, call)
+
+
+def _once(bus: EventBus, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except rex.RedisError as exc:
+        raise map_redis_error(exc, bus._url, bus._password) from None
+
+
+def _pairs(ckpt: dict[str, str]) -> list[str]:
+    out = [str(len(ckpt))]
+    for k, v in ckpt.items():
+        out += (k, v)
+    return out
+
+
+class QueueTarget:
+    """Deliver into one subscription's private stream (``keys.queue(sub)``)."""
+
+    skips_archived = True
+    ordered = False
+
+    def __init__(self, bus: EventBus, sub: str, types: tuple[str, ...] = ()) -> None:
+        self.bus = bus
+        self.sub = validate_name(sub, "subscription")
+        self.name = f"to:{sub}"
+        self.types = types
+        self.queue = bus.keys.queue(sub)
+        self._script = script("replay_queue")
+
+    def message(self, item: Item) -> bytes:
+        """The Dramatiq message that runs the subscription's actor on this entry."""
+        topic, sid, fields, _ = item
+        sub = self.sub
+        event_id = fields.get(b"id", b"").decode(errors="replace")
+        return encode_message(dramatiq.Message(
+            queue_name=sub, actor_name=sub,
+            args=(topic, {k.decode(): v for k, v in fields.items()}), kwargs={},
+            options={"src": self.bus.keys.stream(topic), "src_id": sid.decode(), "replay": True},
+            message_id=f"{sub}:{event_id}", message_timestamp=int(time.time() * 1000),
+        ))
+
+    def deliver(self, items: list[Item], ckpt_key: str, ckpt: dict[str, str]) -> int:
+        argv: list[Any] = _pairs(ckpt)
+        argv += [self.message(it) for it in items]
+        return int(_run(self.bus, self._script, [self.queue, ckpt_key or self.queue], argv))
+
+
+class RepublishTarget:
+    """Append each entry to its topic again as a new event marked as a replay."""
+
+    name = "republish"
+    types: tuple[str, ...] = ()
+    skips_archived = True
+    ordered = False
+
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
+        self._script = script("replay_topic")
+
+    def deliver(self, items: list[Item], ckpt_key: str, ckpt: dict[str, str]) -> int:
+        k = self.bus.keys
+        keys = [k.ids(), k.topics(), ckpt_key or k.ids()]
+        argv: list[Any] = _pairs(ckpt)
+        for topic, _sid, f, _ in items:
+            raw_meta = f.get(b"meta", b"{}")
+            try:
+                meta = _META.decode(raw_meta) if raw_meta != b"{}" else {}
+            except msgspec.DecodeError:
+                meta = {}
+            meta["chi_replay"] = True
+            meta["chi_replay_of"] = f.get(b"id", b"").decode(errors="replace")
+            keys += (k.stream(topic), k.index(topic))
+            argv += (
+                topic, new_event_id(), f.get(b"type", b""), f.get(b"ts", b"0"),
+                f.get(b"ver", b"1.0"), _JSON.encode(meta), f.get(b"enc", b"mp"),
+                f.get(b"data", b""),
+            )
+        return len(_run(self.bus, self._script, keys, argv))
+
+
+class PrintTarget:
+    """Write each entry as one JSON line (the event envelope)."""
+
+    name = "print"
+    types: tuple[str, ...] = ()
+    skips_archived = False
+    ordered = True
+
+    def __init__(self, bus: EventBus, out: IO[bytes]) -> None:
+        self.bus = bus
+        self.out = out
+
+    def deliver(self, items: list[Item], ckpt_key: str, ckpt: dict[str, str]) -> int:
+        codec, enc = self.bus.codec, _JSON.encode
+        lines = [enc(envelope(codec, t, sid, f)) for t, sid, f, _ in items]
+        lines.append(b"")
+        self.out.write(b"\n".join(lines))
+        self.out.flush()
+        if ckpt:
+            client: Any = self.bus.client
+
+            def record() -> None:
+                pipe = client.pipeline(transaction=True)
+                pipe.hset(ckpt_key, mapping=ckpt)
+                pipe.hincrby(ckpt_key, "delivered", len(items))
+                pipe.execute()
+
+            _once(self.bus, record)
+        return len(items)
+
+
+def subscription_info(bus: EventBus, sub: str) -> dict[str, Any]:
+    """The registry entry of ``sub``; :class:`NotFoundError` when it was never registered."""
+    validate_name(sub, "subscription")
+    raw = bus.call(lambda: bus.client.hget(bus.keys.subs(), sub))
+    if raw is None:
+        raise NotFoundError(
+            f"unknown subscription {sub!r}: not in the registry (a worker registers it when"
+            " it starts; `chi-redis subscriptions list` shows the known ones)"
+        )
+    try:
+        info = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        info = {}
+    return info if isinstance(info, dict) else {}
+
+
+def bound_topics(info: dict[str, Any], known: list[str]) -> list[str]:
+    """The topics a registered subscription reads (as Subscription.bound_topics does)."""
+    if info.get("topics"):
+        return sorted(info["topics"])
+    types = info.get("types") or []
+    if info.get("wildcard") or any(t.split(".", 1)[0] == "*" for t in types):
+        return sorted(known)
+    return sorted({t.split(".", 1)[0] for t in types})
+
+
+# options and report ------------------------------------------------------------------------
+@dataclass
+class ReplayOptions:
+    """How to replay: batch size, rate, parallelism, dry run, checkpoint name."""
+
+    batch_size: int = 500
+    rate: float | None = None  # events per second
+    workers: int = 1
+    dry_run: bool = False
+    checkpoint: str | None = None
+
+    def validate(self) -> None:
+        if not 1 <= self.batch_size <= 10_000:
+            raise ValidationError("batch size must be between 1 and 10000", field="batch_size")
+        if not 1 <= self.workers <= 64:
+            raise ValidationError("workers must be between 1 and 64", field="workers")
+        if self.checkpoint is not None:
+            validate_name(self.checkpoint, "checkpoint")
+
+
+@dataclass
+class Gap:
+    """Part of the requested range that no longer exists (trimmed or deleted).
+
+    ``exact`` is False when Redis cannot say which entries went (a trim by someone else:
+    XTRIM/MAXLEN do not record the last id they removed) or the range is by event time.
+    """
+
+    topic: str
+    requested: str
+    first_available: str | None
+    exact: bool = True
+    removed: int = 0
+
+    def describe(self) -> str:
+        where = (
+            f"first available entry is {self.first_available}"
+            if self.first_available else "the stream holds nothing from there on"
+        )
+        if self.exact:
+            return f"topic {self.topic!r}: entries from {self.requested} were trimmed; {where}"
+        return (
+            f"topic {self.topic!r}: {self.removed} older entries were trimmed or deleted,"
+            f" entries from {self.requested} may be missing; {where}"
+        )
+
+
+@dataclass
+class ReplayReport:
+    """What a replay did (or, dry run, would do)."""
+
+    target: str
+    by: str
+    topics: list[str]
+    scanned: int = 0
+    delivered: int = 0
+    per_topic: dict[str, int] = field(default_factory=dict)
+    skipped_types: int = 0
+    skipped_archived: int = 0
+    already_delivered: int = 0
+    missing: int = 0
+    gaps: list[Gap] = field(default_factory=list)
+    dry_run: bool = False
+    checkpoint: str | None = None
+    resumed: bool = False
+    already_complete: bool = False
+    total_delivered: int | None = None  # across runs, from the checkpoint
+    elapsed_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "gaps"}
+        d["gaps"] = [{**g.__dict__, "message": g.describe()} for g in self.gaps]
+        return d
+
+    def summary(self) -> str:
+        """One or two lines for people."""
+        where = {"print": " to stdout", "republish": " to their topics", "count": ""}.get(
+            self.target, f" to subscription {self.target[3:]!r}")
+        by = "append time" if self.by == "append" else "event time"
+        if self.already_complete:
+            return (f"checkpoint {self.checkpoint!r} is complete ({self.total_delivered} events"
+                    " delivered): nothing to do; use another --checkpoint name to replay again")
+        verb = "would replay" if self.dry_run else "replayed"
+        counts = " ".join(f"{t}={n}" for t, n in sorted(self.per_topic.items()))
+        text = (f"{verb} {self.delivered} events{where} (topics {', '.join(self.topics)};"
+                f" by {by}) in {self.elapsed_s:.2f}s" + (f": {counts}" if counts else ""))
+        skipped = [
+            f"{n} {what}" for n, what in (
+                (self.skipped_types, "of other types"), (self.skipped_archived, "archived"),
+                (self.already_delivered, "already delivered by an earlier run"),
+                (self.missing, "indexed but no longer in the stream"),
+            ) if n
+        ]
+        if skipped:
+            text += "\nskipped " + ", ".join(skipped)
+        if self.checkpoint and not self.dry_run:
+            text += (f"\ncheckpoint {self.checkpoint!r}: {self.total_delivered} delivered in total"
+                     + (" (resumed)" if self.resumed else ""))
+        return text
+
+
+class ReplayInterrupted(ChiError):
+    """A replay stopped part-way; ``report`` says how far it got."""
+
+    def __init__(self, report: ReplayReport, cause: BaseException) -> None:
+        why = "interrupted" if isinstance(cause, KeyboardInterrupt) else str(cause) or type(
+            cause).__name__
+        resume = (
+            f"; run the same command again to resume (checkpoint {report.checkpoint!r})"
+            if report.checkpoint and not report.dry_run
+            else "; use --checkpoint NAME to make a replay resumable"
+        )
+        super().__init__(f"replay stopped after {report.delivered} events: {why}{resume}")
+        self.report = report
+
+
+# checkpoints -------------------------------------------------------------------------------
+class Checkpoint:
+    """A replay checkpoint: a Redis hash holding the replay's spec and progress.
+
+    Fields: ``spec`` (JSON: source, resolved bounds, target), ``pos`` (JSON: topic →
+    last position delivered, contiguously), ``done:<n>`` (JSON: topic → [first, last]
+    of a batch delivered out of order), ``delivered``, ``state``.
+    """
+
+    def __init__(self, bus: EventBus, name: str) -> None:
+        self.bus = bus
+        self.name = name
+        self.key = bus.keys.checkpoint(name)
+        raw: dict[bytes, bytes] = bus.call(lambda: bus.client.hgetall(self.key))
+        f = {k.decode(): v.decode() for k, v in raw.items()}
+        self.spec: dict[str, Any] | None = json.loads(f["spec"]) if "spec" in f else None
+        self.pos: dict[str, str] = json.loads(f.get("pos", "{}"))
+        self.done: list[tuple[str, str, str]] = []
+        self.done_fields = [k for k in f if k.startswith("done:")]
+        for k in self.done_fields:
+            for topic, (lo, hi) in json.loads(f[k]).items():
+                self.done.append((topic, lo, hi))
+        self.delivered = int(f.get("delivered", 0))
+        self.state = f.get("state", "")
+        self.next_batch = 1 + max((int(k[5:]) for k in self.done_fields), default=0)
+
+    def begin(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Start or resume: returns the spec to use (the stored one when resuming)."""
+        if self.spec is None:
+            mapping: Any = {"spec": json.dumps(spec), "state": "running"}
+            self.bus.call(lambda: self.bus.client.hset(self.key, mapping=mapping))
+            self.spec = spec
+            return spec
+        ident = ("by", "topics", "target", "types")
+        if any(self.spec.get(k) != spec.get(k) for k in ident):
+            raise ValidationError(
+                f"checkpoint {self.name!r} belongs to another replay"
+                f" ({self._describe(self.spec)}); use another --checkpoint name",
+                field="checkpoint",
+            )
+        return self.spec
+
+    @staticmethod
+    def _describe(spec: dict[str, Any]) -> str:
+        return f"{spec.get('target')} from {','.join(spec.get('topics', []))} by {spec.get('by')}"
+
+    def covered(self, topic: str, key: tuple[Any, ...], by: By) -> bool:
+        """Whether an earlier run already delivered the entry at ``key`` (out of order)."""
+        return any(
+            t == topic and pos_key(lo, by) <= key <= pos_key(hi, by) for t, lo, hi in self.done
+        )
+
+    def advance(self, pos: dict[str, str], done: list[str]) -> None:
+        """Record a contiguous position and drop the out-of-order records it covers."""
+        client = self.bus.client
+
+        def run() -> None:
+            pipe = client.pipeline(transaction=True)
+            pipe.hset(self.key, "pos", json.dumps(pos))
+            if done:
+                pipe.hdel(self.key, *done)
+            pipe.execute()
+
+        self.bus.call(run)
+
+    def finish(self, pos: dict[str, str]) -> None:
+        self.advance(pos, self.done_fields)
+        self.bus.call(lambda: self.bus.client.hset(self.key, "state", "complete"))
+
+
+# planning ----------------------------------------------------------------------------------
+def _info(bus: EventBus, topics: list[str]) -> list[dict[str, Any] | None]:
+    def run() -> list[Any]:
+        pipe = bus.client.pipeline(transaction=False)
+        for t in topics:
+            pipe.xinfo_stream(bus.keys.stream(t))
+        return pipe.execute(raise_on_error=False)
+
+    out: list[dict[str, Any] | None] = []
+    for r in bus.call(run):
+        if isinstance(r, rex.ResponseError):  # no such stream
+            out.append(None)
+        elif isinstance(r, Exception):
+            raise r
+        else:
+            out.append(r)
+    return out
+
+
+def _sid(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def plan(
+    bus: EventBus, topics: list[str], by: By, since: TimePoint | None, until: TimePoint | None
+) -> tuple[dict[str, Any], list[Gap]]:
+    """Resolve the range (open ends fixed now) and find the parts already trimmed."""
+    caps: dict[str, str] = {}
+    gaps: list[Gap] = []
+    for topic, info in zip(topics, _info(bus, topics), strict=True):
+        if info is None:
+            caps[topic] = "0-0"
+            continue
+        caps[topic] = _sid(info["last-generated-id"])
+        if since is None:
+            continue
+        deleted = parse_id(_sid(info.get("max-deleted-entry-id", b"0-0")))
+        removed = int(info.get("entries-added", 0)) - int(info["length"])
+        first_entry = info.get("first-entry")
+        first = parse_id(first_entry[0]) if first_entry else None
+        if removed <= 0:
+            continue
+        first_s = format_id(first) if first else None
+        if by == "append":
+            lo = since.lower_id()
+            if first is not None and lo >= first:
+                continue
+            if deleted >= lo:
+                gaps.append(Gap(topic, format_id(lo), first_s, True, removed))
+            elif deleted == (0, 0):  # trimmed by someone else: cannot tell where
+                gaps.append(Gap(topic, format_id(lo), first_s, False, removed))
+        elif deleted == (0, 0) or deleted[0] * 1000 >= since.lower_us():
+            gaps.append(Gap(topic, since.iso(), first_s, False, removed))
+    if by == "append":
+        lo_v: Any = format_id(since.lower_id() if since else (0, 0))
+        hi_v: Any = format_id(until.upper_id()) if until else None
+    else:
+        lo_v = since.lower_us() if since else 0
+        hi_v = until.upper_us() if until else None
+    return {"by": by, "topics": topics, "lo": lo_v, "hi": hi_v, "caps": caps}, gaps
+
+
+def _readers(
+    bus: EventBus, spec: dict[str, Any], pos: dict[str, str], page: int,
+    missing: Callable[[int], None],
+) -> list[Iterator[list[Item]]]:
+    by: By = spec["by"]
+    client, keys = bus.client, bus.keys
+    readers: list[Iterator[list[Item]]] = []
+    for topic in spec["topics"]:
+        cap = parse_id(spec["caps"][topic])
+        if cap == (0, 0):
+            continue
+        after = pos.get(topic)
+        if by == "append":
+            hi = min(cap, parse_id(spec["hi"])) if spec["hi"] else cap
+            readers.append(stream_pages(
+                client, keys, topic, parse_id(spec["lo"]), hi,
+                after=parse_id(after) if after else None, page=page,
+            ))
+        else:
+            hi_us = spec["hi"] if spec["hi"] is not None else 2**62
+            readers.append(index_pages(
+                client, keys, topic, spec["lo"], hi_us, cap=cap,
+                after=pos_key(after, by) if after else None,
+                page=page, missing=missing,
+            ))
+    return readers
+
+
+class _Limiter:
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self.start = time.monotonic()
+        self.sent = 0
+
+    def wait(self, n: int) -> None:
+        if not self.rate:
+            return
+        self.sent += n
+        delay = self.start + self.sent / self.rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+# running -----------------------------------------------------------------------------------
+def replay(
+    bus: EventBus,
+    target: Target | None,
+    *,
+    topics: list[str],
+    by: By = "append",
+    since: TimePoint | None = None,
+    until: TimePoint | None = None,
+    types: list[str] | None = None,
+    options: ReplayOptions | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ReplayReport:
+    """Replay the range into ``target`` (None: count only); returns a report.
+
+    Raises whatever delivery raised after recording how far it got; with a checkpoint,
+    running the same replay again resumes from there.
+    """
+    opts = options or ReplayOptions()
+    opts.validate()
+    topics = sorted({validate_name(t, "topic") for t in topics})
+    if target is None:
+        opts.dry_run = True
+    spec, gaps = plan(bus, topics, by, since, until)
+    spec["types"] = sorted(types or [])
+    spec["target"] = target.name if target is not None else "count"
+    report = ReplayReport(
+        target=spec["target"], by=by, topics=topics, gaps=gaps, dry_run=opts.dry_run,
+        checkpoint=opts.checkpoint,
+    )
+    ckpt: Checkpoint | None = None
+    if opts.checkpoint and not opts.dry_run:
+        ckpt = Checkpoint(bus, opts.checkpoint)
+        report.resumed = ckpt.spec is not None
+        spec = ckpt.begin(spec)
+        if ckpt.state == "complete":
+            report.already_complete = True
+            report.total_delivered = ckpt.delivered
+            return report
+    elif opts.checkpoint:  # dry run of a resumable replay: count what is left
+        peek = Checkpoint(bus, opts.checkpoint)
+        if peek.spec is not None:
+            report.resumed = True
+            spec = peek.begin(spec)
+            if peek.state == "complete":
+                report.already_complete = True
+                return report
+            ckpt = peek
+    start = time.monotonic()
+    try:
+        _Run(bus, target, spec, opts, report, ckpt, progress).run()
+    except (ChiError, rex.RedisError, OSError, KeyboardInterrupt) as exc:
+        raise ReplayInterrupted(report, exc) from exc
+    finally:
+        report.elapsed_s = time.monotonic() - start
+        if ckpt is not None and not opts.dry_run:
+            report.total_delivered = ckpt.delivered + report.delivered
+    return report
+
+
+def choose_target(
+    bus: EventBus, *, to_sub: str | None = None, republish: bool = False,
+    out: IO[bytes] | None = None,
+) -> tuple[Target | None, list[str]]:
+    """The target for the CLI's choice, and the topics to read when none are given:
+    the subscription's topics for ``--to``, else every topic."""
+    known = bus.store.topics()
+    if to_sub:
+        info = subscription_info(bus, to_sub)
+        return QueueTarget(bus, to_sub, tuple(info.get("types") or ())), bound_topics(info, known)
+    if republish:
+        return RepublishTarget(bus), known
+    if out is not None:
+        return PrintTarget(bus, out), known
+    return None, known
+
+
+def estimate_total(
+    bus: EventBus, topics: list[str], by: By, since: TimePoint | None, until: TimePoint | None
+) -> int:
+    """Roughly how many entries the range holds (for a progress bar)."""
+    client: Any = bus.client
+    k = bus.keys
+
+    def run() -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for t in topics:
+            if by == "event-time":
+                pipe.zcount(k.index(t), since.lower_us() if since else "-inf",
+                            until.upper_us() if until else "+inf")
+            else:
+                pipe.xinfo_stream(k.stream(t))
+        return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+
+    total = 0
+    for r in bus.call(run):
+        if isinstance(r, int):
+            total += r
+        elif isinstance(r, dict) and r.get("first-entry"):
+            first = parse_id(r["first-entry"][0])[0]
+            last = parse_id(r["last-entry"][0])[0]
+            lo = max(first, since.lower_id()[0]) if since else first
+            hi = min(last, until.upper_id()[0]) if until else last
+            span = max(last - first, 1)
+            frac = 1.0 if hi >= last and lo <= first else max(hi - lo, 0) / span
+            total += int(r["length"] * min(frac, 1.0))
+    return total
+
+
+class _Run:
+    """One replay run: reads batches, filters them, delivers them, moves the checkpoint."""
+
+    def __init__(
+        self, bus: EventBus, target: Target | None, spec: dict[str, Any], opts: ReplayOptions,
+        report: ReplayReport, ckpt: Checkpoint | None, progress: Callable[[int], None] | None,
+    ) -> None:
+        self.bus, self.target, self.spec, self.opts = bus, target, spec, opts
+        self.report, self.ckpt, self.progress = report, ckpt, progress
+        self.by: By = spec["by"]
+        self.pos: dict[str, str] = dict(ckpt.pos) if ckpt else {}
+        self.types = TypeFilter(spec["types"], target.types if target else ())
+        self.skip_archived = target.skips_archived if target else True
+        self.lock = threading.Lock()
+
+    def _missing(self, n: int) -> None:
+        self.report.missing += n
+
+    def batches(self) -> Iterator[tuple[list[Item], list[Item], dict[str, tuple[str, str]]]]:
+        """(batch, deliverable items, topic → (first, last) position in the batch)."""
+        page = min(max(self.opts.batch_size, 100), 1000)
+        readers = _readers(self.bus, self.spec, self.pos, page, self._missing)
+        by, rep = self.by, self.report
+        done = self.ckpt.done if self.ckpt else []
+        for batch in rechunk(merged(readers, by, page), self.opts.batch_size):
+            ranges: dict[str, tuple[str, str]] = {}
+            if len(self.spec["topics"]) == 1:
+                t = batch[0][0]
+                ranges[t] = (item_pos(batch[0], by), item_pos(batch[-1], by))
+            else:
+                for it in batch:
+                    p = item_pos(it, by)
+                    ranges[it[0]] = (ranges[it[0]][0] if it[0] in ranges else p, p)
+            items = batch
+            if self.types:
+                items = [it for it in items if self.types(it[2])]
+            rep.skipped_types += len(batch) - len(items)
+            if self.skip_archived:
+                n = len(items)
+                items = [it for it in items if b"arc" not in it[2]]
+                rep.skipped_archived += n - len(items)
+            if done and self.ckpt is not None:
+                n = len(items)
+                items = [
+                    it for it in items
+                    if not self.ckpt.covered(it[0], pos_key(item_pos(it, by), by), by)
+                ]
+                rep.already_delivered += n - len(items)
+            rep.scanned += len(batch)
+            yield batch, items, ranges
+
+    def _count(self, items: list[Item]) -> None:
+        with self.lock:
+            self.report.delivered += len(items)
+            for it in items:
+                self.report.per_topic[it[0]] = self.report.per_topic.get(it[0], 0) + 1
+
+    def run(self) -> None:
+        if self.opts.dry_run or self.target is None:
+            for batch, items, _ in self.batches():
+                self._count(items)
+                if self.progress:
+                    self.progress(len(batch))
+            return
+        if self.opts.workers > 1 and not self.target.ordered:
+            self._parallel(self.target)
+        else:
+            self._serial(self.target)
+
+    def _serial(self, target: Target) -> None:
+        limiter = _Limiter(self.opts.rate)
+        key = self.ckpt.key if self.ckpt else ""
+        for batch, items, ranges in self.batches():
+            for t, (_, last) in ranges.items():
+                self.pos[t] = last
+            fields = {"pos": json.dumps(self.pos)} if self.ckpt else {}
+            if items:
+                limiter.wait(len(items))
+                target.deliver(items, key, fields)
+                self._count(items)
+            elif self.ckpt:
+                self.ckpt.advance(self.pos, [])
+            if self.progress:
+                self.progress(len(batch))
+        if self.ckpt:
+            self.ckpt.finish(self.pos)
+
+    def _parallel(self, target: Target) -> None:
+        """Deliver batches on ``workers`` threads; fold completed batches into ``pos``."""
+        ckpt = self.ckpt
+        limiter = _Limiter(self.opts.rate)
+        n = ckpt.next_batch if ckpt else 1
+        pending: dict[Future[int], int] = {}
+        order: list[tuple[int, dict[str, str], str | None]] = []  # (batch no, pos, field)
+        completed: set[int] = set()
+        error: BaseException | None = None
+
+        def fold() -> None:
+            upto = 0
+            while upto < len(order) and order[upto][0] in completed:
+                upto += 1
+            if not upto:
+                return
+            pos = order[upto - 1][1]
+            fields = [f for _, _, f in order[:upto] if f]
+            del order[:upto]
+            self.pos = pos
+            if ckpt:
+                ckpt.advance(pos, fields)
+
+        def reap(block: bool) -> None:
+            nonlocal error
+            if not pending:
+                return
+            done, _ = wait(list(pending), timeout=None if block else 0,
+                           return_when=FIRST_COMPLETED)
+            for fut in done:
+                no = pending.pop(fut)
+                exc = fut.exception()
+                if exc is not None:
+                    error = error or exc
+                else:
+                    completed.add(no)
+            fold()
+
+        running = dict(self.pos)
+        with ThreadPoolExecutor(self.opts.workers, thread_name_prefix="chi-replay") as pool:
+            try:
+                for batch, items, ranges in self.batches():
+                    for t, (_, last) in ranges.items():
+                        running[t] = last
+                    field_name = f"done:{n}" if ckpt and items else None
+                    order.append((n, dict(running), field_name))
+                    if items:
+                        fields = {field_name: json.dumps(ranges)} if field_name else {}
+                        limiter.wait(len(items))
+                        fut = pool.submit(self._deliver, target, items, fields)
+                        pending[fut] = n
+                    else:
+                        completed.add(n)
+                    n += 1
+                    if self.progress:
+                        self.progress(len(batch))
+                    while len(pending) >= self.opts.workers * 2:
+                        reap(block=True)
+                    reap(block=False)
+                    if error is not None:
+                        break
+            finally:
+                while pending:
+                    reap(block=True)
+        if error is not None:
+            raise error
+        if ckpt:
+            ckpt.finish(self.pos)
+
+    def _deliver(self, target: Target, items: list[Item], fields: dict[str, str]) -> int:
+        key = self.ckpt.key if self.ckpt else ""
+        n = target.deliver(items, key, fields)
+        self._count(items)
+        return n

@@ -1,0 +1,227 @@
+"""Operational statistics: per topic and per subscription, in three pipelined round trips.
+
+Per topic: length, first and last entry (stream id and event time), memory of the stream
+and its time index.  Per subscription: lag (entries not yet read, summed over its topic
+groups; unknown when Redis cannot tell after a trim or a SETID), pending entries, age of
+the oldest pending entry, consumers, what waits in its private stream, delayed retries
+and dead letters.  Round trips do not grow with the number of topics or subscriptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import redis.exceptions as rex
+
+from .history import iso_us
+from .timeparse import parse_id
+
+if TYPE_CHECKING:
+    from .bus import EventBus
+
+__all__ = ["Stats", "SubscriptionStats", "TopicStats", "collect"]
+
+
+@dataclass
+class TopicStats:
+    topic: str
+    length: int = 0
+    first_id: str | None = None
+    last_id: str | None = None
+    first_event_time: str | None = None
+    last_event_time: str | None = None
+    memory_bytes: int = 0
+    groups: int = 0
+
+
+@dataclass
+class SubscriptionStats:
+    name: str
+    registered: bool = False
+    last_seen_ms: int | None = None
+    topics: list[str] = field(default_factory=list)
+    lag: int | None = 0
+    pending: int = 0
+    oldest_pending_age_s: float | None = None
+    consumers: int = 0
+    queued: int = 0
+    delayed: int = 0
+    dead_letters: int = 0
+
+
+@dataclass
+class Stats:
+    server_time_ms: int
+    topics: list[TopicStats]
+    subscriptions: list[SubscriptionStats]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _event_time(entry: Any) -> str | None:
+    if not entry:
+        return None
+    sid, fields = entry[0], entry[1]
+    if isinstance(fields, list):  # flat list on some protocol versions
+        it = iter(fields)
+        fields = dict(zip(it, it, strict=False))
+    try:
+        return iso_us(int(fields[b"ts"]))
+    except (KeyError, ValueError, TypeError, OverflowError):
+        return iso_us(parse_id(sid)[0] * 1000)
+
+
+def _execute(bus: EventBus, build: Any) -> list[Any]:
+    def run() -> list[Any]:
+        pipe = bus.client.pipeline(transaction=False)
+        build(pipe)
+        return pipe.execute(raise_on_error=False)
+
+    results: list[Any] = bus.call(run)
+    for r in results:
+        if isinstance(r, Exception) and not isinstance(r, rex.ResponseError):
+            raise r
+    return results
+
+
+def collect(bus: EventBus) -> Stats:
+    """Gather the statistics of every registered topic and subscription."""
+    k = bus.keys
+    topics_raw, subs_raw, now = _execute(
+        bus, lambda p: (p.smembers(k.topics()), p.hgetall(k.subs()), p.time())
+    )
+    now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
+    topics = sorted(_s(t) for t in topics_raw)
+    registry = {_s(n): _decode_reg(v) for n, v in subs_raw.items()}
+
+    def round2(p: Any) -> None:
+        for t in topics:
+            p.xinfo_stream(k.stream(t))
+            p.memory_usage(k.stream(t))
+            p.memory_usage(k.index(t))
+            p.xinfo_groups(k.stream(t))
+
+    r2 = _execute(bus, round2)
+    tstats: list[TopicStats] = []
+    subs: dict[str, SubscriptionStats] = {
+        n: SubscriptionStats(n, True, reg.get("last_seen_ms")) for n, reg in registry.items()
+    }
+    need_pending: list[tuple[str, str]] = []  # (stream, group)
+    for i, t in enumerate(topics):
+        info, mem_s, mem_i, groups = r2[4 * i : 4 * i + 4]
+        ts = TopicStats(t)
+        if isinstance(info, dict):
+            ts.length = int(info["length"])
+            first, last = info.get("first-entry"), info.get("last-entry")
+            ts.first_id = _s(first[0]) if first else None
+            ts.last_id = _s(last[0]) if last else None
+            ts.first_event_time, ts.last_event_time = _event_time(first), _event_time(last)
+        ts.memory_bytes = sum(m for m in (mem_s, mem_i) if isinstance(m, int))
+        for g in groups if isinstance(groups, list) else ():
+            name = _s(g["name"])
+            ts.groups += 1
+            sub = subs.setdefault(name, SubscriptionStats(name))
+            sub.topics.append(t)
+            sub.lag = None if sub.lag is None or g.get("lag") is None else sub.lag + int(g["lag"])
+            sub.pending += int(g["pending"])
+            sub.consumers = max(sub.consumers, int(g["consumers"]))
+            if g["pending"]:
+                need_pending.append((k.stream(t), name))
+        tstats.append(ts)
+
+    names = sorted(subs)
+
+    def round3(p: Any) -> None:
+        for stream, group in need_pending:
+            p.xpending(stream, group)
+        for n in names:
+            p.zcard(k.delayed(n))
+            p.xlen(k.dlq(n))
+            p.xinfo_groups(k.queue(n))
+            p.xpending(k.queue(n), n)
+
+    r3 = _execute(bus, round3)
+    oldest: dict[str, int] = {}
+    for (_, group), p in zip(need_pending, r3, strict=False):
+        _note_oldest(oldest, group, p)
+    rest = r3[len(need_pending) :]
+    for i, n in enumerate(names):
+        delayed, dlq, qgroups, qpending = rest[4 * i : 4 * i + 4]
+        sub = subs[n]
+        sub.delayed = delayed if isinstance(delayed, int) else 0
+        sub.dead_letters = dlq if isinstance(dlq, int) else 0
+        for g in qgroups if isinstance(qgroups, list) else ():
+            if _s(g["name"]) == n:
+                sub.queued = int(g.get("lag") or 0)
+                sub.pending += int(g["pending"])
+                sub.consumers = max(sub.consumers, int(g["consumers"]))
+        _note_oldest(oldest, n, qpending)
+        if n in oldest:
+            sub.oldest_pending_age_s = max(now_ms - oldest[n], 0) / 1000
+    return Stats(now_ms, tstats, [subs[n] for n in names])
+
+
+def _note_oldest(oldest: dict[str, int], group: str, summary: Any) -> None:
+    if isinstance(summary, dict) and summary.get("pending") and summary.get("min"):
+        ms = parse_id(summary["min"])[0]
+        oldest[group] = min(oldest.get(group, ms), ms)
+
+
+def _decode_reg(raw: bytes) -> dict[str, Any]:
+    try:
+        v = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return {}
+    return v if isinstance(v, dict) else {}
+
+
+def render(stats: Stats) -> Iterable[str]:
+    """The statistics as two text tables."""
+    yield f"{'TOPIC':<24} {'LENGTH':>9} {'MEMORY':>9} {'GROUPS':>6}  {'FIRST EVENT':<27} LAST EVENT"
+    for t in stats.topics:
+        yield (
+            f"{t.topic:<24} {t.length:>9} {_size(t.memory_bytes):>9} {t.groups:>6}  "
+            f"{t.first_event_time or '-':<27} {t.last_event_time or '-'}"
+        )
+    yield ""
+    yield (
+        f"{'SUBSCRIPTION':<24} {'LAG':>8} {'PENDING':>8} {'OLDEST':>8} {'CONS':>5}"
+        f" {'QUEUED':>7} {'DELAYED':>8} {'DLQ':>6}  TOPICS"
+    )
+    for s in stats.subscriptions:
+        lag = "?" if s.lag is None else str(s.lag)
+        age = "-" if s.oldest_pending_age_s is None else _age(s.oldest_pending_age_s)
+        name = s.name if s.registered else f"{s.name} (unregistered)"
+        yield (
+            f"{name:<24} {lag:>8} {s.pending:>8} {age:>8} {s.consumers:>5} {s.queued:>7}"
+            f" {s.delayed:>8} {s.dead_letters:>6}  {','.join(s.topics) or '-'}"
+        )
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n}B"
+    v = n / 1024
+    for unit in ("KiB", "MiB"):
+        if v < 1024:
+            return f"{v:.1f}{unit}"
+        v /= 1024
+    return f"{v:.1f}GiB"
+
+
+def _age(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.0f}m"
+    if s < 172_800:
+        return f"{s / 3600:.0f}h"
+    return f"{s / 86400:.0f}d"

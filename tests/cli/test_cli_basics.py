@@ -1,0 +1,130 @@
+"""What every command shares: option sources, exit codes, one-line errors, no secrets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import redis
+from click.testing import CliRunner
+
+from chi_redis import EventBus
+from chi_redis.cli import cli as chi_cli
+
+from .conftest import REDIS_URL, Cli, Sh, clean_env, free_port
+
+CANARY = "canary-7f3a9c1e"
+
+
+def _dead_url() -> str:
+    return f"redis://chi-admin:{CANARY}@127.0.0.1:{free_port()}/0"
+
+
+def test_unknown_option_is_a_usage_error_with_exit_code_2() -> None:
+    result = CliRunner().invoke(chi_cli, ["events", "list", "--bogus"])
+    assert result.exit_code == 2
+    assert "No such option" in result.stderr
+
+
+def test_replay_without_a_target_is_a_usage_error() -> None:
+    result = CliRunner().invoke(chi_cli, ["replay", "--topic", "order"])
+    assert result.exit_code == 2
+    assert "choose a target" in result.stderr
+
+
+def test_bad_time_exits_1_with_one_line_and_no_traceback() -> None:
+    result = CliRunner().invoke(chi_cli, ["events", "list", "--since", "last tuesday"])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: invalid --since")
+    assert "Traceback" not in result.output
+
+
+def test_wildcard_topic_is_rejected_before_redis_is_touched() -> None:
+    result = CliRunner().invoke(
+        chi_cli, ["--redis-url", _dead_url(), "replay", "--topic", "orders*", "--print"]
+    )
+    assert result.exit_code == 1
+    assert "invalid topic" in result.stderr and CANARY not in result.output
+
+
+def test_unreachable_redis_exits_1_in_one_line_without_the_password() -> None:
+    for args in (["stats"], ["events", "list"], ["publish", "user", "user.created", "{}"],
+                 ["doctor"], ["dlq", "list", "mail"], ["retention", "apply", "--max-len", "1"]):
+        result = CliRunner().invoke(chi_cli, ["--redis-url", _dead_url(), *args])
+        assert result.exit_code == 1, (args, result.output)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "cannot reach Redis" in result.stderr
+        assert CANARY not in result.output and "Traceback" not in result.output
+
+
+def test_password_from_environment_is_never_printed() -> None:
+    result = CliRunner().invoke(chi_cli, ["stats"], env={"CHI_REDIS_URL": _dead_url()})
+    assert result.exit_code == 1
+    assert CANARY not in result.output
+    assert "chi-admin:***@" in result.stderr or "127.0.0.1" in result.stderr
+
+
+def test_unreachable_redis_as_a_subprocess(sh: Sh) -> None:
+    proc = sh("--redis-url", _dead_url(), "stats", base=False)
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert CANARY not in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_options_on_the_command_win_over_the_group(cli: Cli, bus: EventBus, ns: str) -> None:
+    # The group names another namespace; the command's --namespace wins.
+    cli("--namespace", "elsewhere", "publish", "--namespace", ns, "user", "user.created",
+        "{}", base=False, env={"CHI_REDIS_URL": REDIS_URL})
+    assert bus.client.xlen(bus.keys.stream("user")) == 1
+    # --json works on the group and on the command.
+    out1 = cli("--json", "publish", "user", "user.created", "{}").stdout
+    out2 = cli("publish", "--json", "user", "user.created", "{}").stdout
+    assert json.loads(out1)["topic"] == json.loads(out2)["topic"] == "user"
+
+
+def test_url_precedence_flag_then_env_then_config(
+    cli: Cli, bus: EventBus, ns: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "chi.yaml"
+    config.write_text(f"namespace: {ns}\nredis:\n  url: {REDIS_URL}\n")
+    # Config file only.
+    cli("--config", str(config), "publish", "user", "user.created", "{}", base=False)
+    # The environment beats the config file (a dead URL there: the command fails).
+    r = cli("--config", str(config), "stats", base=False, ok=False,
+            env={"CHI_REDIS_URL": _dead_url()})
+    assert r.exit_code == 1 and CANARY not in r.output
+    # The flag beats both.
+    cli("--config", str(config), "--redis-url", REDIS_URL, "publish", "user", "user.created",
+        "{}", base=False, env={"CHI_REDIS_URL": _dead_url()})
+    # CHI_CONFIG names the file when --config is absent.
+    cli("publish", "user", "user.created", "{}", base=False,
+        env={"CHI_CONFIG": str(config)})
+    assert bus.client.xlen(bus.keys.stream("user")) == 3
+
+
+def test_config_file_errors_exit_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("redis:\n  urll: x\n")
+    result = CliRunner().invoke(chi_cli, ["--config", str(bad), "stats"])
+    assert result.exit_code == 1
+    assert "unknown field" in result.stderr
+
+
+def test_version_and_help() -> None:
+    assert CliRunner().invoke(chi_cli, ["--version"]).exit_code == 0
+    result = CliRunner().invoke(chi_cli, ["--help"])
+    assert result.exit_code == 0
+    for command in ("publish", "tail", "events", "replay", "dlq", "subscriptions", "stats",
+                    "retention", "doctor", "worker"):
+        assert command in result.stdout
+
+
+def test_every_command_accepts_the_shared_options(cli: Cli, client: redis.Redis) -> None:
+    for args in (["stats"], ["events", "list"], ["subscriptions", "list"],
+                 ["retention", "apply"], ["replay", "--dry-run"]):
+        r = cli(*args[:-1], args[-1], "--redis-url", REDIS_URL, "--namespace", cli.ns, "--json",
+                base=False)
+        assert r.exit_code == 0
+    assert clean_env()  # sanity: helper used by subprocess tests
