@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from datetime import UTC, datetime
@@ -12,13 +13,14 @@ import click
 import msgspec
 
 from .cliutil import ChiGroup, common_options, emit, emit_lines, settings
-from .errors import NotFoundError, RedisError
+from .errors import NotFoundError, RedisError, ValidationError
 from .names import validate_name
 from .timeparse import parse_duration, parse_time
 
 __all__ = ["dlq", "retention", "subscriptions"]
 
 _BODY = msgspec.msgpack.Decoder(dict[str, bytes])
+_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 def _when(ms: int | None) -> str:
@@ -50,13 +52,20 @@ def _known_sub(bus: Any, sub: str) -> None:
         raise NotFoundError(f"unknown subscription {sub!r}: not registered and no dead letters")
 
 
+def _check_ids(ids: list[str]) -> list[str]:
+    for i in ids:
+        if not _ID.fullmatch(i):
+            raise ValidationError(f"invalid dead-letter id {i!r}: expected MS-SEQ", field="id")
+    return ids
+
+
 def _dl_dict(dl: Any, full: bool = False) -> dict[str, Any]:
     d = msgspec.structs.asdict(dl)
     body = d.pop("body")
     if not full:
         d.pop("traceback")
         return d
-    if dl.kind == "event" and body:
+    if dl.kind in ("event", "raw") and body:
         from .history import envelope
 
         try:
@@ -78,7 +87,9 @@ def dlq_list(sub: str, limit: int, after: str | None) -> None:
 
     bus = settings().bus()
     _known_sub(bus, sub)
-    letters = list_dead_letters(bus, sub, after=after, count=limit)
+    letters = list_dead_letters(
+        bus, sub, after=_check_ids([after])[0] if after else None, count=limit
+    )
 
     def render(d: dict[str, Any]) -> str:
         return (
@@ -101,7 +112,7 @@ def dlq_show(sub: str, dl_id: str) -> None:
 
     bus = settings().bus()
     _known_sub(bus, sub)
-    found = list_dead_letters(bus, sub, ids=[dl_id])
+    found = list_dead_letters(bus, sub, ids=_check_ids([dl_id]))
     if not found:
         raise NotFoundError(f"no dead letter {dl_id} in {sub!r}")
     d = _dl_dict(found[0], full=True)
@@ -129,7 +140,7 @@ def dlq_redrive(sub: str, ids: tuple[str, ...], all_: bool) -> None:
 
     bus = settings().bus()
     _known_sub(bus, sub)
-    n = redrive(bus, sub, list(ids) if ids else None)
+    n = redrive(bus, sub, _check_ids(list(ids)) if ids else None)
     emit({"subscription": sub, "redriven": n}, f"redriven {n} dead letter(s) of {sub!r}")
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "registry",
     "rewind",
     "subscriptions",
+    "topic_names",
 ]
 
 DAY_MS = 86_400_000
@@ -67,9 +68,26 @@ def registry(bus: EventBus) -> dict[str, dict[str, Any]]:
     return out
 
 
-def groups_by_subscription(bus: EventBus) -> dict[str, list[str]]:
+def topic_names(bus: EventBus, *, scan: bool = False) -> list[str]:
+    """Topics that may hold consumer groups: the topic registry, the topics registered
+    subscriptions bind (their streams exist before anything is published), and with
+    ``scan`` every ``<ns>:{*}:stream`` key (SCAN with a fixed pattern, never KEYS)."""
+    names = set(bus.store.topics())
+    for info in registry(bus).values():
+        names.update(info.get("topics") or [])
+        names.update(t.split(".", 1)[0] for t in info.get("types") or [] if not t.startswith("*"))
+    if scan:
+        k = bus.keys
+        pattern = f"{k.ns}:{{*}}:stream"
+        keys = bus.call(lambda: list(bus.client.scan_iter(match=pattern, count=1000,
+                                                          _type="STREAM")))
+        names.update(k.topic_from_stream(key.decode()) for key in keys)
+    return sorted(names)
+
+
+def groups_by_subscription(bus: EventBus, *, scan: bool = False) -> dict[str, list[str]]:
     """Group name → the topics whose stream has a group of that name (one round trip)."""
-    topics = bus.store.topics()
+    topics = topic_names(bus, scan=scan)
 
     def run() -> list[Any]:
         pipe = bus.client.pipeline(transaction=False)
@@ -88,10 +106,10 @@ def groups_by_subscription(bus: EventBus) -> dict[str, list[str]]:
     return out
 
 
-def subscriptions(bus: EventBus) -> list[Registered]:
+def subscriptions(bus: EventBus, *, scan: bool = False) -> list[Registered]:
     """Registry entries and group-only subscriptions, sorted by name."""
     reg = registry(bus)
-    groups = groups_by_subscription(bus)
+    groups = groups_by_subscription(bus, scan=scan)
     names = sorted(set(reg) | set(groups))
     return [Registered(n, reg.get(n), groups.get(n, [])) for n in names]
 
@@ -132,7 +150,7 @@ def prune_candidates(bus: EventBus, seen_days: float) -> list[Registered]:
     """Subscriptions not seen within ``seen_days``, and groups with no registry entry."""
     cutoff = int(time.time() * 1000 - seen_days * DAY_MS)
     return [
-        r for r in subscriptions(bus)
+        r for r in subscriptions(bus, scan=True)
         if r.info is None or r.last_seen_ms is None or r.last_seen_ms < cutoff
     ]
 
@@ -144,7 +162,7 @@ def prune(bus: EventBus, candidates: list[Registered], seen_days: float) -> list
     Returns the names pruned.
     """
     cutoff = int(time.time() * 1000 - seen_days * DAY_MS)
-    topics = bus.store.topics()
+    topics = topic_names(bus, scan=True)
     pruned = []
     for c in candidates:
         raw = bus.call(lambda c=c: bus.client.hget(bus.keys.subs(), c.name))

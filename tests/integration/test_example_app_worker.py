@@ -116,11 +116,13 @@ def test_example_handlers_run_in_a_real_worker_and_export_metrics(
     assert counters and float(counters[0].rsplit(" ", 1)[1]) >= 1.0
 
 
-def test_importing_the_worker_module_leaves_prometheus_client_unimported() -> None:
+def test_importing_the_worker_module_leaves_prometheus_client_unimported(
+    real_client: redis.Redis, namespace: str
+) -> None:
     # prometheus_client picks its value store at import; Dramatiq's middleware switches it to
     # the multiprocess directory only after boot, so an early import hides every counter.
     code = "import sys, handlers.worker; print('prometheus_client' in sys.modules)"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHI_NAMESPACE": "importcheck"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHI_NAMESPACE": namespace}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
         timeout=120, check=True,

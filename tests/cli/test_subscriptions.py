@@ -1,0 +1,108 @@
+"""subscriptions list / rewind / prune."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import msgspec
+import redis
+
+from chi_redis import EventBus
+from chi_redis.broker import BrokerOptions, StreamsBroker
+
+from .conftest import FAST, Cli, Sh, publish_n
+
+
+def _register(bus: EventBus, *names: str, types: tuple[str, ...] = ("order.*",)) -> None:
+    for name in names:
+        bus.subscribe(name, types=list(types))(lambda e: None)
+    StreamsBroker(bus, options=BrokerOptions(**FAST))
+
+
+def _read_all(client: redis.Redis, bus: EventBus, sub: str, topic: str = "order") -> list[str]:
+    """Read and ack everything the group has not read yet; returns the stream ids."""
+    stream = bus.keys.stream(topic)
+    got = client.xreadgroup(sub, "test", {stream: ">"}, count=100_000)
+    ids = [sid for _, entries in got for sid, _ in entries]
+    if ids:
+        client.xack(stream, sub, *ids)
+    return [i.decode() for i in ids]
+
+
+def test_list_shows_registry_topics_and_lag(cli: Cli, bus: EventBus, client: redis.Redis) -> None:
+    _register(bus, "audit", "billing")
+    publish_n(bus, 7)
+    _read_all(client, bus, "billing")
+    rows = {r["name"]: r for r in cli.json_lines("subscriptions", "list")}
+    assert set(rows) == {"audit", "billing"}
+    assert rows["audit"]["registered"] and rows["audit"]["types"] == ["order.*"]
+    assert rows["audit"]["topics"] == ["order"]
+    assert (rows["audit"]["lag"], rows["billing"]["lag"]) == (7, 0)
+    text = cli("subscriptions", "list").stdout
+    assert "audit" in text and "lag 7" in text
+
+
+def test_rewind_moves_every_group_back_to_a_position(
+    cli: Cli, bus: EventBus, client: redis.Redis
+) -> None:
+    _register(bus, "audit", types=("order.*", "user.*"))
+    sids = publish_n(bus, 10)
+    users = publish_n(bus, 3, "user.created")
+    assert len(_read_all(client, bus, "audit")) == 10
+    _read_all(client, bus, "audit", "user")
+
+    out = json.loads(cli("--json", "subscriptions", "rewind", "audit", "--to", sids[4]).stdout)
+    assert set(out["topics"]) == {"order", "user"}
+    assert _read_all(client, bus, "audit") == sids[4:]
+    assert _read_all(client, bus, "audit", "user") == [u for u in users if u >= sids[4]]
+
+    # By time, and only one topic.
+    ms = int(sids[0].split("-")[0])
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+    cli("subscriptions", "rewind", "audit", "--to", iso, "--topic", "order")
+    assert _read_all(client, bus, "audit") == sids
+    assert _read_all(client, bus, "audit", "user") == []
+
+
+def test_rewind_unknown_subscription_or_bad_time_exits_1(cli: Cli, bus: EventBus) -> None:
+    _register(bus, "audit")
+    r = cli("subscriptions", "rewind", "nobody", "--to", "-1h", ok=False)
+    assert r.exit_code == 1 and "unknown subscription 'nobody'" in r.stderr
+    r = cli("subscriptions", "rewind", "audit", "--to", "whenever", ok=False)
+    assert r.exit_code == 1 and "invalid --to" in r.stderr
+    r = cli("subscriptions", "rewind", "audit", ok=False)
+    assert r.exit_code == 2
+
+
+def test_prune_removes_stale_and_orphan_groups_after_asking(
+    cli: Cli, bus: EventBus, client: redis.Redis
+) -> None:
+    _register(bus, "alive", "stale", types=("order.*", "user.*"))
+    publish_n(bus, 1, "user.created")
+    old = int(time.time() * 1000) - 10 * 86_400_000
+    client.hset(bus.keys.subs(), "stale", msgspec.json.encode({"types": [], "last_seen_ms": old}))
+    client.xgroup_create(bus.keys.stream("order"), "ghost", id="0")  # no registry entry
+
+    no = cli("subscriptions", "prune", input="n\n", ok=False)
+    assert no.exit_code == 1
+    assert "stale: last seen" in no.stderr and "ghost: no registry entry" in no.stderr
+    assert "alive" not in no.stderr
+    assert client.hexists(bus.keys.subs(), "stale")
+
+    out = json.loads(cli("--json", "subscriptions", "prune", "--yes").stdout)
+    assert sorted(out["pruned"]) == ["ghost", "stale"]
+    for topic in ("order", "user"):
+        names = {g["name"] for g in client.xinfo_groups(bus.keys.stream(topic))}
+        assert names == {b"alive"}
+    assert set(client.hkeys(bus.keys.subs())) == {b"alive"}
+    assert "nothing to prune" in cli("subscriptions", "prune", "--yes").stdout
+    # --days 0: even a subscription seen a moment ago is stale.
+    assert "alive" in cli("subscriptions", "prune", "--days", "0", "--yes").stdout
+
+
+def test_subscriptions_list_as_a_subprocess(sh: Sh, bus: EventBus) -> None:
+    _register(bus, "audit")
+    proc = sh("--json", "subscriptions", "list")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["name"] == "audit"
