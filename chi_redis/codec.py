@@ -21,6 +21,7 @@ of the log but are not delivered to subscriptions.
 
 from __future__ import annotations
 
+from copy import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ import msgspec
 
 from .errors import DecodeError, PayloadTooLargeError, ValidationError
 from .event import Event, MetaValue, _to_us, registered_type
+from .names import validate_name
 
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "Codec", "Encoding"]
 
@@ -39,6 +41,7 @@ _META_DECODER = msgspec.json.Decoder(dict[str, MetaValue])
 _EMPTY_META = b"{}"
 
 Fields = dict[bytes, bytes]
+_TEMPLATE = Event(type="template", id="template", timestamp=_EPOCH)
 
 
 def _b(value: Any) -> bytes:
@@ -148,17 +151,29 @@ class Codec:
             raw = fields[b"data"]
             if len(raw) > self.max_event_bytes:
                 raise ValueError(f"payload of {len(raw)} bytes is over the size cap")
-            type_ = fields[b"type"].decode()
+            type_ = validate_name(fields[b"type"].decode(), "type")
+            event_id = fields[b"id"].decode()
+            if not 0 < len(event_id) <= 128 or not event_id.isprintable():
+                raise ValueError(f"invalid event id {event_id[:60]!r}")
+            version = fields.get(b"ver", b"1.0").decode()
+            if not version:
+                raise ValueError("empty version")
             meta_raw = fields.get(b"meta", _EMPTY_META)
-            return Event(
-                id=fields[b"id"].decode(),
-                type=type_,
-                topic=topic,
-                timestamp=us_to_datetime(int(fields[b"ts"])),
-                version=fields.get(b"ver", b"1.0").decode(),
-                metadata=_META_DECODER.decode(meta_raw) if meta_raw != _EMPTY_META else {},
-                data=self.decode_data(fields.get(b"enc", b"mp"), raw, type_),
+            # Built from a template rather than through Event(): every field is checked
+            # above or is valid by construction (aware UTC time, typed metadata decoder;
+            # msgspec refuses non-finite JSON numbers), and skipping __post_init__ makes
+            # queries returning many events about twice as fast.
+            event = copy(_TEMPLATE)
+            event.id = event_id
+            event.type = type_
+            event.topic = validate_name(topic, "topic")
+            event.timestamp = us_to_datetime(int(fields[b"ts"]))
+            event.version = version
+            event.metadata = (
+                _META_DECODER.decode(meta_raw) if meta_raw != _EMPTY_META else {}
             )
+            event.data = self.decode_data(fields.get(b"enc", b"mp"), raw, type_)
+            return event
         except KeyError as exc:
             name = exc.args[0].decode() if isinstance(exc.args[0], bytes) else exc.args[0]
             raise DecodeError(

@@ -152,6 +152,9 @@ class RedisEventStore:
         cutoff: float | None = None
 
         def fetch_page(o: int) -> list[tuple[bytes, float]]:
+            if limit is None:  # scores are only needed for the cut-off: skip parsing them
+                members = client.zrangebyscore(index, lo, hi, start=o, num=_PAGE)
+                return [(m, 0.0) for m in cast("list[bytes]", members)]
             return cast(
                 "list[tuple[bytes, float]]",
                 client.zrangebyscore(index, lo, hi, start=o, num=_PAGE, withscores=True),
@@ -184,7 +187,9 @@ class RedisEventStore:
         if not sids:
             return []
         client, stream = self.bus.client, self._keys.stream(topic)
-        lo, hi = min(sids, key=_sid_key), max(sids, key=_sid_key)
+        order = list(map(_sid_key, sids))
+        (lo_ms, lo_seq), (hi_ms, hi_seq) = min(order), max(order)
+        lo, hi = f"{lo_ms}-{lo_seq}", f"{hi_ms}-{hi_seq}"
         want = set(sids)
         got: dict[bytes, dict[bytes, bytes]] = {}
         span = self._r(lambda: client.xrange(stream, lo, hi, count=len(sids) * 2 + 16))

@@ -1,0 +1,98 @@
+"""doctor: production checks against redis-servers this test starts with known settings."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from chi_redis import health
+from chi_redis.health import check_server
+
+from .conftest import Cli, OwnRedis, Sh
+
+SECRET = "canary-d0c7or"
+
+
+@pytest.fixture
+def good_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path, "--appendonly", "yes", "--maxmemory", "64mb",
+                      "--maxmemory-policy", "noeviction", "--requirepass", SECRET)
+    try:
+        yield server.wait(SECRET)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def lax_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path, "--appendonly", "no", "--maxmemory-policy", "allkeys-lru")
+    try:
+        yield server.wait()
+    finally:
+        server.stop()
+
+
+def test_a_production_ready_server_passes(cli: Cli, good_redis: OwnRedis) -> None:
+    url = f"redis://:{SECRET}@127.0.0.1:{good_redis.port}/0"
+    r = cli("--redis-url", url, "--json", "doctor", base=False)
+    report = json.loads(r.stdout)
+    assert report["ok"] is True
+    levels = {f["check"]: f["level"] for f in report["findings"]}
+    assert levels == {"version": "ok", "appendonly": "ok", "maxmemory-policy": "ok",
+                      "maxmemory": "ok", "auth": "ok", "tls": "ok"}
+    assert SECRET not in r.output
+    assert "***" in report["server"]
+
+
+def test_a_lax_server_fails_with_a_list_of_findings(cli: Cli, lax_redis: OwnRedis) -> None:
+    url = f"redis://127.0.0.1:{lax_redis.port}/0"
+    r = cli("--redis-url", url, "doctor", base=False, ok=False)
+    assert r.exit_code == 1
+    assert "FAIL  appendonly" in r.stdout
+    assert "FAIL  maxmemory-policy: maxmemory-policy is allkeys-lru" in r.stdout
+    assert "FAIL  auth: the default user needs no password" in r.stdout
+    assert "WARN  maxmemory" in r.stdout
+    assert "3 problem(s) found" in r.stderr
+
+
+def test_config_get_forbidden_is_reported_and_info_used_instead(
+    cli: Cli, good_redis: OwnRedis
+) -> None:
+    admin = redis.Redis(port=good_redis.port, password=SECRET)
+    admin.acl_setuser("ops", enabled=True, passwords=[f"+{SECRET}"], keys=["*"],
+                      commands=["+@all", "-config"])
+    admin.close()
+    url = f"redis://ops:{SECRET}@127.0.0.1:{good_redis.port}/0"
+    report = json.loads(cli("--redis-url", url, "--json", "doctor", base=False).stdout)
+    by_check = {f["check"]: f for f in report["findings"]}
+    assert by_check["config"]["level"] == "info"
+    assert "CONFIG GET is not allowed" in by_check["config"]["message"]
+    assert by_check["appendonly"]["level"] == "ok"
+    assert by_check["maxmemory-policy"]["level"] == "ok"
+    assert report["ok"] is True
+
+
+def test_plain_connection_to_a_remote_host_is_a_finding(
+    good_redis: OwnRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(health, "_open_default_user", lambda url: False)
+    client = redis.Redis(port=good_redis.port, password=SECRET)
+    try:
+        remote = {f.check: f for f in check_server(client, "redis://:x@10.1.2.3:6379/0")}
+        tls = {f.check: f for f in check_server(client, "rediss://:x@10.1.2.3:6379/0")}
+    finally:
+        client.close()
+    assert remote["tls"].level == "fail" and "10.1.2.3" in remote["tls"].message
+    assert tls["tls"].level == "ok"
+
+
+def test_doctor_as_a_subprocess(sh: Sh, good_redis: OwnRedis) -> None:
+    proc = sh("--redis-url", f"redis://:{SECRET}@127.0.0.1:{good_redis.port}/0", "doctor",
+              base=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "OK    appendonly" in proc.stdout
+    assert SECRET not in proc.stdout + proc.stderr
