@@ -36,7 +36,17 @@ from .cliutil import (
 )
 from .errors import NotFoundError, ValidationError, redact_url
 from .event import Event
-from .history import By, TypeFilter, envelope, index_pages, merged, split_globs, stream_pages
+from .history import (
+    By,
+    TypeFilter,
+    envelope,
+    envelope_json,
+    index_pages,
+    merged,
+    split_globs,
+    str_fields,
+    stream_pages,
+)
 from .names import validate_name
 from .timeparse import MAX_SEQ, TimePoint, format_id, parse_rate, parse_time, pred
 
@@ -144,9 +154,12 @@ def tail(
                 stream = raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
                 for sid, f in entries:
                     positions[stream] = sid.decode()
-                    if (match and not match(f)) or (count is not None and n >= count):
+                    if count is not None and n >= count:
                         continue
-                    out.write(json_line(envelope(bus.codec, streams[stream], sid, f)) + b"\n")
+                    fields = str_fields(f)
+                    if match and not match(fields):
+                        continue
+                    out.write(envelope_json(bus.codec, streams[stream], sid, fields) + b"\n")
                     n += 1
             out.flush()
     except KeyboardInterrupt:
@@ -187,7 +200,7 @@ def events_get(event_id: str) -> None:
         entries = bus.call(lambda: bus.client.xrange(bus.keys.stream(topic), sid, sid))
     if not entries:
         raise NotFoundError(f"no event {event_id!r}" + (" (trimmed)" if where else ""))
-    env = envelope(bus.codec, where[0], entries[0][0], entries[0][1])  # type: ignore[index]
+    env = envelope(bus.codec, where[0], entries[0][0], str_fields(entries[0][1]))  # type: ignore[index]
     emit(env, msgspec.json.format(json_line(env), indent=2).decode())
 
 

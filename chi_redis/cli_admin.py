@@ -69,7 +69,7 @@ def _dl_dict(dl: Any, full: bool = False) -> dict[str, Any]:
         from .history import envelope
 
         try:
-            fields = {k.encode(): v for k, v in _BODY.decode(body).items()}
+            fields = _BODY.decode(body)
             d["event"] = envelope(settings().bus().codec, dl.topic, dl.source_id.encode(), fields)
         except msgspec.DecodeError:
             d["event"] = None

@@ -21,8 +21,8 @@ of the log but are not delivered to subscriptions.
 
 from __future__ import annotations
 
-from copy import copy
 from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
@@ -42,6 +42,8 @@ _EMPTY_META = b"{}"
 
 Fields = dict[bytes, bytes]
 _TEMPLATE = Event(type="template", id="template", timestamp=_EPOCH)
+_LAYOUT = [b"id", b"type", b"ts", b"ver", b"meta", b"enc", b"data"]
+_new_event: Callable[[], Event] = _TEMPLATE.__copy__  # a shallow copy; no __post_init__
 
 
 def _b(value: Any) -> bytes:
@@ -82,6 +84,7 @@ class Codec:
         self._untyped_mp = msgspec.msgpack.Decoder()
         self._untyped_js = msgspec.json.Decoder()
         self._typed: dict[tuple[bytes, type[Any]], Any] = {}
+        self._meta_cache: dict[bytes, dict[str, MetaValue]] = {}
 
     # encoding -----------------------------------------------------------------------
     def encode_parts(self, event: Event) -> tuple[str, str, int, str, bytes, bytes]:
@@ -141,6 +144,19 @@ class Codec:
             return self._untyped_js.decode(raw)
         raise ValueError(f"unknown payload encoding {tag!r}")
 
+    def _metadata(self, raw: bytes) -> dict[str, MetaValue]:
+        # Producers repeat the same few metadata blobs: decode each once (bounded cache),
+        # hand every event its own copy.
+        if raw == _EMPTY_META:
+            return {}
+        cached = self._meta_cache.get(raw)
+        if cached is None:
+            cached = _META_DECODER.decode(raw)
+            if len(self._meta_cache) >= 1024:
+                self._meta_cache.clear()
+            self._meta_cache[raw] = cached
+        return dict(cached)
+
     def decode(self, fields: Fields, *, topic: str, stream: str = "", entry_id: str = "") -> Event:
         """Decode an entry's fields into an :class:`Event`.
 
@@ -148,32 +164,16 @@ class Codec:
         size cap) raises :class:`DecodeError` naming the stream and entry id.
         """
         try:
-            raw = fields[b"data"]
-            if len(raw) > self.max_event_bytes:
-                raise ValueError(f"payload of {len(raw)} bytes is over the size cap")
-            type_ = validate_name(fields[b"type"].decode(), "type")
-            event_id = fields[b"id"].decode()
-            if not 0 < len(event_id) <= 128 or not event_id.isprintable():
-                raise ValueError(f"invalid event id {event_id[:60]!r}")
-            version = fields.get(b"ver", b"1.0").decode()
-            if not version:
-                raise ValueError("empty version")
-            meta_raw = fields.get(b"meta", _EMPTY_META)
-            # Built from a template rather than through Event(): every field is checked
-            # above or is valid by construction (aware UTC time, typed metadata decoder;
-            # msgspec refuses non-finite JSON numbers), and skipping __post_init__ makes
-            # queries returning many events about twice as fast.
-            event = copy(_TEMPLATE)
-            event.id = event_id
-            event.type = type_
-            event.topic = validate_name(topic, "topic")
-            event.timestamp = us_to_datetime(int(fields[b"ts"]))
-            event.version = version
-            event.metadata = (
-                _META_DECODER.decode(meta_raw) if meta_raw != _EMPTY_META else {}
+            return self._build(
+                fields[b"id"],
+                fields[b"type"],
+                fields[b"ts"],
+                fields.get(b"ver", b"1.0"),
+                fields.get(b"meta", _EMPTY_META),
+                fields.get(b"enc", b"mp"),
+                fields[b"data"],
+                topic,
             )
-            event.data = self.decode_data(fields.get(b"enc", b"mp"), raw, type_)
-            return event
         except KeyError as exc:
             name = exc.args[0].decode() if isinstance(exc.args[0], bytes) else exc.args[0]
             raise DecodeError(
@@ -187,6 +187,64 @@ class Codec:
             # UnicodeDecodeError and msgspec.ValidationError are subclasses of these;
             # AttributeError: field values that are not bytes.
             raise DecodeError(str(exc), stream=stream, entry_id=entry_id) from None
+
+    def decode_flat(
+        self, flat: list[bytes], *, topic: str, stream: str = "", entry_id: str = ""
+    ) -> Event:
+        """Decode an entry given as the flat ``[field, value, ...]`` list Redis returns.
+
+        Entries in the layout the publish script writes are read by position, without
+        building a dict; any other layout goes through :meth:`decode`.
+        """
+        if len(flat) >= 14 and flat[0:13:2] == _LAYOUT:
+            try:
+                return self._build(
+                    flat[1], flat[3], flat[5], flat[7], flat[9], flat[11], flat[13], topic
+                )
+            except Exception:  # let decode() classify the error
+                pass
+        it = iter(flat)
+        try:
+            fields = dict(zip(it, it, strict=True))
+        except (TypeError, ValueError):
+            raise DecodeError(
+                "entry is not a list of field/value pairs", stream=stream, entry_id=entry_id
+            ) from None
+        return self.decode(fields, topic=topic, stream=stream, entry_id=entry_id)
+
+    def _build(
+        self,
+        raw_id: bytes,
+        raw_type: bytes,
+        raw_ts: bytes,
+        raw_ver: bytes,
+        meta: bytes,
+        enc: bytes,
+        data: bytes,
+        topic: str,
+    ) -> Event:
+        if len(data) > self.max_event_bytes:
+            raise ValueError(f"payload of {len(data)} bytes is over the size cap")
+        type_ = validate_name(raw_type.decode(), "type")
+        event_id = raw_id.decode()
+        if not 0 < len(event_id) <= 128 or not event_id.isprintable():
+            raise ValueError(f"invalid event id {event_id[:60]!r}")
+        version = raw_ver.decode()
+        if not version:
+            raise ValueError("empty version")
+        # Built from a template rather than through Event(): every field is checked here
+        # or is valid by construction (aware UTC time, typed metadata decoder; msgspec
+        # refuses non-finite JSON numbers), and skipping __post_init__ makes queries that
+        # return many events much faster.
+        event = _new_event()
+        event.id = event_id
+        event.type = type_
+        event.topic = validate_name(topic, "topic")
+        event.timestamp = _EPOCH + timedelta(0, 0, int(raw_ts))
+        event.version = version
+        event.metadata = self._metadata(meta)
+        event.data = self.decode_data(enc, data, type_)
+        return event
 
 
 def entry_fields(values: list[bytes], archive: bool = False) -> Fields:

@@ -141,41 +141,47 @@ def call_with_retry(
     fn: Callable[[], T], policy: RetryPolicy, url: str = "", password: str | None = None
 ) -> T:
     """Run ``fn``, retrying transient connection errors under ``policy``; map errors."""
-    delays = policy.delays()
-    for attempt in range(len(delays) + 1):
+    delays: list[float] | None = None  # drawn on the first failure: the hot path pays nothing
+    attempt = 0
+    while True:
         try:
             return fn()
         except rex.AuthenticationError as exc:
             raise map_redis_error(exc, url, password) from None
         except _TRANSIENT as exc:
+            if delays is None:
+                delays = policy.delays()
             if attempt >= len(delays):
                 raise map_redis_error(exc, url, password) from None
             logger.warning(
                 "redis connection error (attempt %d): %s", attempt + 1, type(exc).__name__
             )
             time.sleep(delays[attempt])
+            attempt += 1
         except rex.RedisError as exc:
             raise map_redis_error(exc, url, password) from None
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def acall_with_retry(
     fn: Callable[[], Awaitable[T]], policy: RetryPolicy, url: str = "", password: str | None = None
 ) -> T:
     """The async twin of :func:`call_with_retry`."""
-    delays = policy.delays()
-    for attempt in range(len(delays) + 1):
+    delays: list[float] | None = None
+    attempt = 0
+    while True:
         try:
             return await fn()
         except rex.AuthenticationError as exc:
             raise map_redis_error(exc, url, password) from None
         except _TRANSIENT as exc:
+            if delays is None:
+                delays = policy.delays()
             if attempt >= len(delays):
                 raise map_redis_error(exc, url, password) from None
             logger.warning(
                 "redis connection error (attempt %d): %s", attempt + 1, type(exc).__name__
             )
             await asyncio.sleep(delays[attempt])
+            attempt += 1
         except rex.RedisError as exc:
             raise map_redis_error(exc, url, password) from None
-    raise AssertionError("unreachable")  # pragma: no cover

@@ -55,6 +55,8 @@ class StreamMessage(dramatiq.MessageProxy):
         # Set when a retry copy of this message could not be written: the entry is then
         # left pending (not acked) so that the lease expires and it is reclaimed.
         self._chi_keep = False
+        # The topic entry's fields as read (bytes keys), so the runner need not rebuild them.
+        self._chi_fields: dict[bytes, bytes] | None = None
 
     def __str__(self) -> str:
         return f"{self._message.actor_name}({self._message.message_id})"
@@ -268,8 +270,11 @@ class StreamsConsumer(dramatiq.Consumer):
         time.sleep(0.05)  # never hot-loop on a server that keeps losing state
 
     # entries ---------------------------------------------------------------------------------
-    def _handle(self, stream: str, entries: Any, deliveries: dict[bytes, int] | None = None) -> None:
-        inflight = self.state.inflight
+    def _handle(
+        self, stream: str, entries: Any, deliveries: dict[bytes, int] | None = None
+    ) -> None:
+        taken: list[StreamMessage] = []
+        private = stream == self.private
         for sid, fields in entries:
             if fields is None:
                 continue
@@ -277,14 +282,18 @@ class StreamsConsumer(dramatiq.Consumer):
             if count > self.max_deliveries:
                 self._dead_letter_entry(stream, sid, fields, "max_deliveries", count)
                 continue
-            if stream == self.private:
+            if private:
                 msg = self._from_private(sid, fields, count)
             else:
                 msg = self._from_topic(stream, sid, fields, count)
             if msg is not None:
-                with self.state.cond:
-                    inflight[(stream, sid)] = None
-                self._local.append(msg)
+                taken.append(msg)
+        if taken:
+            inflight = self.state.inflight
+            with self.state.cond:
+                for m in taken:
+                    inflight[(stream, m._chi_entry)] = None
+            self._local.extend(taken)
 
     def _from_topic(
         self, stream: str, sid: bytes, f: dict[bytes, bytes], count: int
@@ -307,7 +316,9 @@ class StreamsConsumer(dramatiq.Consumer):
             message_id=f"{self.queue}:{f[b'id'].decode(errors='replace')}",
             message_timestamp=int(sid.split(b"-", 1)[0]),
         )
-        return StreamMessage(message, self.queue, stream, sid, count)
+        proxy = StreamMessage(message, self.queue, stream, sid, count)
+        proxy._chi_fields = f
+        return proxy
 
     def _from_private(self, sid: bytes, f: dict[bytes, bytes], count: int) -> StreamMessage | None:
         try:

@@ -15,10 +15,12 @@ resumable from a position (the last item it returned), which is what replay chec
 from __future__ import annotations
 
 import heapq
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import chain, islice
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -33,17 +35,23 @@ __all__ = [
     "Item",
     "TypeFilter",
     "envelope",
+    "envelope_json",
     "index_pages",
     "item_pos",
     "merged",
     "pos_key",
+    "prefetched",
+    "reader",
+    "str_fields",
     "stream_pages",
 ]
 
 By = Literal["append", "event-time"]
+#: One entry's fields, names decoded (``{"id": b"...", "type": b"...", ...}``): the shape a
+#: subscription's actor receives, so replay hands them over without rebuilding them.
+Fields = dict[str, bytes]
 #: One entry read from history: topic, stream id, fields, event time (µs; 0 by append time).
-Item = tuple[str, bytes, dict[bytes, bytes], int]
-Fields = dict[bytes, bytes]
+Item = tuple[str, bytes, Fields, int]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _META = msgspec.json.Decoder(dict[str, Any])
@@ -53,6 +61,56 @@ _JS = msgspec.json.Decoder()
 
 def _sid_key(sid: bytes) -> StreamId:
     return parse_id(sid)
+
+
+# reading entries -----------------------------------------------------------------------------
+class _FieldNames(dict[bytes, str]):
+    """Field name bytes → str, decoding (and remembering) names it has not seen."""
+
+    def __missing__(self, key: bytes) -> str:
+        if len(self) > 1024:  # only a hostile producer invents this many field names
+            self.clear()
+        value = self[key] = key.decode(errors="replace")
+        return value
+
+
+_NAMES = _FieldNames({n.encode(): n for n in ("id", "type", "ts", "ver", "meta", "enc", "data",
+                                                "arc")})
+
+
+def str_fields(raw: Any) -> Fields:
+    """An entry's fields (a flat ``[k, v, ...]`` reply or a bytes-keyed dict), names decoded."""
+    if isinstance(raw, dict):
+        return {_NAMES[k]: v for k, v in raw.items()}
+    it = iter(raw)
+    return dict(zip(map(_NAMES.__getitem__, it), it, strict=False))
+
+
+def _parse_items(response: Any, **options: Any) -> Any:
+    """XRANGE reply → Items of ``options["chi_topic"]`` (or ``(id, Fields)`` pairs)."""
+    topic = options.get("chi_topic")
+    names = _NAMES.__getitem__
+    if topic is None:
+        return [(sid, str_fields(flat)) for sid, flat in response or ()]
+    out = []
+    for sid, flat in response or ():
+        if isinstance(flat, dict):
+            out.append((topic, sid, str_fields(flat), 0))
+        else:
+            it = iter(flat)
+            out.append((topic, sid, dict(zip(map(names, it), it, strict=False)), 0))
+    return out
+
+
+def reader(client: Any) -> Any:
+    """A client on the same connection pool whose XRANGE returns ``(id, Fields)`` pairs
+    (or Items, given ``chi_topic=``): it skips redis-py's bytes-keyed dict per entry,
+    which a replay would rebuild anyway."""
+    import redis
+
+    r = redis.Redis(connection_pool=client.connection_pool)
+    r.set_response_callback("XRANGE", _parse_items)
+    return r
 
 
 # positions ---------------------------------------------------------------------------------
@@ -84,20 +142,21 @@ def stream_pages(
 ) -> Iterator[list[Item]]:
     """Pages of the topic's entries with ids in ``[lo, hi]`` (after ``after``, exclusive)."""
     stream = keys.stream(topic)
+    client = reader(client)
     first = succ(after) if after is not None and after >= lo else lo
     if first > hi:
         return
     # Inclusive starts at succ(last) rather than "(last": also valid for ms-<max seq>.
     start, end = format_id(first), format_id(hi)
-    xrange = client.xrange
+    command = client.execute_command
     while True:
-        entries = xrange(stream, start, end, count=page)
-        if not entries:
+        items = command("XRANGE", stream, start, end, "COUNT", page, chi_topic=topic)
+        if not items:
             return
-        yield [(topic, sid, fields, 0) for sid, fields in entries]
-        if len(entries) < page:
+        yield items
+        if len(items) < page:
             return
-        start = format_id(succ(parse_id(entries[-1][0])))
+        start = format_id(succ(parse_id(items[-1][1])))
 
 
 def index_pages(
@@ -119,6 +178,7 @@ def index_pages(
     entry is gone (trimmed by someone else) are reported to ``missing``.
     """
     index = keys.index(topic)
+    entries_client = reader(client)
     score: int = lo_us if after is None else after[0]
     last: bytes | None = None if after is None else after[1]
     size = page
@@ -137,7 +197,7 @@ def index_pages(
         size = page
         score, last = fresh[-1][1], fresh[-1][0]
         wanted = [(m, s) for m, s in fresh if _sid_key(m) <= cap]
-        found = fetch_entries(client, keys.stream(topic), [m for m, _ in wanted])
+        found = fetch_entries(entries_client, keys.stream(topic), [m for m, _ in wanted])
         items = [(topic, m, found[m], s) for m, s in wanted if m in found]
         if missing is not None and len(items) < len(wanted):
             missing(len(wanted) - len(items))
@@ -148,7 +208,8 @@ def index_pages(
 
 
 def fetch_entries(client: Any, stream: str, sids: Sequence[bytes]) -> dict[bytes, Fields]:
-    """The entries with these stream ids (missing ones left out).
+    """The entries with these stream ids (missing ones left out); ``client`` from
+    :func:`reader`.
 
     Events mostly arrive in event-time order, so one XRANGE over the span brings them all;
     entries out of the span (back-filled events) are fetched one by one, pipelined.
@@ -207,6 +268,50 @@ def rechunk(pages: Iterable[list[Item]], size: int) -> Iterator[list[Item]]:
         yield buf
 
 
+T = TypeVar("T")
+
+
+def prefetched(pages: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Read ``pages`` ahead on a thread, so the next round trip overlaps this page's work.
+
+    Errors of the reader are raised here; closing the generator stops the reader.
+    """
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for page in pages:
+                if not put(("page", page)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(("error", exc))
+
+    reader = threading.Thread(target=run, name="chi-history-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "page":
+                yield value
+            elif kind == "end":
+                return
+            else:
+                raise value
+    finally:
+        stop.set()
+
+
 # filters -----------------------------------------------------------------------------------
 class TypeFilter:
     """Tests an entry's ``type`` field against globs, caching the answer per type."""
@@ -218,8 +323,16 @@ class TypeFilter:
     def __bool__(self) -> bool:
         return bool(self.lists)
 
+    def select(self, items: list[Item]) -> list[Item]:
+        """The items whose type passes (the common all-pass batch costs one set)."""
+        kinds = {it[2].get("type", b"") for it in items}
+        passing = {k for k in kinds if self({"type": k})}
+        if len(passing) == len(kinds):
+            return items
+        return [it for it in items if it[2].get("type", b"") in passing]
+
     def __call__(self, fields: Fields) -> bool:
-        raw = fields.get(b"type", b"")
+        raw = fields.get("type", b"")
         ok = self._cache.get(raw)
         if ok is None:
             t = raw.decode(errors="replace")
@@ -236,39 +349,58 @@ def split_globs(values: Iterable[str]) -> list[str]:
 
 
 # rendering ---------------------------------------------------------------------------------
+_ISO_SECONDS: dict[int, str] = {}
+
+
 def iso_us(us: int) -> str:
-    """µs since the epoch → ISO 8601 UTC with a ``Z``."""
-    return (_EPOCH + timedelta(microseconds=us)).isoformat().replace("+00:00", "Z")
+    """µs since the epoch → ISO 8601 UTC with microseconds and a ``Z``."""
+    sec, frac = divmod(us, 1_000_000)
+    prefix = _ISO_SECONDS.get(sec)
+    if prefix is None:  # events come in bursts: one strftime per second of them
+        if len(_ISO_SECONDS) > 4096:
+            _ISO_SECONDS.clear()
+        prefix = _ISO_SECONDS[sec] = (_EPOCH + timedelta(seconds=sec)).strftime(
+            "%Y-%m-%dT%H:%M:%S"
+        )
+    return f"{prefix}.{frac:06d}Z"
 
 
-def envelope(codec: Codec, topic: str, sid: bytes, f: Fields) -> dict[str, Any]:
-    """The JSON envelope of an entry (DESIGN §8): the event's fields plus its stream id.
+class Envelope(msgspec.Struct, omit_defaults=True):
+    """The JSON envelope of an event (DESIGN §8), plus its stream id."""
 
-    Payloads are decoded without a registered class (the CLI knows none).  An entry that
-    cannot be decoded gives ``{"stream_id", "topic", "error"}`` instead of stopping a scan.
-    """
+    id: str
+    type: str
+    topic: str
+    data: Any
+    metadata: Any
+    timestamp: str
+    version: str
+    stream_id: str
+    archived: bool = False
+
+
+_JSON = msgspec.json.Encoder()
+_EMPTY: dict[str, Any] = {}
+
+
+def _envelope(codec: Codec, topic: str, sid: bytes, f: Fields) -> Envelope | dict[str, Any]:
     try:
-        raw = f[b"data"]
+        raw = f["data"]
         if len(raw) > codec.max_event_bytes:
             raise ValueError(f"payload of {len(raw)} bytes is over the size cap")
-        enc = f.get(b"enc", b"mp")
+        enc = f.get("enc", b"mp")
         if enc == b"mp":
             data = _MP.decode(raw)
         elif enc == b"js":
             data = _JS.decode(raw)
         else:
             raise ValueError(f"unknown payload encoding {enc!r}")
-        meta_raw = f.get(b"meta", b"{}")
-        out: dict[str, Any] = {
-            "id": f[b"id"].decode(),
-            "type": f[b"type"].decode(),
-            "topic": topic,
-            "data": data,
-            "metadata": _META.decode(meta_raw) if meta_raw != b"{}" else {},
-            "timestamp": iso_us(int(f[b"ts"])),
-            "version": f.get(b"ver", b"1.0").decode(),
-            "stream_id": sid.decode(),
-        }
+        meta_raw = f.get("meta", b"{}")
+        return Envelope(
+            f["id"].decode(), f["type"].decode(), topic, data,
+            _META.decode(meta_raw) if meta_raw != b"{}" else _EMPTY, iso_us(int(f["ts"])),
+            f.get("ver", b"1.0").decode(), sid.decode(), "arc" in f,
+        )
     except (KeyError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         if isinstance(exc, KeyError):
             name = exc.args[0]
@@ -277,6 +409,23 @@ def envelope(codec: Codec, topic: str, sid: bytes, f: Fields) -> dict[str, Any]:
             reason = str(exc)
         err = DecodeError(reason, stream=topic, entry_id=sid.decode())
         return {"stream_id": sid.decode(), "topic": topic, "error": str(err)}
-    if b"arc" in f:
-        out["archived"] = True
+
+
+def envelope(codec: Codec, topic: str, sid: bytes, f: Fields) -> dict[str, Any]:
+    """The JSON envelope of an entry as a dict (DESIGN §8): the event plus its stream id.
+
+    Payloads are decoded without a registered class (the CLI knows none).  An entry that
+    cannot be decoded gives ``{"stream_id", "topic", "error"}`` instead of stopping a scan.
+    """
+    env = _envelope(codec, topic, sid, f)
+    if isinstance(env, dict):
+        return env
+    out = msgspec.structs.asdict(env)
+    if not env.archived:
+        del out["archived"]
     return out
+
+
+def envelope_json(codec: Codec, topic: str, sid: bytes, f: Fields) -> bytes:
+    """:func:`envelope` encoded as one compact JSON object (the fast path)."""
+    return _JSON.encode(_envelope(codec, topic, sid, f))

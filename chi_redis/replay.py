@@ -1,13 +1,8 @@
 """Replay: re-read a range of history and deliver it again (DESIGN §5 Replay).
 
 Sources (:mod:`chi_redis.history`): one or more topic streams by stream-id / append-time
-range, or the time index by event time.  Targets:
-
-- :class:`QueueTarget` — one subscription's private stream, as the Dramatiq messages its
-  actor runs (marked ``replay``); other subscriptions see nothing;
-- :class:`RepublishTarget` — back onto the topic as new events (new ids) whose metadata
-  carries ``chi_replay=true`` and ``chi_replay_of=<original id>``;
-- :class:`PrintTarget` — JSON lines.
+range, or the time index by event time.  Targets (:mod:`chi_redis.replay_targets`): one
+subscription's private stream, back onto the topic as marked new events, or JSON lines.
 
 With a checkpoint name, the last delivered position is stored under
 ``keys.checkpoint(name)`` *in the same Lua script as the delivery*, so a replay that is
@@ -30,31 +25,34 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any
 
-import dramatiq
-import msgspec
 import redis.exceptions as rex
 
-from .connection import map_redis_error
-from .encoder import encode_message
-from .errors import ChiError, NotFoundError, ValidationError
-from .event import new_event_id
+from .errors import ChiError, ValidationError
 from .history import (
     By,
     Item,
     TypeFilter,
-    envelope,
     index_pages,
     item_pos,
     merged,
     pos_key,
+    prefetched,
     rechunk,
     stream_pages,
 )
 from .names import validate_name
-from .scripts import Script, script
-from .timeparse import TimePoint, format_id, parse_id
+from .replay_targets import (
+    Checkpoint,
+    PrintTarget,
+    QueueTarget,
+    RepublishTarget,
+    Target,
+    bound_topics,
+    subscription_info,
+)
+from .timeparse import TimePoint, format_id, parse_id, succ
 
 if TYPE_CHECKING:
     from .bus import EventBus
@@ -70,175 +68,9 @@ __all__ = [
     "choose_target",
     "estimate_total",
     "replay",
-    "subscription_info",
 ]
 
 logger = logging.getLogger(__name__)
-
-_JSON = msgspec.json.Encoder()
-_META = msgspec.json.Decoder(dict[str, Any])
-
-
-# targets ---------------------------------------------------------------------------------
-class Target(Protocol):
-    """Where replayed entries go.  ``deliver`` is called from worker threads."""
-
-    name: str
-    types: tuple[str, ...]  # extra type globs the target itself accepts (AND-ed)
-    skips_archived: bool
-    ordered: bool  # must batches be delivered one at a time?
-
-    def deliver(self, items: list[Item], ckpt_key: str, ckpt: dict[str, str]) -> int: ...
-
-
-def _run(bus: EventBus, s: Script, keys: list[str], argv: list[Any]) -> Any:
-    client = bus.client
-
-    def call() -> Any:
-        try:
-            return client.evalsha(s.sha, len(keys), *keys, *argv)
-        except rex.NoScriptError:
-            return client.eval(s.source, len(keys), *keys, *argv)
-
-    # Never retried: after a lost reply a retry would deliver twice.  The checkpoint tells
-    # a rerun where the replay really stopped.
-    return _once(bus, call)
-
-
-def _once(bus: EventBus, fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except rex.RedisError as exc:
-        raise map_redis_error(exc, bus._url, bus._password) from None
-
-
-def _pairs(ckpt: dict[str, str]) -> list[str]:
-    out = [str(len(ckpt))]
-    for k, v in ckpt.items():
-        out += (k, v)
-    return out
-
-
-class QueueTarget:
-    """Deliver into one subscription's private stream (``keys.queue(sub)``)."""
-
-    skips_archived = True
-    ordered = False
-
-    def __init__(self, bus: EventBus, sub: str, types: tuple[str, ...] = ()) -> None:
-        self.bus = bus
-        self.sub = validate_name(sub, "subscription")
-        self.name = f"to:{sub}"
-        self.types = types
-        self.queue = bus.keys.queue(sub)
-        self._script = script("replay_queue")
-
-    def message(self, item: Item) -> bytes:
-        """The Dramatiq message that runs the subscription's actor on this entry."""
-        topic, sid, fields, _ = item
-        sub = self.sub
-        event_id = fields.get(b"id", b"").decode(errors="replace")
-        return encode_message(dramatiq.Message(
-            queue_name=sub, actor_name=sub,
-            args=(topic, {k.decode(): v for k, v in fields.items()}), kwargs={},
-            options={"src": self.bus.keys.stream(topic), "src_id": sid.decode(), "replay": True},
-            message_id=f"{sub}:{event_id}", message_timestamp=int(time.time() * 1000),
-        ))
-
-    def deliver(self, items: list[Item], ckpt_key: str, ckpt: dict[str, str]) -> int:
-        argv: list[Any] = _pairs(ckpt)
-        argv += [self.message(it) for it in items]
-        return int(_run(self.bus, self._script, [self.queue, ckpt_key or self.queue], argv))
-
-
-class RepublishTarget:
-    """Append each entry to its topic again as a new event marked as a replay."""
-
-    name = "republish"
-    types: tuple[str, ...] = ()
-    skips_archived = True
-    ordered = False
-
-    def __init__(self, bus: EventBus) -> None:
-        self.bus = bus
-        self._script = script("replay_topic")
-
-    def deliver(self, items: list[Item], ckpt_key: str, ckpt: dict[str, str]) -> int:
-        k = self.bus.keys
-        keys = [k.ids(), k.topics(), ckpt_key or k.ids()]
-        argv: list[Any] = _pairs(ckpt)
-        for topic, _sid, f, _ in items:
-            raw_meta = f.get(b"meta", b"{}")
-            try:
-                meta = _META.decode(raw_meta) if raw_meta != b"{}" else {}
-            except msgspec.DecodeError:
-                meta = {}
-            meta["chi_replay"] = True
-            meta["chi_replay_of"] = f.get(b"id", b"").decode(errors="replace")
-            keys += (k.stream(topic), k.index(topic))
-            argv += (
-                topic, new_event_id(), f.get(b"type", b""), f.get(b"ts", b"0"),
-                f.get(b"ver", b"1.0"), _JSON.encode(meta), f.get(b"enc", b"mp"),
-                f.get(b"data", b""),
-            )
-        return len(_run(self.bus, self._script, keys, argv))
-
-
-class PrintTarget:
-    """Write each entry as one JSON line (the event envelope)."""
-
-    name = "print"
-    types: tuple[str, ...] = ()
-    skips_archived = False
-    ordered = True
-
-    def __init__(self, bus: EventBus, out: IO[bytes]) -> None:
-        self.bus = bus
-        self.out = out
-
-    def deliver(self, items: list[Item], ckpt_key: str, ckpt: dict[str, str]) -> int:
-        codec, enc = self.bus.codec, _JSON.encode
-        lines = [enc(envelope(codec, t, sid, f)) for t, sid, f, _ in items]
-        lines.append(b"")
-        self.out.write(b"\n".join(lines))
-        self.out.flush()
-        if ckpt:
-            client: Any = self.bus.client
-
-            def record() -> None:
-                pipe = client.pipeline(transaction=True)
-                pipe.hset(ckpt_key, mapping=ckpt)
-                pipe.hincrby(ckpt_key, "delivered", len(items))
-                pipe.execute()
-
-            _once(self.bus, record)
-        return len(items)
-
-
-def subscription_info(bus: EventBus, sub: str) -> dict[str, Any]:
-    """The registry entry of ``sub``; :class:`NotFoundError` when it was never registered."""
-    validate_name(sub, "subscription")
-    raw = bus.call(lambda: bus.client.hget(bus.keys.subs(), sub))
-    if raw is None:
-        raise NotFoundError(
-            f"unknown subscription {sub!r}: not in the registry (a worker registers it when"
-            " it starts; `chi-redis subscriptions list` shows the known ones)"
-        )
-    try:
-        info = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        info = {}
-    return info if isinstance(info, dict) else {}
-
-
-def bound_topics(info: dict[str, Any], known: list[str]) -> list[str]:
-    """The topics a registered subscription reads (as Subscription.bound_topics does)."""
-    if info.get("topics"):
-        return sorted(info["topics"])
-    types = info.get("types") or []
-    if info.get("wildcard") or any(t.split(".", 1)[0] == "*" for t in types):
-        return sorted(known)
-    return sorted({t.split(".", 1)[0] for t in types})
 
 
 # options and report ------------------------------------------------------------------------
@@ -355,76 +187,6 @@ class ReplayInterrupted(ChiError):
         )
         super().__init__(f"replay stopped after {report.delivered} events: {why}{resume}")
         self.report = report
-
-
-# checkpoints -------------------------------------------------------------------------------
-class Checkpoint:
-    """A replay checkpoint: a Redis hash holding the replay's spec and progress.
-
-    Fields: ``spec`` (JSON: source, resolved bounds, target), ``pos`` (JSON: topic →
-    last position delivered, contiguously), ``done:<n>`` (JSON: topic → [first, last]
-    of a batch delivered out of order), ``delivered``, ``state``.
-    """
-
-    def __init__(self, bus: EventBus, name: str) -> None:
-        self.bus = bus
-        self.name = name
-        self.key = bus.keys.checkpoint(name)
-        raw: dict[bytes, bytes] = bus.call(lambda: bus.client.hgetall(self.key))
-        f = {k.decode(): v.decode() for k, v in raw.items()}
-        self.spec: dict[str, Any] | None = json.loads(f["spec"]) if "spec" in f else None
-        self.pos: dict[str, str] = json.loads(f.get("pos", "{}"))
-        self.done: list[tuple[str, str, str]] = []
-        self.done_fields = [k for k in f if k.startswith("done:")]
-        for k in self.done_fields:
-            for topic, (lo, hi) in json.loads(f[k]).items():
-                self.done.append((topic, lo, hi))
-        self.delivered = int(f.get("delivered", 0))
-        self.state = f.get("state", "")
-        self.next_batch = 1 + max((int(k[5:]) for k in self.done_fields), default=0)
-
-    def begin(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """Start or resume: returns the spec to use (the stored one when resuming)."""
-        if self.spec is None:
-            mapping: Any = {"spec": json.dumps(spec), "state": "running"}
-            self.bus.call(lambda: self.bus.client.hset(self.key, mapping=mapping))
-            self.spec = spec
-            return spec
-        ident = ("by", "topics", "target", "types")
-        if any(self.spec.get(k) != spec.get(k) for k in ident):
-            raise ValidationError(
-                f"checkpoint {self.name!r} belongs to another replay"
-                f" ({self._describe(self.spec)}); use another --checkpoint name",
-                field="checkpoint",
-            )
-        return self.spec
-
-    @staticmethod
-    def _describe(spec: dict[str, Any]) -> str:
-        return f"{spec.get('target')} from {','.join(spec.get('topics', []))} by {spec.get('by')}"
-
-    def covered(self, topic: str, key: tuple[Any, ...], by: By) -> bool:
-        """Whether an earlier run already delivered the entry at ``key`` (out of order)."""
-        return any(
-            t == topic and pos_key(lo, by) <= key <= pos_key(hi, by) for t, lo, hi in self.done
-        )
-
-    def advance(self, pos: dict[str, str], done: list[str]) -> None:
-        """Record a contiguous position and drop the out-of-order records it covers."""
-        client = self.bus.client
-
-        def run() -> None:
-            pipe = client.pipeline(transaction=True)
-            pipe.hset(self.key, "pos", json.dumps(pos))
-            if done:
-                pipe.hdel(self.key, *done)
-            pipe.execute()
-
-        self.bus.call(run)
-
-    def finish(self, pos: dict[str, str]) -> None:
-        self.advance(pos, self.done_fields)
-        self.bus.call(lambda: self.bus.client.hset(self.key, "state", "complete"))
 
 
 # planning ----------------------------------------------------------------------------------
@@ -665,7 +427,8 @@ class _Run:
         readers = _readers(self.bus, self.spec, self.pos, page, self._missing)
         by, rep = self.by, self.report
         done = self.ckpt.done if self.ckpt else []
-        for batch in rechunk(merged(readers, by, page), self.opts.batch_size):
+        pages = prefetched(merged(readers, by, page))
+        for batch in rechunk(pages, self.opts.batch_size):
             ranges: dict[str, tuple[str, str]] = {}
             if len(self.spec["topics"]) == 1:
                 t = batch[0][0]
@@ -676,11 +439,11 @@ class _Run:
                     ranges[it[0]] = (ranges[it[0]][0] if it[0] in ranges else p, p)
             items = batch
             if self.types:
-                items = [it for it in items if self.types(it[2])]
+                items = self.types.select(items)
             rep.skipped_types += len(batch) - len(items)
             if self.skip_archived:
                 n = len(items)
-                items = [it for it in items if b"arc" not in it[2]]
+                items = [it for it in items if "arc" not in it[2]]
                 rep.skipped_archived += n - len(items)
             if done and self.ckpt is not None:
                 n = len(items)
@@ -693,10 +456,14 @@ class _Run:
             yield batch, items, ranges
 
     def _count(self, items: list[Item]) -> None:
+        per = self.report.per_topic
         with self.lock:
             self.report.delivered += len(items)
+            if len(self.spec["topics"]) == 1:
+                per[items[0][0]] = per.get(items[0][0], 0) + len(items)
+                return
             for it in items:
-                self.report.per_topic[it[0]] = self.report.per_topic.get(it[0], 0) + 1
+                per[it[0]] = per.get(it[0], 0) + 1
 
     def run(self) -> None:
         if self.opts.dry_run or self.target is None:
@@ -705,26 +472,79 @@ class _Run:
                 if self.progress:
                     self.progress(len(batch))
             return
-        if self.opts.workers > 1 and not self.target.ordered:
+        if self._server_side_possible():
+            self._server_side(self.target)  # type: ignore[arg-type]
+        elif self.opts.workers > 1 and not self.target.ordered:
             self._parallel(self.target)
         else:
             self._serial(self.target)
 
-    def _serial(self, target: Target) -> None:
+    def _server_side_possible(self) -> bool:
+        """One topic by append time into a subscription: Redis can do it all itself."""
+        return (
+            isinstance(self.target, QueueTarget) and self.by == "append"
+            and len(self.spec["topics"]) == 1 and not (self.ckpt and self.ckpt.done)
+        )
+
+    def _server_side(self, target: QueueTarget) -> None:
+        """Page through the range with ``replay_scan.lua``: each page is read, turned into
+        messages, delivered and checkpointed in one atomic call; nothing crosses the wire
+        but the page's counts."""
+        topic = self.spec["topics"][0]
+        cap = parse_id(self.spec["caps"][topic])
+        hi = min(cap, parse_id(self.spec["hi"])) if self.spec["hi"] else cap
+        after = self.pos.get(topic)
+        lo = parse_id(self.spec["lo"])
+        start = succ(parse_id(after)) if after and parse_id(after) >= lo else lo
         limiter = _Limiter(self.opts.rate)
+        lists = [list(self.spec["types"]), list(target.types)]
         key = self.ckpt.key if self.ckpt else ""
-        for batch, items, ranges in self.batches():
-            for t, (_, last) in ranges.items():
-                self.pos[t] = last
-            fields = {"pos": json.dumps(self.pos)} if self.ckpt else {}
-            if items:
-                limiter.wait(len(items))
-                target.deliver(items, key, fields)
-                self._count(items)
-            elif self.ckpt:
-                self.ckpt.advance(self.pos, [])
+        rep = self.report
+        page = self.opts.batch_size
+        while cap != (0, 0) and start <= hi:
+            scanned, delivered, by_type, archived, last = target.scan(
+                topic, format_id(start), format_id(hi), page, key, lists)
+            rep.scanned += scanned
+            rep.skipped_types += by_type
+            rep.skipped_archived += archived
+            if delivered:
+                rep.delivered += delivered
+                rep.per_topic[topic] = rep.per_topic.get(topic, 0) + delivered
             if self.progress:
-                self.progress(len(batch))
+                self.progress(scanned)
+            if scanned < page:
+                break
+            self.pos[topic] = last
+            start = succ(parse_id(last))
+            limiter.wait(delivered)
+        if self.ckpt:
+            self.ckpt.finish(self.pos)
+
+    def _serial(self, target: Target) -> None:
+        """Batches in order, one in flight: the next batch is read and prepared while the
+        previous one is being sent."""
+        limiter = _Limiter(self.opts.rate)
+        inflight: Future[int] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="chi-replay") as pool:
+            for batch, items, ranges in self.batches():
+                for t, (_, last) in ranges.items():
+                    self.pos[t] = last
+                fields = {"pos": json.dumps(self.pos)} if self.ckpt else {}
+                if items:
+                    payload = target.prepare(items)
+                    limiter.wait(len(items))
+                    if inflight is not None:
+                        inflight.result()
+                    inflight = pool.submit(self._send, target, payload, items, fields)
+                elif self.ckpt:
+                    if inflight is not None:
+                        inflight.result()
+                        inflight = None
+                    self.ckpt.advance(self.pos, [])
+                if self.progress:
+                    self.progress(len(batch))
+            if inflight is not None:
+                inflight.result()
         if self.ckpt:
             self.ckpt.finish(self.pos)
 
@@ -776,8 +596,9 @@ class _Run:
                     order.append((n, dict(running), field_name))
                     if items:
                         fields = {field_name: json.dumps(ranges)} if field_name else {}
+                        payload = target.prepare(items)
                         limiter.wait(len(items))
-                        fut = pool.submit(self._deliver, target, items, fields)
+                        fut = pool.submit(self._send, target, payload, items, fields)
                         pending[fut] = n
                     else:
                         completed.add(n)
@@ -797,8 +618,8 @@ class _Run:
         if ckpt:
             ckpt.finish(self.pos)
 
-    def _deliver(self, target: Target, items: list[Item], fields: dict[str, str]) -> int:
-        key = self.ckpt.key if self.ckpt else ""
-        n = target.deliver(items, key, fields)
+    def _send(self, target: Target, payload: Any, items: list[Item],
+              fields: dict[str, str]) -> int:
+        n = target.send(payload, self.ckpt.key if self.ckpt else "", fields)
         self._count(items)
         return n

@@ -66,29 +66,42 @@ def make_runner(broker: StreamsBroker, sub: Subscription) -> Any:
     client = broker.client
     opts = sub.options
 
+    handler = sub.handler
+    wants_delivery = sub.wants_delivery
+
     def run(topic: str, fields: dict[str, bytes]) -> None:
         msg = current_message()
-        options = msg.options if msg is not None else {}
-        raw = {k.encode(): v for k, v in fields.items()}
-        src = options.get("src") or (msg._chi_stream if msg is not None else "")
-        src_id = options.get("src_id") or (msg._chi_entry.decode() if msg is not None else "")
+        if msg is None:  # called directly (tests, scripts): no stream context
+            options: dict[str, Any] = {}
+            raw = {k.encode(): v for k, v in fields.items()}
+            src = src_id = ""
+        else:
+            options = msg.options
+            # A fresh delivery from a topic stream carries its entry's fields as read;
+            # retried copies and redrives come from the private stream with str keys.
+            raw = getattr(msg, "_chi_fields", None) or {k.encode(): v for k, v in fields.items()}
+            src = options.get("src") or msg._chi_stream
+            src_id = options.get("src_id") or msg._chi_entry.decode()
         event = codec.decode(raw, topic=topic, stream=src, entry_id=src_id)
         seen_key = keys.seen(sub.name, event.id) if opts.dedupe else None
         if seen_key is not None and client.exists(seen_key):
             return
-        delivery = Delivery(
-            subscription=sub.name,
-            attempt=options.get("retries", 0) + 1,
-            stream=src,
-            entry_id=src_id,
-            replay=bool(options.get("replay")) or bool(event.metadata.get("chi_replay")),
-        )
-        result = sub.call(event, delivery)
+        if wants_delivery:
+            result = handler(event, Delivery(
+                subscription=sub.name,
+                attempt=options.get("retries", 0) + 1,
+                stream=src,
+                entry_id=src_id,
+                replay=bool(options.get("replay")) or bool(event.metadata.get("chi_replay")),
+            ))
+        else:
+            result = handler(event)
         if inspect.isawaitable(result):
             _loop().run_until_complete(result)
         if seen_key is not None:
             client.set(seen_key, b"1", px=opts.dedupe_ttl_ms)
 
-    run.__name__ = run.__qualname__ = f"chi_subscription_{sub.name.replace('-', '_').replace('.', '_')}"
+    ident = sub.name.replace("-", "_").replace(".", "_")
+    run.__name__ = run.__qualname__ = f"chi_subscription_{ident}"
     run.__module__ = getattr(sub.handler, "__module__", __name__)
     return run

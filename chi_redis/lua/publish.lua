@@ -9,16 +9,55 @@
 -- Returns the stream id of each event.  An event id already written (a retry after a lost
 -- reply), an id seen earlier in the chunk and a live idempotency key all return the first
 -- stream id and write nothing.
--- Cost: one XADD per event; the id lookup, the time index and the topics set are read and
--- written with one command per chunk (redis.call is the expensive part of a script).  The
--- first write is an XADD, so a server over maxmemory refuses the chunk before it changes
--- anything (scripts are OOM-checked at their first write).
+-- redis.call is the expensive part of a script, so a chunk costs one XADD per event plus a
+-- few commands per chunk.  The first write is always an XADD: a server over maxmemory
+-- refuses the call before it changes anything (scripts are OOM-checked at their first
+-- write), and never half-way through.
 local unpack = unpack or table.unpack
 local ids_key, topics_key = KEYS[1], KEYS[2]
 local ttl, n, nt = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local arc, enc, has_idem = ARGV[4] == '1', ARGV[5], ARGV[6] == '1'
 local per = has_idem and 8 or 7
 local base = 6 + nt
+
+local function xadd(stream, a, ts)
+  if arc then
+    return redis.call('XADD', stream, '*', 'id', ARGV[a + 2], 'type', ARGV[a + 3], 'ts', ts,
+      'ver', ARGV[a + 5], 'meta', ARGV[a + 6], 'enc', enc, 'data', ARGV[a + 7], 'arc', '1')
+  end
+  return redis.call('XADD', stream, '*', 'id', ARGV[a + 2], 'type', ARGV[a + 3], 'ts', ts,
+    'ver', ARGV[a + 5], 'meta', ARGV[a + 6], 'enc', enc, 'data', ARGV[a + 7])
+end
+
+local function idem_key(a)
+  if has_idem and ARGV[a + 8] ~= '0' then return KEYS[2 + 2 * nt + tonumber(ARGV[a + 8])] end
+  return false
+end
+
+-- One event (publish): straight-line, the fewest commands and tables.
+if n == 1 then
+  local slot, id, idem = tonumber(ARGV[base + 1]), ARGV[base + 2], idem_key(base)
+  local sid = false
+  if idem then sid = redis.call('GET', idem) end
+  if not sid then
+    local known = redis.call('HGET', ids_key, id)
+    if known then sid = string.match(known, ' (.*)$') end
+  end
+  if sid then
+    if idem and redis.call('EXISTS', idem) == 0 then redis.call('SET', idem, sid, 'PX', ttl) end
+    return {sid}
+  end
+  local topic, ts = ARGV[6 + slot], ARGV[base + 4]
+  sid = xadd(KEYS[1 + 2 * slot], base, ts)
+  if idem then redis.call('SET', idem, sid, 'PX', ttl) end
+  redis.call('HSET', ids_key, id, topic .. ' ' .. sid)
+  redis.call('ZADD', KEYS[2 + 2 * slot], ts, sid)
+  redis.call('SADD', topics_key, topic)
+  return {sid}
+end
+
+-- A chunk: one XADD per event; the id lookup, the indexes and the topics set are read and
+-- written with one command per chunk (or per topic).
 local SLICE = 1000 -- arguments per command: stays far below Lua's unpack limit
 
 local function sliced(cmd, key, args)
@@ -39,22 +78,14 @@ local known = sliced('HMGET', ids_key, event_ids)
 local out, seen, index_args, id_args, used = {}, {}, {}, {}, {}
 for i = 0, n - 1 do
   local a = base + i * per
-  local slot, id = tonumber(ARGV[a + 1]), ARGV[a + 2]
-  local idem = false
-  if has_idem and ARGV[a + 8] ~= '0' then idem = KEYS[2 + 2 * nt + tonumber(ARGV[a + 8])] end
+  local slot, id, idem = tonumber(ARGV[a + 1]), ARGV[a + 2], idem_key(a)
   local sid = false
   if idem then sid = redis.call('GET', idem) end
   if not sid then sid = seen[id] end
   if not sid and known[i + 1] then sid = string.match(known[i + 1], ' (.*)$') end
   if not sid then
-    local stream, ts = KEYS[1 + 2 * slot], ARGV[a + 4]
-    if arc then
-      sid = redis.call('XADD', stream, '*', 'id', id, 'type', ARGV[a + 3], 'ts', ts,
-        'ver', ARGV[a + 5], 'meta', ARGV[a + 6], 'enc', enc, 'data', ARGV[a + 7], 'arc', '1')
-    else
-      sid = redis.call('XADD', stream, '*', 'id', id, 'type', ARGV[a + 3], 'ts', ts,
-        'ver', ARGV[a + 5], 'meta', ARGV[a + 6], 'enc', enc, 'data', ARGV[a + 7])
-    end
+    local ts = ARGV[a + 4]
+    sid = xadd(KEYS[1 + 2 * slot], a, ts)
     local zargs = index_args[slot]
     if not zargs then
       zargs = {}

@@ -41,6 +41,10 @@ def type_matcher(types: list[str] | None) -> Callable[[str], bool] | None:
     return lambda t: any(p.fullmatch(t) for p in patterns)
 
 
-def sort_key(event: Event) -> tuple[int, str]:
-    """The order of time-range results: event time, then event id."""
-    return (_to_us(event.timestamp), event.id)
+def sort_key(event: Event) -> tuple[datetime, str]:
+    """The order of time-range results: event time, then event id.
+
+    Event times are aware datetimes (normalised to UTC), so they compare exactly, to the
+    microsecond, and much faster than converting each one to an integer first.
+    """
+    return (event.timestamp, event.id)

@@ -124,8 +124,8 @@ def test_replay_to_an_unknown_subscription_exits_1(cli: Cli, bus: EventBus) -> N
 
 # resumable ---------------------------------------------------------------------------------------
 def _fail_after(monkeypatch: pytest.MonkeyPatch, calls: int) -> list[int]:
-    """Make QueueTarget.deliver fail from its ``calls``+1-th call on (counts calls)."""
-    original = QueueTarget.deliver
+    """Make QueueTarget.send fail from its ``calls``+1-th call on (counts calls)."""
+    original = QueueTarget.send
     count = [0]
     lock = threading.Lock()
 
@@ -137,7 +137,7 @@ def _fail_after(monkeypatch: pytest.MonkeyPatch, calls: int) -> list[int]:
             raise RedisUnavailableError("connection lost (injected)")
         return original(self, *args)
 
-    monkeypatch.setattr(QueueTarget, "deliver", deliver)
+    monkeypatch.setattr(QueueTarget, "send", deliver)
     return count
 
 

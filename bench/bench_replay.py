@@ -1,0 +1,257 @@
+"""chi-redis replay and stats, beside a raw redis-py XRANGE loop over the same entries.
+
+  raw.xrange.page1000          redis-py XRANGE COUNT 1000 paging over N entries (fetch only)
+  chi.replay.print             replay --print into a counting sink (decode + JSON envelope)
+  chi.replay.to_sub            replay --to SUB: Dramatiq messages XADDed to the private stream,
+                               checkpoint in the same Lua call (batch 500)
+  chi.replay.to_sub.workers4   the same with --workers 4
+  chi.replay.dry_run           replay --dry-run (scan and count)
+  chi.replay.print.cli         `chi-redis replay --print > /dev/null` as a process (startup in)
+  chi.retention.trim           retention apply --max-len 0 after every group caught up
+  chi.stats.100x10_ms          stats on 100 topics x 10 subscriptions (ms, best of 5)
+
+Ratios (ratio=) are against raw.xrange.page1000 of the same run; the target is >= 0.5 for
+replay --print and --to.  Result lines follow /work/shared/peers: name value key=value.
+
+Run standalone (starts its own redis-server on a free port, never 6379):
+    .venv/bin/python bench/bench_replay.py -n 100000
+Against a server you started:  .venv/bin/python bench/bench_replay.py --port 6391
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import msgspec  # noqa: E402
+import redis  # noqa: E402
+
+from chi_redis import Event, EventBus  # noqa: E402
+from chi_redis.replay import (  # noqa: E402
+    PrintTarget,
+    QueueTarget,
+    ReplayOptions,
+    replay,
+)
+from chi_redis.retention import Policy, trim_topic  # noqa: E402
+from chi_redis.stats import collect  # noqa: E402
+
+NS = "benchreplay"
+PAYLOAD = {"order_id": 1, "amount": 129.95, "sku": "SKU-0042", "qty": 3}
+
+
+# measuring (the peers' conventions) ----------------------------------------------------------
+def _redis_cpu(r: redis.Redis) -> float:
+    info = r.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+@contextlib.contextmanager
+def measured(r: redis.Redis) -> Iterator[dict[str, float]]:
+    m: dict[str, float] = {}
+    r0, p0, t0 = _redis_cpu(r), time.process_time(), time.perf_counter()
+    try:
+        yield m
+    finally:
+        m["wall"] = time.perf_counter() - t0
+        m["py_cpu"] = time.process_time() - p0
+        m["redis_cpu"] = _redis_cpu(r) - r0
+
+
+def report(name: str, n: int, m: dict[str, float], **extra: object) -> float:
+    rate = n / m["wall"]
+    cols = [f"{name} {rate:.0f}", f"py_cpu={100 * m['py_cpu'] / m['wall']:.0f}%",
+            f"redis_cpu={100 * m['redis_cpu'] / m['wall']:.0f}%", f"n={n}",
+            f"wall={m['wall']:.2f}s"]
+    cols += [f"{k}={v}" for k, v in extra.items()]
+    print("  ".join(cols), flush=True)
+    return rate
+
+
+def report_value(name: str, value: float, **extra: object) -> None:
+    print("  ".join([f"{name} {value:.3f}"] + [f"{k}={v}" for k, v in extra.items()]),
+          flush=True)
+
+
+# a server of our own ---------------------------------------------------------------------------
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def own_server() -> Iterator[int]:
+    if shutil.which("redis-server") is None:
+        raise SystemExit("redis-server is not installed")
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="chi-bench-replay-")
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            with contextlib.suppress(redis.ConnectionError):
+                if redis.Redis(port=port).ping():
+                    break
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# scenarios -------------------------------------------------------------------------------------
+class CountingSink:
+    """A binary stream that only counts lines."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+
+    def write(self, b: bytes) -> int:
+        self.lines += b.count(b"\n")
+        return len(b)
+
+    def flush(self) -> None:
+        pass
+
+
+def seed(bus: EventBus, n: int) -> None:
+    for start in range(0, n, 10_000):
+        bus.publish_batch([Event(type="order.created", data={**PAYLOAD, "i": i})
+                           for i in range(start, min(n, start + 10_000))])
+
+
+def raw_xrange(r: redis.Redis, stream: str) -> int:
+    n, start = 0, "-"
+    while True:
+        page = r.xrange(stream, start, "+", count=1000)
+        n += len(page)
+        if len(page) < 1000:
+            return n
+        start = "(" + page[-1][0].decode()
+
+
+def run(args: argparse.Namespace, port: int) -> None:
+    url = f"redis://127.0.0.1:{port}/0"
+    r = redis.Redis(port=port)
+    for k in r.scan_iter(match=f"{NS}:*"):
+        r.delete(k)
+    bus = EventBus.from_url(url, namespace=NS)
+    n = args.n
+    seed(bus, n)
+    stream = bus.keys.stream("order")
+    r.hset(bus.keys.subs(), "audit", msgspec.json.encode({"types": ["order.*"]}))
+
+    raw_xrange(r, stream)  # warm up
+    with measured(r) as m:
+        assert raw_xrange(r, stream) == n
+    raw = report("raw.xrange.page1000", n, m)
+
+    sink = CountingSink()
+    with measured(r) as m:
+        rep = replay(bus, PrintTarget(bus, sink), topics=["order"])  # type: ignore[arg-type]
+    assert rep.delivered == sink.lines == n
+    rate = report("chi.replay.print", n, m)
+    report_value("chi.replay.print.ratio", rate / raw, target=">=0.5")
+
+    for workers in (1, 4):
+        r.delete(bus.keys.queue("audit"), bus.keys.checkpoint("bench"))
+        opts = ReplayOptions(workers=workers, checkpoint="bench")
+        with measured(r) as m:
+            rep = replay(bus, QueueTarget(bus, "audit", ("order.*",)), topics=["order"],
+                         options=opts)
+        assert rep.delivered == r.xlen(bus.keys.queue("audit")) == n
+        name = "chi.replay.to_sub" + ("" if workers == 1 else f".workers{workers}")
+        rate = report(name, n, m, checkpoint="yes")
+        report_value(f"{name}.ratio", rate / raw, target=">=0.5")
+    r.delete(bus.keys.queue("audit"), bus.keys.checkpoint("bench"))
+
+    with measured(r) as m:
+        rep = replay(bus, None, topics=["order"], options=ReplayOptions(dry_run=True))
+    assert rep.delivered == n
+    report("chi.replay.dry_run", n, m)
+
+    chi = Path(sys.executable).parent / "chi-redis"
+    if chi.exists():
+        with measured(r) as m, open(os.devnull, "wb") as devnull:
+            subprocess.run([str(chi), "--redis-url", url, "--namespace", NS, "replay",
+                            "--print", "--topic", "order"], stdout=devnull, check=True,
+                           stderr=subprocess.DEVNULL)
+        report("chi.replay.print.cli", n, m, note="process_start_included")
+
+    stats_100x10(bus, r)
+
+    with measured(r) as m:
+        res = trim_topic(bus, "order", Policy(max_len=0))
+    assert res.trimmed == n, res
+    report("chi.retention.trim", n, m, index_and_ids="yes")
+    for k in r.scan_iter(match=f"{NS}:*"):
+        r.delete(k)
+
+
+def stats_100x10(bus: EventBus, r: redis.Redis) -> None:
+    topics = [f"s{i:03d}" for i in range(100)]
+    bus.publish_batch([Event(type=f"{t}.happened", data={"j": j}) for t in topics
+                       for j in range(100)])
+    pipe = r.pipeline(transaction=False)
+    for s in range(10):
+        pipe.hset(bus.keys.subs(), f"sub{s}", msgspec.json.encode({"types": ["*.happened"]}))
+        for t in topics:
+            pipe.xgroup_create(bus.keys.stream(t), f"sub{s}", id="0")
+    pipe.execute()
+    for t in topics:
+        r.xreadgroup("sub0", "w", {bus.keys.stream(t): ">"}, count=10)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        st = collect(bus)
+        best = min(best, time.perf_counter() - t0)
+    assert len(st.topics) >= 100 and len(st.subscriptions) >= 10
+    report_value("chi.stats.100x10_ms", best * 1000, topics=len(st.topics),
+                 subscriptions=len(st.subscriptions), round_trips=3)
+    chi = Path(sys.executable).parent / "chi-redis"
+    if chi.exists():
+        url = f"redis://127.0.0.1:{r.connection_pool.connection_kwargs['port']}/0"
+        t0 = time.perf_counter()
+        subprocess.run([str(chi), "--redis-url", url, "--namespace", NS, "--json", "stats"],
+                       stdout=subprocess.DEVNULL, check=True)
+        report_value("chi.stats.100x10.cli_ms", (time.perf_counter() - t0) * 1000,
+                     note="process_start_included")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--port", type=int, default=int(os.environ.get("BENCH_REDIS_PORT", "0")),
+                   help="a redis-server you started (default: start one on a free port)")
+    p.add_argument("-n", type=int, default=int(os.environ.get("BENCH_N", "100000")))
+    p.add_argument("--only", default="", help="ignored (peers' interface)")
+    args = p.parse_args()
+    if args.port == 6379:
+        raise SystemExit("refusing port 6379: the shared server is not for benchmarks")
+    if args.port:
+        run(args, args.port)
+    else:
+        with own_server() as port:
+            run(args, port)
+
+
+if __name__ == "__main__":
+    main()
