@@ -10,8 +10,9 @@
   chi.retention.trim           retention apply --max-len 0 after every group caught up
   chi.stats.100x10_ms          stats on 100 topics x 10 subscriptions (ms, best of 5)
 
-Ratios (ratio=) are against raw.xrange.page1000 of the same run; the target is >= 0.5 for
-replay --print and --to.  Result lines follow /work/shared/peers: name value key=value.
+Each scenario runs --repeats times, interleaved with the raw loop; the best round is
+reported, and *.ratio is best/best-raw (target >= 0.5 for replay --print and --to) with the
+median of the per-round ratios beside it.  Lines follow /work/shared/peers: name value k=v.
 
 Run standalone (starts its own redis-server on a free port, never 6379):
     .venv/bin/python bench/bench_replay.py -n 100000
@@ -159,35 +160,54 @@ def run(args: argparse.Namespace, port: int) -> None:
     seed(bus, n)
     stream = bus.keys.stream("order")
     r.hset(bus.keys.subs(), "audit", msgspec.json.encode({"types": ["order.*"]}))
-
     raw_xrange(r, stream)  # warm up
-    with measured(r) as m:
+
+    def raw() -> None:
         assert raw_xrange(r, stream) == n
-    raw = report("raw.xrange.page1000", n, m)
 
-    sink = CountingSink()
-    with measured(r) as m:
+    def to_print() -> None:
+        sink = CountingSink()
         rep = replay(bus, PrintTarget(bus, sink), topics=["order"])  # type: ignore[arg-type]
-    assert rep.delivered == sink.lines == n
-    rate = report("chi.replay.print", n, m)
-    report_value("chi.replay.print.ratio", rate / raw, target=">=0.5")
+        assert rep.delivered == sink.lines == n
 
-    for workers in (1, 4):
+    def to_sub(workers: int) -> None:
         r.delete(bus.keys.queue("audit"), bus.keys.checkpoint("bench"))
-        opts = ReplayOptions(workers=workers, checkpoint="bench")
-        with measured(r) as m:
-            rep = replay(bus, QueueTarget(bus, "audit", ("order.*",)), topics=["order"],
-                         options=opts)
+        rep = replay(bus, QueueTarget(bus, "audit", ("order.*",)), topics=["order"],
+                     options=ReplayOptions(workers=workers, checkpoint="bench"))
         assert rep.delivered == r.xlen(bus.keys.queue("audit")) == n
-        name = "chi.replay.to_sub" + ("" if workers == 1 else f".workers{workers}")
-        rate = report(name, n, m, checkpoint="yes")
-        report_value(f"{name}.ratio", rate / raw, target=">=0.5")
-    r.delete(bus.keys.queue("audit"), bus.keys.checkpoint("bench"))
 
-    with measured(r) as m:
+    def dry_run() -> None:
         rep = replay(bus, None, topics=["order"], options=ReplayOptions(dry_run=True))
-    assert rep.delivered == n
-    report("chi.replay.dry_run", n, m)
+        assert rep.delivered == n
+
+    scenarios = {
+        "raw.xrange.page1000": raw,
+        "chi.replay.print": to_print,
+        "chi.replay.to_sub": lambda: to_sub(1),
+        "chi.replay.to_sub.workers4": lambda: to_sub(4),
+        "chi.replay.dry_run": dry_run,
+    }
+    # Interleaved rounds; the best round of each scenario is reported (this box is shared:
+    # the median ratio says how stable that is).
+    runs: dict[str, list[tuple[float, dict[str, float]]]] = {k: [] for k in scenarios}
+    for _ in range(args.repeats):
+        for name, fn in scenarios.items():
+            with measured(r) as m:
+                fn()
+            runs[name].append((n / m["wall"], m))
+    best_raw = max(rate for rate, _ in runs["raw.xrange.page1000"])
+    for name, results in runs.items():
+        rate, m = max(results, key=lambda x: x[0])
+        extra: dict[str, object] = {"runs": len(results)}
+        if name.startswith("chi.replay.to_sub"):
+            extra["checkpoint"] = "yes"
+        report(name, n, m, **extra)
+        if name in ("chi.replay.print", "chi.replay.to_sub", "chi.replay.to_sub.workers4"):
+            ratios = sorted(x[0] / y[0] for x, y in zip(results, runs["raw.xrange.page1000"],
+                                                          strict=True))
+            report_value(f"{name}.ratio", rate / best_raw, target=">=0.5",
+                         median_round_ratio=f"{ratios[len(ratios) // 2]:.2f}")
+    r.delete(bus.keys.queue("audit"), bus.keys.checkpoint("bench"))
 
     chi = Path(sys.executable).parent / "chi-redis"
     if chi.exists():
@@ -242,6 +262,7 @@ def main() -> None:
     p.add_argument("--port", type=int, default=int(os.environ.get("BENCH_REDIS_PORT", "0")),
                    help="a redis-server you started (default: start one on a free port)")
     p.add_argument("-n", type=int, default=int(os.environ.get("BENCH_N", "100000")))
+    p.add_argument("--repeats", type=int, default=int(os.environ.get("REPEATS", "3")))
     p.add_argument("--only", default="", help="ignored (peers' interface)")
     args = p.parse_args()
     if args.port == 6379:

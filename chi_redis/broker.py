@@ -11,6 +11,7 @@ read (DESIGN §5a); leases and XAUTOCLAIM recover what a dead worker held.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -48,7 +49,7 @@ class BrokerOptions:
     reclaim_interval_ms: int = 5_000
     max_deliveries: int = 5
     block_ms: int = 1_000
-    prefetch: int | None = None  # None: the Worker's choice (threads × 2)
+    prefetch: int | None = None  # None: the Worker's choice (2 per thread)
     dlq_maxlen: int = 1_000_000
     registry_refresh_ms: int = 60_000
 
@@ -145,9 +146,8 @@ class StreamsBroker(dramatiq.Broker):
         import msgspec
 
         info = {**sub.describe(), "last_seen_ms": int(time.time() * 1000)}
-        return bool(
-            self._call(lambda: self.client.hset(self.keys.subs(), sub.name, msgspec.json.encode(info)))
-        )
+        entry = msgspec.json.encode(info)
+        return bool(self._call(lambda: self.client.hset(self.keys.subs(), sub.name, entry)))
 
     def _ensure_group(self, stream: str, group: str, start: str) -> bool:
         """Create ``group`` on ``stream`` (and the stream) if missing; True if created."""
@@ -183,8 +183,8 @@ class StreamsBroker(dramatiq.Broker):
         body = encode_message(message)
         try:
             if delay:
-                s = script("delay")
-                self._call(lambda: self._eval(s, [self.keys.delayed(queue_name)], [int(delay), body]))
+                s, delayed = script("delay"), self.keys.delayed(queue_name)
+                self._call(lambda: self._eval(s, [delayed], [int(delay), body]))
             else:
                 self._call(lambda: self.client.xadd(self.keys.queue(queue_name), {"m": body}))
         except ConnectionClosed:
@@ -223,10 +223,8 @@ class StreamsBroker(dramatiq.Broker):
         self.client.delete(self.keys.queue(queue_name), self.keys.delayed(queue_name))
         self._ensure_group(self.keys.queue(queue_name), queue_name, "0")
         for stream in self.streams_of(queue_name)[1:]:
-            try:
+            with contextlib.suppress(rex.ResponseError):
                 self.client.xgroup_destroy(stream, queue_name)
-            except rex.ResponseError:
-                pass
             self._ensure_group(stream, queue_name, "$")
         state = self.states[queue_name]
         with state.cond:
@@ -291,7 +289,8 @@ def group_idle(client: Any, stream: str, group: str) -> bool:
         if g["pending"]:
             return False
         last = g["last-delivered-id"]
-        return not client.xrange(stream, f"({last.decode() if isinstance(last, bytes) else last}", "+", count=1)
+        last = last.decode() if isinstance(last, bytes) else last
+        return not client.xrange(stream, f"({last}", "+", count=1)
     # No group yet (a topic a wildcard subscription has not discovered yet, or a group lost
     # with Redis's state): it will be created at the first entry, so entries are waiting.
     return not client.xlen(stream)

@@ -27,11 +27,10 @@ import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
-
 from .abus import AsyncEventBus
-from .metrics import counter
 from .errors import BufferFullError, ChiError, PublishError, ValidationError
 from .event import Event
+from .metrics import counter
 
 __all__ = ["BufferedPublisher", "ErrorCallback", "OnFull"]
 
@@ -41,7 +40,6 @@ OnFull = Literal["block", "raise"]
 #: ``on_error(events, exc)``: the events that were not written and the error that stopped
 #: them.  May be a plain function or a coroutine function.
 ErrorCallback = Callable[[list[Event], BaseException], Any]
-
 
 
 class BufferedPublisher:
@@ -129,16 +127,14 @@ class BufferedPublisher:
             raise ChiError("the publisher is closed")
         if not isinstance(event, Event):
             raise ValidationError(f"expected an Event, got {type(event).__name__}", field="event")
-        self.bus.codec.encode(event)  # size and encodability, checked before queueing
+        self.bus.codec.encode_parts(event)  # size and encodability, checked before queueing
         if self._task is None:
             await self.start()
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
             if self.on_full == "raise":
-                raise BufferFullError(
-                    f"publish buffer full ({self.max_buffer} events)"
-                ) from None
+                raise BufferFullError(f"publish buffer full ({self.max_buffer} events)") from None
             try:
                 await asyncio.wait_for(self._queue.put(event), self.block_timeout_s)
             except TimeoutError:
@@ -255,7 +251,9 @@ class BufferedPublisher:
         self._failed.inc(len(events))
         logger.error(
             "could not publish %d events to namespace %r: %s",
-            len(events), self.bus.namespace, exc,
+            len(events),
+            self.bus.namespace,
+            exc,
         )
         if self.on_error is None:
             return

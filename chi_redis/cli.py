@@ -48,7 +48,7 @@ from .history import (
     stream_pages,
 )
 from .names import validate_name
-from .timeparse import MAX_SEQ, TimePoint, format_id, parse_rate, parse_time, pred
+from .timeparse import MAX_SEQ, TimePoint, format_id, parse_id, parse_rate, parse_time, pred
 
 __all__ = ["cli", "main"]
 
@@ -150,17 +150,18 @@ def tail(
         while count is None or n < count:
             want = 100 if count is None else min(100, count - n)
             read = bus.call(lambda w=want: client.xread(positions, count=w, block=block_ms))
+            got = []
             for raw_stream, entries in read or ():
                 stream = raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
-                for sid, f in entries:
-                    positions[stream] = sid.decode()
-                    if count is not None and n >= count:
-                        continue
-                    fields = str_fields(f)
-                    if match and not match(fields):
-                        continue
-                    out.write(envelope_json(bus.codec, streams[stream], sid, fields) + b"\n")
-                    n += 1
+                positions[stream] = entries[-1][0].decode()
+                got += [(parse_id(sid), stream, sid, f) for sid, f in entries]
+            got.sort(key=lambda g: g[0])  # one order across topics: append time
+            for _, stream, sid, f in got:
+                fields = str_fields(f)
+                if (count is not None and n >= count) or (match and not match(fields)):
+                    continue
+                out.write(envelope_json(bus.codec, streams[stream], sid, fields) + b"\n")
+                n += 1
             out.flush()
     except KeyboardInterrupt:
         out.flush()

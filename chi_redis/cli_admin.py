@@ -309,6 +309,10 @@ def retention_run(interval: float | None, once: bool) -> None:
         nonlocal stop
         stop = True
 
+    cfg = s.config.retention
+    if not (cfg.default.max_age or cfg.default.max_len is not None or cfg.topics):
+        click.echo("warning: no retention policy configured (retention.default or"
+                   " retention.topics in the config file): nothing will be trimmed", err=True)
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         while not stop:

@@ -21,8 +21,8 @@ of the log but are not delivered to subscriptions.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
@@ -43,7 +43,7 @@ _EMPTY_META = b"{}"
 Fields = dict[bytes, bytes]
 _TEMPLATE = Event(type="template", id="template", timestamp=_EPOCH)
 _LAYOUT = [b"id", b"type", b"ts", b"ver", b"meta", b"enc", b"data"]
-_new_event: Callable[[], Event] = _TEMPLATE.__copy__  # a shallow copy; no __post_init__
+_new_event: Callable[[], Event] = _TEMPLATE.__copy__  # type: ignore[attr-defined]  # no __post_init__
 
 
 def _b(value: Any) -> bytes:

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import dramatiq
 import redis.exceptions as rex
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 ABANDONED = "chi-abandoned"
 ABANDON_IDLE_MS = 10**12
 _REQUIRED = (b"id", b"type", b"ts", b"data")
+_REQUIRED_SET = frozenset(_REQUIRED)
 _CONNECTION_ERRORS = (rex.ConnectionError, rex.TimeoutError)
 
 
@@ -144,12 +145,12 @@ class StreamsConsumer(dramatiq.Consumer):
         if exc is None:
             return "failed"
         throws = message.options.get("throws")
-        if not throws:
+        if not _exception_types(throws):  # absent, or names after a trip through Redis
             try:
                 throws = self.broker.get_actor(message.actor_name).options.get("throws")
             except ActorNotFound:
                 throws = None
-        if throws and isinstance(exc, throws):
+        if _exception_types(throws) and isinstance(exc, throws):
             return "not_retryable"
         return "retries_exhausted"
 
@@ -160,7 +161,8 @@ class StreamsConsumer(dramatiq.Consumer):
         msgs = [as_stream_message(m) for m in messages]
         groups: dict[tuple[str, int], list[bytes]] = {}
         for m in msgs:
-            groups.setdefault((m._chi_stream, max(0, m._chi_deliveries - 1)), []).append(m._chi_entry)
+            key = (m._chi_stream, max(0, m._chi_deliveries - 1))
+            groups.setdefault(key, []).append(m._chi_entry)
         try:
             if groups:
                 pipe = self.client.pipeline(transaction=False)
@@ -298,7 +300,7 @@ class StreamsConsumer(dramatiq.Consumer):
     def _from_topic(
         self, stream: str, sid: bytes, f: dict[bytes, bytes], count: int
     ) -> StreamMessage | None:
-        if any(k not in f for k in _REQUIRED):
+        if not f.keys() >= _REQUIRED_SET:
             missing = next(k for k in _REQUIRED if k not in f).decode()
             self._dead_letter_entry(stream, sid, f, "decode", count, DecodeError(
                 f"missing field {missing!r}", stream=stream, entry_id=sid.decode()))
@@ -541,6 +543,15 @@ class StreamsConsumer(dramatiq.Consumer):
             return self.client.evalsha(s.sha, len(keys), *keys, *argv)
         except rex.NoScriptError:
             return self.client.eval(s.source, len(keys), *keys, *argv)
+
+
+def _exception_types(
+    value: Any,
+) -> TypeGuard[type[BaseException] | tuple[type[BaseException], ...]]:
+    """Whether ``value`` can be the second argument of ``isinstance`` (a ``throws``)."""
+    if isinstance(value, type):
+        return True
+    return isinstance(value, tuple) and bool(value) and all(isinstance(t, type) for t in value)
 
 
 def _bytes(value: Any) -> bytes:

@@ -79,8 +79,10 @@ async def publish_buffered(url: str, namespace: str) -> None:
                 event = Event(type="metric.sampled", data={"i": i})
                 await publisher.publish(event)
             await publisher.flush()
-            click.echo(f"100 events queued and flushed: {publisher.published_count} written,"
-                       f" {publisher.failed_count} failed")
+            click.echo(
+                f"100 events queued and flushed: {publisher.published_count} written,"
+                f" {publisher.failed_count} failed"
+            )
     finally:
         await abus.close()
 
@@ -94,8 +96,9 @@ def query(bus: EventBus, user: Event) -> None:
     for event in store.load_by_topic("order", limit=3):
         click.echo(f"  {show(event)}")
     now = datetime.now(UTC)
-    window = store.load_by_time_range(now - timedelta(minutes=5, seconds=30), now,
-                                      types=["order.*"])
+    window = store.load_by_time_range(
+        now - timedelta(minutes=5, seconds=30), now, types=["order.*"]
+    )
     click.echo(f"orders with event time in the last 5.5 minutes: {len(window)}")
     for event in window[:3]:
         click.echo(f"  {show(event)}")

@@ -217,7 +217,8 @@ def purge(bus: EventBus, sub: str, *, before_ms: int | None = None) -> int:
         found = bus.call(lambda: bus.client.xrange(key, "-", f"({before_ms}-0", count=1000))
         if not found:
             return removed
-        removed += int(bus.call(lambda found=found: bus.client.xdel(key, *[sid for sid, _ in found])))
+        ids = [sid for sid, _ in found]
+        removed += int(bus.call(lambda ids=ids: bus.client.xdel(key, *ids)))
 
 
 def _purge_all(bus: EventBus, key: str) -> int:

@@ -16,7 +16,9 @@ __all__ = ["MsgpackEncoder", "decode_message", "encode_message"]
 
 _ENC = msgspec.msgpack.Encoder()
 _DEC = msgspec.msgpack.Decoder(dict[str, Any])
-_FIELDS = ("queue_name", "actor_name", "args", "kwargs", "options", "message_id", "message_timestamp")
+_FIELDS = (
+    "queue_name", "actor_name", "args", "kwargs", "options", "message_id", "message_timestamp",
+)
 
 
 def _default(obj: Any) -> Any:

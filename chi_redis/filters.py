@@ -8,6 +8,7 @@ never at the payload, so entries that do not match are acked without decoding ``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -79,9 +80,9 @@ def type_is(*globs: str) -> Filter:
     exact = {g for g in globs if "*" not in g}
     if len(exact) == len(globs):
         return Filter(lambda e: e.type in exact, f"type_is{tuple(globs)!r}")
-    return Filter(
-        lambda e: any(p.fullmatch(e.type) for p in patterns), f"type_is{tuple(globs)!r}"
-    )
+    # One precompiled alternation: a single regex call per entry, whatever the glob count.
+    match = re.compile("|".join(f"(?:{p.pattern})" for p in patterns)).fullmatch
+    return Filter(lambda e: match(e.type) is not None, f"type_is{tuple(globs)!r}")
 
 
 def topic_is(*topics: str) -> Filter:

@@ -24,7 +24,7 @@ _VALID: set[str] = set()  # names already checked (bounded): the hot path is a s
 def validate_name(value: object, field: str = "name") -> str:
     """Return ``value`` if it is a valid name, else raise :class:`InvalidNameError`."""
     if isinstance(value, str) and value in _VALID:  # (lists etc. are unhashable)
-        return value  # type: ignore[return-value]
+        return value
     if not isinstance(value, str) or _NAME.fullmatch(value) is None:
         shown = repr(value)
         if len(shown) > 60:

@@ -14,7 +14,6 @@ right after writing (so its last batch may be printed twice after a crash).
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -26,7 +25,7 @@ from .connection import map_redis_error
 from .errors import NotFoundError, ValidationError
 from .event import new_event_id
 from .history import By, Item, envelope_json, pos_key
-from .names import validate_glob, validate_name
+from .names import validate_name
 from .scripts import Script, script
 
 if TYPE_CHECKING:
@@ -150,35 +149,10 @@ class QueueTarget:
         now_ms = int(time.time() * 1000)
         return [self.message(it, now_ms) for it in items]
 
-    def scan(
-        self, topic: str, start: str, end: str, count: int, ckpt_key: str,
-        type_lists: list[list[str]],
-    ) -> tuple[int, int, int, int, str]:
-        """Replay up to ``count`` entries of ``topic`` from ``start`` on the server
-        (``lua/replay_scan.lua``: no entry leaves Redis); returns (scanned, delivered,
-        skipped by type, skipped archived, last scanned id)."""
-        stream = self.bus.keys.stream(topic)
-        argv: list[Any] = [start, end, count, self.sub, topic, "1" if ckpt_key else "0"]
-        for globs in type_lists:
-            argv += [len(globs), *(lua_pattern(g) for g in globs)]
-        keys = [stream, self.queue, ckpt_key or self.queue]
-        scanned, delivered, by_type, archived, last = _run(
-            self.bus, script("replay_scan"), keys, argv)
-        return int(scanned), int(delivered), int(by_type), int(archived), last.decode()
-
     def send(self, payload: list[bytes], ckpt_key: str, ckpt: dict[str, str]) -> int:
         argv: list[Any] = _pairs(ckpt)
         argv += payload
         return int(_run(self.bus, self._script, [self.queue, ckpt_key or self.queue], argv))
-
-
-def lua_pattern(glob: str) -> str:
-    """A type glob (``user.*``, ``*.created``) as an anchored Lua pattern."""
-    segments = [
-        "[^%.]+" if seg == "*" else re.sub(r"([^a-z0-9])", r"%\1", seg)
-        for seg in validate_glob(glob).split(".")
-    ]
-    return "^" + "%.".join(segments) + "$"
 
 
 class RepublishTarget:

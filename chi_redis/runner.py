@@ -96,7 +96,7 @@ def make_runner(broker: StreamsBroker, sub: Subscription) -> Any:
             ))
         else:
             result = handler(event)
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             _loop().run_until_complete(result)
         if seen_key is not None:
             client.set(seen_key, b"1", px=opts.dedupe_ttl_ms)

@@ -117,7 +117,10 @@ class Subscription:
 
     def accepts(self, entry: EntryView) -> bool:
         """Whether an entry of a bound stream is delivered to the handler."""
-        return all(t(entry) for t in self._tests)
+        tests = self._tests
+        if len(tests) == 1:
+            return tests[0](entry)
+        return all(t(entry) for t in tests)
 
     def call(self, event: Event, delivery: Delivery) -> Any:
         """Run the handler (sync; the caller awaits coroutines)."""

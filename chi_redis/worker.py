@@ -47,11 +47,11 @@ if config.worker.metrics_port:
 
     from dramatiq.middleware import default_middleware
 
-    if os.environ.get("dramatiq_prom_port") != str(config.worker.metrics_port):
+    if os.environ.get("dramatiq_prom_port") != str(config.worker.metrics_port):  # noqa: SIM112
         logging.getLogger(__name__).warning(
             "metrics_port is %s but dramatiq_prom_port is %r: set dramatiq_prom_port (and a"
             " dramatiq_prom_db directory per worker group) in the worker's environment",
-            config.worker.metrics_port, os.environ.get("dramatiq_prom_port"),
+            config.worker.metrics_port, os.environ.get("dramatiq_prom_port"),  # noqa: SIM112
         )
     from dramatiq.middleware.prometheus import Prometheus
 

@@ -45,8 +45,8 @@ def register(bus: EventBus, mailer: FakeMailer, audit: AuditLog) -> None:
         user = event.data
         if not isinstance(user, UserCreated):
             raise TypeError(f"unexpected payload {type(user).__name__}")
-        mailer.send(Mail(to=user.email, subject="Welcome!", body=f"Hello {user.name or user.user_id}",
-                         event_id=event.id))
+        body = f"Hello {user.name or user.user_id}"
+        mailer.send(Mail(to=user.email, subject="Welcome!", body=body, event_id=event.id))
 
     @bus.subscribe("user-audit", types=["user.*"])
     def user_audit(event: Event) -> None:

@@ -133,8 +133,19 @@ class RedisServer:
         if password is not None:
             extra += ["--requirepass", password]
         self.cmd = [
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(workdir), "--logfile", str(workdir / "redis.log"),
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--logfile",
+            str(workdir / "redis.log"),
             *extra,
         ]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -149,9 +160,7 @@ class RedisServer:
         )
 
     def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(
-            self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while True:
             if self.proc.poll() is not None:

@@ -11,12 +11,13 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import dramatiq
 import pytest
 import redis
 
 from chi_redis import Event, EventBus
 from chi_redis.broker import BrokerOptions, StreamsBroker
-from chi_redis.encoder import decode_message
+from chi_redis.encoder import decode_message, encode_message
 from chi_redis.errors import RedisUnavailableError
 from chi_redis.replay import QueueTarget
 from chi_redis.subscriptions import Delivery
@@ -122,14 +123,47 @@ def test_replay_to_an_unknown_subscription_exits_1(cli: Cli, bus: EventBus) -> N
     assert r.exit_code == 1 and "unknown subscription 'nobody'" in r.stderr
 
 
+# the messages ------------------------------------------------------------------------------------
+def _expected(bus: EventBus, sub: str, stream_key: str, sid: bytes, fields: dict[bytes, bytes],
+              ts: int) -> bytes:
+    topic = stream_key.split("{", 1)[1].split("}", 1)[0]
+    return encode_message(dramatiq.Message(
+        queue_name=sub, actor_name=sub, args=(topic, {k.decode(): v for k, v in fields.items()}),
+        kwargs={}, options={"src": stream_key, "src_id": sid.decode(), "replay": True},
+        message_id=f"{sub}:{fields[b'id'].decode()}", message_timestamp=ts,
+    ))
+
+
+@pytest.mark.parametrize("topics", [["order"], ["order", "user"]])
+def test_replayed_messages_are_exactly_what_encode_message_gives(
+    cli: Cli, bus: EventBus, client: redis.Redis, topics: list[str]
+) -> None:
+    register(bus, "audit", types=("order.*", "user.*"))
+    StreamsBroker(bus, options=BrokerOptions(**FAST))
+    bus.publish_batch([
+        Event(type="order.created", data={"i": 0}),
+        Event(type="order.created", data={"i": 1, "blob": "x" * 70_000}, metadata={"k": "v"}),
+        Event(type="user.created", data={"i": 2, "text": "y" * 300}),
+    ])
+    cli("replay", "--to", "audit", *[a for t in topics for a in ("--topic", t)])
+    raw = client.xrange(bus.keys.queue("audit"))
+    assert len(raw) == (2 if topics == ["order"] else 3)
+    for _, f in raw:
+        msg = decode_message(f[b"m"])
+        stream_key, sid = msg.options["src"], msg.options["src_id"]
+        [(_, fields)] = client.xrange(stream_key, sid, sid)
+        assert f[b"m"] == _expected(bus, "audit", stream_key, sid.encode(), fields,
+                                    msg.message_timestamp)
+
+
 # resumable ---------------------------------------------------------------------------------------
-def _fail_after(monkeypatch: pytest.MonkeyPatch, calls: int) -> list[int]:
-    """Make QueueTarget.send fail from its ``calls``+1-th call on (counts calls)."""
-    original = QueueTarget.send
+def _fail_after(monkeypatch: pytest.MonkeyPatch, method: str, calls: int) -> None:
+    """Make QueueTarget.<method> fail from its ``calls``+1-th call on."""
+    original = getattr(QueueTarget, method)
     count = [0]
     lock = threading.Lock()
 
-    def deliver(self: QueueTarget, *args: Any) -> int:
+    def failing(self: QueueTarget, *args: Any) -> Any:
         with lock:
             count[0] += 1
             n = count[0]
@@ -137,40 +171,44 @@ def _fail_after(monkeypatch: pytest.MonkeyPatch, calls: int) -> list[int]:
             raise RedisUnavailableError("connection lost (injected)")
         return original(self, *args)
 
-    monkeypatch.setattr(QueueTarget, "send", deliver)
-    return count
+    monkeypatch.setattr(QueueTarget, method, failing)
 
 
-@pytest.mark.parametrize("workers", ["1", "4"])
+@pytest.mark.parametrize(("topics", "workers"), [(1, "1"), (2, "1"), (1, "4"), (2, "4")])
 def test_interrupted_replay_resumes_without_repeating_or_skipping(
-    cli: Cli, bus: EventBus, client: redis.Redis, monkeypatch: pytest.MonkeyPatch, workers: str
+    cli: Cli, bus: EventBus, client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+    topics: int, workers: str
 ) -> None:
-    register(bus, "audit")
+    register(bus, "audit", types=("order.*", "user.*"))
     StreamsBroker(bus, options=BrokerOptions(**FAST))
     publish_n(bus, 200)
-    args = ("replay", "--to", "audit", "--topic", "order", "--batch-size", "10",
-            "--checkpoint", "fix-1", "--workers", workers)
+    publish_n(bus, 3, "user.created")
+    names = ["--topic", "order"] + (["--topic", "user"] if topics == 2 else [])
+    args = ("replay", "--to", "audit", *names, "--batch-size", "10", "--checkpoint", "fix-1",
+            "--workers", workers)
+    expected = Counter(range(200)) + Counter(range(3) if topics == 2 else [])
 
     with monkeypatch.context() as m:
-        _fail_after(m, 5)
+        _fail_after(m, "send", 5)
         r = cli(*args, ok=False)
     assert r.exit_code == 1
     assert "replay stopped after" in r.stderr and "resume" in r.stderr
     first = queued_indexes(client, bus, "audit")
     assert 0 < len(first) < 200
 
+    total = sum(expected.values())
     out = cli(*args).stdout
-    assert "(resumed)" in out and "200 delivered in total" in out
+    assert "(resumed)" in out and f"{total} delivered in total" in out
     got = queued_indexes(client, bus, "audit")
-    assert Counter(got) == Counter(range(200))  # every event exactly once in total
-    if workers == "1":
+    assert Counter(got) == expected  # every event exactly once in total
+    if topics == 1 and workers == "1":
         assert got == list(range(200))  # and in order
     assert client.hget(bus.keys.checkpoint("fix-1"), "state") == b"complete"
-    assert int(client.hget(bus.keys.checkpoint("fix-1"), "delivered") or 0) == 200
+    assert int(client.hget(bus.keys.checkpoint("fix-1"), "delivered") or 0) == total
 
     again = cli(*args).stdout
     assert "is complete" in again
-    assert len(queued(client, bus, "audit")) == 200
+    assert len(queued(client, bus, "audit")) == total
 
 
 def test_killed_replay_subprocess_resumes_exactly_once(
@@ -304,3 +342,34 @@ def test_replay_as_a_subprocess(sh: Sh, bus: EventBus, client: redis.Redis) -> N
     assert proc.returncode == 0, proc.stderr
     assert "replayed 10 events" in proc.stdout
     assert queued_indexes(client, bus, "audit") == list(range(5, 15))
+
+
+def test_replay_to_a_subscription_filters_types_and_skips_archived_entries(
+    cli: Cli, bus: EventBus, client: redis.Redis
+) -> None:
+    register(bus, "audit")
+    StreamsBroker(bus, options=BrokerOptions(**FAST))
+    bus.publish_batch([Event(type="order.created", data={"i": 0}),
+                       Event(type="order.paid", data={"i": 1}),
+                       Event(type="order.created", data={"i": 2})])
+    bus.store.store(Event(type="order.created", data={"i": 3}))  # archived: not delivered
+    report = json.loads(cli("--json", "replay", "--to", "audit", "--topic", "order",
+                            "--types", "*.created").stdout)
+    assert queued_indexes(client, bus, "audit") == [0, 2]
+    assert (report["skipped_types"], report["skipped_archived"]) == (1, 1)
+
+
+def test_progress_bar_only_on_a_terminal_and_never_over_printed_events(
+    cli: Cli, bus: EventBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chi_redis import cli as cli_module
+
+    register(bus, "audit")
+    StreamsBroker(bus, options=BrokerOptions(**FAST))
+    publish_n(bus, 50)
+    assert "replaying" not in cli("replay", "--to", "audit", "--topic", "order").output
+    monkeypatch.setattr(cli_module, "stdout_is_tty", lambda: True)
+    out = cli("replay", "--to", "audit", "--topic", "order", "--by", "event-time").stdout
+    assert "replaying" in out and "replayed 50 events" in out
+    printed = cli("replay", "--print", "--topic", "order").stdout
+    assert "replaying" not in printed and len(printed.splitlines()) == 50

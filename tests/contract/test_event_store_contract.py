@@ -34,7 +34,7 @@ from chi_redis.event import _to_us
 from chi_redis.names import glob_matches
 
 
-@event_type("inventory.restocked")
+@event_type("inventory.contract_restocked")
 class Restocked(msgspec.Struct):
     sku: str
     qty: int
@@ -95,7 +95,7 @@ TYPES = {
     "user": ["user.created", "user.updated", "user.deleted"],
     "order": ["order.created", "order.paid", "order.shipped"],
     "billing": ["billing.invoice.sent", "billing.invoice.paid"],
-    "inventory": ["inventory.restocked"],
+    "inventory": ["inventory.contract_restocked"],
     "security": ["security.login_failed", "audit.login"],  # audit.login: non-default topic
 }
 TOPICS = sorted(TYPES)
@@ -115,7 +115,7 @@ def make_events(n: int, seed: int = 2) -> list[Event]:
             ts = rng.choice(events).timestamp
         data: object = (
             Restocked(sku=f"sku-{i % 97}", qty=i % 13)
-            if type_ == "inventory.restocked"
+            if type_ == "inventory.contract_restocked"
             else {"n": i, "name": f"item-{i}", "tags": ["a", "b"][: i % 3]}
         )
         events.append(
@@ -174,7 +174,7 @@ def test_acceptance_load_by_id(loaded: tuple[Backend, list[Event]]) -> None:
     for e in events[::25]:
         assert b.store.load(e.id) == e
     assert b.store.load(str(uuid.uuid4())) is None
-    restocked = next(e for e in events if e.type == "inventory.restocked")
+    restocked = next(e for e in events if e.type == "inventory.contract_restocked")
     assert isinstance(b.store.load(restocked.id).data, Restocked)  # type: ignore[union-attr]
 
 
@@ -320,15 +320,16 @@ def test_time_range_spans_topics_and_orders_by_time_then_id(backend: Backend) ->
     backend.put_many(events)
     got = backend.store.load_by_time_range(t0, t0 + timedelta(seconds=5))
     assert got == by_time(events)
-    assert backend.store.load_by_time_range(t0, t0 + timedelta(seconds=5), limit=2) == by_time(
-        events
-    )[:2]
+    assert (
+        backend.store.load_by_time_range(t0, t0 + timedelta(seconds=5), limit=2)
+        == by_time(events)[:2]
+    )
     assert backend.store.load_by_time_range(
         t0, t0 + timedelta(seconds=5), types=["user.*"]
     ) == by_time(events[1:3])
-    assert backend.store.load_by_time_range(
-        t0, t0 + timedelta(seconds=5), topic="order"
-    ) == [events[0]]
+    assert backend.store.load_by_time_range(t0, t0 + timedelta(seconds=5), topic="order") == [
+        events[0]
+    ]
 
 
 def test_delete_removes_the_event_from_every_query(backend: Backend) -> None:

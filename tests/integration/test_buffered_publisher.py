@@ -37,8 +37,9 @@ def counter(name: str, namespace: str) -> float:
     return REGISTRY.get_sample_value(name, {"namespace": namespace}) or 0.0
 
 
-def run(namespace: str, fn: Callable[[AsyncEventBus], Awaitable[Any]], url: str = "",
-        **options: Any) -> Any:
+def run(
+    namespace: str, fn: Callable[[AsyncEventBus], Awaitable[Any]], url: str = "", **options: Any
+) -> Any:
     async def main() -> Any:
         bus = AsyncEventBus.from_url(url or redis_url(), namespace=namespace, **options)
         try:
@@ -188,7 +189,9 @@ def test_unreachable_redis_failures_are_reported_not_dropped(namespace: str) -> 
         return publisher
 
     publisher = run(
-        namespace, publish, url=f"redis://127.0.0.1:{free_port()}/0",
+        namespace,
+        publish,
+        url=f"redis://127.0.0.1:{free_port()}/0",
         retry=RetryPolicy(attempts=2, base_ms=1),
     )
     assert [e for evs, _ in reported for e in evs] == events
@@ -211,7 +214,9 @@ def test_partly_written_batch_reports_only_the_unwritten_events(
             if calls["n"] == 1:
                 ids = await original(events[:4], **kw)
                 raise PublishError(
-                    "half", written=dict(enumerate(ids)), failed=list(range(4, len(events))),
+                    "half",
+                    written=dict(enumerate(ids)),
+                    failed=list(range(4, len(events))),
                     cause=RedisUnavailableError("reset"),
                 )
             return await original(events, **kw)
@@ -249,8 +254,7 @@ def test_a_failing_callback_does_not_stop_the_publisher(namespace: str) -> None:
         await publisher.close()
         return publisher
 
-    run(namespace, publish, url=f"redis://127.0.0.1:{free_port()}/0",
-        retry=RetryPolicy(attempts=1))
+    run(namespace, publish, url=f"redis://127.0.0.1:{free_port()}/0", retry=RetryPolicy(attempts=1))
 
 
 def test_invalid_events_are_rejected_by_publish_and_never_queued(namespace: str) -> None:

@@ -9,7 +9,7 @@ import sys
 import pytest
 import redis
 from conftest import redis_url
-from helpers import keys_of
+from helpers import free_port, keys_of
 
 pytestmark = pytest.mark.redis
 
@@ -18,9 +18,20 @@ def test_demo_runs_and_cleans_up(real_client: redis.Redis, namespace: str) -> No
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("CHI_REDIS_URL", None)
     result = subprocess.run(
-        [sys.executable, "-m", "chi_redis.demo", "--redis-url", redis_url(),
-         "--namespace", namespace],
-        capture_output=True, text=True, timeout=120, env=env, check=False,
+        [
+            sys.executable,
+            "-m",
+            "chi_redis.demo",
+            "--redis-url",
+            redis_url(),
+            "--namespace",
+            namespace,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -34,12 +45,18 @@ def test_demo_runs_and_cleans_up(real_client: redis.Redis, namespace: str) -> No
 
 
 def test_demo_reports_an_unreachable_redis_in_one_line() -> None:
-    from helpers import free_port
-
     result = subprocess.run(
-        [sys.executable, "-m", "chi_redis.demo", "--redis-url",
-         f"redis://:hunter2@127.0.0.1:{free_port()}/0"],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "chi_redis.demo",
+            "--redis-url",
+            f"redis://:hunter2@127.0.0.1:{free_port()}/0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 1
     assert "error: cannot reach Redis" in result.stderr

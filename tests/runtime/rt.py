@@ -5,6 +5,7 @@ by the PID we started)."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import signal
@@ -90,7 +91,7 @@ def group_info(client: redis.Redis, stream: str, group: str) -> dict[str, Any] |
             info = {k: g[k] for k in g}
             if info.get("lag") is None:
                 last = _s(g["last-delivered-id"])
-                info["lag"] = len(client.xrange(stream, f"({last}", "+"))
+                info["lag"] = len(client.xrange(stream, f"({last}", "+") or [])
             return info
     return None
 
@@ -303,8 +304,7 @@ class WorkerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def children(self) -> list[int]:
-        import psutil
-
+        psutil: Any = importlib.import_module("psutil")
         try:
             return [c.pid for c in psutil.Process(self.pid).children(recursive=True)]
         except psutil.NoSuchProcess:
@@ -336,10 +336,8 @@ class WorkerProcess:
             return
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
         # The session we created holds the master and its children: nothing else.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)

@@ -19,7 +19,7 @@ from dramatiq.errors import QueueJoinTimeout
 from chi_redis import Event
 from chi_redis.subscriptions import Delivery
 
-from .rt import Recorder, Runtime, drained, dlq_len, group_info, stays, wait_until
+from .rt import Recorder, Runtime, dlq_len, drained, group_info, stays, wait_until
 
 
 def ev(type_: str = "order.created", **data: Any) -> Event:
@@ -96,6 +96,7 @@ def test_delay_is_not_eta(rt: Runtime) -> None:
     (body,) = rt.client.zrange(rt.bus.keys.delayed("default"), 0, -1)
     from chi_redis.encoder import decode_message
 
+    assert isinstance(body, bytes)
     assert "eta" not in decode_message(body).options
     broker.flush("default")
 
@@ -187,7 +188,7 @@ def test_requeue_on_shutdown_hands_prefetched_entries_to_another_worker(rt: Runt
         def handle(event: Event) -> None:
             started.add((worker, event.data["n"]))
             if worker == "a":
-                gate.wait(10)
+                gate.wait(30)
             handled.add(event.data["n"])
         return handle
 
@@ -228,7 +229,7 @@ def test_join_waits_for_delayed_and_in_flight_work(rt: Runtime) -> None:
     @dramatiq.actor
     def step(i: int) -> None:
         if i == 0:
-            gate.wait(10)
+            gate.wait(30)
         done.add(i)
 
     rt.worker(broker, threads=2)
@@ -294,8 +295,8 @@ class Flaky:
         self.after = after
         self.fired = threading.Event()
         self._lock = threading.Lock()
-        orig_pipeline = client.pipeline
-        orig_execute_command = client.execute_command
+        orig_pipeline: Any = client.pipeline
+        orig_execute_command: Any = client.execute_command
 
         def fire(cmds: list[tuple[Any, ...]]) -> bool:
             with self._lock:

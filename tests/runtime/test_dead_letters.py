@@ -5,6 +5,7 @@ fakeredis and on the real server."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import dramatiq
 import pytest
@@ -30,8 +31,8 @@ def test_garbage_entries_are_dead_lettered_and_the_worker_keeps_going(
     rt.publish(Event(type="order.created", data={"n": 1}))
     wait_until(lambda: handled.items() == [1], message="first good event")
     stream = rt.bus.keys.stream("order")
-    valid = {"id": "e-bad", "type": "order.created", "ts": "1700000000000000", "ver": "1.0",
-             "meta": "{}", "enc": "mp"}
+    valid: dict[Any, Any] = {"id": "e-bad", "type": "order.created", "ts": "1700000000000000",
+                             "ver": "1.0", "meta": "{}", "enc": "mp"}
     bad = [
         rt.client.xadd(stream, {"foo": "bar"}),  # none of the envelope fields
         rt.client.xadd(stream, {**valid, "data": b"\xc1\xc1 not msgpack"}),

@@ -2,7 +2,7 @@
 --processes 1 --threads N``, each a direct child of the test, on the real server (or on a
 redis-server of the test's own for the restart case).
 
-- two workers × 5,000 events: each handled once per subscription, nothing left pending;
+- two workers, 5,000 events: each handled once per subscription, nothing left pending;
 - kill -9 of a worker in the middle of a handler: the other one finishes its entries (F1);
 - a handler that kills its process every time: dead-lettered after ``max_deliveries``, then
   never delivered again (F3b);
@@ -17,6 +17,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,8 @@ def workers(tmp_path: Path, ns: str, real_redis: redis.Redis) -> Iterator[Worker
 
 
 def _hash(client: redis.Redis, key: str) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in client.hgetall(key).items()}
+    return {(k.decode() if isinstance(k, bytes) else k): int(v)
+            for k, v in client.hgetall(key).items()}
 
 
 def test_two_worker_processes_handle_each_event_once_per_subscription(
@@ -95,7 +97,7 @@ def test_two_worker_processes_handle_each_event_once_per_subscription(
                message="every event handled by both subscriptions")
     elapsed = time.monotonic() - t0
     for sub in ("load-a", "load-b"):
-        wait_until(lambda sub=sub: drained(real_redis, bus, sub, ["load"]), 30,
+        wait_until(partial(drained, real_redis, bus, sub, ["load"]), 30,
                    message=f"{sub}: nothing pending, lag 0")
     a, b = _hash(real_redis, done_a), _hash(real_redis, done_b)
     assert set(a) == want_a and set(b) == want_b
@@ -216,9 +218,11 @@ def test_redis_restart_without_persistence_recovers_with_bounded_logs(
         wait_until(lambda: client.hlen(f"{ns}:t:done:load-b") == 100, 60, message="before")
 
         server.kill()  # state gone: streams, groups, scripts
+        down = time.monotonic()
         time.sleep(1.5)
         server.start()  # same port, empty
         restarted = time.monotonic()
+        outage = restarted - down
         after = [Event(type="load.created", data={"i": i}) for i in range(100, 200)]
         wait_until(lambda: _try_publish(bus, after), 30, interval=0.2, message="publish")
         wait_until(lambda: client.hlen(f"{ns}:t:done:load-a") == 100
@@ -226,7 +230,7 @@ def test_redis_restart_without_persistence_recovers_with_bounded_logs(
                    message="events published after the restart handled")
         recovered_in = time.monotonic() - restarted
         for sub in ("load-a", "load-b"):
-            wait_until(lambda sub=sub: drained(client, bus, sub, ["load"]), 30,
+            wait_until(partial(drained, client, bus, sub, ["load"]), 30,
                        message=f"{sub} drained")
         assert set(_hash(client, f"{ns}:t:done:load-a").values()) == {1}
         assert {e.id for e in after} == set(_hash(client, f"{ns}:t:done:load-b"))
@@ -241,12 +245,14 @@ def test_redis_restart_without_persistence_recovers_with_bounded_logs(
     print(f"\nrecovered {recovered_in:.1f} s after the restart; {len(missing)} 'group missing'"
           f" warnings, {len(critical)} CRITICAL lines")
     assert 1 <= len(missing) <= 10, "\n".join(missing)
-    assert len(critical) <= 10, "\n".join(critical)
+    # Dramatiq logs one CRITICAL line per consumer thread (2 here) per restart attempt,
+    # one attempt per dramatiq_restart_delay (0.5 s): no hot loop.
+    assert len(critical) <= 2 * (outage / 0.5 + 4), "\n".join(critical)
 
 
 def _try_publish(bus: EventBus, events: list[Event]) -> bool:
     try:
         bus.publish_batch(events)
-    except Exception:  # noqa: BLE001 - Redis coming back
+    except Exception:  # Redis coming back
         return False
     return True

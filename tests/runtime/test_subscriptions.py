@@ -1,6 +1,6 @@
 """Subscriptions on the broker: sync and async handlers, the delivery context, dedupe,
 filters (non-matching entries acked without a handler run), priority, and fan-out exactness
-(4 subscriptions × 2,000 events).  On fakeredis and on the real server."""
+(4 subscriptions, 2,000 events).  On fakeredis and on the real server."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import asyncio
 import random
 import threading
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from chi_redis import Event
@@ -64,8 +66,9 @@ def test_dedupe_runs_the_handler_once_per_event_id(rt: Runtime) -> None:
     (sid,) = rt.publish(event)
     wait_until(lambda: len(once) == 1 and len(twice) == 1, message="first delivery")
     stream = rt.bus.keys.stream("user")
-    ((_, fields),) = rt.client.xrange(stream, sid, sid)
-    rt.client.xadd(stream, fields)  # a duplicate entry, as after a retried XADD
+    entries: Any = rt.client.xrange(stream, sid, sid)
+    ((_, copy),) = entries
+    rt.client.xadd(stream, copy)  # a duplicate entry, as after a retried XADD
     wait_until(lambda: len(twice) == 2, message="the copy reached the plain subscription")
     wait_until(lambda: drained(rt.client, rt.bus, "deduped", ["user"]), message="copy acked")
     assert once.items() == [event.id]
@@ -107,8 +110,7 @@ def test_filters_and_non_matching_entries_are_acked(rt: Runtime) -> None:
     bound = {"user-star": ["user"], "star-created": ["user", "order", "ship"],
              "eu-orders": ["order"], "combo": ["order"]}
     for name, topics in bound.items():
-        wait_until(lambda name=name, topics=topics: drained(rt.client, rt.bus, name, topics),
-                   message=f"{name} drained")
+        wait_until(partial(drained, rt.client, rt.bus, name, topics), message=f"{name} drained")
         broker.join(name, timeout=30_000)
     assert sorted(got["user-star"].items()) == [0, 1]
     assert sorted(got["star-created"].items()) == [0, 4, 7, 8, 10]
@@ -123,11 +125,13 @@ def test_higher_priority_runs_first_among_prefetched_messages(rt: Runtime) -> No
     orders what is already prefetched; it does not reorder what is still in Redis.)"""
     order = Recorder()
     gate = threading.Event()
+    busy = threading.Event()
 
     @rt.bus.subscribe("low", types=["job.low"], priority=0)
     def low(event: Event) -> None:
         if event.data["n"] == 0:
-            gate.wait(10)
+            busy.set()
+            gate.wait(30)
         order.add(("low", event.data["n"]))
 
     @rt.bus.subscribe("high", types=["job.high"], priority=10)
@@ -137,6 +141,7 @@ def test_higher_priority_runs_first_among_prefetched_messages(rt: Runtime) -> No
     broker = rt.broker()
     rt.worker(broker, threads=1)
     rt.publish(Event(type="job.low", data={"n": 0}))
+    assert busy.wait(30), "the worker thread took the first entry"
     rt.publish(*(Event(type="job.low", data={"n": i}) for i in range(1, 4)))
     rt.publish(*(Event(type="job.high", data={"n": i}) for i in range(1, 4)))
     states = broker.states
@@ -153,10 +158,10 @@ def test_higher_priority_runs_first_among_prefetched_messages(rt: Runtime) -> No
 
 def test_fan_out_is_exact(rt: Runtime) -> None:
     """4 subscriptions (two type globs, one of them across all topics, one explicit topic)
-    × 2,000 events over 4 topics: each gets exactly its matching events, each once."""
+    and 2,000 events over 4 topics: each gets exactly its matching events, each once."""
     counts: Counter[tuple[str, str]] = Counter()
     lock = threading.Lock()
-    rules = {
+    rules: dict[str, Callable[[str], bool]] = {
         "fan-user-created": lambda t: t == "user.created",
         "fan-order-glob": lambda t: t.startswith("order."),
         "fan-any-created": lambda t: t.endswith(".created"),

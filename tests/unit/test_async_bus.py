@@ -10,6 +10,7 @@ import fakeredis
 import pytest
 import redis
 import redis.exceptions as rex
+from helpers import free_port
 
 from chi_redis import (
     AsyncEventBus,
@@ -22,8 +23,12 @@ from chi_redis import (
 )
 
 
-def run(fn: Callable[[AsyncEventBus], Awaitable[Any]], server: fakeredis.FakeServer,
-        namespace: str, **options: Any) -> Any:
+def run(
+    fn: Callable[[AsyncEventBus], Awaitable[Any]],
+    server: fakeredis.FakeServer,
+    namespace: str,
+    **options: Any,
+) -> Any:
     async def main() -> Any:
         bus = AsyncEventBus(
             fakeredis.FakeAsyncRedis(server=server, version=(7, 0)), namespace=namespace, **options
@@ -120,8 +125,6 @@ def test_oversize_event_is_rejected_before_redis(
 
 
 def test_unreachable_redis_is_redis_unavailable(namespace: str) -> None:
-    from helpers import free_port
-
     async def main() -> None:
         bus = AsyncEventBus.from_url(
             f"redis://:secret-pw@127.0.0.1:{free_port()}/0",
@@ -141,8 +144,12 @@ def test_unreachable_redis_is_redis_unavailable(namespace: str) -> None:
 
 def test_from_url_takes_bus_options() -> None:
     bus = AsyncEventBus.from_url(
-        "redis://127.0.0.1:1/0", namespace="n1", encoding="json", max_event_bytes=10,
-        idempotency_ttl_ms=5, retry=RetryPolicy(attempts=7),
+        "redis://127.0.0.1:1/0",
+        namespace="n1",
+        encoding="json",
+        max_event_bytes=10,
+        idempotency_ttl_ms=5,
+        retry=RetryPolicy(attempts=7),
     )
     assert (bus.namespace, bus.codec.encoding, bus.codec.max_event_bytes) == ("n1", "json", 10)
     assert bus.idempotency_ttl_ms == 5 and bus.retry.attempts == 7

@@ -16,9 +16,7 @@ from chi_redis.codec import entry_fields
 from chi_redis.event import _to_us
 from chi_redis.names import NAME_PATTERN, glob_matches, validate_name
 
-SETTINGS = settings(
-    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 names = st.from_regex(NAME_PATTERN, fullmatch=True)
 scalars = st.one_of(

@@ -23,8 +23,12 @@ def inject_garbage(bus: EventBus, client: redis.Redis, fields: dict[str, bytes])
 
 GARBAGE = {
     "bad msgpack": {"id": b"bad-event", "type": b"user.created", "ts": b"1", "data": b"\xc1"},
-    "deep nesting": {"id": b"bad-event", "type": b"user.created", "ts": b"1",
-                     "data": b"\x91" * 100_000},
+    "deep nesting": {
+        "id": b"bad-event",
+        "type": b"user.created",
+        "ts": b"1",
+        "data": b"\x91" * 100_000,
+    },
     "no data": {"id": b"bad-event", "type": b"user.created", "ts": b"1"},
     "no type": {"id": b"bad-event", "ts": b"1", "data": b"\xc0"},
 }
@@ -54,8 +58,10 @@ def test_undecodable_entry_gives_decode_error_from_every_query(
 def test_index_members_whose_entries_are_gone_are_skipped(
     bus: EventBus, client: redis.Redis
 ) -> None:
-    events = [Event(type="user.created", data={"i": i}, timestamp=T0 + timedelta(seconds=i))
-              for i in range(5)]
+    events = [
+        Event(type="user.created", data={"i": i}, timestamp=T0 + timedelta(seconds=i))
+        for i in range(5)
+    ]
     ids = bus.publish_batch(events)
     client.xdel(bus.keys.stream("user"), ids[1], ids[3])  # as retention would
     got = bus.store.load_by_time_range(T0, T0 + timedelta(minutes=1))
@@ -67,8 +73,10 @@ def test_backfilled_events_far_from_their_neighbours_are_found(
     bus: EventBus, client: redis.Redis
 ) -> None:
     # Stream order and event-time order disagree: the span fetch misses, one-by-one finds.
-    events = [Event(type="user.created", data={"i": i}, timestamp=T0 + timedelta(days=i % 2))
-              for i in range(200)]
+    events = [
+        Event(type="user.created", data={"i": i}, timestamp=T0 + timedelta(days=i % 2))
+        for i in range(200)
+    ]
     bus.publish_batch(events)
     day0 = bus.store.load_by_time_range(T0, T0 + timedelta(hours=1))
     assert {e.id for e in day0} == {e.id for e in events[::2]}
