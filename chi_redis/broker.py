@@ -49,7 +49,11 @@ class BrokerOptions:
     reclaim_interval_ms: int = 5_000
     max_deliveries: int = 5
     block_ms: int = 1_000
-    prefetch: int | None = None  # None: the Worker's choice (2 per thread)
+    prefetch: int | None = None  # None: the Worker's choice (2 per thread), adapted
+    #: With ``prefetch`` unset, a queue whose handlers are fast may hold up to this many
+    #: entries (about 10 ms of work per prefetch slot), so one read round trip feeds many
+    #: messages; slow handlers keep the Worker's prefetch, so no worker hoards slow work.
+    max_prefetch: int = 128
     dlq_maxlen: int = 1_000_000
     registry_refresh_ms: int = 60_000
 
@@ -65,6 +69,13 @@ class QueueState:
     cond: threading.Condition = field(default_factory=threading.Condition)
     inflight: dict[tuple[str, bytes], None] = field(default_factory=dict)
     acks: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    #: Moving average of how long a message of this queue takes to process (seconds);
+    #: 0.0 until the first one finished.  Sizes the adaptive prefetch window.
+    avg_run_s: float = 0.0
+
+    def observe_run(self, seconds: float) -> None:
+        avg = self.avg_run_s
+        self.avg_run_s = seconds if avg == 0.0 else avg * 0.9 + seconds * 0.1
 
 
 class StreamsBroker(dramatiq.Broker):

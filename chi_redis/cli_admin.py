@@ -181,16 +181,20 @@ def subscriptions_list() -> None:
     from .registry import registry
     from .stats import collect
 
-    bus = settings().bus()
+    cfg = settings()
+    bus = cfg.bus()
     reg = registry(bus)
     st = {s.name: s for s in collect(bus).subscriptions}
+    cutoff = time.time() * 1000 - cfg.config.subscriptions_seen_days * 86_400_000
     rows = []
     for name in sorted(set(reg) | set(st)):
         info, s = reg.get(name), st.get(name)
+        seen = int(info.get("last_seen_ms") or 0) if info else 0
         rows.append({
             "name": name,
             "registered": info is not None,
-            "last_seen": _when(info.get("last_seen_ms")) if info else None,
+            "active": seen >= cutoff,  # seen within subscriptions_seen_days
+            "last_seen": _when(seen) if info else None,
             "types": (info or {}).get("types", []),
             "topics": s.topics if s else [],
             "lag": s.lag if s else None,
@@ -202,8 +206,9 @@ def subscriptions_list() -> None:
     def render(r: dict[str, Any]) -> str:
         lag = "?" if r["lag"] is None else r["lag"]
         seen = r["last_seen"] or "not registered"
+        stale = "" if r["active"] else " (stale)"
         return (
-            f"{r['name']:<24} seen {seen:<20} lag {lag!s:<7} pending {r['pending']:<6}"
+            f"{r['name'] + stale:<24} seen {seen:<20} lag {lag!s:<7} pending {r['pending']:<6}"
             f" dlq {r['dead_letters']:<5} types {','.join(r['types']) or '-'}"
             f"  topics {','.join(r['topics']) or '-'}"
         )

@@ -39,6 +39,7 @@ ABANDON_IDLE_MS = 10**12
 _REQUIRED = (b"id", b"type", b"ts", b"data")
 _REQUIRED_SET = frozenset(_REQUIRED)
 _CONNECTION_ERRORS = (rex.ConnectionError, rex.TimeoutError)
+FAST_WORK_S = 0.01
 
 
 class StreamMessage(dramatiq.MessageProxy):
@@ -78,7 +79,8 @@ class StreamsConsumer(dramatiq.Consumer):
         self.broker = broker
         self.client = broker.client
         self.queue = queue
-        self.prefetch = max(1, prefetch)
+        self.prefetch = max(1, prefetch)  # the Worker's (or the configured) prefetch
+        self._adaptive = broker.options.prefetch is None and broker.options.max_prefetch > 1
         self.timeout_ms = max(1, timeout)
         self.sub = broker.subscriptions.get(queue)
         self.private = broker.keys.queue(queue)
@@ -89,7 +91,6 @@ class StreamsConsumer(dramatiq.Consumer):
         self.max_deliveries = (
             self.sub.options.max_deliveries if self.sub else None
         ) or self.opts.max_deliveries
-        self._low_water = max(1, self.prefetch // 2)
         self._local: deque[StreamMessage] = deque()
         self._topic_of: dict[str, str] = {}
         self._streams: list[str] = []
@@ -202,17 +203,28 @@ class StreamsConsumer(dramatiq.Consumer):
             self._maintain(now)
             if self._local:
                 return self._local.popleft()
-        free = self.prefetch - len(self.state.inflight)
-        if free < self._low_water:
+        window = self._window()
+        low_water = max(1, window // 2)
+        free = window - len(self.state.inflight)
+        if free < low_water:
             # Read again only when half the prefetch window is free: refilling one slot
             # per ack would cost a round trip per message.  Buffered acks go out with
             # that read (or with the next maintenance, well within the lease).
             with self.state.cond:
-                if self.prefetch - len(self.state.inflight) < self._low_water:
+                if window - len(self.state.inflight) < low_water:
                     self.state.cond.wait(timeout=min(self.timeout_ms, 200) / 1000)
             return None
         self._read(free, now)
         return self._local.popleft() if self._local else None
+
+    def _window(self) -> int:
+        """How many entries this queue may hold: the prefetch, widened for fast handlers
+        to about ``FAST_WORK_S`` of work per prefetch slot (capped at ``max_prefetch``)."""
+        avg = self.state.avg_run_s
+        if not self._adaptive or avg <= 0.0:
+            return self.prefetch
+        wide = int(self.prefetch * FAST_WORK_S / avg)
+        return max(self.prefetch, min(self.opts.max_prefetch, wide))
 
     def _block_ms(self, now: float) -> int | None:
         until_maint = (min(self._next_lease, self._next_reclaim) - now) * 1000
@@ -488,7 +500,7 @@ class StreamsConsumer(dramatiq.Consumer):
                 self._eval(self._lease, [stream], [self.queue, self.name, *ids[i : i + 500]])
 
     def _reclaim(self) -> None:
-        free = self.prefetch - len(self.state.inflight)
+        free = self._window() - len(self.state.inflight)
         for stream in self._streams:
             if free <= 0:
                 return
@@ -519,7 +531,7 @@ class StreamsConsumer(dramatiq.Consumer):
             ids = [c[0] for c in claimed]
             pending = self.client.xpending_range(
                 stream, self.queue, min=min(ids, key=_k), max=max(ids, key=_k),
-                count=len(ids) + len(self.state.inflight) + self.prefetch,
+                count=len(ids) + len(self.state.inflight) + self._window(),
                 consumername=self.name,
             )
             counts = {_bytes(p["message_id"]): int(p["times_delivered"]) for p in pending}

@@ -31,14 +31,20 @@ def current_message() -> Any:
 
 
 class ChiMiddleware(dramatiq.Middleware):
-    """Tracks the current message per thread and stamps the first failure time."""
+    """Tracks the current message per thread, times it (for the adaptive prefetch) and
+    stamps the first failure time."""
 
     def before_process_message(self, broker: Any, message: Any) -> None:
         _local.message = message
+        _local.started = time.monotonic()
 
     def after_process_message(
         self, broker: Any, message: Any, *, result: Any = None, exception: Any = None
     ) -> None:
+        started = getattr(_local, "started", None)
+        states = getattr(broker, "states", None)
+        if started is not None and states is not None:
+            states[message.queue_name].observe_run(time.monotonic() - started)
         if exception is not None:
             options = message.options
             options.setdefault("first_failure", int(time.time() * 1000))
