@@ -102,6 +102,8 @@ class StreamsBroker(dramatiq.Broker):
         self.states: dict[str, QueueState] = defaultdict(QueueState)
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._lock = threading.Lock()
+        self._kept = 0
+        self._kept_logged = 0.0
         self.add_middleware(ChiMiddleware())
         dramatiq.set_encoder(MsgpackEncoder())
         bus._attach(self)
@@ -199,13 +201,31 @@ class StreamsBroker(dramatiq.Broker):
             else:
                 self._call(lambda: self.client.xadd(self.keys.queue(queue_name), {"m": body}))
         except ConnectionClosed:
-            if isinstance(message, StreamMessage):
-                # Retries is re-enqueueing a message we delivered: since its copy was not
-                # written, keep the original entry pending (not acked) so it is reclaimed.
-                message._chi_keep = True
-            raise
+            if not isinstance(message, StreamMessage):
+                raise
+            # Retries is re-enqueueing a message we delivered.  Its copy was not written,
+            # so keep the original entry pending (not acked): the lease expires and it is
+            # reclaimed and run again.  Nothing is lost, and nothing needs to be raised
+            # (Dramatiq would log a CRITICAL traceback for every message in flight).
+            message._chi_keep = True
+            self._kept_after_error()
+            return message
         self.emit_after("enqueue", message, delay)
         return message
+
+    def _kept_after_error(self) -> None:
+        """Log, at most every 10 s, that retries were left to the lease (Redis down)."""
+        with self._lock:
+            self._kept += 1
+            now = time.monotonic()
+            if now - self._kept_logged < 10:
+                return
+            count, self._kept, self._kept_logged = self._kept, 0, now
+        logger.warning(
+            "Redis unreachable: %d failed message(s) could not be scheduled for retry; their"
+            " entries stay pending and are redelivered once the lease (%d ms) expires",
+            count, self.options.lease_ms,
+        )
 
     def _eval(self, s: Any, keys: list[str], argv: list[Any]) -> Any:
         try:

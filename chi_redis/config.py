@@ -38,6 +38,7 @@ class WorkerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_deliveries: int = 5
     block_ms: int = 1_000
     prefetch: int | None = None
+    max_prefetch: int = 128
     metrics_port: int | None = None
 
 
@@ -69,6 +70,7 @@ _ENV_INT = {
     "CHI_MAX_DELIVERIES": ("worker", "max_deliveries"),
     "CHI_BLOCK_MS": ("worker", "block_ms"),
     "CHI_PREFETCH": ("worker", "prefetch"),
+    "CHI_MAX_PREFETCH": ("worker", "max_prefetch"),
     "CHI_METRICS_PORT": ("worker", "metrics_port"),
     "CHI_MAX_EVENT_BYTES": ("bus", "max_event_bytes"),
 }

@@ -222,6 +222,10 @@ def purge(bus: EventBus, sub: str, *, before_ms: int | None = None) -> int:
 
 
 def _purge_all(bus: EventBus, key: str) -> int:
-    n = int(bus.call(lambda: bus.client.xlen(key)))
-    bus.call(lambda: bus.client.delete(key))
-    return n
+    def count_and_delete() -> Any:
+        pipe = bus.client.pipeline(transaction=True)  # one MULTI: nothing slips in between
+        pipe.xlen(key)
+        pipe.delete(key)
+        return pipe.execute()
+
+    return int(bus.call(count_and_delete)[0])

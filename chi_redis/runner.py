@@ -90,7 +90,8 @@ def make_runner(broker: StreamsBroker, sub: Subscription) -> Any:
             src_id = options.get("src_id") or msg._chi_entry.decode()
         event = codec.decode(raw, topic=topic, stream=src, entry_id=src_id)
         seen_key = keys.seen(sub.name, event.id) if opts.dedupe else None
-        if seen_key is not None and client.exists(seen_key):
+        # A targeted replay is an operator asking for the handler to run again: no dedupe.
+        if seen_key is not None and not options.get("replay") and client.exists(seen_key):
             return
         if wants_delivery:
             result = handler(event, Delivery(

@@ -65,6 +65,7 @@ broker = StreamsBroker(
         max_deliveries=config.worker.max_deliveries,
         block_ms=config.worker.block_ms,
         prefetch=config.worker.prefetch,
+        max_prefetch=config.worker.max_prefetch,
     ),
 )
 dramatiq.set_broker(broker)

@@ -92,11 +92,11 @@ def backend(request: pytest.FixtureRequest, namespace: str) -> Iterator[Backend]
 
 BASE = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
 TYPES = {
-    "user": ["user.created", "user.updated", "user.deleted"],
-    "order": ["order.created", "order.paid", "order.shipped"],
+    "user": ["user.signed_up", "user.renamed", "user.deleted"],
+    "order": ["order.placed", "order.paid", "order.shipped"],
     "billing": ["billing.invoice.sent", "billing.invoice.paid"],
     "inventory": ["inventory.contract_restocked"],
-    "security": ["security.login_failed", "audit.login"],  # audit.login: non-default topic
+    "security": ["security.lockout", "audit.login"],  # audit.login: non-default topic
 }
 TOPICS = sorted(TYPES)
 
@@ -227,9 +227,9 @@ def range_cases(events: list[Event]) -> list[dict[str, object]]:
         {"start": lo, "end": hi, "topic": "security"},
         {"start": lo, "end": hi, "topic": "nosuchtopic"},
         {"start": lo, "end": hi, "types": ["user.*"]},
-        {"start": lo, "end": hi, "types": ["*.created"]},
+        {"start": lo, "end": hi, "types": ["*.paid"]},
         {"start": q1, "end": hi, "types": ["billing.*.paid", "audit.login"]},
-        {"start": lo, "end": hi, "types": ["user.created", "order.paid"], "topic": "user"},
+        {"start": lo, "end": hi, "types": ["user.signed_up", "order.paid"], "topic": "user"},
         {"start": lo, "end": hi, "types": ["*"]},  # one segment: only single-segment types
         {"start": lo, "end": hi, "limit": 1},
         {"start": lo, "end": hi, "limit": 777},
@@ -252,7 +252,7 @@ def test_acceptance_time_range_matches_brute_force(loaded: tuple[Backend, list[E
 # -- behaviour on a small log --------------------------------------------------------------
 
 
-def ev(i: int, type_: str = "user.created", **kw: object) -> Event:
+def ev(i: int, type_: str = "user.signed_up", **kw: object) -> Event:
     return Event(type=type_, data={"i": i}, **kw)  # type: ignore[arg-type]
 
 
@@ -312,9 +312,9 @@ def test_time_range_bounds_are_inclusive(backend: Backend) -> None:
 def test_time_range_spans_topics_and_orders_by_time_then_id(backend: Backend) -> None:
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
     events = [
-        ev(1, "order.created", timestamp=t0 + timedelta(seconds=2)),
-        ev(2, "user.created", timestamp=t0 + timedelta(seconds=1)),
-        ev(3, "user.updated", timestamp=t0 + timedelta(seconds=2)),
+        ev(1, "order.placed", timestamp=t0 + timedelta(seconds=2)),
+        ev(2, "user.signed_up", timestamp=t0 + timedelta(seconds=1)),
+        ev(3, "user.renamed", timestamp=t0 + timedelta(seconds=2)),
         ev(4, "billing.paid", timestamp=t0),
     ]
     backend.put_many(events)

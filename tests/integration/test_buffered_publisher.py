@@ -67,11 +67,11 @@ class Gate:
 
 
 def test_async_bus_publishes_to_the_same_log(real_client: redis.Redis, namespace: str) -> None:
-    events = [ev(i, "user.created") for i in range(300)]
+    events = [ev(i, "user.signed_up") for i in range(300)]
 
     async def publish(bus: AsyncEventBus) -> tuple[str, list[str]]:
-        one = await bus.publish(ev(-1, "user.created"), idempotency_key="k1")
-        again = await bus.publish(ev(-2, "user.created"), idempotency_key="k1")
+        one = await bus.publish(ev(-1, "user.signed_up"), idempotency_key="k1")
+        again = await bus.publish(ev(-2, "user.signed_up"), idempotency_key="k1")
         assert again == one
         return one, await bus.publish_batch(events, chunk_size=64)
 

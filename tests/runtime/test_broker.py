@@ -17,12 +17,13 @@ import redis.exceptions as rex
 from dramatiq.errors import QueueJoinTimeout
 
 from chi_redis import Event
+from chi_redis.consumer import StreamsConsumer
 from chi_redis.subscriptions import Delivery
 
 from .rt import Recorder, Runtime, dlq_len, drained, group_info, stays, wait_until
 
 
-def ev(type_: str = "order.created", **data: Any) -> Event:
+def ev(type_: str = "cart.created", **data: Any) -> Event:
     return Event(type=type_, data=data)
 
 
@@ -30,7 +31,7 @@ def ev(type_: str = "order.created", **data: Any) -> Event:
 def test_retry_with_backoff_then_success(rt: Runtime) -> None:
     calls = Recorder()
 
-    @rt.bus.subscribe("flaky", types=["order.created"], max_retries=3, min_backoff_ms=10,
+    @rt.bus.subscribe("flaky", types=["cart.created"], max_retries=3, min_backoff_ms=10,
                       max_backoff_ms=40)
     def flaky(event: Event, delivery: Delivery) -> None:
         calls.add(delivery.attempt)
@@ -43,7 +44,7 @@ def test_retry_with_backoff_then_success(rt: Runtime) -> None:
     broker.join("flaky", timeout=30_000)
     assert calls.items() == [1, 2, 3]
     assert dlq_len(rt.client, rt.bus, "flaky") == 0
-    assert drained(rt.client, rt.bus, "flaky", ["order"])
+    assert drained(rt.client, rt.bus, "flaky", ["cart"])
     # the retry copies went through the private stream and were deleted after their ack
     assert rt.client.xlen(rt.bus.keys.queue("flaky")) == 0
 
@@ -105,7 +106,7 @@ def test_delay_is_not_eta(rt: Runtime) -> None:
 def test_dead_letter_after_retries_with_provenance(rt: Runtime) -> None:
     calls = Recorder()
 
-    @rt.bus.subscribe("poison", types=["order.created"], max_retries=2, min_backoff_ms=10,
+    @rt.bus.subscribe("poison", types=["cart.created"], max_retries=2, min_backoff_ms=10,
                       max_backoff_ms=30)
     def poison(event: Event) -> None:
         calls.add(event.id)
@@ -125,12 +126,12 @@ def test_dead_letter_after_retries_with_provenance(rt: Runtime) -> None:
     assert "sk-live-123" not in dl.error and "hunter2" not in dl.error
     assert "ValueError" in dl.traceback and "hunter2" not in dl.traceback
     assert "sk-live-123" not in dl.traceback
-    assert dl.event_id == event.id and dl.type == "order.created" and dl.topic == "order"
-    assert dl.source_stream == rt.bus.keys.stream("order") and dl.source_id == sid
+    assert dl.event_id == event.id and dl.type == "cart.created" and dl.topic == "cart"
+    assert dl.source_stream == rt.bus.keys.stream("cart") and dl.source_id == sid
     assert dl.attempts == 3 and dl.deliveries >= 1
     assert 0 < dl.first_failure_ms <= dl.last_failure_ms
     assert dl.kind == "event" and dl.body
-    assert drained(rt.client, rt.bus, "poison", ["order"])
+    assert drained(rt.client, rt.bus, "poison", ["cart"])
     assert stays(lambda: len(calls) == 3, 0.5)
 
 
@@ -140,7 +141,7 @@ def test_throws_goes_straight_to_the_dead_letters(rt: Runtime) -> None:
     class Rejected(Exception):
         pass
 
-    @rt.bus.subscribe("strict", types=["order.created"], max_retries=5, throws=(Rejected,),
+    @rt.bus.subscribe("strict", types=["cart.created"], max_retries=5, throws=(Rejected,),
                       min_backoff_ms=10, max_backoff_ms=20)
     def strict(event: Event) -> None:
         calls.add(event.id)
@@ -192,7 +193,7 @@ def test_requeue_on_shutdown_hands_prefetched_entries_to_another_worker(rt: Runt
             handled.add(event.data["n"])
         return handle
 
-    rt.bus.subscribe("jobs", types=["order.created"])(handler("a"))
+    rt.bus.subscribe("jobs", types=["cart.created"])(handler("a"))
     broker_a = rt.broker(lease_ms=60_000)
     worker_a = rt.worker(broker_a, threads=1)  # prefetch 2: one running, one waiting
     rt.publish(*(ev(n=i) for i in range(6)))
@@ -200,7 +201,7 @@ def test_requeue_on_shutdown_hands_prefetched_entries_to_another_worker(rt: Runt
                message="A busy with one entry and holding another")
 
     bus_b = rt.new_bus()
-    bus_b.subscribe("jobs", types=["order.created"])(handler("b"))
+    bus_b.subscribe("jobs", types=["cart.created"])(handler("b"))
     broker_b = rt.broker(bus_b, set_global=False, lease_ms=60_000)
     stopper = threading.Thread(target=rt.stop, args=(worker_a,))
     stopper.start()
@@ -208,15 +209,15 @@ def test_requeue_on_shutdown_hands_prefetched_entries_to_another_worker(rt: Runt
     gate.set()  # A finishes its running entry, hands back the prefetched one, stops
     stopper.join(30)
     assert not stopper.is_alive()
-    pending = group_info(rt.client, rt.bus.keys.stream("order"), "jobs")
+    pending = group_info(rt.client, rt.bus.keys.stream("cart"), "jobs")
     assert pending is not None
     rt.worker(broker_b, threads=2)
     wait_until(lambda: sorted(handled.items()) == list(range(6)), 20,
                message="every entry handled (well before the 60 s lease)")
     assert len(handled) == 6  # each once
-    wait_until(lambda: drained(rt.client, rt.bus, "jobs", ["order"]), message="drained")
+    wait_until(lambda: drained(rt.client, rt.bus, "jobs", ["cart"]), message="drained")
     consumers = {c["name"]: c["pending"]
-                 for c in rt.client.xinfo_consumers(rt.bus.keys.stream("order"), "jobs")}
+                 for c in rt.client.xinfo_consumers(rt.bus.keys.stream("cart"), "jobs")}
     assert consumers.get(b"chi-abandoned", 0) == 0
 
 
@@ -246,11 +247,11 @@ def test_join_waits_for_delayed_and_in_flight_work(rt: Runtime) -> None:
 def test_flush_drops_one_queue_and_flush_all_drops_everything(rt: Runtime) -> None:
     handled = Recorder()
 
-    @rt.bus.subscribe("first", types=["order.created"])
+    @rt.bus.subscribe("first", types=["cart.created"])
     def first(event: Event) -> None:
         handled.add(("first", event.data["n"]))
 
-    @rt.bus.subscribe("second", types=["order.created"])
+    @rt.bus.subscribe("second", types=["cart.created"])
     def second(event: Event) -> None:
         handled.add(("second", event.data["n"]))
 
@@ -351,7 +352,7 @@ def test_buffered_acks_survive_a_connection_error(rt: Runtime, after: bool) -> N
     kept and sent again, and entries read in a lost reply are reclaimed after the lease."""
     handled = Recorder()
 
-    @rt.bus.subscribe("acks", types=["order.created"])
+    @rt.bus.subscribe("acks", types=["cart.created"])
     def acks(event: Event) -> None:
         handled.add(event.data["n"])
 
@@ -362,7 +363,7 @@ def test_buffered_acks_survive_a_connection_error(rt: Runtime, after: bool) -> N
     with Flaky(rt.client, lambda c: _cmd(c) == "XACK", after) as flaky:
         rt.publish(*(ev(n=i) for i in range(5, 10)))
         wait_until(flaky.fired.is_set, message="the injected error")
-        wait_until(lambda: drained(rt.client, rt.bus, "acks", ["order"]), 30,
+        wait_until(lambda: drained(rt.client, rt.bus, "acks", ["cart"]), 30,
                    message="everything acked")
     counts = handled.counts()
     assert sorted(counts) == list(range(10))  # nothing lost
@@ -373,7 +374,7 @@ def test_buffered_acks_survive_a_connection_error(rt: Runtime, after: bool) -> N
 def test_nack_is_retried_after_a_connection_error(rt: Runtime, after: bool) -> None:
     """Dead-lettering (the nack) fails once: Dramatiq retries it; exactly one dead letter."""
 
-    @rt.bus.subscribe("rejects", types=["order.created"], max_retries=0)
+    @rt.bus.subscribe("rejects", types=["cart.created"], max_retries=0)
     def rejects(event: Event) -> None:
         raise KeyError("no such customer")
 
@@ -385,7 +386,7 @@ def test_nack_is_retried_after_a_connection_error(rt: Runtime, after: bool) -> N
         rt.publish(ev(n=1))
         wait_until(flaky.fired.is_set, message="the injected error")
         broker.join("rejects", timeout=30_000)  # in-flight until the nack went through
-    assert drained(rt.client, rt.bus, "rejects", ["order"])
+    assert drained(rt.client, rt.bus, "rejects", ["cart"])
     assert stays(lambda: dlq_len(rt.client, rt.bus, "rejects") == 1, 0.5)
     (dl,) = rt.bus.dead_letters("rejects")
     assert dl.reason == "retries_exhausted" and dl.error_type == "KeyError"
@@ -396,7 +397,7 @@ def test_retry_copy_not_written_leaves_the_entry_for_reclaim(rt: Runtime) -> Non
     acked, so it is reclaimed after the lease and nothing is lost."""
     calls = Recorder()
 
-    @rt.bus.subscribe("fragile", types=["order.created"], max_retries=3, min_backoff_ms=10,
+    @rt.bus.subscribe("fragile", types=["cart.created"], max_retries=3, min_backoff_ms=10,
                       max_backoff_ms=20)
     def fragile(event: Event, delivery: Delivery) -> None:
         calls.add(delivery.attempt)
@@ -417,6 +418,40 @@ def test_retry_copy_not_written_leaves_the_entry_for_reclaim(rt: Runtime) -> Non
         rt.publish(ev(n=1))
         wait_until(flaky.fired.is_set, message="the injected error")
         wait_until(lambda: len(calls) == 2, 30, message="redelivery after the lease")
-        wait_until(lambda: drained(rt.client, rt.bus, "fragile", ["order"]), message="drained")
+        wait_until(lambda: drained(rt.client, rt.bus, "fragile", ["cart"]), message="drained")
     assert calls.items() == [1, 1]  # the second run is a redelivery of the original entry
     assert dlq_len(rt.client, rt.bus, "fragile") == 0
+
+
+# prefetch ----------------------------------------------------------------------------------
+def test_prefetch_window_widens_for_fast_handlers_only(rt: Runtime) -> None:
+    """Fast handlers: the consumer may hold more than Dramatiq's prefetch (fewer round trips
+    per message); slow ones keep it (no worker hoards slow work); a configured prefetch is
+    never changed."""
+
+    @rt.bus.subscribe("fast", types=["cart.created"])
+    def fast(event: Event) -> None:
+        pass
+
+    @rt.bus.subscribe("slowish", types=["cart.created"])
+    def slowish(event: Event) -> None:
+        time.sleep(0.03)
+
+    broker = rt.broker()
+    worker = rt.worker(broker, threads=2)  # Dramatiq's prefetch: 2 per thread
+    rt.bus.publish_batch([ev(n=i) for i in range(20)])
+    broker.join("fast", timeout=30_000)
+    broker.join("slowish", timeout=30_000)
+    fast_consumer = worker.consumers["fast"].consumer
+    slow_consumer = worker.consumers["slowish"].consumer
+    assert isinstance(fast_consumer, StreamsConsumer)
+    assert isinstance(slow_consumer, StreamsConsumer)
+    assert fast_consumer.prefetch == slow_consumer.prefetch == 4
+    assert 4 < fast_consumer._window() <= broker.options.max_prefetch
+    assert slow_consumer._window() == 4
+    rt.stop()
+
+    pinned = rt.broker(rt.new_bus(), set_global=False, prefetch=3)
+    pinned.states["fast"].observe_run(0.0001)
+    consumer = pinned.consume("fast", prefetch=4)
+    assert consumer.prefetch == 3 and consumer._window() == 3

@@ -21,17 +21,17 @@ def test_garbage_entries_are_dead_lettered_and_the_worker_keeps_going(
 ) -> None:
     handled = Recorder()
 
-    @rt.bus.subscribe("robust", types=["order.created"], max_retries=3, min_backoff_ms=10,
+    @rt.bus.subscribe("robust", types=["cart.created"], max_retries=3, min_backoff_ms=10,
                       max_backoff_ms=20)
     def robust(event: Event) -> None:
         handled.add(event.data["n"])
 
     broker = rt.broker()
     rt.worker(broker)
-    rt.publish(Event(type="order.created", data={"n": 1}))
+    rt.publish(Event(type="cart.created", data={"n": 1}))
     wait_until(lambda: handled.items() == [1], message="first good event")
-    stream = rt.bus.keys.stream("order")
-    valid: dict[Any, Any] = {"id": "e-bad", "type": "order.created", "ts": "1700000000000000",
+    stream = rt.bus.keys.stream("cart")
+    valid: dict[Any, Any] = {"id": "e-bad", "type": "cart.created", "ts": "1700000000000000",
                              "ver": "1.0", "meta": "{}", "enc": "mp"}
     bad = [
         rt.client.xadd(stream, {"foo": "bar"}),  # none of the envelope fields
@@ -40,11 +40,11 @@ def test_garbage_entries_are_dead_lettered_and_the_worker_keeps_going(
         rt.client.xadd(stream, {**valid, "ts": "yesterday", "data": b"\x80"}),
         rt.client.xadd(stream, {**valid, "meta": b"\xff{", "data": b"\x80"}),
     ]
-    rt.publish(Event(type="order.created", data={"n": 2}))
+    rt.publish(Event(type="cart.created", data={"n": 2}))
     wait_until(lambda: dlq_len(rt.client, rt.bus, "robust") == len(bad), message="dead letters")
     wait_until(lambda: sorted(handled.items()) == [1, 2], message="the next good event")
     broker.join("robust", timeout=30_000)
-    assert drained(rt.client, rt.bus, "robust", ["order"])
+    assert drained(rt.client, rt.bus, "robust", ["cart"])
     letters = rt.bus.dead_letters("robust")
     assert sorted(dl.source_id for dl in letters) == sorted(
         b.decode() if isinstance(b, bytes) else b for b in bad)
@@ -64,7 +64,7 @@ def test_dead_letter_round_trip_redrive_once(rt: Runtime) -> None:
     runs = Recorder()
     failures = Recorder()
 
-    @rt.bus.subscribe("fixme", types=["order.created"], max_retries=1, min_backoff_ms=10,
+    @rt.bus.subscribe("fixme", types=["cart.created"], max_retries=1, min_backoff_ms=10,
                       max_backoff_ms=20)
     def fixme(event: Event, delivery: Delivery) -> None:
         if not rt.client.exists(fixed):
@@ -74,7 +74,7 @@ def test_dead_letter_round_trip_redrive_once(rt: Runtime) -> None:
 
     broker = rt.broker()
     rt.worker(broker)
-    event = Event(type="order.created", data={"n": 1})
+    event = Event(type="cart.created", data={"n": 1})
     (sid,) = rt.publish(event)
     wait_until(lambda: dlq_len(rt.client, rt.bus, "fixme") == 1, message="dead letter")
     broker.join("fixme", timeout=30_000)
@@ -89,9 +89,9 @@ def test_dead_letter_round_trip_redrive_once(rt: Runtime) -> None:
     broker.join("fixme", timeout=30_000)
     assert stays(lambda: len(runs) == 1, 0.5)
     # the handler saw the original provenance
-    assert runs.items() == [(event.id, rt.bus.keys.stream("order"), sid)]
+    assert runs.items() == [(event.id, rt.bus.keys.stream("cart"), sid)]
     assert rt.bus.dead_letters("fixme") == []
-    assert drained(rt.client, rt.bus, "fixme", ["order"])
+    assert drained(rt.client, rt.bus, "fixme", ["cart"])
 
 
 def test_task_dead_letter_redrive(rt: Runtime) -> None:
@@ -120,14 +120,14 @@ def test_task_dead_letter_redrive(rt: Runtime) -> None:
 def test_dead_letter_logs_name_the_entry_not_the_payload(
     rt: Runtime, caplog: pytest.LogCaptureFixture
 ) -> None:
-    @rt.bus.subscribe("quiet", types=["order.created"], max_retries=0)
+    @rt.bus.subscribe("quiet", types=["cart.created"], max_retries=0)
     def quiet(event: Event) -> None:
         raise ValueError("nope")
 
     broker = rt.broker()
     rt.worker(broker)
     caplog.set_level(logging.INFO)
-    rt.publish(Event(type="order.created", data={"card": "4111-1111-1111-1111"}))
+    rt.publish(Event(type="cart.created", data={"card": "4111-1111-1111-1111"}))
     wait_until(lambda: dlq_len(rt.client, rt.bus, "quiet") == 1, message="dead letter")
     broker.join("quiet", timeout=30_000)
     assert "4111-1111" not in caplog.text

@@ -20,8 +20,8 @@ from chi_redis.consumer import StreamsConsumer
 
 from .rt import Recorder, Runtime, drained, wait_until
 
-LEASE_MS = 600
-HANDLER_S = 1.8  # three leases
+LEASE_MS = 900
+HANDLER_S = 2.0  # more than two leases
 
 
 def _two_workers(rt: Runtime, starts: Recorder, done: Recorder) -> None:

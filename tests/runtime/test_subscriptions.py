@@ -22,18 +22,18 @@ from .rt import Recorder, Runtime, drained, stays, wait_until
 def test_sync_and_async_handlers_and_the_delivery_context(rt: Runtime) -> None:
     seen = Recorder()
 
-    @rt.bus.subscribe("sync-plain", types=["user.created"])
+    @rt.bus.subscribe("sync-plain", types=["member.created"])
     def plain(event: Event) -> None:
         seen.add(("sync", event.id, event.data["name"], None))
 
-    @rt.bus.subscribe("async-ctx", types=["user.created"])
+    @rt.bus.subscribe("async-ctx", types=["member.created"])
     async def with_ctx(event: Event, delivery: Delivery) -> None:
         await asyncio.sleep(0.01)
         seen.add(("async", event.id, event.data["name"], delivery))
 
     broker = rt.broker()
     rt.worker(broker)
-    event = Event(type="user.created", data={"name": "ada"}, metadata={"region": "eu"})
+    event = Event(type="member.created", data={"name": "ada"}, metadata={"region": "eu"})
     (sid,) = rt.publish(event)
     broker.join("sync-plain", timeout=30_000)
     broker.join("async-ctx", timeout=30_000)
@@ -43,7 +43,7 @@ def test_sync_and_async_handlers_and_the_delivery_context(rt: Runtime) -> None:
     eid, name, delivery = by_kind["async"]
     assert (eid, name) == (event.id, "ada")
     assert delivery == Delivery(subscription="async-ctx", attempt=1,
-                                stream=rt.bus.keys.stream("user"), entry_id=sid, replay=False)
+                                stream=rt.bus.keys.stream("member"), entry_id=sid, replay=False)
 
 
 def test_dedupe_runs_the_handler_once_per_event_id(rt: Runtime) -> None:
@@ -52,25 +52,25 @@ def test_dedupe_runs_the_handler_once_per_event_id(rt: Runtime) -> None:
     once = Recorder()
     twice = Recorder()
 
-    @rt.bus.subscribe("deduped", types=["user.created"], dedupe=True)
+    @rt.bus.subscribe("deduped", types=["member.created"], dedupe=True)
     def deduped(event: Event) -> None:
         once.add(event.id)
 
-    @rt.bus.subscribe("plain", types=["user.created"])
+    @rt.bus.subscribe("plain", types=["member.created"])
     def plain(event: Event) -> None:
         twice.add(event.id)
 
     broker = rt.broker()
     rt.worker(broker)
-    event = Event(type="user.created", data={"n": 1})
+    event = Event(type="member.created", data={"n": 1})
     (sid,) = rt.publish(event)
     wait_until(lambda: len(once) == 1 and len(twice) == 1, message="first delivery")
-    stream = rt.bus.keys.stream("user")
+    stream = rt.bus.keys.stream("member")
     entries: Any = rt.client.xrange(stream, sid, sid)
     ((_, copy),) = entries
     rt.client.xadd(stream, copy)  # a duplicate entry, as after a retried XADD
     wait_until(lambda: len(twice) == 2, message="the copy reached the plain subscription")
-    wait_until(lambda: drained(rt.client, rt.bus, "deduped", ["user"]), message="copy acked")
+    wait_until(lambda: drained(rt.client, rt.bus, "deduped", ["member"]), message="copy acked")
     assert once.items() == [event.id]
     assert twice.items() == [event.id, event.id]
 
@@ -86,35 +86,35 @@ def test_filters_and_non_matching_entries_are_acked(rt: Runtime) -> None:
 
         rt.bus.subscribe(name, **kw)(handle)
 
-    sub("user-star", types=["user.*"])  # one segment: not user.profile.updated
+    sub("member-star", types=["member.*"])  # one segment: not member.profile.updated
     sub("star-created", types=["*.created"])  # any topic, one segment
-    sub("eu-orders", types=["order.*"], filter=metadata(region="eu"))
-    sub("combo", topics=["order"], filter=any_of(
-        metadata(vip=True), all_of(type_is("order.paid"), not_(metadata(region="us")))))
+    sub("eu-carts", types=["cart.*"], filter=metadata(region="eu"))
+    sub("combo", topics=["cart"], filter=any_of(
+        metadata(vip=True), all_of(type_is("cart.paid"), not_(metadata(region="us")))))
     broker = rt.broker()
     rt.worker(broker)
     events = [
-        Event(type="user.created", data={"n": 0}),
-        Event(type="user.deleted", data={"n": 1}, metadata={"region": "eu"}),
-        Event(type="user.profile.updated", data={"n": 2}),
-        Event(type="user.profile.created", data={"n": 3}),
-        Event(type="order.created", data={"n": 4}, metadata={"region": "eu"}),
-        Event(type="order.paid", data={"n": 5}, metadata={"region": "us"}),
-        Event(type="order.paid", data={"n": 6}, metadata={"region": "eu"}),
-        Event(type="order.created", data={"n": 7}, metadata={"vip": True, "region": "us"}),
-        Event(type="order.created", data={"n": 8}, metadata={"vip": "true"}),  # not bool True
-        Event(type="order.paid", data={"n": 9}),
+        Event(type="member.created", data={"n": 0}),
+        Event(type="member.deleted", data={"n": 1}, metadata={"region": "eu"}),
+        Event(type="member.profile.updated", data={"n": 2}),
+        Event(type="member.profile.created", data={"n": 3}),
+        Event(type="cart.created", data={"n": 4}, metadata={"region": "eu"}),
+        Event(type="cart.paid", data={"n": 5}, metadata={"region": "us"}),
+        Event(type="cart.paid", data={"n": 6}, metadata={"region": "eu"}),
+        Event(type="cart.created", data={"n": 7}, metadata={"vip": True, "region": "us"}),
+        Event(type="cart.created", data={"n": 8}, metadata={"vip": "true"}),  # not bool True
+        Event(type="cart.paid", data={"n": 9}),
         Event(type="ship.created", data={"n": 10}),
     ]
     rt.publish(*events)
-    bound = {"user-star": ["user"], "star-created": ["user", "order", "ship"],
-             "eu-orders": ["order"], "combo": ["order"]}
+    bound = {"member-star": ["member"], "star-created": ["member", "cart", "ship"],
+             "eu-carts": ["cart"], "combo": ["cart"]}
     for name, topics in bound.items():
         wait_until(partial(drained, rt.client, rt.bus, name, topics), message=f"{name} drained")
         broker.join(name, timeout=30_000)
-    assert sorted(got["user-star"].items()) == [0, 1]
+    assert sorted(got["member-star"].items()) == [0, 1]
     assert sorted(got["star-created"].items()) == [0, 4, 7, 8, 10]
-    assert sorted(got["eu-orders"].items()) == [4, 6]
+    assert sorted(got["eu-carts"].items()) == [4, 6]
     assert sorted(got["combo"].items()) == [6, 7, 9]
 
 
@@ -162,14 +162,14 @@ def test_fan_out_is_exact(rt: Runtime) -> None:
     counts: Counter[tuple[str, str]] = Counter()
     lock = threading.Lock()
     rules: dict[str, Callable[[str], bool]] = {
-        "fan-user-created": lambda t: t == "user.created",
-        "fan-order-glob": lambda t: t.startswith("order."),
+        "fan-member-created": lambda t: t == "member.created",
+        "fan-cart-glob": lambda t: t.startswith("cart."),
         "fan-any-created": lambda t: t.endswith(".created"),
         "fan-payment-topic": lambda t: t.startswith("payment."),
     }
     kwargs: dict[str, dict[str, Any]] = {
-        "fan-user-created": {"types": ["user.created"]},
-        "fan-order-glob": {"types": ["order.*"]},
+        "fan-member-created": {"types": ["member.created"]},
+        "fan-cart-glob": {"types": ["cart.*"]},
         "fan-any-created": {"types": ["*.created"]},
         "fan-payment-topic": {"topics": ["payment"]},
     }
@@ -183,7 +183,7 @@ def test_fan_out_is_exact(rt: Runtime) -> None:
         rt.bus.subscribe(name, **kw)(handler(name))
     broker = rt.broker()
     rt.worker(broker, threads=4)
-    types = ["user.created", "user.updated", "order.created", "order.paid", "payment.created",
+    types = ["member.created", "member.updated", "cart.created", "cart.paid", "payment.created",
              "payment.failed", "ship.created"]
     rng = random.Random(3)
     events = [Event(type=rng.choice(types), data={"i": i}) for i in range(2000)]

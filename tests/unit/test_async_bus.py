@@ -41,7 +41,7 @@ def run(
     return asyncio.run(main())
 
 
-def ev(i: int, type_: str = "user.created") -> Event:
+def ev(i: int, type_: str = "user.signed_up") -> Event:
     return Event(type=type_, data={"i": i})
 
 
@@ -76,7 +76,7 @@ def test_idempotent_publish(
 def test_publish_batch_preserves_order(
     fake_server: fakeredis.FakeServer, fake_client: redis.Redis, namespace: str
 ) -> None:
-    events = [ev(i, "user.created" if i % 3 else "order.created") for i in range(700)]
+    events = [ev(i, "user.signed_up" if i % 3 else "order.placed") for i in range(700)]
     ids = run(lambda bus: bus.publish_batch(events, chunk_size=50), fake_server, namespace)
     assert len(ids) == 700
     sync = EventBus(fake_client, namespace=namespace)
@@ -116,9 +116,9 @@ def test_oversize_event_is_rejected_before_redis(
 ) -> None:
     async def publish_big(bus: AsyncEventBus) -> None:
         with pytest.raises(PayloadTooLargeError):
-            await bus.publish(Event(type="user.created", data="x" * 5000))
+            await bus.publish(Event(type="user.signed_up", data="x" * 5000))
         with pytest.raises(PayloadTooLargeError):
-            await bus.publish_batch([ev(1), Event(type="user.created", data="x" * 5000)])
+            await bus.publish_batch([ev(1), Event(type="user.signed_up", data="x" * 5000)])
 
     run(publish_big, fake_server, namespace, max_event_bytes=4096)
     assert list(fake_client.scan_iter(match=f"{namespace}:*")) == []

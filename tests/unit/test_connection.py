@@ -84,7 +84,7 @@ def test_wrong_url_gives_redis_unavailable_quickly() -> None:
     )
     started = time.monotonic()
     with pytest.raises(RedisUnavailableError) as info:
-        bus.publish(Event(type="user.created", data={}))
+        bus.publish(Event(type="user.signed_up", data={}))
     assert time.monotonic() - started < 20  # generous: refused connections fail at once
     assert f"127.0.0.1:{port}" in str(info.value)
     assert_no_canary(full_text(info.value))
@@ -92,7 +92,7 @@ def test_wrong_url_gives_redis_unavailable_quickly() -> None:
     with pytest.raises(RedisUnavailableError):
         bus.store.load("anything")
     with pytest.raises(PublishError) as batch:
-        bus.publish_batch([Event(type="user.created", data={}) for _ in range(3)])
+        bus.publish_batch([Event(type="user.signed_up", data={}) for _ in range(3)])
     assert batch.value.written == {} and batch.value.failed == [0, 1, 2]
     assert isinstance(batch.value.cause, RedisUnavailableError)
     assert_no_canary(full_text(batch.value))
@@ -125,7 +125,7 @@ def test_wrong_password_gives_redis_auth_error_without_the_password(
             f"redis://default:{quote(CANARY, safe='')}@127.0.0.1:{server.port}/0", namespace="t"
         )
         with pytest.raises(RedisAuthError) as info:
-            bus.publish(Event(type="user.created", data={}))
+            bus.publish(Event(type="user.signed_up", data={}))
         assert "authentication failed" in str(info.value)
         for text in (full_text(info.value), repr(bus), caplog.text):
             assert_no_canary(text)
@@ -135,7 +135,7 @@ def test_wrong_password_gives_redis_auth_error_without_the_password(
 
         anonymous = EventBus.from_url(server.url, namespace="t")
         with pytest.raises(RedisAuthError) as info:
-            anonymous.publish(Event(type="user.created", data={}))
+            anonymous.publish(Event(type="user.signed_up", data={}))
         assert "no credentials" in str(info.value) or "authentication" in str(info.value)
         anonymous.close()
 
@@ -150,7 +150,7 @@ def test_full_redis_gives_redis_full_error_and_nothing_half_written(tmp_path: Pa
         written = 0
         with pytest.raises(PublishError) as info:
             for _ in range(10_000):
-                batch = [Event(type="user.created", data=payload) for _ in range(20)]
+                batch = [Event(type="user.signed_up", data=payload) for _ in range(20)]
                 ids = bus.publish_batch(batch)
                 written += len(ids)
         assert isinstance(info.value.cause, RedisFullError)
@@ -158,11 +158,11 @@ def test_full_redis_gives_redis_full_error_and_nothing_half_written(tmp_path: Pa
         written += len(info.value.written)
         with pytest.raises(RedisFullError):
             for _ in range(1000):  # memory may dip for a moment; it will not last
-                bus.publish(Event(type="user.created", data=payload))
+                bus.publish(Event(type="user.signed_up", data=payload))
                 written += 1
         with pytest.raises(RedisFullError):
             for _ in range(1000):
-                bus.store.store(Event(type="user.created", data=payload))
+                bus.store.store(Event(type="user.signed_up", data=payload))
                 written += 1
         with server.client() as admin:
             stream, index, ids = (

@@ -23,7 +23,7 @@ from chi_redis.scripts import script
 NO_RETRY = RetryPolicy(attempts=1)
 
 
-def ev(i: int = 0, type_: str = "user.created", **kw: Any) -> Event:
+def ev(i: int = 0, type_: str = "user.signed_up", **kw: Any) -> Event:
     return Event(type=type_, data={"i": i}, **kw)
 
 
@@ -39,7 +39,7 @@ def test_publish_returns_the_stream_id_and_writes_entry_index_and_lookup(
     entries = client.xrange(k.stream("user"))
     assert [e[0].decode() for e in entries] == [sid]
     fields = entries[0][1]
-    assert fields[b"id"] == event.id.encode() and fields[b"type"] == b"user.created"
+    assert fields[b"id"] == event.id.encode() and fields[b"type"] == b"user.signed_up"
     assert b"arc" not in fields
     assert client.zscore(k.index("user"), sid) == event.timestamp_us
     assert client.hget(k.ids(), event.id) == f"user {sid}".encode()
@@ -68,8 +68,8 @@ def test_idempotency_key_returns_the_first_stream_id(bus: EventBus, client: redi
 
 
 def test_idempotency_keys_are_scoped_per_topic(bus: EventBus, client: redis.Redis) -> None:
-    bus.publish(ev(1, "user.created"), idempotency_key="k")
-    bus.publish(ev(2, "order.created"), idempotency_key="k")
+    bus.publish(ev(1, "user.signed_up"), idempotency_key="k")
+    bus.publish(ev(2, "order.placed"), idempotency_key="k")
     assert client.xlen(bus.keys.stream("user")) == 1
     assert client.xlen(bus.keys.stream("order")) == 1
 
@@ -96,7 +96,7 @@ def test_invalid_idempotency_key_is_rejected_before_redis(
 
 
 def test_publish_batch_preserves_order_across_topics(bus: EventBus, client: redis.Redis) -> None:
-    types = ["user.created", "order.created", "user.updated", "billing.paid"]
+    types = ["user.signed_up", "order.placed", "user.renamed", "billing.paid"]
     events = [ev(i, types[i % 4]) for i in range(1234)]
     ids = bus.publish_batch(events, chunk_size=100)
     assert len(ids) == len(events)
@@ -116,7 +116,7 @@ def test_publish_batch_validates_everything_before_sending(
     bus: EventBus, client: redis.Redis
 ) -> None:
     events: list[Any] = [ev(i) for i in range(10)]
-    events.insert(5, {"type": "user.created"})
+    events.insert(5, {"type": "user.signed_up"})
     with CommandCounter(client) as counter, pytest.raises(ValidationError) as info:
         bus.publish_batch(events)
     assert info.value.field == "events[5]"

@@ -22,14 +22,14 @@ def inject_garbage(bus: EventBus, client: redis.Redis, fields: dict[str, bytes])
 
 
 GARBAGE = {
-    "bad msgpack": {"id": b"bad-event", "type": b"user.created", "ts": b"1", "data": b"\xc1"},
+    "bad msgpack": {"id": b"bad-event", "type": b"user.signed_up", "ts": b"1", "data": b"\xc1"},
     "deep nesting": {
         "id": b"bad-event",
-        "type": b"user.created",
+        "type": b"user.signed_up",
         "ts": b"1",
         "data": b"\x91" * 100_000,
     },
-    "no data": {"id": b"bad-event", "type": b"user.created", "ts": b"1"},
+    "no data": {"id": b"bad-event", "type": b"user.signed_up", "ts": b"1"},
     "no type": {"id": b"bad-event", "ts": b"1", "data": b"\xc0"},
 }
 
@@ -38,7 +38,7 @@ GARBAGE = {
 def test_undecodable_entry_gives_decode_error_from_every_query(
     name: str, bus: EventBus, client: redis.Redis
 ) -> None:
-    bus.publish(Event(type="user.created", data={}, timestamp=T0))
+    bus.publish(Event(type="user.signed_up", data={}, timestamp=T0))
     sid = inject_garbage(bus, client, GARBAGE[name])
     stream = bus.keys.stream("user")
     queries = [
@@ -46,7 +46,7 @@ def test_undecodable_entry_gives_decode_error_from_every_query(
         lambda: bus.store.load_by_topic("user"),
         lambda: bus.store.page_by_topic("user"),
         lambda: bus.store.load_by_time_range(T0, T0),
-        lambda: bus.store.load_by_time_range(T0, T0, types=["user.created"]),
+        lambda: bus.store.load_by_time_range(T0, T0, types=["user.signed_up"]),
     ]
     for query in queries:
         with pytest.raises(DecodeError) as info:
@@ -59,7 +59,7 @@ def test_index_members_whose_entries_are_gone_are_skipped(
     bus: EventBus, client: redis.Redis
 ) -> None:
     events = [
-        Event(type="user.created", data={"i": i}, timestamp=T0 + timedelta(seconds=i))
+        Event(type="user.signed_up", data={"i": i}, timestamp=T0 + timedelta(seconds=i))
         for i in range(5)
     ]
     ids = bus.publish_batch(events)
@@ -74,7 +74,7 @@ def test_backfilled_events_far_from_their_neighbours_are_found(
 ) -> None:
     # Stream order and event-time order disagree: the span fetch misses, one-by-one finds.
     events = [
-        Event(type="user.created", data={"i": i}, timestamp=T0 + timedelta(days=i % 2))
+        Event(type="user.signed_up", data={"i": i}, timestamp=T0 + timedelta(days=i % 2))
         for i in range(200)
     ]
     bus.publish_batch(events)
@@ -85,7 +85,7 @@ def test_backfilled_events_far_from_their_neighbours_are_found(
 def test_store_writes_archive_entries_with_the_same_indexes(
     bus: EventBus, client: redis.Redis
 ) -> None:
-    event = Event(type="order.created", data={"x": 1}, timestamp=T0)
+    event = Event(type="order.placed", data={"x": 1}, timestamp=T0)
     sid = bus.store.store(event)
     k = bus.keys
     assert client.xrange(k.stream("order"))[0][1][b"arc"] == b"1"
@@ -95,7 +95,7 @@ def test_store_writes_archive_entries_with_the_same_indexes(
 
 
 def test_delete_removes_entry_index_member_and_lookup(bus: EventBus, client: redis.Redis) -> None:
-    event = Event(type="order.created", data={"x": 1}, timestamp=T0)
+    event = Event(type="order.placed", data={"x": 1}, timestamp=T0)
     bus.publish(event)
     assert bus.store.delete(event.id)
     k = bus.keys
