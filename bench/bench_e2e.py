@@ -1,7 +1,7 @@
 """chi-redis end to end: publish N events, wait until a no-op subscription handled them all.
 
-  chi.e2e.procs1.threads4   one `dramatiq chi_redis.worker` process × 4 threads
-  chi.e2e.procs2.threads4   two worker processes × 4 threads (the issue's target: ≥14,400/s)
+  chi.e2e.procs1.threads4   one `dramatiq chi_redis.worker` process x 4 threads
+  chi.e2e.procs2.threads4   two worker processes x 4 threads (the issue's target: ≥14,400/s)
   chi.consume.procs2.threads4  the same, events published before the workers start
   chi.latency_p50_ms/_p99_ms   publish→handler start at 1,000 events/s for 5 s
 
@@ -36,7 +36,7 @@ import redis  # noqa: E402
 from chi_redis import Event, EventBus  # noqa: E402
 
 try:
-    from common import base_args, measured, percentiles, report, report_value  # noqa: E402
+    from common import base_args, measured, percentiles, report, report_value
 except ImportError:  # pragma: no cover - standalone without the peers folder
     raise SystemExit("needs /work/shared/peers/common.py on the path") from None
 
@@ -142,7 +142,9 @@ def raw_baseline(args: object, r: redis.Redis) -> None:
     report("chi.baseline.raw_xreadgroup_e2e", n, m)
 
 
-def latency(args: object, bus: EventBus, r: redis.Redis, rate: int = 1000, seconds: float = 5.0) -> None:
+def latency(
+    args: object, bus: EventBus, r: redis.Redis, rate: int = 1000, seconds: float = 5.0
+) -> None:
     url = f"redis://{args.host}:{args.port}/0"  # type: ignore[attr-defined]
     key = f"{NS}:bench:latency"
     r.delete(key)

@@ -166,7 +166,7 @@ class EventBus:
         *,
         types: list[str] | tuple[str, ...] = (),
         topics: list[str] | tuple[str, ...] = (),
-        filter: Filter | None = None,  # noqa: A002 - the documented parameter name
+        filter: Filter | None = None,
         priority: int = 0,
         max_retries: int = 5,
         min_backoff_ms: int = 1_000,
@@ -209,7 +209,9 @@ class EventBus:
         for sub in self.subscriptions.values():
             broker.declare_subscription(sub)
 
-    def dead_letters(self, sub: str, *, after: str | None = None, count: int = 100) -> list[DeadLetter]:
+    def dead_letters(
+        self, sub: str, *, after: str | None = None, count: int = 100
+    ) -> list[DeadLetter]:
         """Dead letters of subscription ``sub``, oldest first."""
         from .dlq import list_dead_letters
 

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import dramatiq
 import pytest
 import redis
+from helpers import wait_until
 
 from chi_redis import Event, EventBus
 from chi_redis.broker import BrokerOptions, StreamsBroker
-from helpers import wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -105,7 +105,9 @@ def test_callbacks_run_on_success_and_failure(bus: EventBus, broker: StreamsBrok
     assert [d.reason for d in bus.dead_letters("tasks")] == ["retries_exhausted"]
 
 
-def test_plain_tasks_and_subscriptions_share_one_broker(bus: EventBus, broker: StreamsBroker) -> None:
+def test_plain_tasks_and_subscriptions_share_one_broker(
+    bus: EventBus, broker: StreamsBroker
+) -> None:
     done: list[str] = []
 
     @bus.subscribe("greeter", types=["user.created"])
