@@ -139,7 +139,7 @@ def test_higher_priority_runs_first_among_prefetched_messages(rt: Runtime) -> No
         order.add(("high", event.data["n"]))
 
     broker = rt.broker()
-    rt.worker(broker, threads=1)
+    worker = rt.worker(broker, threads=1)
     rt.publish(Event(type="job.low", data={"n": 0}))
     assert busy.wait(30), "the worker thread took the first entry"
     rt.publish(*(Event(type="job.low", data={"n": i}) for i in range(1, 4)))
@@ -147,6 +147,9 @@ def test_higher_priority_runs_first_among_prefetched_messages(rt: Runtime) -> No
     states = broker.states
     wait_until(lambda: len(states["low"].inflight) == 2 and len(states["high"].inflight) == 2,
                message="both subscriptions prefetched while the thread is busy")
+    # Prefetched means handed to the Worker's priority queue, not just read from Redis.
+    wait_until(lambda: worker.work_queue.qsize() == 3,
+               message="low 1, high 1 and high 2 waiting in the Worker's queue")
     gate.set()
     broker.join("low", timeout=30_000)
     broker.join("high", timeout=30_000)
