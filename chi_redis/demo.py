@@ -1,15 +1,22 @@
-"""A five-minute tour of publishing and querying: ``python -m chi_redis.demo``.
+"""A five-minute tour: ``python -m chi_redis.demo``.
 
 Publishes a few typed events (the seed's ``UserCreated`` / ``OrderCreated``), a batch and a
-buffered async stream, then queries them back by id, by topic and by time.  Everything lives
-under the ``demo`` namespace (``--namespace``) and is deleted at the end (``--keep`` keeps it).
+buffered async stream, queries them back by id, by topic and by time, then runs the example
+handlers (``handlers/``) in a real ``dramatiq chi_redis.worker`` process: a welcome mail, two
+audits, order bookkeeping, a security alert, and a poison order that ends in the dead
+letters.  Everything lives under the ``demo`` namespace (``--namespace``) and is deleted at
+the end (``--keep`` keeps it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 
 import click
@@ -112,6 +119,61 @@ def query(bus: EventBus, user: Event) -> None:
     click.echo(f"topics: {', '.join(store.topics())}")
 
 
+def _wait(check: object, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def run_handlers(bus: EventBus, redis_url: str) -> None:
+    """Start the example worker, publish the seed's events, show what the handlers did."""
+    click.echo("\n== subscriptions: the example handlers in a real worker process")
+    ns = bus.namespace
+    env = {**os.environ, "CHI_REDIS_URL": redis_url, "CHI_NAMESPACE": ns}
+    cmd = [sys.executable, "-m", "dramatiq", "chi_redis.worker", "handlers.worker",
+           "--processes", "1", "--threads", "2"]
+    click.echo("$ " + " ".join(["dramatiq", *cmd[3:]]))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    client = bus.client
+    try:
+        if not _wait(lambda: client.hlen(bus.keys.subs()) >= 5, 60):
+            click.echo("the worker did not start within 60 s", err=True)
+            return
+        bus.publish_batch([
+            Event.of(UserCreated(user_id="u-9", email="grace@example.com", name="Grace")),
+            Event.of(OrderCreated(order_id="o-9", user_id="u-9", amount_cents=990)),
+            Event(type="security.login_failed", data={"user_id": "u-9", "ip": "192.0.2.7"}),
+            Event.of(OrderCreated(order_id="o-bad", user_id="u-9", amount_cents=-1)),
+        ])
+        mail_key, audit_key = f"{ns}:app:mail", f"{ns}:app:audit"
+        _wait(lambda: client.llen(mail_key) >= 1 and client.llen(audit_key) >= 5, 60)
+        for raw in client.lrange(mail_key, 0, -1):
+            mail = msgspec.json.decode(raw)
+            click.echo(f"welcome-email   sent {mail['subject']!r} to {mail['to']}")
+        for raw in client.lrange(audit_key, 0, -1):
+            line = msgspec.json.decode(raw)
+            click.echo(f"{line['by']:<15} recorded {line['type']}")
+        total = client.hget(f"{ns}:app:orders", "u-9")
+        click.echo(f"order-processor booked {int(total or 0)} cents for u-9")
+        click.echo("order o-bad (negative amount) fails; retried with backoff, then ...")
+        if _wait(lambda: bus.dead_letters("order-processor"), 90):
+            dead = bus.dead_letters("order-processor")[0]
+            click.echo(f"dead letter {dead.id}: {dead.reason} after {dead.attempts} attempts,"
+                       f" {dead.error_type}: {dead.error}")
+            click.echo("inspect: chi-redis dlq list order-processor --namespace " + ns)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def cleanup(bus: EventBus) -> int:
     """Delete the demo's keys (SCAN on the namespace's own prefix, never KEYS)."""
 
@@ -128,7 +190,9 @@ def cleanup(bus: EventBus) -> int:
 @click.option("--redis-url", envvar="CHI_REDIS_URL", default=DEFAULT_URL, show_default=True)
 @click.option("--namespace", default="demo", show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the demo's keys in Redis.")
-def main(redis_url: str, namespace: str, keep: bool) -> None:
+@click.option("--handlers/--no-handlers", default=True, show_default=True,
+              help="Run the example handlers in a real worker process.")
+def main(redis_url: str, namespace: str, keep: bool, handlers: bool) -> None:
     """Publish a few events and query them back."""
     event_type("user.created")(UserCreated)
     event_type("order.created")(OrderCreated)
@@ -139,6 +203,8 @@ def main(redis_url: str, namespace: str, keep: bool) -> None:
             user = publish(bus)
             asyncio.run(publish_buffered(redis_url, namespace))
             query(bus, user)
+            if handlers:
+                run_handlers(bus, redis_url)
         finally:
             if keep:
                 click.echo(f"\nkept the keys under {namespace}:*")

@@ -56,7 +56,7 @@ def register(bus: EventBus, mailer: FakeMailer, audit: AuditLog) -> None:
     def created_audit(event: Event) -> None:
         audit.record("created-audit", event)
 
-    @bus.subscribe("order-processor", types=["order.created"], max_retries=3)
+    @bus.subscribe("order-processor", types=["order.created"], max_retries=3, min_backoff_ms=500)
     def process_order(event: Event) -> None:
         order = event.data
         if not isinstance(order, OrderCreated):

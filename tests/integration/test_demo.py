@@ -29,7 +29,7 @@ def test_demo_runs_and_cleans_up(real_client: redis.Redis, namespace: str) -> No
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         env=env,
         check=False,
     )
@@ -40,6 +40,11 @@ def test_demo_runs_and_cleans_up(real_client: redis.Redis, namespace: str) -> No
     assert "100 written, 0 failed" in out
     assert "-> UserCreated" in out
     assert "OrderCreated(order_id='o-1'" in out
+    # the example handlers ran in a real worker process
+    assert "welcome-email   sent 'Welcome!' to grace@example.com" in out
+    assert "security-alerts recorded security.login_failed" in out
+    assert "order-processor booked 990 cents for u-9" in out
+    assert "dead letter" in out and "ValueError: order o-bad has a negative amount" in out
     assert f"keys under {namespace}:*" in out
     assert keys_of(real_client, namespace) == []
 
