@@ -228,10 +228,7 @@ class StreamsBroker(dramatiq.Broker):
         )
 
     def _eval(self, s: Any, keys: list[str], argv: list[Any]) -> Any:
-        try:
-            return self.client.evalsha(s.sha, len(keys), *keys, *argv)
-        except rex.NoScriptError:
-            return self.client.eval(s.source, len(keys), *keys, *argv)
+        return s.run(self.client, keys, argv)
 
     def get_declared_queues(self) -> set[str]:
         return set(self.queues)

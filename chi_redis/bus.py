@@ -90,10 +90,7 @@ class EventBus:
 
     # publishing ---------------------------------------------------------------------
     def _evalsha(self, keys: list[str], argv: list[Any]) -> list[bytes]:
-        try:
-            return self.client.evalsha(self._publish.sha, len(keys), *keys, *argv)  # type: ignore[no-any-return]
-        except rex.NoScriptError:
-            return self.client.eval(self._publish.source, len(keys), *keys, *argv)  # type: ignore[no-any-return]
+        return self._publish.run(self.client, keys, argv)  # type: ignore[no-any-return]
 
     def publish(self, event: Event, *, idempotency_key: str | None = None) -> str:
         """Append ``event`` to its topic stream and index it; returns the stream id.

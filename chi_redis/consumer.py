@@ -551,10 +551,7 @@ class StreamsConsumer(dramatiq.Consumer):
                     self._eval(self._delcons, [stream], [self.queue, name])
 
     def _eval(self, s: Any, keys: list[str], argv: list[Any]) -> Any:
-        try:
-            return self.client.evalsha(s.sha, len(keys), *keys, *argv)
-        except rex.NoScriptError:
-            return self.client.eval(s.source, len(keys), *keys, *argv)
+        return s.run(self.client, keys, argv)
 
 
 def _exception_types(

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import msgspec
-import redis.exceptions as rex
 
 from .encoder import decode_message, encode_message
 from .errors import NotFoundError, scrub
@@ -200,10 +199,7 @@ def redrive(bus: EventBus, sub: str, ids: list[str] | None = None) -> int:
 
 
 def _eval(bus: EventBus, s: Any, keys: list[str], argv: list[Any]) -> Any:
-    try:
-        return bus.client.evalsha(s.sha, len(keys), *keys, *argv)
-    except rex.NoScriptError:
-        return bus.client.eval(s.source, len(keys), *keys, *argv)
+    return s.run(bus.client, keys, argv)
 
 
 def purge(bus: EventBus, sub: str, *, before_ms: int | None = None) -> int:

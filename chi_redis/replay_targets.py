@@ -80,13 +80,8 @@ _MSGPACK = msgspec.msgpack.Encoder()
 
 
 def _run(bus: EventBus, s: Script, keys: list[str], argv: list[Any]) -> Any:
-    client = bus.client
-
     def call() -> Any:
-        try:
-            return client.evalsha(s.sha, len(keys), *keys, *argv)
-        except rex.NoScriptError:
-            return client.eval(s.source, len(keys), *keys, *argv)
+        return s.run(bus.client, keys, argv)
 
     # Never retried: after a lost reply a retry would deliver twice.  The checkpoint tells
     # a rerun where the replay really stopped.

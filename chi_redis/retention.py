@@ -19,8 +19,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-import redis.exceptions as rex
-
 from .config import Config, RetentionPolicy
 from .errors import ValidationError
 from .names import validate_name
@@ -113,15 +111,7 @@ def _server_ms(bus: EventBus) -> int:
 
 def _eval(bus: EventBus, keys: list[str], argv: list[Any]) -> Any:
     s = script("trim")
-    client = bus.client
-
-    def run() -> Any:
-        try:
-            return client.evalsha(s.sha, len(keys), *keys, *argv)
-        except rex.NoScriptError:
-            return client.eval(s.source, len(keys), *keys, *argv)
-
-    return bus.call(run)
+    return bus.call(lambda: s.run(bus.client, keys, argv))
 
 
 def trim_topic(bus: EventBus, topic: str, policy: Policy, *, chunk: int = CHUNK) -> TrimResult:

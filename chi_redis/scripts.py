@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
+from typing import Any
+
+import redis.exceptions as rex
 
 __all__ = ["Script", "script"]
 
@@ -21,6 +25,14 @@ class Script:
 
     def __repr__(self) -> str:
         return f"Script({self.name!r})"
+
+    def run(self, client: Any, keys: Sequence[Any], argv: Sequence[Any]) -> Any:
+        """EVALSHA on ``client``; EVAL when the server does not know the script yet (first
+        use, or after a restart or SCRIPT FLUSH)."""
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *argv)
+        except rex.NoScriptError:
+            return client.eval(self.source, len(keys), *keys, *argv)
 
 
 @cache

@@ -8,7 +8,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
-import redis.exceptions as rex
 
 from ..errors import PublishError
 from ..event import Event
@@ -65,15 +64,7 @@ class RedisEventStore:
         )
 
     def _script(self, s: Any, keys: list[str], args: list[Any]) -> Any:
-        client = self.bus.client
-
-        def run() -> Any:
-            try:
-                return client.evalsha(s.sha, len(keys), *keys, *args)
-            except rex.NoScriptError:  # first use, or after a restart or SCRIPT FLUSH
-                return client.eval(s.source, len(keys), *keys, *args)
-
-        return self._r(run)
+        return self._r(lambda: s.run(self.bus.client, keys, args))
 
     # EventStore -----------------------------------------------------------------------
     def store(self, event: Event) -> str:
