@@ -16,9 +16,8 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import dramatiq.worker
 import pytest
 import redis
 from click.testing import CliRunner, Result
+from helpers import skip_or_fail, wait_until
 
 from chi_redis import Event, EventBus
 from chi_redis.broker import BrokerOptions, StreamsBroker
@@ -39,29 +39,7 @@ CHI = Path(sys.executable).parent / "chi-redis"
 FAST = {"lease_ms": 1500, "reclaim_interval_ms": 200, "block_ms": 100}
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-
-def skip_or_fail(reason: str) -> None:
-    """Skip locally; fail when CI=true (the real-server tests are required there)."""
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: required)")
-    pytest.skip(reason)
-
-
-def wait_until(
-    condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02,
-    message: str = "condition",
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
-        time.sleep(interval)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq
-import pytest
 import redis
+from helpers import skip_or_fail, wait_until
 
 from chi_redis import Event, EventBus
 from chi_redis.broker import BrokerOptions, StreamsBroker
@@ -34,30 +34,7 @@ REDIS_URL = os.environ.get("CHI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 FAST = {"lease_ms": 1500, "reclaim_interval_ms": 200, "block_ms": 100}
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-
-def skip_or_fail(reason: str) -> None:
-    """Skip locally; fail when CI=true (the real-server tests are required there)."""
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: required)")
-    pytest.skip(reason)
-
-
-def wait_until(
-    condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02,
-    message: str = "condition",
-) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
-        time.sleep(interval)
 
 
 def stays(condition: Callable[[], Any], seconds: float, interval: float = 0.05) -> bool:
