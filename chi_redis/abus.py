@@ -20,7 +20,14 @@ from .connection import DEFAULT_URL, RetryPolicy, acall_with_retry, client_url, 
 from .errors import ChiError, PublishError
 from .event import Event
 from .keys import Keys
-from .publisher import DEFAULT_CHUNK, DEFAULT_IDEMPOTENCY_TTL_MS, Call, pack, partial_failure
+from .publisher import (
+    DEFAULT_CHUNK,
+    DEFAULT_IDEMPOTENCY_TTL_MS,
+    Call,
+    pack,
+    partial_failure,
+    split_bus_options,
+)
 from .scripts import script
 
 __all__ = ["AsyncEventBus"]
@@ -62,11 +69,7 @@ class AsyncEventBus:
         cls, url: str = DEFAULT_URL, *, namespace: str = "chi", **options: Any
     ) -> AsyncEventBus:
         """A bus on a new ``redis.asyncio`` client for ``url``; options as for EventBus."""
-        bus_opts = {
-            k: options.pop(k)
-            for k in ("encoding", "max_event_bytes", "idempotency_ttl_ms", "retry")
-            if k in options
-        }
+        bus_opts = split_bus_options(options)
         return cls(connect_async(url, **options), namespace=namespace, **bus_opts)
 
     def __repr__(self) -> str:

@@ -15,7 +15,13 @@ from .connection import DEFAULT_URL, RetryPolicy, call_with_retry, client_url, c
 from .errors import ChiError, PublishError
 from .event import Event
 from .keys import Keys
-from .publisher import DEFAULT_CHUNK, DEFAULT_IDEMPOTENCY_TTL_MS, pack, partial_failure
+from .publisher import (
+    DEFAULT_CHUNK,
+    DEFAULT_IDEMPOTENCY_TTL_MS,
+    pack,
+    partial_failure,
+    split_bus_options,
+)
 from .scripts import script
 from .store.redis import RedisEventStore
 from .subscriptions import Subscription, SubscriptionOptions
@@ -65,11 +71,7 @@ class EventBus:
         cls, url: str = DEFAULT_URL, *, namespace: str = "chi", **options: Any
     ) -> EventBus:
         """A bus on a new client for ``url``; ``options`` go to :class:`EventBus`."""
-        bus_opts = {
-            k: options.pop(k)
-            for k in ("encoding", "max_event_bytes", "idempotency_ttl_ms", "retry")
-            if k in options
-        }
+        bus_opts = split_bus_options(options)
         return cls(connect(url, **options), namespace=namespace, **bus_opts)
 
     def __repr__(self) -> str:

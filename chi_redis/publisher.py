@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from .codec import Codec
 from .errors import ChiError, PublishError, ValidationError
@@ -16,6 +17,12 @@ DEFAULT_CHUNK = 500
 DEFAULT_IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 
 Call = tuple[list[str], list[bytes | str | int]]
+_BUS_OPTIONS = ("encoding", "max_event_bytes", "idempotency_ttl_ms", "retry")
+
+
+def split_bus_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Pop the bus's own options out of ``options``; what stays goes to the redis client."""
+    return {k: options.pop(k) for k in _BUS_OPTIONS if k in options}
 
 
 def _check_idempotency_key(idem: object) -> str:

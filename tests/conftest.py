@@ -23,7 +23,7 @@ from chi_redis import EventBus
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import delete_namespace, skip_or_fail
+from helpers import connect_real_redis, delete_namespace
 
 REAL = pytest.param("real", marks=pytest.mark.redis)
 
@@ -54,12 +54,7 @@ def fake_client(fake_server: fakeredis.FakeServer) -> Iterator[redis.Redis]:
 @pytest.fixture
 def real_client(namespace: str) -> Iterator[redis.Redis]:
     """A client of the shared real server; deletes ``<namespace>:*`` at teardown."""
-    client = redis.Redis.from_url(redis_url(), socket_connect_timeout=2, socket_timeout=30)
-    try:
-        client.ping()
-    except redis.exceptions.RedisError as exc:
-        client.close()
-        skip_or_fail(f"no redis-server at {redis_url()}: {type(exc).__name__}")
+    client = connect_real_redis(redis_url())
     try:
         yield client
     finally:

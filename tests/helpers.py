@@ -79,6 +79,17 @@ def keys_of(client: redis.Redis, namespace: str) -> list[bytes]:
     return sorted(client.scan_iter(match=f"{namespace}:*", count=1000))
 
 
+def connect_real_redis(url: str) -> redis.Redis:
+    """A client of the shared real server at ``url``; skips (fails in CI) if it is down."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=30)
+    try:
+        client.ping()
+    except redis.exceptions.RedisError as exc:
+        client.close()
+        skip_or_fail(f"no redis-server at {url}: {type(exc).__name__}")
+    return client
+
+
 def delete_namespace(client: redis.Redis, namespace: str) -> None:
     """Delete every key ``<namespace>:*``."""
     batch: list[bytes] = []

@@ -27,7 +27,7 @@ import dramatiq.worker
 import pytest
 import redis
 from click.testing import CliRunner, Result
-from helpers import skip_or_fail, wait_until
+from helpers import connect_real_redis, delete_namespace, skip_or_fail, wait_until
 
 from chi_redis import Event, EventBus
 from chi_redis.broker import BrokerOptions, StreamsBroker
@@ -55,12 +55,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def delete_ns(client: redis.Redis, ns: str) -> None:
-    keys = list(client.scan_iter(match=f"{ns}:*", count=1000))
-    for i in range(0, len(keys), 500):
-        client.delete(*keys[i : i + 500])
-
-
 @pytest.fixture
 def ns() -> str:
     return f"tc{uuid.uuid4().hex[:10]}"
@@ -68,16 +62,11 @@ def ns() -> str:
 
 @pytest.fixture
 def client(ns: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=30)
-    try:
-        c.ping()
-    except redis.RedisError as exc:
-        c.close()
-        skip_or_fail(f"no redis-server at {REDIS_URL}: {type(exc).__name__}")
+    c = connect_real_redis(REDIS_URL)
     try:
         yield c
     finally:
-        delete_ns(c, ns)
+        delete_namespace(c, ns)
         c.close()
 
 

@@ -19,8 +19,9 @@ import dramatiq.worker
 import fakeredis
 import pytest
 import redis
+from helpers import connect_real_redis, delete_namespace
 
-from .rt import REDIS_URL, Runtime, delete_ns, skip_or_fail
+from .rt import REDIS_URL, Runtime
 
 
 @pytest.fixture
@@ -30,16 +31,11 @@ def ns() -> str:
 
 @pytest.fixture
 def real_redis(ns: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=30)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        skip_or_fail(f"no redis-server at {REDIS_URL}: {type(exc).__name__}")
+    client = connect_real_redis(REDIS_URL)
     try:
         yield client
     finally:
-        delete_ns(client, ns)
+        delete_namespace(client, ns)
         client.close()
 
 

@@ -47,10 +47,6 @@ def stays(condition: Callable[[], Any], seconds: float, interval: float = 0.05) 
     return bool(condition())
 
 
-def delete_ns(client: redis.Redis, ns: str) -> None:
-    batch = list(client.scan_iter(match=f"{ns}:*", count=1000))
-    for i in range(0, len(batch), 500):
-        client.delete(*batch[i : i + 500])
 
 
 def _s(v: Any) -> str:

@@ -205,7 +205,8 @@ def test_requeue_on_shutdown_hands_prefetched_entries_to_another_worker(rt: Runt
     broker_b = rt.broker(bus_b, set_global=False, lease_ms=60_000)
     stopper = threading.Thread(target=rt.stop, args=(worker_a,))
     stopper.start()
-    time.sleep(0.2)
+    wait_until(lambda: not any(t.running for t in worker_a.workers),
+               message="A's worker threads told to stop")
     gate.set()  # A finishes its running entry, hands back the prefetched one, stops
     stopper.join(30)
     assert not stopper.is_alive()
