@@ -42,14 +42,14 @@ import msgspec  # noqa: E402
 import redis  # noqa: E402
 
 from chi_redis import Event, EventBus  # noqa: E402
-from chi_redis.replay import (  # noqa: E402
+from chi_redis.ops.replay import (  # noqa: E402
     PrintTarget,
     QueueTarget,
     ReplayOptions,
     replay,
 )
-from chi_redis.retention import Policy, trim_topic  # noqa: E402
-from chi_redis.stats import collect  # noqa: E402
+from chi_redis.ops.retention import Policy, trim_topic  # noqa: E402
+from chi_redis.ops.stats import collect  # noqa: E402
 
 NS = "benchreplay"
 PAYLOAD = {"order_id": 1, "amount": 129.95, "sku": "SKU-0042", "qty": 3}

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from .abus import AsyncEventBus
-from .buffered import BufferedPublisher
-from .bus import EventBus
-from .codec import Codec
-from .connection import RetryPolicy, connect
+from .backend.connection import RetryPolicy, connect
+from .backend.keys import Keys
 from .errors import (
     BufferFullError,
     ChiError,
@@ -22,8 +19,11 @@ from .errors import (
     RedisUnavailableError,
     ValidationError,
 )
-from .event import Event, event_type, new_event_id
-from .keys import Keys
+from .events.codec import Codec
+from .events.event import Event, event_type, new_event_id
+from .publish.aio import AsyncEventBus
+from .publish.buffered import BufferedPublisher
+from .publish.bus import EventBus
 from .store import EventStore
 from .store.memory import MemoryEventStore
 from .store.redis import RedisEventStore

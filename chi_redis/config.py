@@ -14,7 +14,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
-from .connection import DEFAULT_URL
+from .backend.connection import DEFAULT_URL
 from .errors import ConfigError
 
 __all__ = ["Config", "RetentionPolicy", "load_config"]

@@ -22,12 +22,12 @@ from datetime import UTC, datetime, timedelta
 import click
 import msgspec
 
-from .abus import AsyncEventBus
-from .buffered import BufferedPublisher
-from .bus import EventBus
-from .connection import DEFAULT_URL
+from .backend.connection import DEFAULT_URL
 from .errors import ChiError
-from .event import Event, event_type
+from .events.event import Event, event_type
+from .publish.aio import AsyncEventBus
+from .publish.buffered import BufferedPublisher
+from .publish.bus import EventBus
 
 
 class UserCreated(msgspec.Struct, kw_only=True):

@@ -18,11 +18,11 @@ import os
 
 import dramatiq
 
-from .broker import BrokerOptions, StreamsBroker
-from .bus import EventBus
+from .backend.connection import connect
 from .config import load_config
-from .connection import connect
-from .encoder import MsgpackEncoder
+from .publish.bus import EventBus
+from .runtime.broker import BrokerOptions, StreamsBroker
+from .runtime.encoder import MsgpackEncoder
 
 __all__ = ["broker", "bus", "config"]
 

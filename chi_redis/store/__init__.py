@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from ..event import Event
+from ..events.event import Event
 
 __all__ = ["EventStore"]
 

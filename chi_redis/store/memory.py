@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
-from ..event import Event, _to_us
-from ..names import validate_name
+from ..events.event import Event, _to_us
+from ..events.names import validate_name
 from .query import check_page, check_range, sort_key, type_matcher
 
 __all__ = ["MemoryEventStore"]

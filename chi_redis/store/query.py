@@ -6,8 +6,8 @@ from collections.abc import Callable
 from datetime import datetime
 
 from ..errors import ValidationError
-from ..event import Event, _to_us
-from ..names import compile_glob, validate_name
+from ..events.event import Event, _to_us
+from ..events.names import compile_glob, validate_name
 
 __all__ = ["check_range", "sort_key", "type_matcher"]
 

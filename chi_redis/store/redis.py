@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
+from ..backend.scripts import script
 from ..errors import PublishError
-from ..event import Event
-from ..names import validate_name
-from ..scripts import script
+from ..events.event import Event
+from ..events.names import validate_name
 from .query import check_page, check_range, sort_key, type_matcher
 
 if TYPE_CHECKING:
-    from ..bus import EventBus
+    from ..publish.bus import EventBus
 
 __all__ = ["RedisEventStore"]
 

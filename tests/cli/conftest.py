@@ -30,8 +30,8 @@ from click.testing import CliRunner, Result
 from helpers import connect_real_redis, delete_namespace, skip_or_fail, wait_until
 
 from chi_redis import Event, EventBus
-from chi_redis.broker import BrokerOptions, StreamsBroker
-from chi_redis.cli import cli as chi_cli
+from chi_redis.cli.main import cli as chi_cli
+from chi_redis.runtime.broker import BrokerOptions, StreamsBroker
 
 REDIS_URL = os.environ.get("CHI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import redis
 from click.testing import CliRunner
 
 from chi_redis import EventBus
-from chi_redis.cli import cli as chi_cli
+from chi_redis.cli.main import cli as chi_cli
 
 from .conftest import REDIS_URL, Cli, Sh, clean_env, free_port
 

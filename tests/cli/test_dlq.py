@@ -9,7 +9,7 @@ import time
 import redis
 
 from chi_redis import Event, EventBus
-from chi_redis.dlq import dead_letter_fields, encode_body
+from chi_redis.runtime.deadletters import dead_letter_fields, encode_body
 
 from .conftest import Cli, Runtime, Sh, wait_until
 

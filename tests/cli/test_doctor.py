@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from chi_redis import health
-from chi_redis.health import check_server
+from chi_redis.ops import doctor as health
+from chi_redis.ops.doctor import check_server
 
 from .conftest import Cli, OwnRedis, Sh
 

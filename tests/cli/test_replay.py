@@ -16,11 +16,11 @@ import pytest
 import redis
 
 from chi_redis import Event, EventBus
-from chi_redis.broker import BrokerOptions, StreamsBroker
-from chi_redis.encoder import decode_message, encode_message
 from chi_redis.errors import RedisUnavailableError
-from chi_redis.replay import QueueTarget
-from chi_redis.subscriptions import Delivery
+from chi_redis.ops.replay import QueueTarget
+from chi_redis.runtime.broker import BrokerOptions, StreamsBroker
+from chi_redis.runtime.encoder import decode_message, encode_message
+from chi_redis.runtime.subscriptions import Delivery
 
 from .conftest import CHI, FAST, REDIS_URL, ROOT, Cli, Runtime, Sh, clean_env, publish_n, wait_until
 
@@ -362,7 +362,7 @@ def test_replay_to_a_subscription_filters_types_and_skips_archived_entries(
 def test_progress_bar_only_on_a_terminal_and_never_over_printed_events(
     cli: Cli, bus: EventBus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from chi_redis import cli as cli_module
+    from chi_redis.cli import main as cli_module
 
     register(bus, "audit")
     StreamsBroker(bus, options=BrokerOptions(**FAST))

@@ -9,7 +9,7 @@ import msgspec
 import redis
 
 from chi_redis import Event, EventBus
-from chi_redis.stats import collect
+from chi_redis.ops.stats import collect
 
 from .conftest import Cli, Sh, publish_n
 

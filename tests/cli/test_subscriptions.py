@@ -9,7 +9,7 @@ import msgspec
 import redis
 
 from chi_redis import EventBus
-from chi_redis.broker import BrokerOptions, StreamsBroker
+from chi_redis.runtime.broker import BrokerOptions, StreamsBroker
 
 from .conftest import FAST, Cli, Sh, publish_n
 

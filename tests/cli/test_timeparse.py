@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chi_redis.errors import ValidationError
-from chi_redis.timeparse import (
+from chi_redis.ops.timeparse import (
     MAX_SEQ,
     TimePoint,
     parse_duration,

@@ -30,8 +30,8 @@ from chi_redis import (
     ValidationError,
     event_type,
 )
-from chi_redis.event import _to_us
-from chi_redis.names import glob_matches
+from chi_redis.events.event import _to_us
+from chi_redis.events.names import glob_matches
 
 
 @event_type("inventory.contract_restocked")

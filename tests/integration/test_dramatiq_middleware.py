@@ -12,7 +12,7 @@ import redis
 from helpers import wait_until
 
 from chi_redis import Event, EventBus
-from chi_redis.broker import BrokerOptions, StreamsBroker
+from chi_redis.runtime.broker import BrokerOptions, StreamsBroker
 
 pytestmark = pytest.mark.redis
 

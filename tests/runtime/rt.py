@@ -24,7 +24,7 @@ import redis
 from helpers import skip_or_fail, wait_until
 
 from chi_redis import Event, EventBus
-from chi_redis.broker import BrokerOptions, StreamsBroker
+from chi_redis.runtime.broker import BrokerOptions, StreamsBroker
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"

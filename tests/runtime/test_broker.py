@@ -17,8 +17,8 @@ import redis.exceptions as rex
 from dramatiq.errors import QueueJoinTimeout
 
 from chi_redis import Event
-from chi_redis.consumer import StreamsConsumer
-from chi_redis.subscriptions import Delivery
+from chi_redis.runtime.consumer import StreamsConsumer
+from chi_redis.runtime.subscriptions import Delivery
 
 from .rt import Recorder, Runtime, dlq_len, drained, group_info, stays, wait_until
 
@@ -95,7 +95,7 @@ def test_delay_is_not_eta(rt: Runtime) -> None:
 
     later.send_with_options(delay=60_000)
     (body,) = rt.client.zrange(rt.bus.keys.delayed("default"), 0, -1)
-    from chi_redis.encoder import decode_message
+    from chi_redis.runtime.encoder import decode_message
 
     assert isinstance(body, bytes)
     assert "eta" not in decode_message(body).options

@@ -11,7 +11,7 @@ import dramatiq
 import pytest
 
 from chi_redis import Event
-from chi_redis.subscriptions import Delivery
+from chi_redis.runtime.subscriptions import Delivery
 
 from .rt import Recorder, Runtime, dlq_len, drained, stays, wait_until
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from chi_redis import Event
-from chi_redis.consumer import StreamsConsumer
+from chi_redis.runtime.consumer import StreamsConsumer
 
 from .rt import Recorder, Runtime, drained, wait_until
 

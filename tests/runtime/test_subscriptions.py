@@ -13,8 +13,8 @@ from functools import partial
 from typing import Any
 
 from chi_redis import Event
-from chi_redis.filters import all_of, any_of, metadata, not_, type_is
-from chi_redis.subscriptions import Delivery
+from chi_redis.events.filters import all_of, any_of, metadata, not_, type_is
+from chi_redis.runtime.subscriptions import Delivery
 
 from .rt import Recorder, Runtime, drained, stays, wait_until
 

@@ -18,7 +18,7 @@ from chi_redis import (
     ValidationError,
     event_type,
 )
-from chi_redis.codec import entry_fields
+from chi_redis.events.codec import entry_fields
 
 
 @event_type("codectest.order.created")

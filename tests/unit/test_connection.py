@@ -24,7 +24,7 @@ from chi_redis import (
     RetryPolicy,
     connect,
 )
-from chi_redis.connection import map_redis_error
+from chi_redis.backend.connection import map_redis_error
 from chi_redis.errors import redact_url, scrub
 
 CANARY = "canary-7f3a9e1b-p@ss:w/rd"

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from chi_redis import Event, ValidationError, event_type, new_event_id
-from chi_redis.event import registered_type
+from chi_redis.events.event import registered_type
 
 
 # Tags are unique to this module: the type registry is process-wide.

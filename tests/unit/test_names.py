@@ -9,7 +9,7 @@ import redis
 from helpers import CommandCounter, keys_of
 
 from chi_redis import Event, EventBus, InvalidNameError, Keys, MemoryEventStore, ValidationError
-from chi_redis.names import compile_glob, glob_matches, validate_glob, validate_name
+from chi_redis.events.names import compile_glob, glob_matches, validate_glob, validate_name
 
 # Every invalid name of RELIABILITY.md F10 (numeric-only names are valid here: the
 # documented pattern allows a name to start with a digit, see names.NAME_PATTERN).

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chi_redis import Codec, Event, EventBus, InvalidNameError, MemoryEventStore
-from chi_redis.codec import entry_fields
-from chi_redis.event import _to_us
-from chi_redis.names import NAME_PATTERN, glob_matches, validate_name
+from chi_redis.events.codec import entry_fields
+from chi_redis.events.event import _to_us
+from chi_redis.events.names import NAME_PATTERN, glob_matches, validate_name
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

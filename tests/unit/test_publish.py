@@ -18,7 +18,7 @@ from chi_redis import (
     RetryPolicy,
     ValidationError,
 )
-from chi_redis.scripts import script
+from chi_redis.backend.scripts import script
 
 NO_RETRY = RetryPolicy(attempts=1)
 

@@ -1,4 +1,4 @@
-"""Lua scripts, loaded from ``chi_redis/lua`` once and called by SHA."""
+"""Lua scripts, loaded from ``chi_redis/backend/lua`` once and called by SHA."""
 
 from __future__ import annotations
 
@@ -37,6 +37,6 @@ class Script:
 
 @cache
 def script(name: str) -> Script:
-    """The script ``chi_redis/lua/<name>.lua``."""
-    source = resources.files("chi_redis").joinpath("lua", f"{name}.lua").read_text()
+    """The script ``chi_redis/backend/lua/<name>.lua``."""
+    source = resources.files("chi_redis.backend").joinpath("lua", f"{name}.lua").read_text()
     return Script(name, source)

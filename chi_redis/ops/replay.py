@@ -1,7 +1,7 @@
 """Replay: re-read a range of history and deliver it again (DESIGN §5 Replay).
 
-Sources (:mod:`chi_redis.history`): one or more topic streams by stream-id / append-time
-range, or the time index by event time.  Targets (:mod:`chi_redis.replay_targets`): one
+Sources (:mod:`chi_redis.store.history`): one or more topic streams by stream-id / append-time
+range, or the time index by event time.  Targets (:mod:`chi_redis.ops.targets`): one
 subscription's private stream, back onto the topic as marked new events, or JSON lines.
 
 With a checkpoint name, the last delivered position is stored under
@@ -29,8 +29,9 @@ from typing import IO, TYPE_CHECKING, Any
 
 import redis.exceptions as rex
 
-from .errors import ChiError, ValidationError
-from .history import (
+from ..errors import ChiError, ValidationError
+from ..events.names import validate_name
+from ..store.history import (
     By,
     Item,
     TypeFilter,
@@ -42,8 +43,7 @@ from .history import (
     rechunk,
     stream_pages,
 )
-from .names import validate_name
-from .replay_targets import (
+from .targets import (
     Checkpoint,
     PrintTarget,
     QueueTarget,
@@ -55,7 +55,7 @@ from .replay_targets import (
 from .timeparse import TimePoint, format_id, parse_id
 
 if TYPE_CHECKING:
-    from .bus import EventBus
+    from ..publish.bus import EventBus
 
 __all__ = [
     "PrintTarget",

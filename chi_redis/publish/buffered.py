@@ -27,10 +27,10 @@ import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
-from .abus import AsyncEventBus
-from .errors import BufferFullError, ChiError, PublishError, ValidationError
-from .event import Event
-from .metrics import counter
+from ..errors import BufferFullError, ChiError, PublishError, ValidationError
+from ..events.event import Event
+from ..observe.metrics import counter
+from .aio import AsyncEventBus
 
 __all__ = ["BufferedPublisher", "ErrorCallback", "OnFull"]
 

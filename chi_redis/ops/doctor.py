@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.exceptions as rex
 
-from .connection import connect
+from ..backend.connection import connect
 
 __all__ = ["Finding", "check_server"]
 

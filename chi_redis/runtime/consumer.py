@@ -20,12 +20,12 @@ import redis.exceptions as rex
 from dramatiq.errors import ActorNotFound, ConnectionClosed
 from dramatiq.middleware import SkipMessage
 
-from .dlq import dead_letter_fields, encode_body
+from ..backend.scripts import script
+from ..errors import DecodeError
+from ..events.filters import EntryView
+from ..observe.metrics import counter
+from .deadletters import dead_letter_fields, encode_body
 from .encoder import decode_message, encode_message
-from .errors import DecodeError
-from .filters import EntryView
-from .metrics import counter
-from .scripts import script
 
 if TYPE_CHECKING:
     from .broker import StreamsBroker

@@ -10,29 +10,29 @@ from typing import TYPE_CHECKING, Any
 import redis
 import redis.exceptions as rex
 
-from .codec import DEFAULT_MAX_EVENT_BYTES, Codec, Encoding
-from .connection import DEFAULT_URL, RetryPolicy, call_with_retry, client_url, connect
-from .errors import ChiError, PublishError
-from .event import Event
-from .keys import Keys
-from .publisher import (
+from ..backend.connection import DEFAULT_URL, RetryPolicy, call_with_retry, client_url, connect
+from ..backend.keys import Keys
+from ..backend.scripts import script
+from ..errors import ChiError, PublishError
+from ..events.codec import DEFAULT_MAX_EVENT_BYTES, Codec, Encoding
+from ..events.event import Event
+from ..runtime.subscriptions import Subscription, SubscriptionOptions
+from ..store.redis import RedisEventStore
+from .writer import (
     DEFAULT_CHUNK,
     DEFAULT_IDEMPOTENCY_TTL_MS,
     pack,
     partial_failure,
     split_bus_options,
 )
-from .scripts import script
-from .store.redis import RedisEventStore
-from .subscriptions import Subscription, SubscriptionOptions
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .broker import StreamsBroker
-    from .dlq import DeadLetter
-    from .filters import Filter
-    from .subscriptions import Handler, Start
+    from ..events.filters import Filter
+    from ..runtime.broker import StreamsBroker
+    from ..runtime.deadletters import DeadLetter
+    from ..runtime.subscriptions import Handler, Start
 
 __all__ = ["EventBus"]
 
@@ -212,12 +212,12 @@ class EventBus:
         self, sub: str, *, after: str | None = None, count: int = 100
     ) -> list[DeadLetter]:
         """Dead letters of subscription ``sub``, oldest first."""
-        from .dlq import list_dead_letters
+        from ..runtime.deadletters import list_dead_letters
 
         return list_dead_letters(self, sub, after=after, count=count)
 
     def redrive(self, sub: str, ids: list[str] | None = None) -> int:
         """Put dead letters of ``sub`` (all, or ``ids``) back on its queue once; returns count."""
-        from .dlq import redrive
+        from ..runtime.deadletters import redrive
 
         return redrive(self, sub, ids)

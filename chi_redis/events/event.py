@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import msgspec
 import uuid_utils
 
-from .errors import ValidationError
+from ..errors import ValidationError
 from .names import default_topic, validate_name
 
 __all__ = ["Event", "MetaValue", "event_type", "new_event_id", "registered_type"]

@@ -19,14 +19,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .config import Config, RetentionPolicy
-from .errors import ValidationError
-from .names import validate_name
-from .scripts import script
+from ..backend.scripts import script
+from ..config import Config, RetentionPolicy
+from ..errors import ValidationError
+from ..events.names import validate_name
 from .timeparse import format_id, parse_duration, parse_id, pred
 
 if TYPE_CHECKING:
-    from .bus import EventBus
+    from ..publish.bus import EventBus
 
 __all__ = ["Policy", "TrimResult", "apply_retention", "policy_for", "trim_topic"]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .codec import Codec
-from .errors import ChiError, PublishError, ValidationError
-from .event import Event
-from .keys import Keys
-from .names import validate_name
+from ..backend.keys import Keys
+from ..errors import ChiError, PublishError, ValidationError
+from ..events.codec import Codec
+from ..events.event import Event
+from ..events.names import validate_name
 
 __all__ = ["DEFAULT_CHUNK", "DEFAULT_IDEMPOTENCY_TTL_MS", "pack", "partial_failure"]
 

@@ -12,10 +12,10 @@ from typing import Any
 import click
 import msgspec
 
-from .cliutil import ChiGroup, common_options, emit, emit_lines, settings
-from .errors import NotFoundError, RedisError, ValidationError
-from .names import validate_name
-from .timeparse import parse_duration, parse_time
+from ..errors import NotFoundError, RedisError, ValidationError
+from ..events.names import validate_name
+from ..ops.timeparse import parse_duration, parse_time
+from .options import ChiGroup, common_options, emit, emit_lines, settings
 
 __all__ = ["dlq", "retention", "subscriptions"]
 
@@ -66,7 +66,7 @@ def _dl_dict(dl: Any, full: bool = False) -> dict[str, Any]:
         d.pop("traceback")
         return d
     if dl.kind in ("event", "raw") and body:
-        from .history import envelope
+        from ..store.history import envelope
 
         try:
             fields = _BODY.decode(body)
@@ -83,7 +83,7 @@ def _dl_dict(dl: Any, full: bool = False) -> dict[str, Any]:
 @click.option("--after", metavar="ID", help="Start after this dead-letter id.")
 def dlq_list(sub: str, limit: int, after: str | None) -> None:
     """List a subscription's dead letters, oldest first."""
-    from .dlq import list_dead_letters
+    from ..runtime.deadletters import list_dead_letters
 
     bus = settings().bus()
     _known_sub(bus, sub)
@@ -108,7 +108,7 @@ def dlq_list(sub: str, limit: int, after: str | None) -> None:
 @click.argument("dl_id", metavar="ID")
 def dlq_show(sub: str, dl_id: str) -> None:
     """Show one dead letter with its traceback and event."""
-    from .dlq import list_dead_letters
+    from ..runtime.deadletters import list_dead_letters
 
     bus = settings().bus()
     _known_sub(bus, sub)
@@ -136,7 +136,7 @@ def dlq_redrive(sub: str, ids: tuple[str, ...], all_: bool) -> None:
     """Put dead letters back on the subscription's queue, each once."""
     if bool(ids) == all_:
         raise click.UsageError("give --id ID (repeatable) or --all")
-    from .dlq import redrive
+    from ..runtime.deadletters import redrive
 
     bus = settings().bus()
     _known_sub(bus, sub)
@@ -151,7 +151,7 @@ def dlq_redrive(sub: str, ids: tuple[str, ...], all_: bool) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def dlq_purge(sub: str, before: str | None, yes: bool) -> None:
     """Delete dead letters (asks first)."""
-    from .dlq import purge
+    from ..runtime.deadletters import purge
 
     cutoff = parse_time(before, field="--before") if before else None
     bus = settings().bus()
@@ -178,8 +178,8 @@ def subscriptions() -> None:
 @common_options
 def subscriptions_list() -> None:
     """Every subscription: registry entry, topics, lag, pending, dead letters."""
-    from .registry import registry
-    from .stats import collect
+    from ..ops.registry import registry
+    from ..ops.stats import collect
 
     cfg = settings()
     bus = cfg.bus()
@@ -224,7 +224,7 @@ def subscriptions_list() -> None:
 @click.option("--topic", "topics", multiple=True, help="Only this topic (repeatable).")
 def subscriptions_rewind(sub: str, to: str, topics: tuple[str, ...]) -> None:
     """Move the subscription's groups back to ID|TIME (XGROUP SETID on each topic)."""
-    from .registry import rewind
+    from ..ops.registry import rewind
 
     point = parse_time(to, field="--to")
     bus = settings().bus()
@@ -244,7 +244,7 @@ def subscriptions_rewind(sub: str, to: str, topics: tuple[str, ...]) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def subscriptions_prune(days: float | None, yes: bool) -> None:
     """Remove groups and registry entries of subscriptions not seen recently."""
-    from .registry import prune, prune_candidates
+    from ..ops.registry import prune, prune_candidates
 
     s = settings()
     bus = s.bus()
@@ -270,7 +270,7 @@ def retention() -> None:
 
 
 def _apply(topics: tuple[str, ...], max_age: str | None, max_len: int | None) -> list[Any]:
-    from .retention import apply_retention
+    from ..ops.retention import apply_retention
 
     s = settings()
     age = parse_duration(max_age, "--max-age") if max_age else None
@@ -294,7 +294,7 @@ def retention_apply(topics: tuple[str, ...], max_age: str | None, max_len: int |
 
 
 def _describe(d: dict[str, Any]) -> str:
-    from .retention import TrimResult
+    from ..ops.retention import TrimResult
 
     return TrimResult(**d).describe()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from .errors import InvalidNameError
+from ..errors import InvalidNameError
 
 __all__ = ["NAME_PATTERN", "compile_glob", "default_topic", "validate_glob", "validate_name"]
 

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import redis.exceptions as rex
 
-from .history import iso_us
+from ..store.history import iso_us
 from .timeparse import parse_id
 
 if TYPE_CHECKING:
-    from .bus import EventBus
+    from ..publish.bus import EventBus
 
 __all__ = ["Stats", "SubscriptionStats", "TopicStats", "collect"]
 

@@ -1,4 +1,4 @@
-"""Replay targets and checkpoints (see :mod:`chi_redis.replay`).
+"""Replay targets and checkpoints (see :mod:`chi_redis.ops.replay`).
 
 - :class:`QueueTarget` — one subscription's private stream, as the Dramatiq messages its
   actor runs (marked ``replay``); other subscriptions see nothing;
@@ -21,15 +21,15 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 import msgspec
 import redis.exceptions as rex
 
-from .connection import map_redis_error
-from .errors import NotFoundError, ValidationError
-from .event import new_event_id
-from .history import By, Item, envelope_json, pos_key
-from .names import validate_name
-from .scripts import Script, script
+from ..backend.connection import map_redis_error
+from ..backend.scripts import Script, script
+from ..errors import NotFoundError, ValidationError
+from ..events.event import new_event_id
+from ..events.names import validate_name
+from ..store.history import By, Item, envelope_json, pos_key
 
 if TYPE_CHECKING:
-    from .bus import EventBus
+    from ..publish.bus import EventBus
 
 __all__ = [
     "Checkpoint",
@@ -105,8 +105,8 @@ def _pairs(ckpt: dict[str, str]) -> list[str]:
 class QueueTarget:
     """Deliver into one subscription's private stream (``keys.queue(sub)``).
 
-    Each entry becomes the Dramatiq message its actor runs, built as
-    :func:`chi_redis.dlq.redrive_message` builds one for an event, marked ``replay``.
+    Each entry becomes the Dramatiq message its actor runs, built the way
+    :func:`chi_redis.runtime.deadletters.redrive_message` builds one, marked ``replay``.
     """
 
     skips_archived = True
@@ -126,7 +126,7 @@ class QueueTarget:
 
         Byte for byte what ``encode_message(dramatiq.Message(...))`` gives (a msgspec
         Struct instead of a ``dramatiq.Message``: a third of the cost per entry); the
-        fields go in as read (:func:`chi_redis.history.reader` decoded their names).
+        fields go in as read (:func:`chi_redis.store.history.reader` decoded their names).
         """
         topic, sid, fields, _ = item
         sub = self.sub

@@ -8,7 +8,7 @@ glob characters, braces, colons or whitespace from user input.
 
 from __future__ import annotations
 
-from .names import validate_name
+from ..events.names import validate_name
 
 __all__ = ["Keys"]
 

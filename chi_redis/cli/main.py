@@ -9,7 +9,7 @@
     chi-redis doctor                           chi-redis worker MODULES...
 
 Exit codes: 0 success, 1 an error the user can fix (one line on stderr, no traceback, no
-password), 2 a usage error.  Shared options: see :mod:`chi_redis.cliutil`.
+password), 2 a usage error.  Shared options: see :mod:`chi_redis.cli.options`.
 """
 
 from __future__ import annotations
@@ -23,20 +23,12 @@ from typing import Any
 import click
 import msgspec
 
-from . import __version__
-from .cli_admin import dlq, retention, subscriptions
-from .cliutil import (
-    ChiGroup,
-    common_options,
-    emit,
-    emit_lines,
-    json_line,
-    settings,
-    stdout_is_tty,
-)
-from .errors import NotFoundError, ValidationError, redact_url
-from .event import Event
-from .history import (
+from .. import __version__
+from ..errors import NotFoundError, ValidationError, redact_url
+from ..events.event import Event
+from ..events.names import validate_name
+from ..ops.timeparse import MAX_SEQ, TimePoint, format_id, parse_id, parse_rate, parse_time, pred
+from ..store.history import (
     By,
     TypeFilter,
     envelope,
@@ -47,8 +39,16 @@ from .history import (
     str_fields,
     stream_pages,
 )
-from .names import validate_name
-from .timeparse import MAX_SEQ, TimePoint, format_id, parse_id, parse_rate, parse_time, pred
+from .admin import dlq, retention, subscriptions
+from .options import (
+    ChiGroup,
+    common_options,
+    emit,
+    emit_lines,
+    json_line,
+    settings,
+    stdout_is_tty,
+)
 
 __all__ = ["cli", "main"]
 
@@ -291,7 +291,7 @@ def replay_cmd(
     batch_size: int, workers: int, checkpoint: str | None,
 ) -> None:
     """Replay a range of events into one subscription, back onto the topic, or stdout."""
-    from .replay import ReplayInterrupted, ReplayOptions, choose_target, estimate_total, replay
+    from ..ops.replay import ReplayInterrupted, ReplayOptions, choose_target, estimate_total, replay
 
     chosen = [x for x in (to_sub, republish, print_) if x]
     if len(chosen) > 1:
@@ -348,7 +348,7 @@ def replay_cmd(
 @click.option("--iterations", type=click.IntRange(min=1), hidden=True)
 def stats_cmd(watch: bool, interval: float, iterations: int | None) -> None:
     """Per topic and per subscription: length, lag, pending, delayed, dead letters."""
-    from .stats import collect, render
+    from ..ops.stats import collect, render
 
     s = settings()
     bus = s.bus()
@@ -376,7 +376,7 @@ def stats_cmd(watch: bool, interval: float, iterations: int | None) -> None:
 @common_options
 def doctor() -> None:
     """Check the Redis server the way production needs it; exit 1 on findings."""
-    from .health import check_server
+    from ..ops.doctor import check_server
 
     s = settings()
     bus = s.bus()

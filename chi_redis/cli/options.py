@@ -22,10 +22,10 @@ import click
 import msgspec
 import redis.exceptions as rex
 
-from .bus import EventBus
-from .config import Config, load_config
-from .connection import connect, map_redis_error
-from .errors import ChiError, scrub
+from ..backend.connection import connect, map_redis_error
+from ..config import Config, load_config
+from ..errors import ChiError, scrub
+from ..publish.bus import EventBus
 
 __all__ = ["ChiGroup", "Settings", "common_options", "emit", "emit_lines", "settings"]
 

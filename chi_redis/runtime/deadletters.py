@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 import dramatiq
 import msgspec
 
+from ..backend.scripts import script
+from ..errors import NotFoundError, scrub
+from ..events.names import validate_name
 from .encoder import decode_message, encode_message
-from .errors import NotFoundError, scrub
-from .names import validate_name
-from .scripts import script
 
 if TYPE_CHECKING:
-    from .bus import EventBus
+    from ..publish.bus import EventBus
 
 __all__ = ["DeadLetter", "dead_letter_fields", "list_dead_letters", "purge", "redrive"]
 

@@ -24,11 +24,11 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from .codec import Codec
-from .errors import DecodeError
-from .keys import Keys
-from .names import compile_glob, validate_glob
-from .timeparse import MAX_SEQ, StreamId, format_id, parse_id, succ
+from ..backend.keys import Keys
+from ..errors import DecodeError
+from ..events.codec import Codec
+from ..events.names import compile_glob, validate_glob
+from ..ops.timeparse import MAX_SEQ, StreamId, format_id, parse_id, succ
 
 __all__ = [
     "By",

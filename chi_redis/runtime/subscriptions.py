@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from .errors import ValidationError
-from .event import Event
-from .filters import EntryView, Filter, topic_is, type_is
-from .names import validate_glob, validate_name
+from ..errors import ValidationError
+from ..events.event import Event
+from ..events.filters import EntryView, Filter, topic_is, type_is
+from ..events.names import validate_glob, validate_name
 
 __all__ = ["Delivery", "Handler", "Subscription", "SubscriptionOptions"]
 

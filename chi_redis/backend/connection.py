@@ -22,7 +22,7 @@ import redis.exceptions as rex
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .errors import (
+from ..errors import (
     ChiError,
     RedisAuthError,
     RedisError,

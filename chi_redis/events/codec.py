@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from .errors import DecodeError, PayloadTooLargeError, ValidationError
+from ..errors import DecodeError, PayloadTooLargeError, ValidationError
 from .event import Event, MetaValue, _to_us, registered_type
 from .names import validate_name
 

@@ -18,8 +18,8 @@ import time
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from .config import parse_duration_ms
-from .errors import ValidationError
+from ..config import parse_duration_ms
+from ..errors import ValidationError
 
 __all__ = [
     "MAX_SEQ",

@@ -26,15 +26,15 @@ import dramatiq
 import redis.exceptions as rex
 from dramatiq.errors import ConnectionClosed
 
+from ..backend.scripts import script
+from ..events.names import validate_name
 from .consumer import StreamMessage, StreamsConsumer
 from .encoder import MsgpackEncoder, encode_message
-from .names import validate_name
 from .runner import ChiMiddleware, make_runner
-from .scripts import script
 from .subscriptions import Subscription
 
 if TYPE_CHECKING:
-    from .bus import EventBus
+    from ..publish.bus import EventBus
 
 __all__ = ["BrokerOptions", "StreamsBroker"]
 
@@ -325,6 +325,6 @@ def group_idle(client: Any, stream: str, group: str) -> bool:
 
 
 def _decode_errors() -> tuple[type[BaseException], ...]:
-    from .errors import DecodeError
+    from ..errors import DecodeError
 
     return (DecodeError,)

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import redis.exceptions as rex
 
-from .errors import NotFoundError
-from .names import validate_name
+from ..errors import NotFoundError
+from ..events.names import validate_name
 from .timeparse import TimePoint, format_id, pred
 
 if TYPE_CHECKING:
-    from .bus import EventBus
+    from ..publish.bus import EventBus
 
 __all__ = [
     "Registered",

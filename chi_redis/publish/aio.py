@@ -15,12 +15,19 @@ from typing import Any, TypeVar
 import redis.asyncio
 import redis.exceptions as rex
 
-from .codec import DEFAULT_MAX_EVENT_BYTES, Codec, Encoding
-from .connection import DEFAULT_URL, RetryPolicy, acall_with_retry, client_url, connect_async
-from .errors import ChiError, PublishError
-from .event import Event
-from .keys import Keys
-from .publisher import (
+from ..backend.connection import (
+    DEFAULT_URL,
+    RetryPolicy,
+    acall_with_retry,
+    client_url,
+    connect_async,
+)
+from ..backend.keys import Keys
+from ..backend.scripts import script
+from ..errors import ChiError, PublishError
+from ..events.codec import DEFAULT_MAX_EVENT_BYTES, Codec, Encoding
+from ..events.event import Event
+from .writer import (
     DEFAULT_CHUNK,
     DEFAULT_IDEMPOTENCY_TTL_MS,
     Call,
@@ -28,7 +35,6 @@ from .publisher import (
     partial_failure,
     split_bus_options,
 )
-from .scripts import script
 
 __all__ = ["AsyncEventBus"]
 

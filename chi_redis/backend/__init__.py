@@ -1,0 +1,1 @@
+"""Everything that knows Redis: connections and retries, key names, Lua scripts."""

@@ -1,0 +1,1 @@
+"""The ``chi-redis`` command: one module per command group."""

@@ -1,0 +1,5 @@
+"""``python -m chi_redis.cli``: the same as the ``chi-redis`` command."""
+
+from .main import main
+
+main()

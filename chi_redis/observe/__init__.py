@@ -1,0 +1,1 @@
+"""Observability: metrics (later health and tracing)."""

@@ -1,0 +1,1 @@
+"""Operations over the event log: replay, retention, registry, stats, doctor."""

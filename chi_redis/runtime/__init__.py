@@ -1,0 +1,1 @@
+"""Subscriptions as consumer groups feeding Dramatiq: broker, consumer, runner, dead letters."""
