@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-import yaml
 
 from .backend.connection import DEFAULT_URL
 from .errors import ConfigError
@@ -86,6 +85,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             text = Path(path).read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+        import yaml  # on first use: most processes never read a config file
+
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:

@@ -1,12 +1,17 @@
-"""What every ``chi-redis`` command shares: connection options, errors, output.
+"""What every ``chi-redis`` command shares: connection options, errors, output, arguments.
 
 ``--redis-url``, ``--namespace``, ``--json`` and ``--config`` are accepted on the group
-and on every command (DESIGN §8); a value given on the command wins over the group's.
+and on every command (see ``docs/design.md``); a value given on the command wins over the
+group's.
 The Redis URL comes from ``--redis-url``, then ``CHI_REDIS_URL``, then the config file
 (``--config`` / ``CHI_CONFIG``), then ``redis://127.0.0.1:6379/0``.
 
 Errors a user can fix (:class:`~chi_redis.ChiError`, redis-py errors) become one line on
 stderr and exit code 1, with every password scrubbed; click's usage errors exit 2.
+
+The history range (``--topic/--since/--until/--by/--types``) that ``events list`` and
+``replay`` share is declared once, by :func:`range_options`; repeated or comma-separated
+option values are split by :func:`split_topics` and :func:`split_globs`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -25,9 +31,27 @@ import redis.exceptions as rex
 from ..backend.connection import connect, map_redis_error
 from ..config import Config, load_config
 from ..errors import ChiError, scrub
+from ..events.names import validate_glob, validate_name
+from ..ops.timeparse import TimePoint, parse_time
 from ..publish.bus import EventBus
 
-__all__ = ["ChiGroup", "Settings", "common_options", "emit", "emit_lines", "settings"]
+__all__ = [
+    "BY",
+    "ChiGroup",
+    "Settings",
+    "common_options",
+    "confirm",
+    "emit",
+    "emit_lines",
+    "iso_ms",
+    "json_line",
+    "range_options",
+    "settings",
+    "split_globs",
+    "split_topics",
+    "stdout_is_tty",
+    "time_arg",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _JSON = msgspec.json.Encoder()
@@ -176,8 +200,70 @@ def json_line(obj: Any) -> bytes:
     return _JSON.encode(obj)
 
 
+def iso_ms(ms: int | None) -> str:
+    """A time in ms since the epoch as ISO 8601 UTC to the second (``-`` when unset)."""
+    if not ms:
+        return "-"
+    when = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+    return when.replace("+00:00", "Z")
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask ``question`` on stderr unless ``--yes`` was given; "no" aborts (exit 1)."""
+    if not yes:
+        click.confirm(question, abort=True, err=True)
+
+
 def stdout_is_tty() -> bool:
+    """Whether stdout is a terminal (progress bars and screen clearing only then)."""
     try:
         return sys.stdout.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+# arguments ----------------------------------------------------------------------------------
+#: ``--by``: range over append time (stream ids) or event time (the time index).
+BY = click.Choice(["append", "event-time"])
+
+
+def range_options(*, topic_help: str, until_help: str) -> Callable[[F], F]:
+    """Add the history range options ``--topic --since --until --by --types`` to a command.
+
+    The command receives ``topics``, ``since``, ``until``, ``by`` and ``types`` as given;
+    parse them with :func:`split_topics`, :func:`time_arg` and :func:`split_globs`.
+    """
+    options = [
+        click.option("--topic", "topics", multiple=True, help=topic_help),
+        click.option("--since", metavar="TIME", help="From (inclusive): TIME or stream id."),
+        click.option("--until", metavar="TIME", help=until_help),
+        click.option("--by", type=BY, default="append", show_default=True,
+                     help="Range over append time (stream ids) or event time (the time index)."),
+        click.option("--types", multiple=True, metavar="GLOB",
+                     help="Only these types (repeatable)."),
+    ]
+
+    def decorate(fn: F) -> F:
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+
+    return decorate
+
+
+def split_topics(values: Iterable[str]) -> list[str]:
+    """``--topic a,b --topic c`` → ``["a", "b", "c"]`` (validated, sorted, no duplicates)."""
+    return sorted({validate_name(t, "topic") for v in values for t in v.split(",") if t})
+
+
+def split_globs(values: Iterable[str]) -> list[str]:
+    """``--types a.*,b.c --types d`` → ``["a.*", "b.c", "d"]`` (validated)."""
+    out = [g.strip() for v in values for g in v.split(",") if g.strip()]
+    for g in out:
+        validate_glob(g)
+    return out
+
+
+def time_arg(text: str | None, option: str) -> TimePoint | None:
+    """A TIME option's value parsed (None when not given); errors name ``option``."""
+    return None if text is None else parse_time(text, field=option)

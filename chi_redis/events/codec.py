@@ -17,11 +17,14 @@ field      value
 
 Archive writes (``EventStore.store``) carry one more field, ``arc`` = ``1``: they are part
 of the log but are not delivered to subscriptions.
+
+The same entry has a second, tool-facing shape: :meth:`Codec.envelope` turns it into the
+JSON envelope the CLI prints and replay's print target writes (see ``docs/design.md``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -31,14 +34,17 @@ from ..errors import DecodeError, PayloadTooLargeError, ValidationError
 from .event import Event, MetaValue, _to_us, registered_type
 from .names import validate_name
 
-__all__ = ["DEFAULT_MAX_EVENT_BYTES", "Codec", "Encoding"]
+__all__ = ["DEFAULT_MAX_EVENT_BYTES", "Codec", "Encoding", "Envelope", "iso_us"]
 
 Encoding = Literal["msgpack", "json"]
 DEFAULT_MAX_EVENT_BYTES = 1 << 20
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ENC_TAG = {"msgpack": b"mp", "json": b"js"}
 _META_DECODER = msgspec.json.Decoder(dict[str, MetaValue])
+# The envelope shows whatever metadata a (possibly foreign) producer wrote: no value types.
+_ANY_META_DECODER = msgspec.json.Decoder(dict[str, Any])
 _EMPTY_META = b"{}"
+_NO_META: dict[str, Any] = {}
 
 Fields = dict[bytes, bytes]
 _TEMPLATE = Event(type="template", id="template", timestamp=_EPOCH)
@@ -57,6 +63,36 @@ def _b(value: Any) -> bytes:
 def us_to_datetime(us: int) -> datetime:
     """Microseconds since the epoch → aware UTC datetime."""
     return _EPOCH + timedelta(microseconds=us)
+
+
+_ISO_SECONDS: dict[int, str] = {}
+
+
+def iso_us(us: int) -> str:
+    """µs since the epoch → ISO 8601 UTC with microseconds and a ``Z``."""
+    sec, frac = divmod(us, 1_000_000)
+    prefix = _ISO_SECONDS.get(sec)
+    if prefix is None:  # events come in bursts: one strftime per second of them
+        if len(_ISO_SECONDS) > 4096:
+            _ISO_SECONDS.clear()
+        prefix = _ISO_SECONDS[sec] = (_EPOCH + timedelta(seconds=sec)).strftime(
+            "%Y-%m-%dT%H:%M:%S"
+        )
+    return f"{prefix}.{frac:06d}Z"
+
+
+class Envelope(msgspec.Struct, omit_defaults=True):
+    """The JSON envelope of an event (``docs/design.md``), plus its stream id."""
+
+    id: str
+    type: str
+    topic: str
+    data: Any
+    metadata: Any
+    timestamp: str
+    version: str
+    stream_id: str
+    archived: bool = False
 
 
 class Codec:
@@ -138,6 +174,10 @@ class Codec:
         cls = registered_type(event_type)
         if cls is not None:
             return self._decoder(tag, cls).decode(raw)
+        return self.decode_untyped(tag, raw)
+
+    def decode_untyped(self, tag: bytes, raw: bytes) -> Any:
+        """Decode a payload to plain Python values (dicts, lists, str, numbers)."""
         if tag == b"mp":
             return self._untyped_mp.decode(raw)
         if tag == b"js":
@@ -245,6 +285,49 @@ class Codec:
         event.metadata = self._metadata(meta)
         event.data = self.decode_data(enc, data, type_)
         return event
+
+    # the JSON envelope ------------------------------------------------------------------
+    def _envelope(
+        self, topic: str, sid: bytes, f: Mapping[str, bytes]
+    ) -> Envelope | dict[str, Any]:
+        try:
+            raw = f["data"]
+            if len(raw) > self.max_event_bytes:
+                raise ValueError(f"payload of {len(raw)} bytes is over the size cap")
+            data = self.decode_untyped(f.get("enc", b"mp"), raw)
+            meta_raw = f.get("meta", _EMPTY_META)
+            return Envelope(
+                f["id"].decode(), f["type"].decode(), topic, data,
+                _ANY_META_DECODER.decode(meta_raw) if meta_raw != _EMPTY_META else _NO_META,
+                iso_us(int(f["ts"])), f.get("ver", b"1.0").decode(), sid.decode(), "arc" in f,
+            )
+        except (KeyError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+            if isinstance(exc, KeyError):
+                name = exc.args[0]
+                reason = f"missing field {name.decode() if isinstance(name, bytes) else name!r}"
+            else:
+                reason = str(exc)
+            err = DecodeError(reason, stream=topic, entry_id=sid.decode())
+            return {"stream_id": sid.decode(), "topic": topic, "error": str(err)}
+
+    def envelope(self, topic: str, sid: bytes, fields: Mapping[str, bytes]) -> dict[str, Any]:
+        """The JSON envelope of an entry as a dict: the event plus its stream id.
+
+        ``fields`` has str names (as :func:`chi_redis.store.history.str_fields` gives them).
+        Payloads are decoded without a registered class (tools know none).  An entry that
+        cannot be decoded gives ``{"stream_id", "topic", "error"}`` instead of stopping a scan.
+        """
+        env = self._envelope(topic, sid, fields)
+        if isinstance(env, dict):
+            return env
+        out = msgspec.structs.asdict(env)
+        if not env.archived:
+            del out["archived"]
+        return out
+
+    def envelope_json(self, topic: str, sid: bytes, fields: Mapping[str, bytes]) -> bytes:
+        """:meth:`envelope` encoded as one compact JSON object (the fast path)."""
+        return self._json(self._envelope(topic, sid, fields))
 
 
 def entry_fields(values: list[bytes], archive: bool = False) -> Fields:

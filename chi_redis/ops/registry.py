@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import redis.exceptions as rex
 
+from ..backend.streamids import format_id, pred
 from ..errors import NotFoundError
 from ..events.names import validate_name
-from .timeparse import TimePoint, format_id, pred
+from .timeparse import TimePoint
 
 if TYPE_CHECKING:
     from ..publish.bus import EventBus

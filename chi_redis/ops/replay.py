@@ -29,12 +29,12 @@ from typing import IO, TYPE_CHECKING, Any
 
 import redis.exceptions as rex
 
+from ..backend.streamids import format_id, parse_id
 from ..errors import ChiError, ValidationError
 from ..events.names import validate_name
 from ..store.history import (
     By,
     Item,
-    TypeFilter,
     index_pages,
     item_pos,
     merged,
@@ -43,6 +43,7 @@ from ..store.history import (
     rechunk,
     stream_pages,
 )
+from ..store.query import TypeFilter
 from .targets import (
     Checkpoint,
     PrintTarget,
@@ -52,7 +53,7 @@ from .targets import (
     bound_topics,
     subscription_info,
 )
-from .timeparse import TimePoint, format_id, parse_id
+from .timeparse import TimePoint
 
 if TYPE_CHECKING:
     from ..publish.bus import EventBus

@@ -20,10 +20,11 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..backend.scripts import script
+from ..backend.streamids import format_id, parse_id, pred
 from ..config import Config, RetentionPolicy
 from ..errors import ValidationError
 from ..events.names import validate_name
-from .timeparse import format_id, parse_duration, parse_id, pred
+from .timeparse import parse_duration
 
 if TYPE_CHECKING:
     from ..publish.bus import EventBus

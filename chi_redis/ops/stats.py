@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import redis.exceptions as rex
 
-from ..store.history import iso_us
-from .timeparse import parse_id
+from ..backend.streamids import parse_id
+from ..events.codec import iso_us
 
 if TYPE_CHECKING:
     from ..publish.bus import EventBus

@@ -26,7 +26,7 @@ from ..backend.scripts import Script, script
 from ..errors import NotFoundError, ValidationError
 from ..events.event import new_event_id
 from ..events.names import validate_name
-from ..store.history import By, Item, envelope_json, pos_key
+from ..store.history import By, Item, pos_key
 
 if TYPE_CHECKING:
     from ..publish.bus import EventBus
@@ -203,7 +203,7 @@ class PrintTarget:
 
     def prepare(self, items: list[Item]) -> tuple[bytes, int]:
         codec = self.bus.codec
-        lines = [envelope_json(codec, t, sid, f) for t, sid, f, _ in items]
+        lines = [codec.envelope_json(t, sid, f) for t, sid, f, _ in items]
         lines.append(b"")
         return b"\n".join(lines), len(items)
 

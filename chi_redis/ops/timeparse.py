@@ -1,6 +1,6 @@
-"""Parsing the CLI's TIME, DUR and RATE arguments, and stream-id arithmetic.
+"""Parsing the CLI's TIME, DUR and RATE arguments.
 
-TIME (DESIGN §8) is one of:
+TIME is one of:
 
 - ISO 8601: ``2024-05-01T12:00:00Z``, ``2024-05-01 12:00:00+02:00``, ``2024-05-01``
   (a naive time means UTC);
@@ -8,7 +8,8 @@ TIME (DESIGN §8) is one of:
 - a stream id: ``1714564800000-0`` (or its bare millisecond part ``1714564800000``).
 
 A :class:`TimePoint` keeps the parsed instant in microseconds and, when the user gave a
-stream id, the exact id, so a range bound is as precise as what was typed.
+stream id, the exact id, so a range bound is as precise as what was typed.  Stream-id
+arithmetic itself lives in :mod:`chi_redis.backend.streamids`.
 """
 
 from __future__ import annotations
@@ -18,24 +19,11 @@ import time
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+from ..backend.streamids import MAX_SEQ, StreamId
 from ..config import parse_duration_ms
 from ..errors import ValidationError
 
-__all__ = [
-    "MAX_SEQ",
-    "StreamId",
-    "TimePoint",
-    "format_id",
-    "parse_duration",
-    "parse_id",
-    "parse_rate",
-    "parse_time",
-    "pred",
-    "succ",
-]
-
-MAX_SEQ = 2**64 - 1
-StreamId = tuple[int, int]
+__all__ = ["TimePoint", "parse_duration", "parse_rate", "parse_time"]
 
 _ID = re.compile(r"(\d{1,20})-(\d{1,20})")
 _MS = re.compile(r"\d{10,16}")
@@ -45,30 +33,6 @@ _HELP = (
     "use ISO 8601 (2024-05-01T12:00:00Z), a relative age (-15m, -2h, -7d)"
     " or a stream id (1714564800000-0)"
 )
-
-
-def parse_id(text: str | bytes) -> StreamId:
-    """``b"1714564800000-3"`` → ``(1714564800000, 3)``; a bare ``ms`` means ``ms-0``."""
-    s = text.decode() if isinstance(text, bytes) else text
-    ms, _, seq = s.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def format_id(sid: StreamId) -> str:
-    """``(ms, seq)`` → ``"ms-seq"``."""
-    return f"{sid[0]}-{sid[1]}"
-
-
-def succ(sid: StreamId) -> StreamId:
-    """The smallest stream id after ``sid``."""
-    return (sid[0] + 1, 0) if sid[1] >= MAX_SEQ else (sid[0], sid[1] + 1)
-
-
-def pred(sid: StreamId) -> StreamId:
-    """The largest stream id before ``sid`` (``0-0`` has none: returns ``0-0``)."""
-    if sid[1] > 0:
-        return sid[0], sid[1] - 1
-    return (sid[0] - 1, MAX_SEQ) if sid[0] > 0 else (0, 0)
 
 
 class TimePoint(NamedTuple):

@@ -1,6 +1,6 @@
 """Reading history: ranges of topic streams, by append time or by event time.
 
-Two ways to ask for "what happened between t1 and t2" (DESIGN §4):
+Two ways to ask for "what happened between t1 and t2" (see ``docs/design.md``):
 
 - by append time (``by="append"``): the stream ids themselves are server time in ms, so
   the range is an XRANGE, paged with an exclusive start (``(<last id>``);
@@ -9,7 +9,8 @@ Two ways to ask for "what happened between t1 and t2" (DESIGN §4):
 
 Several topics are merged into one order (stream id, or event time).  Every reader is
 resumable from a position (the last item it returned), which is what replay checkpoints.
-:func:`envelope` turns an entry into the JSON envelope the CLI prints.
+:meth:`chi_redis.events.codec.Codec.envelope` turns an item into the JSON envelope the CLI
+prints; :class:`chi_redis.store.query.TypeFilter` picks items by type.
 """
 
 from __future__ import annotations
@@ -18,30 +19,24 @@ import heapq
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
 from itertools import chain, islice
 from typing import Any, Literal, TypeVar
 
-import msgspec
-
 from ..backend.keys import Keys
-from ..errors import DecodeError
-from ..events.codec import Codec
-from ..events.names import compile_glob, validate_glob
-from ..ops.timeparse import MAX_SEQ, StreamId, format_id, parse_id, succ
+from ..backend.streamids import MAX_SEQ, StreamId, format_id, parse_id, succ
 
 __all__ = [
     "By",
+    "Fields",
     "Item",
-    "TypeFilter",
-    "envelope",
-    "envelope_json",
+    "fetch_entries",
     "index_pages",
     "item_pos",
     "merged",
     "pos_key",
     "prefetched",
     "reader",
+    "rechunk",
     "str_fields",
     "stream_pages",
 ]
@@ -52,15 +47,6 @@ By = Literal["append", "event-time"]
 Fields = dict[str, bytes]
 #: One entry read from history: topic, stream id, fields, event time (µs; 0 by append time).
 Item = tuple[str, bytes, Fields, int]
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_META = msgspec.json.Decoder(dict[str, Any])
-_MP = msgspec.msgpack.Decoder()
-_JS = msgspec.json.Decoder()
-
-
-def _sid_key(sid: bytes) -> StreamId:
-    return parse_id(sid)
 
 
 # reading entries -----------------------------------------------------------------------------
@@ -196,7 +182,7 @@ def index_pages(
             continue
         size = page
         score, last = fresh[-1][1], fresh[-1][0]
-        wanted = [(m, s) for m, s in fresh if _sid_key(m) <= cap]
+        wanted = [(m, s) for m, s in fresh if parse_id(m) <= cap]
         found = fetch_entries(entries_client, keys.stream(topic), [m for m, _ in wanted])
         items = [(topic, m, found[m], s) for m, s in wanted if m in found]
         if missing is not None and len(items) < len(wanted):
@@ -216,7 +202,7 @@ def fetch_entries(client: Any, stream: str, sids: Sequence[bytes]) -> dict[bytes
     """
     if not sids:
         return {}
-    lo, hi = min(sids, key=_sid_key), max(sids, key=_sid_key)
+    lo, hi = min(sids, key=parse_id), max(sids, key=parse_id)
     want = set(sids)
     got: dict[bytes, Fields] = {}
     for sid, fields in client.xrange(stream, lo, hi, count=len(sids) * 2 + 16):
@@ -241,7 +227,7 @@ def merged(readers: Sequence[Iterator[list[Item]]], by: By, page: int) -> Iterat
     key: Callable[[Item], Any]
     if by == "append":
         def key(it: Item) -> Any:
-            return (_sid_key(it[1]), it[0])
+            return (parse_id(it[1]), it[0])
     else:
         def key(it: Item) -> Any:
             return (it[3], it[0], it[1])
@@ -310,122 +296,3 @@ def prefetched(pages: Iterator[T], depth: int = 2) -> Iterator[T]:
                 raise value
     finally:
         stop.set()
-
-
-# filters -----------------------------------------------------------------------------------
-class TypeFilter:
-    """Tests an entry's ``type`` field against globs, caching the answer per type."""
-
-    def __init__(self, *glob_lists: Sequence[str]) -> None:
-        self.lists = [[compile_glob(validate_glob(g)) for g in gl] for gl in glob_lists if gl]
-        self._cache: dict[bytes, bool] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self.lists)
-
-    def select(self, items: list[Item]) -> list[Item]:
-        """The items whose type passes (the common all-pass batch costs one set)."""
-        kinds = {it[2].get("type", b"") for it in items}
-        passing = {k for k in kinds if self({"type": k})}
-        if len(passing) == len(kinds):
-            return items
-        return [it for it in items if it[2].get("type", b"") in passing]
-
-    def __call__(self, fields: Fields) -> bool:
-        raw = fields.get("type", b"")
-        ok = self._cache.get(raw)
-        if ok is None:
-            t = raw.decode(errors="replace")
-            ok = self._cache[raw] = all(any(p.fullmatch(t) for p in pl) for pl in self.lists)
-        return ok
-
-
-def split_globs(values: Iterable[str]) -> list[str]:
-    """``--types a.*,b.c --types d`` → ``["a.*", "b.c", "d"]`` (validated)."""
-    out = [g.strip() for v in values for g in v.split(",") if g.strip()]
-    for g in out:
-        validate_glob(g)
-    return out
-
-
-# rendering ---------------------------------------------------------------------------------
-_ISO_SECONDS: dict[int, str] = {}
-
-
-def iso_us(us: int) -> str:
-    """µs since the epoch → ISO 8601 UTC with microseconds and a ``Z``."""
-    sec, frac = divmod(us, 1_000_000)
-    prefix = _ISO_SECONDS.get(sec)
-    if prefix is None:  # events come in bursts: one strftime per second of them
-        if len(_ISO_SECONDS) > 4096:
-            _ISO_SECONDS.clear()
-        prefix = _ISO_SECONDS[sec] = (_EPOCH + timedelta(seconds=sec)).strftime(
-            "%Y-%m-%dT%H:%M:%S"
-        )
-    return f"{prefix}.{frac:06d}Z"
-
-
-class Envelope(msgspec.Struct, omit_defaults=True):
-    """The JSON envelope of an event (DESIGN §8), plus its stream id."""
-
-    id: str
-    type: str
-    topic: str
-    data: Any
-    metadata: Any
-    timestamp: str
-    version: str
-    stream_id: str
-    archived: bool = False
-
-
-_JSON = msgspec.json.Encoder()
-_EMPTY: dict[str, Any] = {}
-
-
-def _envelope(codec: Codec, topic: str, sid: bytes, f: Fields) -> Envelope | dict[str, Any]:
-    try:
-        raw = f["data"]
-        if len(raw) > codec.max_event_bytes:
-            raise ValueError(f"payload of {len(raw)} bytes is over the size cap")
-        enc = f.get("enc", b"mp")
-        if enc == b"mp":
-            data = _MP.decode(raw)
-        elif enc == b"js":
-            data = _JS.decode(raw)
-        else:
-            raise ValueError(f"unknown payload encoding {enc!r}")
-        meta_raw = f.get("meta", b"{}")
-        return Envelope(
-            f["id"].decode(), f["type"].decode(), topic, data,
-            _META.decode(meta_raw) if meta_raw != b"{}" else _EMPTY, iso_us(int(f["ts"])),
-            f.get("ver", b"1.0").decode(), sid.decode(), "arc" in f,
-        )
-    except (KeyError, ValueError, TypeError, OverflowError, RecursionError) as exc:
-        if isinstance(exc, KeyError):
-            name = exc.args[0]
-            reason = f"missing field {name.decode() if isinstance(name, bytes) else name!r}"
-        else:
-            reason = str(exc)
-        err = DecodeError(reason, stream=topic, entry_id=sid.decode())
-        return {"stream_id": sid.decode(), "topic": topic, "error": str(err)}
-
-
-def envelope(codec: Codec, topic: str, sid: bytes, f: Fields) -> dict[str, Any]:
-    """The JSON envelope of an entry as a dict (DESIGN §8): the event plus its stream id.
-
-    Payloads are decoded without a registered class (the CLI knows none).  An entry that
-    cannot be decoded gives ``{"stream_id", "topic", "error"}`` instead of stopping a scan.
-    """
-    env = _envelope(codec, topic, sid, f)
-    if isinstance(env, dict):
-        return env
-    out = msgspec.structs.asdict(env)
-    if not env.archived:
-        del out["archived"]
-    return out
-
-
-def envelope_json(codec: Codec, topic: str, sid: bytes, f: Fields) -> bytes:
-    """:func:`envelope` encoded as one compact JSON object (the fast path)."""
-    return _JSON.encode(_envelope(codec, topic, sid, f))

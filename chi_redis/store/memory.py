@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
+from ..backend.streamids import parse_id
 from ..events.event import Event, _to_us
 from ..events.names import validate_name
 from .query import check_page, check_range, sort_key, type_matcher
@@ -49,8 +50,8 @@ class MemoryEventStore:
         with self._lock:
             items = list(self._topics.get(topic, {}).items())
         if after is not None:
-            seq = int(after.split("-")[1])
-            items = [(p, e) for p, e in items if int(p.split("-")[1]) > seq]
+            after_id = parse_id(after)
+            items = [(p, e) for p, e in items if parse_id(p) > after_id]
         page = items[:limit]
         return [e for _, e in page], (page[-1][0] if page else after)
 

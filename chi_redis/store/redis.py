@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 import redis
 
 from ..backend.scripts import script
+from ..backend.streamids import parse_id
 from ..errors import PublishError
 from ..events.event import Event
 from ..events.names import validate_name
@@ -23,11 +24,6 @@ __all__ = ["RedisEventStore"]
 _PAGE = 5000
 #: A stream entry as Redis sends it: ``(stream id, [field, value, field, value, ...])``.
 Entry = tuple[bytes, list[bytes]]
-
-
-def _sid_key(sid: bytes) -> tuple[int, int]:
-    ms, _, seq = sid.partition(b"-")
-    return int(ms), int(seq or 0)
 
 
 class RedisEventStore:
@@ -186,12 +182,12 @@ class RedisEventStore:
         if not sids:
             return []
         stream = self._keys.stream(topic)
-        if _sid_key(sids[0]) <= _sid_key(sids[-1]):
+        if parse_id(sids[0]) <= parse_id(sids[-1]):
             # Fast path: event time follows stream order, so the span holds exactly these.
             span = self._xrange(stream, sids[0], sids[-1], len(sids))
             if len(span) == len(sids) and [sid for sid, _ in span] == sids:
                 return span
-        order = list(map(_sid_key, sids))
+        order = list(map(parse_id, sids))
         (lo_ms, lo_seq), (hi_ms, hi_seq) = min(order), max(order)
         want = set(sids)
         got: dict[bytes, list[bytes]] = {}

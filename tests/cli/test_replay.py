@@ -362,7 +362,7 @@ def test_replay_to_a_subscription_filters_types_and_skips_archived_entries(
 def test_progress_bar_only_on_a_terminal_and_never_over_printed_events(
     cli: Cli, bus: EventBus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from chi_redis.cli import main as cli_module
+    from chi_redis.cli import replay as cli_module
 
     register(bus, "audit")
     StreamsBroker(bus, options=BrokerOptions(**FAST))

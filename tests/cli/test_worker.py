@@ -13,7 +13,7 @@ import redis
 from click.testing import CliRunner
 
 from chi_redis import Event, EventBus
-from chi_redis.cli import main as cli_module
+from chi_redis.cli import worker as cli_module
 from chi_redis.cli.main import cli as chi_cli
 
 from .conftest import CHI, REDIS_URL, ROOT, clean_env, wait_until

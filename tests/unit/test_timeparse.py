@@ -1,20 +1,12 @@
-"""TIME, DUR and RATE arguments, and stream-id arithmetic (no Redis needed)."""
+"""TIME, DUR and RATE arguments (no Redis needed); stream ids: see test_streamids.py."""
 
 from __future__ import annotations
 
 import pytest
 
+from chi_redis.backend.streamids import MAX_SEQ
 from chi_redis.errors import ValidationError
-from chi_redis.ops.timeparse import (
-    MAX_SEQ,
-    TimePoint,
-    parse_duration,
-    parse_id,
-    parse_rate,
-    parse_time,
-    pred,
-    succ,
-)
+from chi_redis.ops.timeparse import TimePoint, parse_duration, parse_rate, parse_time
 
 NOW_US = 1_700_000_000_000_000
 
@@ -59,15 +51,6 @@ def test_time_bounds_cover_the_whole_millisecond() -> None:
 def test_bad_time_is_a_validation_error(bad: str) -> None:
     with pytest.raises(ValidationError, match="invalid"):
         parse_time(bad)
-
-
-def test_stream_id_successor_and_predecessor() -> None:
-    assert succ((5, 1)) == (5, 2)
-    assert succ((5, MAX_SEQ)) == (6, 0)
-    assert pred((5, 0)) == (4, MAX_SEQ)
-    assert pred((5, 3)) == (5, 2)
-    assert pred((0, 0)) == (0, 0)
-    assert parse_id(b"17-3") == (17, 3)
 
 
 def test_durations_and_rates() -> None:

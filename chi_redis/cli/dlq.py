@@ -1,0 +1,148 @@
+"""``chi-redis dlq list|show|redrive|purge``: inspect and repair dead letters."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import click
+import msgspec
+
+from ..errors import NotFoundError, ValidationError
+from ..events.names import validate_name
+from ..ops.timeparse import parse_time
+from .options import ChiGroup, common_options, confirm, emit, emit_lines, iso_ms, settings
+
+__all__ = ["dlq"]
+
+_BODY = msgspec.msgpack.Decoder(dict[str, bytes])
+_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+@click.group(cls=ChiGroup)
+@common_options
+def dlq() -> None:
+    """Dead letters: list, show, redrive, purge."""
+
+
+def _known_sub(bus: Any, sub: str) -> None:
+    """Refuse a subscription neither registered nor holding dead letters."""
+    validate_name(sub, "subscription")
+    k = bus.keys
+    registered, has_dlq = bus.call(lambda: (
+        bus.client.hexists(k.subs(), sub), bus.client.exists(k.dlq(sub))))
+    if not registered and not has_dlq:
+        raise NotFoundError(f"unknown subscription {sub!r}: not registered and no dead letters")
+
+
+def _check_ids(ids: list[str]) -> list[str]:
+    for i in ids:
+        if not _ID.fullmatch(i):
+            raise ValidationError(f"invalid dead-letter id {i!r}: expected MS-SEQ", field="id")
+    return ids
+
+
+def _dl_dict(dl: Any, full: bool = False) -> dict[str, Any]:
+    d = msgspec.structs.asdict(dl)
+    body = d.pop("body")
+    if not full:
+        d.pop("traceback")
+        return d
+    if dl.kind in ("event", "raw") and body:
+        try:
+            fields = _BODY.decode(body)
+            d["event"] = settings().bus().codec.envelope(dl.topic, dl.source_id.encode(), fields)
+        except msgspec.DecodeError:
+            d["event"] = None
+    return d
+
+
+@dlq.command("list")
+@common_options
+@click.argument("sub", metavar="SUB")
+@click.option("--limit", type=click.IntRange(min=1, max=10_000), default=100, show_default=True)
+@click.option("--after", metavar="ID", help="Start after this dead-letter id.")
+def dlq_list(sub: str, limit: int, after: str | None) -> None:
+    """List a subscription's dead letters, oldest first."""
+    from ..runtime.deadletters import list_dead_letters
+
+    bus = settings().bus()
+    _known_sub(bus, sub)
+    letters = list_dead_letters(
+        bus, sub, after=_check_ids([after])[0] if after else None, count=limit
+    )
+
+    def render(d: dict[str, Any]) -> str:
+        return (
+            f"{d['id']}  {d['type'] or '-':<24} {d['event_id'] or '-':<36} {d['reason']:<18}"
+            f" x{d['deliveries']}  {d['error_type']}: {d['error'][:80]}"
+        )
+
+    n = emit_lines((_dl_dict(d) for d in letters), render)
+    if not n and not settings().json:
+        click.echo(f"no dead letters in {sub!r}", err=True)
+
+
+@dlq.command("show")
+@common_options
+@click.argument("sub", metavar="SUB")
+@click.argument("dl_id", metavar="ID")
+def dlq_show(sub: str, dl_id: str) -> None:
+    """Show one dead letter with its traceback and event."""
+    from ..runtime.deadletters import list_dead_letters
+
+    bus = settings().bus()
+    _known_sub(bus, sub)
+    found = list_dead_letters(bus, sub, ids=_check_ids([dl_id]))
+    if not found:
+        raise NotFoundError(f"no dead letter {dl_id} in {sub!r}")
+    d = _dl_dict(found[0], full=True)
+    tb = d.get("traceback") or ""
+    lines = [f"{k}: {v}" for k, v in d.items() if k not in ("traceback", "event")]
+    lines.append(f"first_failure: {iso_ms(d['first_failure_ms'])}")
+    lines.append(f"last_failure: {iso_ms(d['last_failure_ms'])}")
+    if d.get("event") is not None:
+        lines.append("event: " + msgspec.json.encode(d["event"]).decode())
+    if tb:
+        lines += ["traceback:", tb.rstrip()]
+    emit(d, lines)
+
+
+@dlq.command("redrive")
+@common_options
+@click.argument("sub", metavar="SUB")
+@click.option("--id", "ids", multiple=True, metavar="ID", help="Dead letter (repeatable).")
+@click.option("--all", "all_", is_flag=True, help="Redrive every dead letter.")
+def dlq_redrive(sub: str, ids: tuple[str, ...], all_: bool) -> None:
+    """Put dead letters back on the subscription's queue, each once."""
+    if bool(ids) == all_:
+        raise click.UsageError("give --id ID (repeatable) or --all")
+    from ..runtime.deadletters import redrive
+
+    bus = settings().bus()
+    _known_sub(bus, sub)
+    n = redrive(bus, sub, _check_ids(list(ids)) if ids else None)
+    emit({"subscription": sub, "redriven": n}, f"redriven {n} dead letter(s) of {sub!r}")
+
+
+@dlq.command("purge")
+@common_options
+@click.argument("sub", metavar="SUB")
+@click.option("--before", metavar="TIME", help="Only those dead-lettered before TIME.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(sub: str, before: str | None, yes: bool) -> None:
+    """Delete dead letters (asks first)."""
+    from ..runtime.deadletters import purge
+
+    cutoff = parse_time(before, field="--before") if before else None
+    bus = settings().bus()
+    _known_sub(bus, sub)
+    key = bus.keys.dlq(sub)
+    if cutoff is None:
+        count = int(bus.call(lambda: bus.client.xlen(key)))
+        what = f"all {count} dead letter(s) of {sub!r}"
+    else:
+        what = f"the dead letters of {sub!r} from before {cutoff.iso()}"
+    confirm(f"Delete {what}?", yes)
+    n = purge(bus, sub, before_ms=cutoff.lower_id()[0] if cutoff else None)
+    emit({"subscription": sub, "purged": n}, f"purged {n} dead letter(s) of {sub!r}")

@@ -1,0 +1,204 @@
+"""``chi-redis publish``, ``tail`` and ``events get|list``: writing and reading events."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+import msgspec
+
+from ..backend.streamids import MAX_SEQ, format_id, parse_id, pred
+from ..errors import NotFoundError, ValidationError
+from ..events.event import Event
+from ..events.names import validate_name
+from ..ops.timeparse import TimePoint
+from ..store.history import By, index_pages, merged, str_fields, stream_pages
+from ..store.query import TypeFilter
+from .options import (
+    ChiGroup,
+    common_options,
+    emit,
+    emit_lines,
+    json_line,
+    range_options,
+    settings,
+    split_globs,
+    split_topics,
+    time_arg,
+)
+
+__all__ = ["events", "publish", "read_history", "tail"]
+
+
+# publish ----------------------------------------------------------------------------------
+@click.command()
+@common_options
+@click.argument("topic")
+@click.argument("type_", metavar="TYPE")
+@click.argument("data", metavar="[DATA_JSON]", required=False)
+@click.option("--meta", multiple=True, metavar="K=V", help="Metadata entry (repeatable).")
+@click.option("--idempotency-key", metavar="KEY", help="Publish at most once per key (24 h).")
+def publish(
+    topic: str, type_: str, data: str | None, meta: tuple[str, ...], idempotency_key: str | None
+) -> None:
+    """Publish one event; prints its stream id.  DATA_JSON '-' reads stdin."""
+    if data == "-":
+        data = sys.stdin.read()
+    try:
+        payload = msgspec.json.decode(data) if data else None
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"DATA_JSON is not valid JSON: {exc}", field="data") from None
+    metadata: dict[str, str | int | float | bool] = {}
+    for item in meta:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValidationError(f"--meta {item!r}: use KEY=VALUE", field="meta")
+        metadata[key] = value
+    event = Event(type=type_, topic=validate_name(topic, "topic"), data=payload, metadata=metadata)
+    sid = settings().bus().publish(event, idempotency_key=idempotency_key)
+    emit({"stream_id": sid, "id": event.id, "topic": event.topic, "type": event.type}, sid)
+
+
+# tail -------------------------------------------------------------------------------------
+@click.command()
+@common_options
+@click.argument("topics", metavar="TOPIC...", nargs=-1, required=True)
+@click.option("--types", multiple=True, metavar="GLOB", help="Only these types (repeatable).")
+@click.option("--from", "from_", metavar="ID|TIME", help="Start here (default: new events).")
+@click.option("--count", type=click.IntRange(min=1), help="Stop after N events.")
+@click.option("--block-ms", type=click.IntRange(min=1, max=5000), default=1000, hidden=True)
+def tail(
+    topics: tuple[str, ...], types: tuple[str, ...], from_: str | None, count: int | None,
+    block_ms: int,
+) -> None:
+    """Follow topics: one JSON line per event (no consumer group involved)."""
+    names = split_topics(topics)
+    match = TypeFilter(split_globs(types))
+    start = time_arg(from_, "--from")
+    bus = settings().bus()
+    k = bus.keys
+    streams = {k.stream(t): t for t in names}
+    positions: dict[str, Any]
+    if start is not None:
+        positions = dict.fromkeys(streams, format_id(pred(start.lower_id())))
+    else:
+        positions = _last_ids(bus, list(streams))
+    out = sys.stdout.buffer
+    client: Any = bus.client
+    n = 0
+    try:
+        while count is None or n < count:
+            want = 100 if count is None else min(100, count - n)
+            read = bus.call(lambda w=want: client.xread(positions, count=w, block=block_ms))
+            got = []
+            for raw_stream, entries in read or ():
+                stream = raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
+                positions[stream] = entries[-1][0].decode()
+                got += [(parse_id(sid), stream, sid, f) for sid, f in entries]
+            got.sort(key=lambda g: g[0])  # one order across topics: append time
+            for _, stream, sid, f in got:
+                fields = str_fields(f)
+                if (count is not None and n >= count) or (match and not match(fields)):
+                    continue
+                out.write(bus.codec.envelope_json(streams[stream], sid, fields) + b"\n")
+                n += 1
+            out.flush()
+    except KeyboardInterrupt:
+        out.flush()
+
+
+def _last_ids(bus: Any, streams: list[str]) -> dict[str, Any]:
+    def run() -> list[Any]:
+        pipe = bus.client.pipeline(transaction=False)
+        for s in streams:
+            pipe.xinfo_stream(s)
+        return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+
+    out = {}
+    for s, info in zip(streams, bus.call(run), strict=True):
+        last = info["last-generated-id"] if isinstance(info, dict) else b"0-0"
+        out[s] = last.decode() if isinstance(last, bytes) else str(last)
+    return out
+
+
+# events -----------------------------------------------------------------------------------
+@click.group(cls=ChiGroup)
+@common_options
+def events() -> None:
+    """Look events up in the event store."""
+
+
+@events.command("get")
+@common_options
+@click.argument("event_id")
+def events_get(event_id: str) -> None:
+    """Show one event by its id."""
+    bus = settings().bus()
+    where = bus.store.locate(event_id)
+    entries = []
+    if where is not None:
+        topic, sid = where
+        entries = bus.call(lambda: bus.client.xrange(bus.keys.stream(topic), sid, sid))
+    if not entries:
+        raise NotFoundError(f"no event {event_id!r}" + (" (trimmed)" if where else ""))
+    env = bus.codec.envelope(where[0], entries[0][0], str_fields(entries[0][1]))  # type: ignore[index]
+    emit(env, msgspec.json.format(json_line(env), indent=2).decode())
+
+
+def _render_event(e: dict[str, Any]) -> str:
+    if "error" in e:
+        return f"{e['stream_id']}  {e['topic']:<12} ERROR {e['error']}"
+    return f"{e['stream_id']}  {e['timestamp']}  {e['topic']:<12} {e['type']:<28} {e['id']}"
+
+
+def read_history(
+    bus: Any, topics: list[str], by: By, since: TimePoint | None, until: TimePoint | None,
+    page: int = 1000,
+) -> Any:
+    """Merged pages of items of ``topics`` in the range."""
+    if by == "append":
+        lo = since.lower_id() if since else (0, 0)
+        hi = until.upper_id() if until else (MAX_SEQ, MAX_SEQ)
+        readers = [stream_pages(bus.client, bus.keys, t, lo, hi, page=page) for t in topics]
+    else:
+        lo_us = since.lower_us() if since else 0
+        hi_us = until.upper_us() if until else 2**62
+        readers = [index_pages(bus.client, bus.keys, t, lo_us, hi_us, page=page) for t in topics]
+    return merged(readers, by, page)
+
+
+@events.command("list")
+@common_options
+@range_options(topic_help="Topic (repeatable; default: all).",
+               until_help="Until (inclusive): TIME or stream id.")
+@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True,
+              help="At most N events (0: no limit).")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip the first N.")
+def events_list(
+    topics: tuple[str, ...], since: str | None, until: str | None, by: By,
+    types: tuple[str, ...], limit: int, offset: int,
+) -> None:
+    """List events, oldest first."""
+    names = split_topics(topics)
+    match = TypeFilter(split_globs(types))
+    lo, hi = time_arg(since, "--since"), time_arg(until, "--until")
+    bus = settings().bus()
+    names = names or bus.store.topics()
+
+    def gen() -> Any:
+        skip, left = offset, limit or None
+        for page in read_history(bus, names, by, lo, hi, page=min(1000, (limit or 1000) + offset)):
+            for topic, sid, f, _ in page:
+                if match and not match(f):
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                yield bus.codec.envelope(topic, sid, f)
+                if left is not None:
+                    left -= 1
+                    if not left:
+                        return
+
+    emit_lines(gen(), _render_event)

@@ -1,0 +1,88 @@
+"""``chi-redis replay``: deliver a range of history again."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..ops.timeparse import parse_rate
+from ..store.history import By
+from .options import (
+    common_options,
+    json_line,
+    range_options,
+    settings,
+    split_globs,
+    split_topics,
+    stdout_is_tty,
+    time_arg,
+)
+
+__all__ = ["replay_cmd"]
+
+
+@click.command("replay")
+@common_options
+@range_options(topic_help="Topic (repeatable).", until_help="Until (inclusive; default: now).")
+@click.option("--to", "to_sub", metavar="SUBSCRIPTION", help="Deliver to this subscription only.")
+@click.option("--republish", is_flag=True, help="Publish again as new events (marked).")
+@click.option("--print", "print_", is_flag=True, help="Print JSON lines.")
+@click.option("--dry-run", is_flag=True, help="Count what would be replayed.")
+@click.option("--rate", metavar="N/s", help="At most N events per second.")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=500, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Parallel delivery threads (order is not kept above 1).")
+@click.option("--checkpoint", metavar="NAME", help="Resumable: run again to continue.")
+def replay_cmd(
+    topics: tuple[str, ...], since: str | None, until: str | None, by: By,
+    types: tuple[str, ...], to_sub: str | None, republish: bool, print_: bool, dry_run: bool,
+    rate: str | None, batch_size: int, workers: int, checkpoint: str | None,
+) -> None:
+    """Replay a range of events into one subscription, back onto the topic, or stdout."""
+    from ..ops.replay import ReplayInterrupted, ReplayOptions, choose_target, estimate_total, replay
+
+    chosen = [x for x in (to_sub, republish, print_) if x]
+    if len(chosen) > 1:
+        raise click.UsageError("choose one target: --to SUBSCRIPTION, --republish or --print")
+    if not chosen and not dry_run:
+        raise click.UsageError(
+            "choose a target: --to SUBSCRIPTION, --republish or --print (or --dry-run to count)"
+        )
+    names = split_topics(topics)
+    globs = split_globs(types)
+    lo, hi = time_arg(since, "--since"), time_arg(until, "--until")
+    opts = ReplayOptions(
+        batch_size=batch_size, rate=parse_rate(rate) if rate else None, workers=workers,
+        dry_run=dry_run, checkpoint=checkpoint,
+    )
+    opts.validate()
+    s = settings()
+    bus = s.bus()
+    printing = print_ and not dry_run
+    target, default_topics = choose_target(
+        bus, to_sub=to_sub, republish=republish,
+        out=sys.stdout.buffer if print_ else None,
+    )
+    names = names or default_topics
+    # The summary goes to stderr when stdout carries the events.
+    report_err = printing
+    try:
+        if stdout_is_tty() and not printing and not s.json:
+            total = estimate_total(bus, names, by, lo, hi)
+            with click.progressbar(length=max(total, 1), label="replaying") as bar:
+                report = replay(bus, target, topics=names, by=by, since=lo, until=hi,
+                                types=globs, options=opts, progress=bar.update)
+        else:
+            report = replay(bus, target, topics=names, by=by, since=lo, until=hi, types=globs,
+                            options=opts)
+    except ReplayInterrupted as exc:
+        for g in exc.report.gaps:
+            click.echo(f"warning: {g.describe()}", err=True)
+        raise
+    if s.json:
+        click.echo(json_line(report.as_dict()).decode(), err=report_err)
+        return
+    for g in report.gaps:
+        click.echo(f"warning: {g.describe()}", err=True)
+    click.echo(report.summary(), err=report_err)

@@ -1,0 +1,109 @@
+"""``chi-redis subscriptions list|rewind|prune``: the registry and the consumer groups."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from ..errors import NotFoundError
+from ..events.names import validate_name
+from ..ops.timeparse import parse_time
+from .options import ChiGroup, common_options, confirm, emit, emit_lines, iso_ms, settings
+
+__all__ = ["subscriptions"]
+
+
+@click.group(cls=ChiGroup)
+@common_options
+def subscriptions() -> None:
+    """Registered subscriptions: list, rewind, prune."""
+
+
+@subscriptions.command("list")
+@common_options
+def subscriptions_list() -> None:
+    """Every subscription: registry entry, topics, lag, pending, dead letters."""
+    from ..ops.registry import registry
+    from ..ops.stats import collect
+
+    cfg = settings()
+    bus = cfg.bus()
+    reg = registry(bus)
+    st = {s.name: s for s in collect(bus).subscriptions}
+    cutoff = time.time() * 1000 - cfg.config.subscriptions_seen_days * 86_400_000
+    rows = []
+    for name in sorted(set(reg) | set(st)):
+        info, s = reg.get(name), st.get(name)
+        seen = int(info.get("last_seen_ms") or 0) if info else 0
+        rows.append({
+            "name": name,
+            "registered": info is not None,
+            "active": seen >= cutoff,  # seen within subscriptions_seen_days
+            "last_seen": iso_ms(seen) if info else None,
+            "types": (info or {}).get("types", []),
+            "topics": s.topics if s else [],
+            "lag": s.lag if s else None,
+            "pending": s.pending if s else 0,
+            "delayed": s.delayed if s else 0,
+            "dead_letters": s.dead_letters if s else 0,
+        })
+
+    def render(r: dict[str, Any]) -> str:
+        lag = "?" if r["lag"] is None else r["lag"]
+        seen = r["last_seen"] or "not registered"
+        stale = "" if r["active"] else " (stale)"
+        return (
+            f"{r['name'] + stale:<24} seen {seen:<20} lag {lag!s:<7} pending {r['pending']:<6}"
+            f" dlq {r['dead_letters']:<5} types {','.join(r['types']) or '-'}"
+            f"  topics {','.join(r['topics']) or '-'}"
+        )
+
+    if not emit_lines(rows, render) and not settings().json:
+        click.echo("no subscriptions", err=True)
+
+
+@subscriptions.command("rewind")
+@common_options
+@click.argument("sub", metavar="SUB")
+@click.option("--to", "to", metavar="ID|TIME", required=True, help="Deliver again from here.")
+@click.option("--topic", "topics", multiple=True, help="Only this topic (repeatable).")
+def subscriptions_rewind(sub: str, to: str, topics: tuple[str, ...]) -> None:
+    """Move the subscription's groups back to ID|TIME (XGROUP SETID on each topic)."""
+    from ..ops.registry import rewind
+
+    point = parse_time(to, field="--to")
+    bus = settings().bus()
+    chosen = [validate_name(t, "topic") for t in topics] or None
+    done = rewind(bus, sub, point, chosen)
+    if not done:
+        raise NotFoundError(f"subscription {sub!r} has no consumer group on any topic")
+    emit(
+        {"subscription": sub, "topics": done},
+        [f"rewound {sub!r} on topic {t}: next read starts after {sid}" for t, sid in done.items()],
+    )
+
+
+@subscriptions.command("prune")
+@common_options
+@click.option("--days", type=click.FloatRange(min=0), help="Seen within (default: config, 7).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def subscriptions_prune(days: float | None, yes: bool) -> None:
+    """Remove groups and registry entries of subscriptions not seen recently."""
+    from ..ops.registry import prune, prune_candidates
+
+    s = settings()
+    bus = s.bus()
+    seen_days = s.config.subscriptions_seen_days if days is None else days
+    candidates = prune_candidates(bus, seen_days)
+    if not candidates:
+        emit({"pruned": []}, f"nothing to prune (all seen within {seen_days:g} days)")
+        return
+    if not s.json or not yes:
+        for c in candidates:
+            why = "no registry entry" if c.info is None else f"last seen {iso_ms(c.last_seen_ms)}"
+            click.echo(f"{c.name}: {why}; groups on {', '.join(c.topics) or 'no topic'}", err=True)
+    confirm(f"Remove {len(candidates)} subscription(s)?", yes)
+    pruned = prune(bus, candidates, seen_days)
+    emit({"pruned": pruned}, f"pruned {len(pruned)}: {', '.join(pruned) or '-'}")

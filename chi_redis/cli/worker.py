@@ -1,0 +1,40 @@
+"""``chi-redis worker``: run Dramatiq workers with this invocation's connection settings."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .options import common_options, settings
+
+__all__ = ["execute", "worker"]
+
+
+@click.command()
+@common_options
+@click.argument("modules", nargs=-1, required=True)
+@click.option("--processes", "-p", type=click.IntRange(min=1), help="Worker processes.")
+@click.option("--threads", "-t", type=click.IntRange(min=1), help="Threads per process.")
+def worker(modules: tuple[str, ...], processes: int | None, threads: int | None) -> None:
+    """Run Dramatiq workers for the subscriptions MODULES register."""
+    s = settings()
+    env = dict(os.environ)
+    env["CHI_REDIS_URL"] = s.redis_url
+    env["CHI_NAMESPACE"] = s.ns
+    if s.config_path:
+        env["CHI_CONFIG"] = s.config_path
+    argv = [sys.executable, "-m", "dramatiq", "chi_redis.worker", *modules]
+    if processes:
+        argv += ["--processes", str(processes)]
+    if threads:
+        argv += ["--threads", str(threads)]
+    execute(argv, env)
+
+
+def execute(argv: list[str], env: dict[str, str]) -> None:
+    """Replace this process with ``argv`` (tests replace this function)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(argv[0], argv, env)
