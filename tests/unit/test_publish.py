@@ -134,7 +134,7 @@ def test_store_archives_without_delivery_marker_missing(bus: EventBus, client: r
 
 def fail_on_call(bus: EventBus, monkeypatch: pytest.MonkeyPatch, n: int, *, after: bool) -> None:
     """Make the n-th pipeline round trip fail (before or after it reached Redis)."""
-    original = bus._pipeline
+    original = bus.writer.send_pipelined
     calls = {"n": 0}
 
     def flaky(group: Any) -> Any:
@@ -145,7 +145,7 @@ def fail_on_call(bus: EventBus, monkeypatch: pytest.MonkeyPatch, n: int, *, afte
             raise rex.ConnectionError("connection reset by peer")
         return original(group)
 
-    monkeypatch.setattr(bus, "_pipeline", flaky)
+    monkeypatch.setattr(bus.writer, "send_pipelined", flaky)
 
 
 def test_failed_round_trip_reports_written_and_failed_events(
@@ -198,7 +198,7 @@ def test_single_publish_retry_after_a_lost_reply_does_not_duplicate(
     client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bus = EventBus(client, namespace=namespace, retry=RetryPolicy(attempts=2, base_ms=1))
-    original = bus._evalsha
+    original = bus.writer.send
     calls = {"n": 0}
 
     def flaky(keys: Any, argv: Any) -> Any:
@@ -208,7 +208,7 @@ def test_single_publish_retry_after_a_lost_reply_does_not_duplicate(
             raise rex.TimeoutError("timeout reading from socket")
         return result
 
-    monkeypatch.setattr(bus, "_evalsha", flaky)
+    monkeypatch.setattr(bus.writer, "send", flaky)
     sid = bus.publish(ev(1))
     assert calls["n"] == 2
     assert [s.decode() for s, _ in client.xrange(bus.keys.stream("user"))] == [sid]
