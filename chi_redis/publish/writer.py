@@ -194,7 +194,8 @@ def _stream_ids(result: Sequence[bytes]) -> list[str]:
 
 
 class _Packing:
-    """What both writers share: the layout, the chunking and the partial-failure report."""
+    """What both writers share: the layout, the chunking into round trips, and which events
+    a failed round trip leaves to look up."""
 
     def __init__(self, keys: Keys, codec: Codec, idempotency_ttl_ms: int) -> None:
         self.keys = keys

@@ -173,9 +173,9 @@ class Subscription:
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able description: the registry record's fields, without ``last_seen_ms``."""
-        d = msgspec.to_builtins(self.record())
+        d = msgspec.structs.asdict(self.record())
         del d["last_seen_ms"]
-        return d  # type: ignore[no-any-return]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 class SubscriptionRecord(msgspec.Struct, frozen=True, kw_only=True):

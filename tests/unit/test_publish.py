@@ -234,3 +234,28 @@ def test_event_time_is_the_index_score_even_when_backdated(
     assert client.zscore(bus.keys.index("user"), sid) == old.timestamp() * 1_000_000
     found = bus.store.load_by_time_range(old, old + timedelta(microseconds=1))
     assert [e.timestamp for e in found] == [old]
+
+
+def test_url_is_public_and_never_shows_the_password() -> None:
+    bus = EventBus.from_url("redis://:s3cret@127.0.0.1:1/2", namespace="x")
+    try:
+        assert bus.url == "redis://127.0.0.1:1/2"
+        assert "s3cret" not in repr(bus)
+    finally:
+        bus.close()
+
+
+def test_call_once_does_not_retry_and_maps_errors(client: redis.Redis, namespace: str) -> None:
+    bus = EventBus(client, namespace=namespace, retry=RetryPolicy(attempts=5, base_ms=1))
+    calls = {"n": 0}
+
+    def lost() -> None:
+        calls["n"] += 1
+        raise rex.ConnectionError("connection reset by peer")
+
+    with pytest.raises(RedisUnavailableError):
+        bus.call_once(lost)
+    assert calls["n"] == 1
+    with pytest.raises(RedisUnavailableError):
+        bus.call(lost)
+    assert calls["n"] == 6
