@@ -89,8 +89,10 @@ class EventBus:
         return call_with_retry(fn, self.retry, self._url, self._password)
 
     def call_once(self, fn: Any) -> Any:
-        """Run ``fn()`` once, mapping redis-py errors to ChiErrors: for writes that a retry
-        after a lost reply would duplicate."""
+        """Run ``fn()`` once, without retrying, mapping redis-py errors to ChiErrors.
+
+        For writes that a retry after a lost reply would repeat (replay deliveries).
+        """
         return call_with_retry(fn, _ONCE, self._url, self._password)
 
     def close(self) -> None:
