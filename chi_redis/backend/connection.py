@@ -13,11 +13,10 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import redis
-import redis.asyncio
 import redis.exceptions as rex
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -32,6 +31,9 @@ from ..errors import (
     scrub,
     url_has_password,
 )
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 __all__ = ["RetryPolicy", "connect", "connect_async", "map_redis_error"]
 
@@ -120,6 +122,8 @@ def connect(url: str = DEFAULT_URL, **options: Any) -> redis.Redis:
 
 def connect_async(url: str = DEFAULT_URL, **options: Any) -> redis.asyncio.Redis:
     """A ``redis.asyncio`` client for ``url`` with chi-redis's connection defaults."""
+    import redis.asyncio  # here, not at the top: only asyncio programs pay for it
+
     try:
         return redis.asyncio.Redis.from_url(url, **_client_options(options))
     except ValueError as exc:

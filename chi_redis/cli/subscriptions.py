@@ -36,13 +36,13 @@ def subscriptions_list() -> None:
     rows = []
     for name in sorted(set(reg) | set(st)):
         info, s = reg.get(name), st.get(name)
-        seen = int(info.get("last_seen_ms") or 0) if info else 0
+        seen = (info.last_seen_ms or 0) if info else 0
         rows.append({
             "name": name,
             "registered": info is not None,
             "active": seen >= cutoff,  # seen within subscriptions_seen_days
             "last_seen": iso_ms(seen) if info else None,
-            "types": (info or {}).get("types", []),
+            "types": list(info.types) if info else [],
             "topics": s.topics if s else [],
             "lag": s.lag if s else None,
             "pending": s.pending if s else 0,

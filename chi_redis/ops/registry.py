@@ -2,9 +2,9 @@
 
 Workers record each subscription in the ``keys.subs()`` hash when they start and refresh
 its ``last_seen_ms``; its consumer groups live on the topic streams.  A subscription is
-*registered* while it has been seen within ``subscriptions_seen_days`` (DESIGN §8); groups
-of subscriptions no longer registered (and groups no registry entry explains) hold back
-retention forever, which is what ``prune`` is for.
+*registered* while it has been seen within ``subscriptions_seen_days`` (docs/design.md);
+groups of subscriptions no longer registered (and groups no registry entry explains) hold
+back retention forever, which is what ``prune`` is for.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import redis.exceptions as rex
 
 from ..backend.streamids import format_id, pred
 from ..errors import NotFoundError
 from ..events.names import validate_name
+from ..runtime.subscriptions import SubscriptionRecord, decode_record
 from .timeparse import TimePoint
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ __all__ = [
     "groups_by_subscription",
     "prune",
     "prune_candidates",
+    "registered",
     "registry",
     "rewind",
     "subscriptions",
@@ -44,29 +45,34 @@ class Registered:
     """A subscription as the registry and the topic streams know it."""
 
     name: str
-    info: dict[str, Any] | None  # None: a group with no registry entry
+    info: SubscriptionRecord | None  # None: a group with no registry entry
     topics: list[str] = field(default_factory=list)  # topics holding a group of this name
 
     @property
     def last_seen_ms(self) -> int | None:
-        return int(self.info["last_seen_ms"]) if self.info and "last_seen_ms" in self.info else None
+        return self.info.last_seen_ms if self.info else None
 
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def registry(bus: EventBus) -> dict[str, dict[str, Any]]:
-    """Every registry entry: subscription name → its description (with ``last_seen_ms``)."""
+def registry(bus: EventBus) -> dict[str, SubscriptionRecord]:
+    """Every registry entry: subscription name → its record."""
     raw = bus.call(lambda: bus.client.hgetall(bus.keys.subs()))
-    out: dict[str, dict[str, Any]] = {}
-    for name, value in raw.items():
-        try:
-            info = msgspec.json.decode(value)
-        except msgspec.DecodeError:
-            info = {}
-        out[_s(name)] = info if isinstance(info, dict) else {}
-    return out
+    return {_s(name): decode_record(_s(name), value) for name, value in raw.items()}
+
+
+def registered(bus: EventBus, sub: str) -> SubscriptionRecord:
+    """The registry record of ``sub``; :class:`NotFoundError` when it was never registered."""
+    validate_name(sub, "subscription")
+    raw = bus.call(lambda: bus.client.hget(bus.keys.subs(), sub))
+    if raw is None:
+        raise NotFoundError(
+            f"unknown subscription {sub!r}: not in the registry (a worker registers it when"
+            " it starts; `chi-redis subscriptions list` shows the known ones)"
+        )
+    return decode_record(sub, raw)
 
 
 def topic_names(bus: EventBus, *, scan: bool = False) -> list[str]:
@@ -74,9 +80,8 @@ def topic_names(bus: EventBus, *, scan: bool = False) -> list[str]:
     subscriptions bind (their streams exist before anything is published), and with
     ``scan`` every ``<ns>:{*}:stream`` key (SCAN with a fixed pattern, never KEYS)."""
     names = set(bus.store.topics())
-    for info in registry(bus).values():
-        names.update(info.get("topics") or [])
-        names.update(t.split(".", 1)[0] for t in info.get("types") or [] if not t.startswith("*"))
+    for record in registry(bus).values():
+        names.update(record.bound_topics())  # a wildcard's topics are all in the store's
     if scan:
         k = bus.keys
         pattern = f"{k.ns}:{{*}}:stream"
@@ -167,13 +172,8 @@ def prune(bus: EventBus, candidates: list[Registered], seen_days: float) -> list
     pruned = []
     for c in candidates:
         raw = bus.call(lambda c=c: bus.client.hget(bus.keys.subs(), c.name))
-        if raw is not None:
-            try:
-                seen = int(msgspec.json.decode(raw).get("last_seen_ms", 0))
-            except (msgspec.DecodeError, AttributeError, TypeError, ValueError):
-                seen = 0
-            if seen >= cutoff:
-                continue
+        if raw is not None and (decode_record(c.name, raw).last_seen_ms or 0) >= cutoff:
+            continue
 
         def drop(name: str = c.name) -> None:
             pipe = bus.client.pipeline(transaction=False)

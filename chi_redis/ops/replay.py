@@ -1,4 +1,4 @@
-"""Replay: re-read a range of history and deliver it again (DESIGN §5 Replay).
+"""Replay: re-read a range of history and deliver it again (docs/design.md).
 
 Sources (:mod:`chi_redis.store.history`): one or more topic streams by stream-id / append-time
 range, or the time index by event time.  Targets (:mod:`chi_redis.ops.targets`): one
@@ -18,12 +18,9 @@ stored in the checkpoint), so a republish never chases its own output.
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
@@ -32,27 +29,11 @@ import redis.exceptions as rex
 from ..backend.streamids import format_id, parse_id
 from ..errors import ChiError, ValidationError
 from ..events.names import validate_name
-from ..store.history import (
-    By,
-    Item,
-    index_pages,
-    item_pos,
-    merged,
-    pos_key,
-    prefetched,
-    rechunk,
-    stream_pages,
-)
-from ..store.query import TypeFilter
-from .targets import (
-    Checkpoint,
-    PrintTarget,
-    QueueTarget,
-    RepublishTarget,
-    Target,
-    bound_topics,
-    subscription_info,
-)
+from ..store.history import By
+from .checkpoint import Checkpoint
+from .registry import registered
+from .replay_run import ReplayRun
+from .targets import PrintTarget, QueueTarget, RepublishTarget, Target
 from .timeparse import TimePoint
 
 if TYPE_CHECKING:
@@ -252,49 +233,6 @@ def plan(
     return {"by": by, "topics": topics, "lo": lo_v, "hi": hi_v, "caps": caps}, gaps
 
 
-def _readers(
-    bus: EventBus, spec: dict[str, Any], pos: dict[str, str], page: int,
-    missing: Callable[[int], None],
-) -> list[Iterator[list[Item]]]:
-    by: By = spec["by"]
-    client, keys = bus.client, bus.keys
-    readers: list[Iterator[list[Item]]] = []
-    for topic in spec["topics"]:
-        cap = parse_id(spec["caps"][topic])
-        if cap == (0, 0):
-            continue
-        after = pos.get(topic)
-        if by == "append":
-            hi = min(cap, parse_id(spec["hi"])) if spec["hi"] else cap
-            readers.append(stream_pages(
-                client, keys, topic, parse_id(spec["lo"]), hi,
-                after=parse_id(after) if after else None, page=page,
-            ))
-        else:
-            hi_us = spec["hi"] if spec["hi"] is not None else 2**62
-            readers.append(index_pages(
-                client, keys, topic, spec["lo"], hi_us, cap=cap,
-                after=pos_key(after, by) if after else None,
-                page=page, missing=missing,
-            ))
-    return readers
-
-
-class _Limiter:
-    def __init__(self, rate: float | None) -> None:
-        self.rate = rate
-        self.start = time.monotonic()
-        self.sent = 0
-
-    def wait(self, n: int) -> None:
-        if not self.rate:
-            return
-        self.sent += n
-        delay = self.start + self.sent / self.rate - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-
-
 # running -----------------------------------------------------------------------------------
 def replay(
     bus: EventBus,
@@ -326,26 +264,17 @@ def replay(
         checkpoint=opts.checkpoint,
     )
     ckpt: Checkpoint | None = None
-    if opts.checkpoint and not opts.dry_run:
-        ckpt = Checkpoint(bus, opts.checkpoint)
-        report.resumed = ckpt.spec is not None
-        spec = ckpt.begin(spec)
-        if ckpt.state == "complete":
+    if opts.checkpoint:  # a dry run only peeks: it counts what is left
+        ckpt, spec = Checkpoint.open(bus, opts.checkpoint, spec, dry_run=opts.dry_run)
+        report.resumed = ckpt is not None and ckpt.resumed
+        if ckpt is not None and ckpt.state == "complete":
             report.already_complete = True
-            report.total_delivered = ckpt.delivered
+            if not opts.dry_run:
+                report.total_delivered = ckpt.delivered
             return report
-    elif opts.checkpoint:  # dry run of a resumable replay: count what is left
-        peek = Checkpoint(bus, opts.checkpoint)
-        if peek.spec is not None:
-            report.resumed = True
-            spec = peek.begin(spec)
-            if peek.state == "complete":
-                report.already_complete = True
-                return report
-            ckpt = peek
     start = time.monotonic()
     try:
-        _Run(bus, target, spec, opts, report, ckpt, progress).run()
+        ReplayRun(bus, target, spec, opts, report, ckpt, progress).run()
     except (ChiError, rex.RedisError, OSError, KeyboardInterrupt) as exc:
         raise ReplayInterrupted(report, exc) from exc
     finally:
@@ -363,8 +292,8 @@ def choose_target(
     the subscription's topics for ``--to``, else every topic."""
     known = bus.store.topics()
     if to_sub:
-        info = subscription_info(bus, to_sub)
-        return QueueTarget(bus, to_sub, tuple(info.get("types") or ())), bound_topics(info, known)
+        record = registered(bus, to_sub)
+        return QueueTarget(bus, to_sub, record.types), sorted(record.bound_topics(known))
     if republish:
         return RepublishTarget(bus), known
     if out is not None:
@@ -402,174 +331,3 @@ def estimate_total(
             frac = 1.0 if hi >= last and lo <= first else max(hi - lo, 0) / span
             total += int(r["length"] * min(frac, 1.0))
     return total
-
-
-class _Run:
-    """One replay run: reads batches, filters them, delivers them, moves the checkpoint."""
-
-    def __init__(
-        self, bus: EventBus, target: Target | None, spec: dict[str, Any], opts: ReplayOptions,
-        report: ReplayReport, ckpt: Checkpoint | None, progress: Callable[[int], None] | None,
-    ) -> None:
-        self.bus, self.target, self.spec, self.opts = bus, target, spec, opts
-        self.report, self.ckpt, self.progress = report, ckpt, progress
-        self.by: By = spec["by"]
-        self.pos: dict[str, str] = dict(ckpt.pos) if ckpt else {}
-        self.types = TypeFilter(spec["types"], target.types if target else ())
-        self.skip_archived = target.skips_archived if target else True
-        self.lock = threading.Lock()
-
-    def _missing(self, n: int) -> None:
-        self.report.missing += n
-
-    def batches(self) -> Iterator[tuple[list[Item], list[Item], dict[str, tuple[str, str]]]]:
-        """(batch, deliverable items, topic → (first, last) position in the batch)."""
-        page = min(max(self.opts.batch_size, 100), 1000)
-        readers = _readers(self.bus, self.spec, self.pos, page, self._missing)
-        by, rep = self.by, self.report
-        done = self.ckpt.done if self.ckpt else []
-        pages = prefetched(merged(readers, by, page))
-        for batch in rechunk(pages, self.opts.batch_size):
-            ranges: dict[str, tuple[str, str]] = {}
-            if len(self.spec["topics"]) == 1:
-                t = batch[0][0]
-                ranges[t] = (item_pos(batch[0], by), item_pos(batch[-1], by))
-            else:
-                for it in batch:
-                    p = item_pos(it, by)
-                    ranges[it[0]] = (ranges[it[0]][0] if it[0] in ranges else p, p)
-            items = batch
-            if self.types:
-                items = self.types.select(items)
-            rep.skipped_types += len(batch) - len(items)
-            if self.skip_archived:
-                n = len(items)
-                items = [it for it in items if "arc" not in it[2]]
-                rep.skipped_archived += n - len(items)
-            if done and self.ckpt is not None:
-                n = len(items)
-                items = [
-                    it for it in items
-                    if not self.ckpt.covered(it[0], pos_key(item_pos(it, by), by), by)
-                ]
-                rep.already_delivered += n - len(items)
-            rep.scanned += len(batch)
-            yield batch, items, ranges
-
-    def _count(self, items: list[Item]) -> None:
-        per = self.report.per_topic
-        with self.lock:
-            self.report.delivered += len(items)
-            if len(self.spec["topics"]) == 1:
-                per[items[0][0]] = per.get(items[0][0], 0) + len(items)
-                return
-            for it in items:
-                per[it[0]] = per.get(it[0], 0) + 1
-
-    def run(self) -> None:
-        if self.opts.dry_run or self.target is None:
-            for batch, items, _ in self.batches():
-                self._count(items)
-                if self.progress:
-                    self.progress(len(batch))
-            return
-        if self.opts.workers > 1 and not self.target.ordered:
-            self._parallel(self.target)
-        else:
-            self._serial(self.target)
-
-    def _serial(self, target: Target) -> None:
-        """Batches in order, each sent before the next; the next page is read ahead on
-        another thread meanwhile (measured: a second thread for sending only added GIL
-        contention on localhost)."""
-        limiter = _Limiter(self.opts.rate)
-        for batch, items, ranges in self.batches():
-            for t, (_, last) in ranges.items():
-                self.pos[t] = last
-            fields = {"pos": json.dumps(self.pos)} if self.ckpt else {}
-            if items:
-                payload = target.prepare(items)
-                limiter.wait(len(items))
-                self._send(target, payload, items, fields)
-            elif self.ckpt:
-                self.ckpt.advance(self.pos, [])
-            if self.progress:
-                self.progress(len(batch))
-        if self.ckpt:
-            self.ckpt.finish(self.pos)
-
-    def _parallel(self, target: Target) -> None:
-        """Deliver batches on ``workers`` threads; fold completed batches into ``pos``."""
-        ckpt = self.ckpt
-        limiter = _Limiter(self.opts.rate)
-        n = ckpt.next_batch if ckpt else 1
-        pending: dict[Future[int], int] = {}
-        order: list[tuple[int, dict[str, str], str | None]] = []  # (batch no, pos, field)
-        completed: set[int] = set()
-        error: BaseException | None = None
-
-        def fold() -> None:
-            upto = 0
-            while upto < len(order) and order[upto][0] in completed:
-                upto += 1
-            if not upto:
-                return
-            pos = order[upto - 1][1]
-            fields = [f for _, _, f in order[:upto] if f]
-            del order[:upto]
-            self.pos = pos
-            if ckpt:
-                ckpt.advance(pos, fields)
-
-        def reap(block: bool) -> None:
-            nonlocal error
-            if not pending:
-                return
-            done, _ = wait(list(pending), timeout=None if block else 0,
-                           return_when=FIRST_COMPLETED)
-            for fut in done:
-                no = pending.pop(fut)
-                exc = fut.exception()
-                if exc is not None:
-                    error = error or exc
-                else:
-                    completed.add(no)
-            fold()
-
-        running = dict(self.pos)
-        with ThreadPoolExecutor(self.opts.workers, thread_name_prefix="chi-replay") as pool:
-            try:
-                for batch, items, ranges in self.batches():
-                    for t, (_, last) in ranges.items():
-                        running[t] = last
-                    field_name = f"done:{n}" if ckpt and items else None
-                    order.append((n, dict(running), field_name))
-                    if items:
-                        fields = {field_name: json.dumps(ranges)} if field_name else {}
-                        payload = target.prepare(items)
-                        limiter.wait(len(items))
-                        fut = pool.submit(self._send, target, payload, items, fields)
-                        pending[fut] = n
-                    else:
-                        completed.add(n)
-                    n += 1
-                    if self.progress:
-                        self.progress(len(batch))
-                    while len(pending) >= self.opts.workers * 2:
-                        reap(block=True)
-                    reap(block=False)
-                    if error is not None:
-                        break
-            finally:
-                while pending:
-                    reap(block=True)
-        if error is not None:
-            raise error
-        if ckpt:
-            ckpt.finish(self.pos)
-
-    def _send(self, target: Target, payload: Any, items: list[Item],
-              fields: dict[str, str]) -> int:
-        n = target.send(payload, self.ckpt.key if self.ckpt else "", fields)
-        self._count(items)
-        return n

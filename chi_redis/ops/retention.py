@@ -1,8 +1,8 @@
 """Retention: keep Redis memory bounded without dropping an event a subscription needs.
 
 Trimming a stream on Redis 7.0 silently deletes entries a lagging consumer group has not
-read, or still has pending (DESIGN §6).  So retention here never trims at or beyond the
-*safe bound* of a stream: for every consumer group, its oldest pending entry (XPENDING)
+read, or still has pending (docs/design.md).  So retention here never trims at or beyond
+the *safe bound* of a stream: for every consumer group, its oldest pending entry (XPENDING)
 or else the entry after its last-delivered-id.  What the policy wanted to trim but could
 not is reported, with the group that held it back.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..backend.scripts import script
@@ -110,11 +111,6 @@ def _server_ms(bus: EventBus) -> int:
     return int(sec) * 1000 + int(usec) // 1000
 
 
-def _eval(bus: EventBus, keys: list[str], argv: list[Any]) -> Any:
-    s = script("trim")
-    return bus.call(lambda: s.run(bus.client, keys, argv))
-
-
 def trim_topic(bus: EventBus, topic: str, policy: Policy, *, chunk: int = CHUNK) -> TrimResult:
     """Apply ``policy`` to one topic's stream and index, never past its safe bound."""
     validate_name(topic, "topic")
@@ -127,8 +123,9 @@ def trim_topic(bus: EventBus, topic: str, policy: Policy, *, chunk: int = CHUNK)
         age_bound = f"{max(_server_ms(bus) - policy.max_age_ms, 0)}-0"
     max_len = -1 if policy.max_len is None else policy.max_len
     keys = [k.stream(topic), k.index(topic), k.ids()]
+    trim, argv = script("trim"), [age_bound, max_len, chunk]
     while True:
-        n, _last, reason, holder, bound = _eval(bus, keys, [age_bound, max_len, chunk])
+        n, _last, reason, holder, bound = bus.call(partial(trim.run, bus.client, keys, argv))
         result.trimmed += int(n)
         if reason != b"more":
             break

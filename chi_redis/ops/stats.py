@@ -13,11 +13,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import redis.exceptions as rex
 
 from ..backend.streamids import parse_id
 from ..events.codec import iso_us
+from ..runtime.subscriptions import decode_record
 
 if TYPE_CHECKING:
     from ..publish.bus import EventBus
@@ -100,7 +100,7 @@ def collect(bus: EventBus) -> Stats:
     )
     now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
     topics = sorted(_s(t) for t in topics_raw)
-    registry = {_s(n): _decode_reg(v) for n, v in subs_raw.items()}
+    registry = {_s(n): decode_record(_s(n), v) for n, v in subs_raw.items()}
 
     def round2(p: Any) -> None:
         for t in topics:
@@ -112,7 +112,7 @@ def collect(bus: EventBus) -> Stats:
     r2 = _execute(bus, round2)
     tstats: list[TopicStats] = []
     subs: dict[str, SubscriptionStats] = {
-        n: SubscriptionStats(n, True, reg.get("last_seen_ms")) for n, reg in registry.items()
+        n: SubscriptionStats(n, True, rec.last_seen_ms) for n, rec in registry.items()
     }
     need_pending: list[tuple[str, str]] = []  # (stream, group)
     for i, t in enumerate(topics):
@@ -173,14 +173,6 @@ def _note_oldest(oldest: dict[str, int], group: str, summary: Any) -> None:
     if isinstance(summary, dict) and summary.get("pending") and summary.get("min"):
         ms = parse_id(summary["min"])[0]
         oldest[group] = min(oldest.get(group, ms), ms)
-
-
-def _decode_reg(raw: bytes) -> dict[str, Any]:
-    try:
-        v = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        return {}
-    return v if isinstance(v, dict) else {}
 
 
 def render(stats: Stats) -> Iterable[str]:

@@ -1,4 +1,4 @@
-"""Replay targets and checkpoints (see :mod:`chi_redis.ops.replay`).
+"""Replay targets (see :mod:`chi_redis.ops.replay`).
 
 - :class:`QueueTarget` — one subscription's private stream, as the Dramatiq messages its
   actor runs (marked ``replay``); other subscriptions see nothing;
@@ -6,43 +6,30 @@
   carries ``chi_replay=true`` and ``chi_replay_of=<original id>``;
 - :class:`PrintTarget` — JSON lines.
 
-A :class:`Checkpoint` is a hash under ``keys.checkpoint(name)``.  The queue and republish
-targets write it in the same Lua script as the entries they deliver; the print target
-right after writing (so its last batch may be printed twice after a crash).
+The replay checkpoint (:class:`chi_redis.ops.checkpoint.Checkpoint`, a hash under
+``keys.checkpoint(name)``): the queue and republish targets write it in the same Lua script
+as the entries they deliver; the print target right after writing (so its last batch may be
+printed twice after a crash).  Script calls that deliver are never retried: after a lost
+reply a retry would deliver twice, and the checkpoint tells a rerun where it really stopped.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
+from functools import partial
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import msgspec
-import redis.exceptions as rex
 
-from ..backend.connection import map_redis_error
-from ..backend.scripts import Script, script
-from ..errors import NotFoundError, ValidationError
-from ..events.event import new_event_id
+from ..backend.scripts import script
 from ..events.names import validate_name
-from ..store.history import By, Item, pos_key
+from ..publish.writer import Call, checkpoint_argv, pack_republish
+from ..store.history import Item
 
 if TYPE_CHECKING:
     from ..publish.bus import EventBus
 
-__all__ = [
-    "Checkpoint",
-    "PrintTarget",
-    "QueueTarget",
-    "RepublishTarget",
-    "Target",
-    "bound_topics",
-    "subscription_info",
-]
-
-_JSON = msgspec.json.Encoder()
-_META = msgspec.json.Decoder(dict[str, Any])
+__all__ = ["PrintTarget", "QueueTarget", "RepublishTarget", "Target"]
 
 
 # targets ---------------------------------------------------------------------------------
@@ -77,29 +64,6 @@ class _Message(msgspec.Struct):
 
 
 _MSGPACK = msgspec.msgpack.Encoder()
-
-
-def _run(bus: EventBus, s: Script, keys: list[str], argv: list[Any]) -> Any:
-    def call() -> Any:
-        return s.run(bus.client, keys, argv)
-
-    # Never retried: after a lost reply a retry would deliver twice.  The checkpoint tells
-    # a rerun where the replay really stopped.
-    return _once(bus, call)
-
-
-def _once(bus: EventBus, fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except rex.RedisError as exc:
-        raise map_redis_error(exc, bus._url, bus._password) from None
-
-
-def _pairs(ckpt: dict[str, str]) -> list[str]:
-    out = [str(len(ckpt))]
-    for k, v in ckpt.items():
-        out += (k, v)
-    return out
 
 
 class QueueTarget:
@@ -145,9 +109,10 @@ class QueueTarget:
         return [self.message(it, now_ms) for it in items]
 
     def send(self, payload: list[bytes], ckpt_key: str, ckpt: dict[str, str]) -> int:
-        argv: list[Any] = _pairs(ckpt)
+        argv: list[Any] = checkpoint_argv(ckpt)
         argv += payload
-        return int(_run(self.bus, self._script, [self.queue, ckpt_key or self.queue], argv))
+        keys = [self.queue, ckpt_key or self.queue]
+        return int(self.bus.call_once(partial(self._script.run, self.bus.client, keys, argv)))
 
 
 class RepublishTarget:
@@ -160,33 +125,12 @@ class RepublishTarget:
 
     def __init__(self, bus: EventBus) -> None:
         self.bus = bus
-        self._script = script("replay_topic")
 
-    def prepare(self, items: list[Item]) -> tuple[list[str], list[Any]]:
-        k = self.bus.keys
-        keys: list[str] = []
-        argv: list[Any] = []
-        for topic, _sid, f, _ in items:
-            raw_meta = f.get("meta", b"{}")
-            try:
-                meta = _META.decode(raw_meta) if raw_meta != b"{}" else {}
-            except msgspec.DecodeError:
-                meta = {}
-            meta["chi_replay"] = True
-            meta["chi_replay_of"] = f.get("id", b"").decode(errors="replace")
-            keys += (k.stream(topic), k.index(topic))
-            argv += (
-                topic, new_event_id(), f.get("type", b""), f.get("ts", b"0"),
-                f.get("ver", b"1.0"), _JSON.encode(meta), f.get("enc", b"mp"),
-                f.get("data", b""),
-            )
-        return keys, argv
+    def prepare(self, items: list[Item]) -> Call:
+        return pack_republish(self.bus.keys, items)
 
-    def send(self, payload: tuple[list[str], list[Any]], ckpt_key: str,
-             ckpt: dict[str, str]) -> int:
-        k = self.bus.keys
-        keys = [k.ids(), k.topics(), ckpt_key or k.ids(), *payload[0]]
-        return len(_run(self.bus, self._script, keys, [*_pairs(ckpt), *payload[1]]))
+    def send(self, payload: Call, ckpt_key: str, ckpt: dict[str, str]) -> int:
+        return len(self.bus.writer.republish(payload, ckpt_key, ckpt))
 
 
 class PrintTarget:
@@ -219,101 +163,5 @@ class PrintTarget:
                 pipe.hincrby(ckpt_key, "delivered", payload[1])
                 pipe.execute()
 
-            _once(self.bus, record)
+            self.bus.call_once(record)
         return payload[1]
-
-
-def subscription_info(bus: EventBus, sub: str) -> dict[str, Any]:
-    """The registry entry of ``sub``; :class:`NotFoundError` when it was never registered."""
-    validate_name(sub, "subscription")
-    raw = bus.call(lambda: bus.client.hget(bus.keys.subs(), sub))
-    if raw is None:
-        raise NotFoundError(
-            f"unknown subscription {sub!r}: not in the registry (a worker registers it when"
-            " it starts; `chi-redis subscriptions list` shows the known ones)"
-        )
-    try:
-        info = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        info = {}
-    return info if isinstance(info, dict) else {}
-
-
-def bound_topics(info: dict[str, Any], known: list[str]) -> list[str]:
-    """The topics a registered subscription reads (as Subscription.bound_topics does)."""
-    if info.get("topics"):
-        return sorted(info["topics"])
-    types = info.get("types") or []
-    if info.get("wildcard") or any(t.split(".", 1)[0] == "*" for t in types):
-        return sorted(known)
-    return sorted({t.split(".", 1)[0] for t in types})
-
-
-# checkpoints -------------------------------------------------------------------------------
-class Checkpoint:
-    """A replay checkpoint: a Redis hash holding the replay's spec and progress.
-
-    Fields: ``spec`` (JSON: source, resolved bounds, target), ``pos`` (JSON: topic →
-    last position delivered, contiguously), ``done:<n>`` (JSON: topic → [first, last]
-    of a batch delivered out of order), ``delivered``, ``state``.
-    """
-
-    def __init__(self, bus: EventBus, name: str) -> None:
-        self.bus = bus
-        self.name = name
-        self.key = bus.keys.checkpoint(name)
-        raw: dict[bytes, bytes] = bus.call(lambda: bus.client.hgetall(self.key))
-        f = {k.decode(): v.decode() for k, v in raw.items()}
-        self.spec: dict[str, Any] | None = json.loads(f["spec"]) if "spec" in f else None
-        self.pos: dict[str, str] = json.loads(f.get("pos", "{}"))
-        self.done: list[tuple[str, str, str]] = []
-        self.done_fields = [k for k in f if k.startswith("done:")]
-        for k in self.done_fields:
-            for topic, (lo, hi) in json.loads(f[k]).items():
-                self.done.append((topic, lo, hi))
-        self.delivered = int(f.get("delivered", 0))
-        self.state = f.get("state", "")
-        self.next_batch = 1 + max((int(k[5:]) for k in self.done_fields), default=0)
-
-    def begin(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """Start or resume: returns the spec to use (the stored one when resuming)."""
-        if self.spec is None:
-            mapping: Any = {"spec": json.dumps(spec), "state": "running"}
-            self.bus.call(lambda: self.bus.client.hset(self.key, mapping=mapping))
-            self.spec = spec
-            return spec
-        ident = ("by", "topics", "target", "types")
-        if any(self.spec.get(k) != spec.get(k) for k in ident):
-            raise ValidationError(
-                f"checkpoint {self.name!r} belongs to another replay"
-                f" ({self._describe(self.spec)}); use another --checkpoint name",
-                field="checkpoint",
-            )
-        return self.spec
-
-    @staticmethod
-    def _describe(spec: dict[str, Any]) -> str:
-        return f"{spec.get('target')} from {','.join(spec.get('topics', []))} by {spec.get('by')}"
-
-    def covered(self, topic: str, key: tuple[Any, ...], by: By) -> bool:
-        """Whether an earlier run already delivered the entry at ``key`` (out of order)."""
-        return any(
-            t == topic and pos_key(lo, by) <= key <= pos_key(hi, by) for t, lo, hi in self.done
-        )
-
-    def advance(self, pos: dict[str, str], done: list[str]) -> None:
-        """Record a contiguous position and drop the out-of-order records it covers."""
-        client = self.bus.client
-
-        def run() -> None:
-            pipe = client.pipeline(transaction=True)
-            pipe.hset(self.key, "pos", json.dumps(pos))
-            if done:
-                pipe.hdel(self.key, *done)
-            pipe.execute()
-
-        self.bus.call(run)
-
-    def finish(self, pos: dict[str, str]) -> None:
-        self.advance(pos, self.done_fields)
-        self.bus.call(lambda: self.bus.client.hset(self.key, "state", "complete"))

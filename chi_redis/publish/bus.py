@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
-import redis.exceptions as rex
 
 from ..backend.connection import DEFAULT_URL, RetryPolicy, call_with_retry, client_url, connect
 from ..backend.keys import Keys
-from ..backend.scripts import script
-from ..errors import ChiError, PublishError
 from ..events.codec import DEFAULT_MAX_EVENT_BYTES, Codec, Encoding
 from ..events.event import Event
 from ..runtime.subscriptions import Subscription, SubscriptionOptions
 from ..store.redis import RedisEventStore
-from .writer import (
-    DEFAULT_CHUNK,
-    DEFAULT_IDEMPOTENCY_TTL_MS,
-    pack,
-    partial_failure,
-    split_bus_options,
-)
+from .writer import DEFAULT_CHUNK, DEFAULT_IDEMPOTENCY_TTL_MS, Writer, split_bus_options
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -37,6 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["EventBus"]
 
 logger = logging.getLogger(__name__)
+
+#: No retry: for writes a retry after a lost reply could repeat.
+_ONCE = RetryPolicy(attempts=1)
 
 
 class EventBus:
@@ -61,7 +54,11 @@ class EventBus:
         self.idempotency_ttl_ms = idempotency_ttl_ms
         self.retry = retry or RetryPolicy()
         self._url, self._password = client_url(client)
-        self._publish = script("publish")
+        #: The write path every publish (and archive write) goes through.
+        self.writer = Writer(
+            client, self.keys, self.codec, idempotency_ttl_ms=idempotency_ttl_ms,
+            call=self.call, call_once=self.call_once,
+        )
         self.store = RedisEventStore(self)
         self.subscriptions: dict[str, Subscription] = {}
         self.broker: StreamsBroker | None = None
@@ -78,6 +75,11 @@ class EventBus:
         return f"EventBus({self._url!r}, namespace={self.keys.ns!r})"
 
     @property
+    def url(self) -> str:
+        """The server's URL without credentials (for messages and logs)."""
+        return self._url
+
+    @property
     def namespace(self) -> str:
         """The key namespace."""
         return self.keys.ns
@@ -86,14 +88,18 @@ class EventBus:
         """Run ``fn()`` under the bus's retry policy, mapping redis-py errors to ChiErrors."""
         return call_with_retry(fn, self.retry, self._url, self._password)
 
+    def call_once(self, fn: Any) -> Any:
+        """Run ``fn()`` once, without retrying, mapping redis-py errors to ChiErrors.
+
+        For writes that a retry after a lost reply would repeat (replay deliveries).
+        """
+        return call_with_retry(fn, _ONCE, self._url, self._password)
+
     def close(self) -> None:
         """Close the client's connections."""
         self.client.close()
 
     # publishing ---------------------------------------------------------------------
-    def _evalsha(self, keys: list[str], argv: list[Any]) -> list[bytes]:
-        return self._publish.run(self.client, keys, argv)  # type: ignore[no-any-return]
-
     def publish(self, event: Event, *, idempotency_key: str | None = None) -> str:
         """Append ``event`` to its topic stream and index it; returns the stream id.
 
@@ -102,8 +108,7 @@ class EventBus:
         retry) also writes it once.
         """
         idem = (idempotency_key,) if idempotency_key is not None else None
-        keys, argv = pack(self.keys, self.codec, (event,), idem, self.idempotency_ttl_ms)
-        return self.call(lambda: self._evalsha(keys, argv))[0].decode()  # type: ignore[no-any-return]
+        return self.writer.write((event,), idem)[0]
 
     def publish_batch(
         self, events: Sequence[Event], *, chunk_size: int = DEFAULT_CHUNK
@@ -114,49 +119,7 @@ class EventBus:
         raises :class:`PublishError` whose ``written`` maps event indexes to stream ids and
         whose ``failed`` lists the indexes not written.
         """
-        return self._write_batch(events, chunk_size, archive=False)
-
-    def _write_batch(self, events: Sequence[Event], chunk_size: int, archive: bool) -> list[str]:
-        if chunk_size <= 0:
-            raise ValueError("chunk_size must be positive")
-        events = list(events)
-        ttl = self.idempotency_ttl_ms
-        calls = [
-            pack(self.keys, self.codec, events[i : i + chunk_size], None, ttl, archive)
-            for i in range(0, len(events), chunk_size)
-        ]
-        out: list[str] = []
-        per_rt = 20  # chunks per pipeline round trip
-        for start in range(0, len(calls), per_rt):
-            group = calls[start : start + per_rt]
-            try:
-                results = self.call(lambda group=group: self._pipeline(group))
-            except ChiError as exc:
-                raise self._partial_failure(events, out, exc) from exc
-            for r in results:
-                out.extend(sid.decode() for sid in r)
-        return out
-
-    def _pipeline(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[bytes]]:
-        for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            for keys, argv in calls:
-                pipe.evalsha(self._publish.sha, len(keys), *keys, *argv)
-            try:
-                return pipe.execute()
-            except rex.NoScriptError:
-                if attempt:
-                    raise
-                self.client.script_load(self._publish.source)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _partial_failure(self, events: list[Event], out: list[str], exc: ChiError) -> PublishError:
-        rest = [events[i].id for i in range(len(out), len(events))]
-        found: list[bytes | str | None] | None = None
-        # Some events of the failed chunks may have been written: ask the id lookup.
-        with contextlib.suppress(rex.RedisError):
-            found = self.client.hmget(self.keys.ids(), rest) if rest else []
-        return partial_failure(events, out, found, exc)
+        return self.writer.write_batch(events, chunk_size)
 
     # subscriptions ----------------------------------------------------------------------
     def subscribe(
@@ -202,8 +165,9 @@ class EventBus:
 
         return register
 
-    def _attach(self, broker: StreamsBroker) -> None:
-        """Called by StreamsBroker: declare every subscription registered so far."""
+    def attach(self, broker: StreamsBroker) -> None:
+        """Serve ``broker`` (StreamsBroker does this when it is created): every subscription
+        registered so far is declared on it now, later ones as they are registered."""
         self.broker = broker
         for sub in self.subscriptions.values():
             broker.declare_subscription(sub)

@@ -1,22 +1,52 @@
-"""Packing events into publish-script calls (shared by the sync and async buses)."""
+"""The one write path onto the topic streams: pack, run the script, account for failures.
+
+:class:`Writer` (sync) and :class:`AsyncWriter` (asyncio) are what ``EventBus.publish``,
+``publish_batch``, ``AsyncEventBus``'s twins, ``bus.store.store()`` (archive writes) and
+replay's republish target write through.  Both share the packing (:func:`pack`), the
+chunking into pipeline round trips and the partial-failure report (:func:`partial_failure`);
+only the I/O differs.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import redis.exceptions as rex
 
 from ..backend.keys import Keys
+from ..backend.scripts import script
 from ..errors import ChiError, PublishError, ValidationError
 from ..events.codec import Codec
-from ..events.event import Event
+from ..events.event import Event, new_event_id
 from ..events.names import validate_name
 
-__all__ = ["DEFAULT_CHUNK", "DEFAULT_IDEMPOTENCY_TTL_MS", "pack", "partial_failure"]
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+
+    from ..store.history import Item
+
+__all__ = [
+    "DEFAULT_CHUNK",
+    "DEFAULT_IDEMPOTENCY_TTL_MS",
+    "AsyncWriter",
+    "Writer",
+    "checkpoint_argv",
+    "pack",
+    "pack_republish",
+    "partial_failure",
+]
 
 DEFAULT_CHUNK = 500
 DEFAULT_IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 
 Call = tuple[list[str], list[bytes | str | int]]
+#: Chunks (publish-script calls) sent per pipeline round trip.
+CHUNKS_PER_ROUND_TRIP = 20
 _BUS_OPTIONS = ("encoding", "max_event_bytes", "idempotency_ttl_ms", "retry")
 
 
@@ -118,3 +148,210 @@ def partial_failure(
         failed=failed,
         cause=exc,
     )
+
+
+_JSON = msgspec.json.Encoder()
+_META = msgspec.json.Decoder(dict[str, Any])
+
+
+def pack_republish(keys: Keys, items: Iterable[Item]) -> Call:
+    """KEYS (after the first three) and ARGV (after the checkpoint) of a republish call.
+
+    Each stream entry read back (:data:`chi_redis.store.history.Item`) becomes a new event
+    (new id) whose metadata carries ``chi_replay=true`` and ``chi_replay_of=<original
+    id>``; the payload is copied as stored, in its own encoding.  The layout is documented
+    in ``lua/replay_topic.lua``.
+    """
+    klist: list[str] = []
+    argv: list[bytes | str | int] = []
+    for topic, _sid, f, _ in items:
+        raw_meta = f.get("meta", b"{}")
+        try:
+            meta = _META.decode(raw_meta) if raw_meta != b"{}" else {}
+        except msgspec.DecodeError:
+            meta = {}
+        meta["chi_replay"] = True
+        meta["chi_replay_of"] = f.get("id", b"").decode(errors="replace")
+        klist += (keys.stream(topic), keys.index(topic))
+        argv += (
+            topic, new_event_id(), f.get("type", b""), f.get("ts", b"0"), f.get("ver", b"1.0"),
+            _JSON.encode(meta), f.get("enc", b"mp"), f.get("data", b""),
+        )
+    return klist, argv
+
+
+def checkpoint_argv(fields: Mapping[str, str]) -> list[bytes | str | int]:
+    """The ARGV head the replay scripts take: the number of checkpoint field/value pairs
+    (0: no checkpoint), then the pairs (``lua/replay_topic.lua``, ``lua/replay_queue.lua``)."""
+    out: list[bytes | str | int] = [str(len(fields))]
+    for k, v in fields.items():
+        out += (k, v)
+    return out
+
+
+def _stream_ids(result: Sequence[bytes]) -> list[str]:
+    return [sid.decode() for sid in result]
+
+
+class _Packing:
+    """What both writers share: the layout, the chunking into round trips, and which events
+    a failed round trip leaves to look up."""
+
+    def __init__(self, keys: Keys, codec: Codec, idempotency_ttl_ms: int) -> None:
+        self.keys = keys
+        self.codec = codec
+        self.idempotency_ttl_ms = idempotency_ttl_ms
+        self.script = script("publish")
+
+    def pack(
+        self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None,
+        archive: bool,
+    ) -> Call:
+        return pack(self.keys, self.codec, events, idempotency_keys, self.idempotency_ttl_ms,
+                    archive)
+
+    def rounds(self, events: list[Event], chunk_size: int, archive: bool) -> list[list[Call]]:
+        """Every chunk packed (so nothing is sent if one is invalid), grouped per round trip."""
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        calls = [
+            self.pack(events[i : i + chunk_size], None, archive)
+            for i in range(0, len(events), chunk_size)
+        ]
+        per = CHUNKS_PER_ROUND_TRIP
+        return [calls[i : i + per] for i in range(0, len(calls), per)]
+
+    def unwritten(self, events: list[Event], out: list[str]) -> list[str]:
+        """Ids of the events after the ``len(out)`` known written (to ask the id lookup)."""
+        return [events[i].id for i in range(len(out), len(events))]
+
+
+class Writer(_Packing):
+    """Writes events onto their topic streams through the publish script (synchronous).
+
+    ``call`` runs one round trip under the bus's retry policy and maps redis-py errors
+    (``EventBus.call``); ``call_once`` does the same without retrying (``EventBus.call_once``).
+    """
+
+    def __init__(
+        self, client: redis.Redis, keys: Keys, codec: Codec, *, idempotency_ttl_ms: int,
+        call: Callable[[Callable[[], Any]], Any], call_once: Callable[[Callable[[], Any]], Any],
+    ) -> None:
+        super().__init__(keys, codec, idempotency_ttl_ms)
+        self.client = client
+        self.call = call
+        self.call_once = call_once
+        self.republish_script = script("replay_topic")
+
+    def write(
+        self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None = None,
+        *, archive: bool = False,
+    ) -> list[str]:
+        """Write ``events`` in one script call (one chunk); their stream ids.
+
+        Retried under the policy: the script skips ids (and idempotency keys) already
+        written, so a retry after a lost reply writes nothing twice.
+        """
+        keys, argv = self.pack(events, idempotency_keys, archive)
+        return _stream_ids(self.call(lambda: self.send(keys, argv)))
+
+    def write_batch(
+        self, events: Sequence[Event], chunk_size: int = DEFAULT_CHUNK, *, archive: bool = False
+    ) -> list[str]:
+        """Write ``events`` in order, ``chunk_size`` per script call, pipelined.
+
+        When a round trip fails, raises :class:`PublishError` naming what was written
+        (including events of the failed round trip that the id lookup finds).
+        """
+        events = list(events)
+        out: list[str] = []
+        for group in self.rounds(events, chunk_size, archive):
+            try:
+                results = self.call(partial(self.send_pipelined, group))
+            except ChiError as exc:
+                raise self._failure(events, out, exc) from exc
+            for r in results:
+                out += _stream_ids(r)
+        return out
+
+    def send(self, keys: list[str], argv: list[Any]) -> list[bytes]:
+        """One publish-script call (one round trip), unretried and unmapped."""
+        return self.script.run(self.client, keys, argv)  # type: ignore[no-any-return]
+
+    def send_pipelined(self, calls: list[Call]) -> list[list[bytes]]:
+        """Several publish-script calls in one round trip, unretried and unmapped."""
+        return self.script.run_pipelined(self.client, calls)
+
+    def republish(
+        self, packed: Call, checkpoint_key: str = "", checkpoint: Mapping[str, str] | None = None
+    ) -> list[str]:
+        """Write entries packed by :func:`pack_republish`, with the replay checkpoint fields
+        in the same atomic script call; the new stream ids.
+
+        Never retried: after a lost reply a retry would write the events twice, and the
+        checkpoint tells a rerun where the replay really stopped.
+        """
+        k = self.keys
+        keys = [k.ids(), k.topics(), checkpoint_key or k.ids(), *packed[0]]
+        argv = [*checkpoint_argv(checkpoint or {}), *packed[1]]
+        s = self.republish_script
+        return _stream_ids(self.call_once(lambda: s.run(self.client, keys, argv)))
+
+    def _failure(self, events: list[Event], out: list[str], exc: ChiError) -> PublishError:
+        rest = self.unwritten(events, out)
+        found: list[bytes | str | None] | None = None
+        # Some events of the failed chunks may have been written: ask the id lookup.
+        with contextlib.suppress(rex.RedisError):
+            found = self.client.hmget(self.keys.ids(), rest) if rest else []
+        return partial_failure(events, out, found, exc)
+
+
+class AsyncWriter(_Packing):
+    """:class:`Writer`'s publishing on a ``redis.asyncio`` client; ``call`` awaits one
+    round trip under the retry policy (``AsyncEventBus.call``)."""
+
+    def __init__(
+        self, client: redis.asyncio.Redis, keys: Keys, codec: Codec, *, idempotency_ttl_ms: int,
+        call: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]],
+    ) -> None:
+        super().__init__(keys, codec, idempotency_ttl_ms)
+        self.client = client
+        self.call = call
+
+    async def write(
+        self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None = None,
+        *, archive: bool = False,
+    ) -> list[str]:
+        """As :meth:`Writer.write`."""
+        keys, argv = self.pack(events, idempotency_keys, archive)
+        return _stream_ids(await self.call(lambda: self.send(keys, argv)))
+
+    async def write_batch(
+        self, events: Sequence[Event], chunk_size: int = DEFAULT_CHUNK, *, archive: bool = False
+    ) -> list[str]:
+        """As :meth:`Writer.write_batch`."""
+        events = list(events)
+        out: list[str] = []
+        for group in self.rounds(events, chunk_size, archive):
+            try:
+                results = await self.call(partial(self.send_pipelined, group))
+            except ChiError as exc:
+                raise await self._failure(events, out, exc) from exc
+            for r in results:
+                out += _stream_ids(r)
+        return out
+
+    async def send(self, keys: list[str], argv: list[Any]) -> list[bytes]:
+        """One publish-script call (one round trip), unretried and unmapped."""
+        return await self.script.arun(self.client, keys, argv)  # type: ignore[no-any-return]
+
+    async def send_pipelined(self, calls: list[Call]) -> list[list[bytes]]:
+        """Several publish-script calls in one round trip, unretried and unmapped."""
+        return await self.script.arun_pipelined(self.client, calls)
+
+    async def _failure(self, events: list[Event], out: list[str], exc: ChiError) -> PublishError:
+        rest = self.unwritten(events, out)
+        found: list[bytes | str | None] | None = None
+        with contextlib.suppress(rex.RedisError, OSError):
+            found = await self.client.hmget(self.keys.ids(), rest) if rest else []
+        return partial_failure(events, out, found, exc)

@@ -6,7 +6,8 @@ Dramatiq's own Worker, CLI and middleware (Retries, TimeLimit, AgeLimit, Callbac
 Prometheus) run on it unchanged.  Delayed messages wait in a sorted set that a Lua script
 promotes by the server's clock (no ``eta`` option, no ``.DQ`` queues).  Entries are acked
 after the handler ran; acks are buffered per stream and flushed with the consumer's next
-read (DESIGN §5a); leases and XAUTOCLAIM recover what a dead worker held.
+read (docs/design.md, Delivery guarantees); leases and XAUTOCLAIM recover what a dead
+worker held.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..events.names import validate_name
 from .consumer import StreamMessage, StreamsConsumer
 from .encoder import MsgpackEncoder, encode_message
 from .runner import ChiMiddleware, make_runner
-from .subscriptions import Subscription
+from .subscriptions import Subscription, encode_record
 
 if TYPE_CHECKING:
     from ..publish.bus import EventBus
@@ -106,7 +107,7 @@ class StreamsBroker(dramatiq.Broker):
         self._kept_logged = 0.0
         self.add_middleware(ChiMiddleware())
         dramatiq.set_encoder(MsgpackEncoder())
-        bus._attach(self)
+        bus.attach(self)
 
     def __repr__(self) -> str:
         return f"StreamsBroker({self.bus!r})"
@@ -117,7 +118,7 @@ class StreamsBroker(dramatiq.Broker):
         if queue_name in self.queues:
             return
         self.emit_before("declare_queue", queue_name)
-        self._ensure_group(self.keys.queue(queue_name), queue_name, "0")
+        self.ensure_group(self.keys.queue(queue_name), queue_name, "0")
         self.queues.add(queue_name)
         self.emit_after("declare_queue", queue_name)
 
@@ -127,9 +128,9 @@ class StreamsBroker(dramatiq.Broker):
             if sub.name in self.subscriptions:
                 raise ValueError(f"subscription {sub.name!r} is already declared")
             self.subscriptions[sub.name] = sub
-        new = self._register(sub)
+        new = self.register(sub)
         for topic in sub.bound_topics(self._call(self.topics)):
-            self._ensure_group(self.keys.stream(topic), sub.name, self._start_id(sub, new))
+            self.ensure_group(self.keys.stream(topic), sub.name, self._start_id(sub, new))
         o = sub.options
         actor_options: dict[str, Any] = {
             "max_retries": o.max_retries,
@@ -145,8 +146,9 @@ class StreamsBroker(dramatiq.Broker):
         )
 
     def _start_id(self, sub: Subscription, first_time: bool) -> str:
-        # DESIGN §8: "new" only when the subscription first appears; topics found later
-        # (wildcards) and groups re-created after NOGROUP start at the first unhandled entry.
+        # docs/design.md, Subscriptions: "new" only when the subscription first appears;
+        # topics found later (wildcards) and groups re-created after NOGROUP start at the
+        # first unhandled entry.
         if not first_time or sub.start == "earliest":
             return "0"
         if sub.start == "new":
@@ -154,15 +156,15 @@ class StreamsBroker(dramatiq.Broker):
         ms = int(sub.start.timestamp() * 1000)
         return f"{max(ms - 1, 0)}-18446744073709551615"
 
-    def _register(self, sub: Subscription) -> bool:
-        """Record ``sub`` in the registry hash; True if it was not there before."""
-        import msgspec
+    def register(self, sub: Subscription) -> bool:
+        """Record ``sub`` in the registry hash, seen now; True if it was not there before.
 
-        info = {**sub.describe(), "last_seen_ms": int(time.time() * 1000)}
-        entry = msgspec.json.encode(info)
+        Consumers call it again every ``registry_refresh_ms`` to keep ``last_seen_ms`` fresh.
+        """
+        entry = encode_record(sub.record(last_seen_ms=int(time.time() * 1000)))
         return bool(self._call(lambda: self.client.hset(self.keys.subs(), sub.name, entry)))
 
-    def _ensure_group(self, stream: str, group: str, start: str) -> bool:
+    def ensure_group(self, stream: str, group: str, start: str) -> bool:
         """Create ``group`` on ``stream`` (and the stream) if missing; True if created."""
         try:
             self.client.xgroup_create(stream, group, id=start, mkstream=True)
@@ -173,6 +175,11 @@ class StreamsBroker(dramatiq.Broker):
             raise
         except (rex.ConnectionError, rex.TimeoutError) as exc:
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+
+    # The consumer (runtime/consumer.py) still calls these two by their former private
+    # names; drop the aliases once it calls ensure_group and register.
+    _ensure_group = ensure_group
+    _register = register
 
     def _call(self, fn: Any) -> Any:
         try:
@@ -197,7 +204,7 @@ class StreamsBroker(dramatiq.Broker):
         try:
             if delay:
                 s, delayed = script("delay"), self.keys.delayed(queue_name)
-                self._call(lambda: self._eval(s, [delayed], [int(delay), body]))
+                self._call(lambda: s.run(self.client, [delayed], [int(delay), body]))
             else:
                 self._call(lambda: self.client.xadd(self.keys.queue(queue_name), {"m": body}))
         except ConnectionClosed:
@@ -227,9 +234,6 @@ class StreamsBroker(dramatiq.Broker):
             count, self.options.lease_ms,
         )
 
-    def _eval(self, s: Any, keys: list[str], argv: list[Any]) -> Any:
-        return s.run(self.client, keys, argv)
-
     def get_declared_queues(self) -> set[str]:
         return set(self.queues)
 
@@ -249,11 +253,11 @@ class StreamsBroker(dramatiq.Broker):
         subscription everything unread or pending on its topic groups."""
         validate_name(queue_name, "queue")
         self.client.delete(self.keys.queue(queue_name), self.keys.delayed(queue_name))
-        self._ensure_group(self.keys.queue(queue_name), queue_name, "0")
+        self.ensure_group(self.keys.queue(queue_name), queue_name, "0")
         for stream in self.streams_of(queue_name)[1:]:
             with contextlib.suppress(rex.ResponseError):
                 self.client.xgroup_destroy(stream, queue_name)
-            self._ensure_group(stream, queue_name, "$")
+            self.ensure_group(stream, queue_name, "$")
         state = self.states[queue_name]
         with state.cond:
             state.acks.clear()

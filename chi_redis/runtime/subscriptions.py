@@ -7,7 +7,11 @@ so renaming a subscription is a migration: the new name starts a new group.
 Binding: ``topics=[...]`` binds exactly those topics.  Otherwise each type glob binds the
 topic named by its first segment (``user.*`` → ``user``), and a glob whose first segment is
 ``*`` (``*.created``) binds every topic, including topics that appear later.  ``types``,
-``topics`` and ``filter`` combine with AND.
+``topics`` and ``filter`` combine with AND.  :func:`bound_topics` is that rule, for a live
+:class:`Subscription` and for a :class:`SubscriptionRecord` read back from the registry.
+
+Workers record each subscription in the registry hash (``keys.subs()``) as a
+:class:`SubscriptionRecord` (JSON); operations read it back with :func:`decode_record`.
 """
 
 from __future__ import annotations
@@ -18,15 +22,47 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+import msgspec
+
 from ..errors import ValidationError
 from ..events.event import Event
 from ..events.filters import EntryView, Filter, topic_is, type_is
 from ..events.names import validate_glob, validate_name
 
-__all__ = ["Delivery", "Handler", "Subscription", "SubscriptionOptions"]
+__all__ = [
+    "Delivery",
+    "Handler",
+    "Subscription",
+    "SubscriptionOptions",
+    "SubscriptionRecord",
+    "bound_topics",
+    "decode_record",
+    "encode_record",
+]
 
 Handler = Callable[..., Any]
 Start = Literal["new", "earliest"] | datetime
+
+
+def is_wildcard(topics: Sequence[str], types: Sequence[str]) -> bool:
+    """Whether a binding reads every topic: no explicit topics and a ``*.x`` type glob."""
+    return not topics and any(t.split(".", 1)[0] == "*" for t in types)
+
+
+def bound_topics(
+    topics: Sequence[str], types: Sequence[str], known: Sequence[str] = (), *,
+    wildcard: bool = False,
+) -> list[str]:
+    """The topics a subscription with this binding reads, given the topics known to exist.
+
+    Explicit ``topics`` (in their order); else every known topic for a wildcard (sorted);
+    else the first segment of each type glob (sorted).
+    """
+    if topics:
+        return list(topics)
+    if wildcard or is_wildcard(topics, types):
+        return sorted(set(known))
+    return sorted({t.split(".", 1)[0] for t in types})
 
 
 @dataclass(frozen=True)
@@ -42,7 +78,7 @@ class Delivery:
 
 @dataclass
 class SubscriptionOptions:
-    """Retry, lease and delivery settings of one subscription (DESIGN §8 defaults)."""
+    """Retry, lease and delivery settings of one subscription (defaults: docs/design.md)."""
 
     max_retries: int = 5
     min_backoff_ms: int = 1_000
@@ -105,15 +141,11 @@ class Subscription:
     @property
     def wildcard(self) -> bool:
         """Whether the subscription binds every topic (no explicit topics, a ``*.x`` glob)."""
-        return not self.topics and any(t.split(".", 1)[0] == "*" for t in self.types)
+        return is_wildcard(self.topics, self.types)
 
     def bound_topics(self, known: Sequence[str] = ()) -> list[str]:
         """The topics this subscription reads, given the topics known to exist."""
-        if self.topics:
-            return list(self.topics)
-        if self.wildcard:
-            return sorted(set(known))
-        return sorted({t.split(".", 1)[0] for t in self.types})
+        return bound_topics(self.topics, self.types, known)
 
     def accepts(self, entry: EntryView) -> bool:
         """Whether an entry of a bound stream is delivered to the handler."""
@@ -128,18 +160,92 @@ class Subscription:
             return self.handler(event, delivery)
         return self.handler(event)
 
+    def record(self, last_seen_ms: int | None = None) -> SubscriptionRecord:
+        """The registry record of this subscription, seen at ``last_seen_ms``."""
+        start = self.start if isinstance(self.start, str) else self.start.isoformat()
+        return SubscriptionRecord(
+            name=self.name, types=self.types, topics=self.topics,
+            filter=repr(self.filter) if self.filter is not None else None,
+            priority=self.priority, wildcard=self.wildcard, start=start,
+            max_retries=self.options.max_retries, max_deliveries=self.options.max_deliveries,
+            dedupe=self.options.dedupe, last_seen_ms=last_seen_ms,
+        )
+
     def describe(self) -> dict[str, Any]:
-        """A JSON-able description, as registered in Redis for the CLI."""
-        return {
-            "types": list(self.types),
-            "topics": list(self.topics),
-            "filter": repr(self.filter) if self.filter is not None else None,
-            "priority": self.priority,
-            "wildcard": self.wildcard,
-            "max_retries": self.options.max_retries,
-            "max_deliveries": self.options.max_deliveries,
-            "dedupe": self.options.dedupe,
-        }
+        """A JSON-able description: the registry record's fields, without ``last_seen_ms``."""
+        d = msgspec.structs.asdict(self.record())
+        del d["last_seen_ms"]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+class SubscriptionRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A subscription as a worker recorded it in the registry hash (JSON, one per name).
+
+    The field names are those of the plain dicts earlier versions wrote (they had no
+    ``name`` or ``start``), so records of either version read with :func:`decode_record`
+    and earlier versions read these; fields this version does not know are ignored.
+    """
+
+    name: str = ""
+    types: tuple[str, ...] = ()
+    topics: tuple[str, ...] = ()
+    filter: str | None = None  # repr() of the filter, for people
+    priority: int = 0
+    wildcard: bool = False
+    start: str | None = None  # "new", "earliest" or an ISO time; None: not recorded
+    max_retries: int | None = None
+    max_deliveries: int | None = None
+    dedupe: bool = False
+    last_seen_ms: int | None = None
+
+    def bound_topics(self, known: Sequence[str] = ()) -> list[str]:
+        """The topics the subscription reads, given the topics known to exist."""
+        return bound_topics(self.topics, self.types, known, wildcard=self.wildcard)
+
+
+_RECORD = msgspec.json.Decoder(SubscriptionRecord)
+_ANY = msgspec.json.Decoder()
+_RECORD_FIELDS = SubscriptionRecord.__struct_fields__
+
+
+def encode_record(record: SubscriptionRecord) -> bytes:
+    """The registry hash value for ``record``."""
+    return msgspec.json.encode(record)
+
+
+def decode_record(name: str, raw: bytes | str | None) -> SubscriptionRecord:
+    """The registry record stored under ``name``, read leniently.
+
+    Records of earlier versions, and of later ones with extra fields, decode as they are.
+    A field that does not fit (a hand-edited or foreign value) is dropped and the others
+    kept; a value that is not a JSON object at all gives an empty record of that name.
+    """
+    if raw is None:
+        return SubscriptionRecord(name=name)
+    try:
+        record = _RECORD.decode(raw)
+    except msgspec.DecodeError:
+        record = _salvage(raw)
+    return record if record.name == name else msgspec.structs.replace(record, name=name)
+
+
+def _salvage(raw: bytes | str) -> SubscriptionRecord:
+    try:
+        value = _ANY.decode(raw)
+    except msgspec.DecodeError:
+        return SubscriptionRecord()
+    if not isinstance(value, dict):
+        return SubscriptionRecord()
+    good: dict[str, Any] = {}
+    for key in _RECORD_FIELDS:
+        if key not in value:
+            continue
+        try:
+            msgspec.convert({key: value[key]}, SubscriptionRecord)
+        except msgspec.ValidationError:
+            continue
+        good[key] = value[key]
+    return msgspec.convert(good, SubscriptionRecord)
 
 
 def _takes_two(fn: Handler) -> bool:

@@ -27,7 +27,7 @@ Entry = tuple[bytes, list[bytes]]
 
 
 class RedisEventStore:
-    """EventStore over the bus's Redis layout (DESIGN §4); reach it as ``bus.store``.
+    """EventStore over the bus's Redis layout (docs/design.md); reach it as ``bus.store``.
 
     Thread-safe.  Entries that cannot be decoded raise :class:`~chi_redis.DecodeError`.
     """
@@ -59,9 +59,6 @@ class RedisEventStore:
             "list[Entry]", self._r(lambda: self._raw.xrange(stream, lo, hi, count=count))
         )
 
-    def _script(self, s: Any, keys: list[str], args: list[Any]) -> Any:
-        return self._r(lambda: s.run(self.bus.client, keys, args))
-
     # EventStore -----------------------------------------------------------------------
     def store(self, event: Event) -> str:
         """Archive ``event``: written to its topic's log and indexes, not delivered.
@@ -70,7 +67,7 @@ class RedisEventStore:
         :class:`~chi_redis.PublishError`) when it was not written.
         """
         try:
-            return self.bus._write_batch([event], 1, archive=True)[0]
+            return self.bus.writer.write_batch([event], 1, archive=True)[0]
         except PublishError as exc:
             if 0 in exc.written:  # the script ran, only its reply was lost
                 return exc.written[0]
@@ -96,7 +93,8 @@ class RedisEventStore:
         check_page(topic, offset, limit)
         if limit == 0:
             return []
-        entries = self._script(self._page, [self._keys.stream(topic)], [offset, limit])
+        keys = [self._keys.stream(topic)]
+        entries = self._r(partial(self._page.run, self.bus.client, keys, [offset, limit]))
         return self._decode(topic, entries)
 
     def page_by_topic(
@@ -216,7 +214,8 @@ class RedisEventStore:
             return False
         topic, sid = where
         k = self._keys
-        n = self._script(self._delete, [k.stream(topic), k.index(topic), k.ids()], [sid, event_id])
+        keys = [k.stream(topic), k.index(topic), k.ids()]
+        n = self._r(partial(self._delete.run, self.bus.client, keys, [sid, event_id]))
         return bool(n)
 
 

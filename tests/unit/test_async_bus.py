@@ -91,7 +91,7 @@ def test_publish_batch_partial_failure_reports_written_and_failed(
     events = [ev(i) for i in range(250)]
 
     async def failing_second_round_trip(bus: AsyncEventBus) -> PublishError:
-        original = bus._pipeline
+        original = bus.writer.send_pipelined
         calls = {"n": 0}
 
         async def flaky(group: Any) -> Any:
@@ -100,7 +100,7 @@ def test_publish_batch_partial_failure_reports_written_and_failed(
                 raise rex.ConnectionError("connection reset by peer")
             return await original(group)
 
-        bus._pipeline = flaky  # type: ignore[method-assign]
+        bus.writer.send_pipelined = flaky  # type: ignore[method-assign]
         with pytest.raises(PublishError) as info:
             await bus.publish_batch(events, chunk_size=10)
         return info.value

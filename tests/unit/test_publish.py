@@ -134,7 +134,7 @@ def test_store_archives_without_delivery_marker_missing(bus: EventBus, client: r
 
 def fail_on_call(bus: EventBus, monkeypatch: pytest.MonkeyPatch, n: int, *, after: bool) -> None:
     """Make the n-th pipeline round trip fail (before or after it reached Redis)."""
-    original = bus._pipeline
+    original = bus.writer.send_pipelined
     calls = {"n": 0}
 
     def flaky(group: Any) -> Any:
@@ -145,7 +145,7 @@ def fail_on_call(bus: EventBus, monkeypatch: pytest.MonkeyPatch, n: int, *, afte
             raise rex.ConnectionError("connection reset by peer")
         return original(group)
 
-    monkeypatch.setattr(bus, "_pipeline", flaky)
+    monkeypatch.setattr(bus.writer, "send_pipelined", flaky)
 
 
 def test_failed_round_trip_reports_written_and_failed_events(
@@ -198,7 +198,7 @@ def test_single_publish_retry_after_a_lost_reply_does_not_duplicate(
     client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bus = EventBus(client, namespace=namespace, retry=RetryPolicy(attempts=2, base_ms=1))
-    original = bus._evalsha
+    original = bus.writer.send
     calls = {"n": 0}
 
     def flaky(keys: Any, argv: Any) -> Any:
@@ -208,7 +208,7 @@ def test_single_publish_retry_after_a_lost_reply_does_not_duplicate(
             raise rex.TimeoutError("timeout reading from socket")
         return result
 
-    monkeypatch.setattr(bus, "_evalsha", flaky)
+    monkeypatch.setattr(bus.writer, "send", flaky)
     sid = bus.publish(ev(1))
     assert calls["n"] == 2
     assert [s.decode() for s, _ in client.xrange(bus.keys.stream("user"))] == [sid]
@@ -234,3 +234,28 @@ def test_event_time_is_the_index_score_even_when_backdated(
     assert client.zscore(bus.keys.index("user"), sid) == old.timestamp() * 1_000_000
     found = bus.store.load_by_time_range(old, old + timedelta(microseconds=1))
     assert [e.timestamp for e in found] == [old]
+
+
+def test_url_is_public_and_never_shows_the_password() -> None:
+    bus = EventBus.from_url("redis://:s3cret@127.0.0.1:1/2", namespace="x")
+    try:
+        assert bus.url == "redis://127.0.0.1:1/2"
+        assert "s3cret" not in repr(bus)
+    finally:
+        bus.close()
+
+
+def test_call_once_does_not_retry_and_maps_errors(client: redis.Redis, namespace: str) -> None:
+    bus = EventBus(client, namespace=namespace, retry=RetryPolicy(attempts=5, base_ms=1))
+    calls = {"n": 0}
+
+    def lost() -> None:
+        calls["n"] += 1
+        raise rex.ConnectionError("connection reset by peer")
+
+    with pytest.raises(RedisUnavailableError):
+        bus.call_once(lost)
+    assert calls["n"] == 1
+    with pytest.raises(RedisUnavailableError):
+        bus.call(lost)
+    assert calls["n"] == 6

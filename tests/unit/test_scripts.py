@@ -1,0 +1,164 @@
+"""The script runner: EVALSHA with its NOSCRIPT fallback, sync, asyncio and pipelined.
+
+Every test starts from an empty script cache (``SCRIPT FLUSH``) on fakeredis and on a
+redis-server of its own (flushing the shared server's cache would only slow the others).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+import redis.asyncio
+import redis.exceptions as rex
+from helpers import RedisServer, own_redis
+
+from chi_redis.backend.scripts import Script, script
+
+INCR = Script(
+    "test_incr",
+    "if ARGV[1] == 'fail' then return redis.error_reply('boom') end\n"
+    "return redis.call('INCRBY', KEYS[1], ARGV[1])",
+)
+
+
+class Backend:
+    """Sync and asyncio clients of one server (fakeredis or a redis-server of our own)."""
+
+    def __init__(self, fake: fakeredis.FakeServer | None, real: RedisServer | None) -> None:
+        self.fake, self.real = fake, real
+
+    def client(self) -> redis.Redis:
+        if self.fake is not None:
+            return fakeredis.FakeRedis(server=self.fake, version=(7, 0))
+        assert self.real is not None
+        return self.real.client()
+
+    def aclient(self) -> redis.asyncio.Redis:
+        if self.fake is not None:
+            return fakeredis.FakeAsyncRedis(server=self.fake, version=(7, 0))
+        assert self.real is not None
+        return redis.asyncio.Redis(host="127.0.0.1", port=self.real.port, socket_timeout=10)
+
+    def run(self, fn: Callable[[redis.asyncio.Redis], Awaitable[Any]]) -> Any:
+        async def main() -> Any:
+            client = self.aclient()
+            try:
+                return await fn(client)
+            finally:
+                await client.aclose()
+
+        return asyncio.run(main())
+
+
+@pytest.fixture(scope="module", params=["fake", pytest.param("real", marks=pytest.mark.redis)])
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backend]:
+    if request.param == "fake":
+        yield Backend(fakeredis.FakeServer(version=(7, 0)), None)
+        return
+    with own_redis(Path(tmp_path_factory.mktemp("scripts"))) as server:
+        yield Backend(None, server)
+
+
+@pytest.fixture
+def client(backend: Backend, namespace: str) -> Iterator[redis.Redis]:
+    """A sync client whose server has forgotten every script."""
+    c = backend.client()
+    c.script_flush()
+    yield c
+    c.delete(f"{namespace}:n")
+    c.close()
+
+
+def cached(client: redis.Redis, s: Script) -> bool:
+    return bool(client.script_exists(s.sha)[0])
+
+
+def test_run_falls_back_to_eval_after_script_flush(client: redis.Redis, namespace: str) -> None:
+    key = f"{namespace}:n"
+    assert not cached(client, INCR)
+    assert INCR.run(client, [key], [2]) == 2
+    assert cached(client, INCR)  # EVAL cached it: the next call is an EVALSHA
+    assert INCR.run(client, [key], [3]) == 5
+    client.script_flush()
+    assert INCR.run(client, [key], [1]) == 6
+    assert int(client.get(key) or 0) == 6  # each call ran exactly once
+
+
+def test_run_raises_script_errors(client: redis.Redis, namespace: str) -> None:
+    with pytest.raises(rex.ResponseError, match="boom"):
+        INCR.run(client, [f"{namespace}:n"], ["fail"])
+
+
+def test_arun_falls_back_after_script_flush(
+    backend: Backend, client: redis.Redis, namespace: str
+) -> None:
+    key = f"{namespace}:n"
+
+    async def twice(aclient: redis.asyncio.Redis) -> list[Any]:
+        first = await INCR.arun(aclient, [key], [2])
+        await aclient.script_flush()
+        return [first, await INCR.arun(aclient, [key], [3])]
+
+    assert backend.run(twice) == [2, 5]
+    assert cached(client, INCR)
+    assert int(client.get(key) or 0) == 5
+
+
+def test_run_pipelined_loads_the_script_and_runs_each_call_once(
+    client: redis.Redis, namespace: str
+) -> None:
+    key = f"{namespace}:n"
+    calls = [([key], [n]) for n in (1, 2, 3)]
+    assert INCR.run_pipelined(client, calls) == [1, 3, 6]
+    assert cached(client, INCR)
+    assert INCR.run_pipelined(client, calls) == [7, 9, 12]  # cached: one round trip
+    client.script_flush()
+    assert INCR.run_pipelined(client, calls) == [13, 15, 18]
+    assert int(client.get(key) or 0) == 18
+    assert INCR.run_pipelined(client, []) == []
+
+
+def test_run_pipelined_raises_the_first_error_after_the_other_calls_ran(
+    client: redis.Redis, namespace: str
+) -> None:
+    key = f"{namespace}:n"
+    calls: list[tuple[list[str], list[Any]]] = [([key], [1]), ([key], ["fail"]), ([key], [2])]
+    with pytest.raises(rex.ResponseError, match="boom"):
+        INCR.run_pipelined(client, calls)  # after SCRIPT FLUSH: reloaded, then run
+    assert int(client.get(key) or 0) == 3
+    with pytest.raises(rex.ResponseError, match="boom"):
+        INCR.run_pipelined(client, calls)  # cached
+    assert int(client.get(key) or 0) == 6
+
+
+def test_arun_pipelined_after_script_flush(
+    backend: Backend, client: redis.Redis, namespace: str
+) -> None:
+    key = f"{namespace}:n"
+    calls = [([key], [n]) for n in (1, 2, 3)]
+
+    async def rounds(aclient: redis.asyncio.Redis) -> list[list[Any]]:
+        first = await INCR.arun_pipelined(aclient, calls)
+        await aclient.script_flush()
+        second = await INCR.arun_pipelined(aclient, calls)
+        with pytest.raises(rex.ResponseError, match="boom"):
+            await INCR.arun_pipelined(aclient, [([key], ["fail"]), ([key], [4])])
+        return [first, second]
+
+    assert backend.run(rounds) == [[1, 3, 6], [7, 9, 12]]
+    assert int(client.get(key) or 0) == 16
+
+
+def test_packaged_scripts_load_once_and_match_their_sha(client: redis.Redis) -> None:
+    publish = script("publish")
+    assert publish is script("publish")  # loaded once per process
+    assert publish.sha == publish.sha.lower() and len(publish.sha) == 40
+    assert client.script_load(publish.source) == publish.sha
