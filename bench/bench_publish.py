@@ -1,6 +1,6 @@
 """chi-redis publishing and queries against raw redis-py, measured in the same run.
 
-  chi.baseline.xadd.single / .pipe100 / .pipe1000   raw redis-py XADD of the peers' event
+  chi.baseline.xadd.single / .pipe100 / .pipe1000   raw redis-py XADD of the baseline event
   chi.publish.single              EventBus.publish: one event per round trip
   chi.publish_batch.100 / .1000   EventBus.publish_batch of 100 / 1000 events per call
   chi.async.publish_batch.1000    AsyncEventBus.publish_batch of 1000 events per call
@@ -12,18 +12,19 @@
                                   next to a raw XADD of the same event
 
 Events are built and encoded inside the timed loops, for chi-redis and for the baselines.
-Targets (issue #2): single ≥ 0.8x raw XADD, batch ≥ 0.5x raw pipelined XADD, time range
-≤ 2x raw XRANGE.
+The baseline event (``common.make_event``) carries the same data and metadata as one
+msgspec JSON field.  Targets (issue #2): single >= 0.8x raw XADD, batch >= 0.5x raw
+pipelined XADD, time range <= 2x raw XRANGE.
 
-Runs only against a redis-server of its own (it FLUSHALLs it; port 6379 is refused):
-  beside the peers:  EXTRA_BENCH_DIRS=$PWD/bench ONLY=chi. REPEATS=1 \
-                     PY=$PWD/.venv/bin/python /work/shared/peers/run_all.sh 6391
-  standalone:        python bench/bench_publish.py --port 6391
+Run:  .venv/bin/python bench/bench_publish.py [--rounds 3] [--range-total 1000000] [--port P]
+It FLUSHALLs its server, so without --port it starts a redis-server of its own on a free
+port (port 6379 is refused).  Beside a peers' harness: see bench/README.md (CHI_PEERS_DIR).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -32,30 +33,26 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-PEERS = ROOT.parent / "shared" / "peers"
-for p in (str(ROOT), str(PEERS)):
+for p in (str(ROOT), str(HERE)):
     if p not in sys.path:
-        sys.path.append(p)
+        sys.path.insert(0, p)
 
 import redis  # noqa: E402
 import redis.asyncio as aredis  # noqa: E402
+from common import (  # noqa: E402
+    ENCODER,
+    base_args,
+    fresh,
+    log,
+    make_event,
+    measured,
+    redis_port,
+    report,
+    report_value,
+    wanted,
+)
 
 from chi_redis import AsyncEventBus, BufferedPublisher, Event, EventBus  # noqa: E402
-
-try:
-    from common import (
-        ENCODER,
-        base_args,
-        fresh,
-        log,
-        make_event,
-        measured,
-        report,
-        report_value,
-        wanted,
-    )
-except ImportError:  # pragma: no cover - standalone without the peers folder
-    raise SystemExit(f"needs common.py from the peers folder on PYTHONPATH ({PEERS})") from None
 
 STREAM = "orders"
 NS = "bench"
@@ -64,7 +61,7 @@ BEST: dict[str, tuple[int, Any]] = {}  # name -> (n, Measure) of the fastest rou
 
 
 def chi_event(i: int, ts: datetime | None = None) -> Event:
-    """The peers' event (common.make_event) as a chi-redis Event."""
+    """The baseline event (common.make_event) as a chi-redis Event."""
     return Event(
         type="order.created",
         data={"order_id": i, "amount": 129.95, "sku": "SKU-0042", "qty": 3},
@@ -240,11 +237,17 @@ def memory(r: redis.Redis, bus: EventBus, n: int) -> None:
 def main() -> None:
     p = base_args(__doc__ or "", 100_000)
     p.add_argument("--n-single", type=int, default=20_000)
-    p.add_argument("--range-total", type=int, default=1_000_000)
+    p.add_argument(
+        "--range-total", type=int, default=int(os.environ.get("BENCH_RANGE_TOTAL", "1000000")),
+        help="events in the history the time-range query runs over (a multiple of 10,000)",
+    )
     p.add_argument("--rounds", type=int, default=3, help="best of N interleaved rounds")
     args = p.parse_args()
-    if args.port == 6379:
-        raise SystemExit("refusing port 6379: this benchmark FLUSHALLs its server")
+    with redis_port(args):
+        run(args)
+
+
+def run(args: Any) -> None:
     url = f"redis://{args.host}:{args.port}/0"
     r = redis.Redis(host=args.host, port=args.port)
     bus = EventBus.from_url(url, namespace=NS)

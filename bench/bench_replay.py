@@ -12,9 +12,10 @@
 
 Each scenario runs --repeats times, interleaved with the raw loop; the best round is
 reported, and *.ratio is best/best-raw (target >= 0.5 for replay --print and --to) with the
-median of the per-round ratios beside it.  Lines follow /work/shared/peers: name value k=v.
+median of the per-round ratios beside it.  Output lines: ``name value k=v`` (bench/common.py).
+The baseline is the raw XRANGE loop of the same run; there is no peer figure for replay.
 
-Run standalone (starts its own redis-server on a free port, never 6379):
+Run (starts its own redis-server on a free port, never 6379, and stops it by PID):
     .venv/bin/python bench/bench_replay.py -n 100000
 Against a server you started:  .venv/bin/python bench/bench_replay.py --port 6391
 """
@@ -22,24 +23,29 @@ Against a server you started:  .venv/bin/python bench/bench_replay.py --port 639
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for p in (str(ROOT), str(HERE)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
 
 import msgspec  # noqa: E402
 import redis  # noqa: E402
+from common import (  # noqa: E402
+    Measure,
+    base_args,
+    measured,
+    redis_port,
+    report,
+    report_value,
+    wanted,
+)
 
 from chi_redis import Event, EventBus  # noqa: E402
 from chi_redis.ops.replay import (  # noqa: E402
@@ -53,70 +59,6 @@ from chi_redis.ops.stats import collect  # noqa: E402
 
 NS = "benchreplay"
 PAYLOAD = {"order_id": 1, "amount": 129.95, "sku": "SKU-0042", "qty": 3}
-
-
-# measuring (the peers' conventions) ----------------------------------------------------------
-def _redis_cpu(r: redis.Redis) -> float:
-    info = r.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-
-
-@contextlib.contextmanager
-def measured(r: redis.Redis) -> Iterator[dict[str, float]]:
-    m: dict[str, float] = {}
-    r0, p0, t0 = _redis_cpu(r), time.process_time(), time.perf_counter()
-    try:
-        yield m
-    finally:
-        m["wall"] = time.perf_counter() - t0
-        m["py_cpu"] = time.process_time() - p0
-        m["redis_cpu"] = _redis_cpu(r) - r0
-
-
-def report(name: str, n: int, m: dict[str, float], **extra: object) -> float:
-    rate = n / m["wall"]
-    cols = [f"{name} {rate:.0f}", f"py_cpu={100 * m['py_cpu'] / m['wall']:.0f}%",
-            f"redis_cpu={100 * m['redis_cpu'] / m['wall']:.0f}%", f"n={n}",
-            f"wall={m['wall']:.2f}s"]
-    cols += [f"{k}={v}" for k, v in extra.items()]
-    print("  ".join(cols), flush=True)
-    return rate
-
-
-def report_value(name: str, value: float, **extra: object) -> None:
-    print("  ".join([f"{name} {value:.3f}"] + [f"{k}={v}" for k, v in extra.items()]),
-          flush=True)
-
-
-# a server of our own ---------------------------------------------------------------------------
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def own_server() -> Iterator[int]:
-    if shutil.which("redis-server") is None:
-        raise SystemExit("redis-server is not installed")
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="chi-bench-replay-")
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(100):
-            with contextlib.suppress(redis.ConnectionError):
-                if redis.Redis(port=port).ping():
-                    break
-            time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # scenarios -------------------------------------------------------------------------------------
@@ -187,14 +129,16 @@ def run(args: argparse.Namespace, port: int) -> None:
         "chi.replay.to_sub.workers4": lambda: to_sub(4),
         "chi.replay.dry_run": dry_run,
     }
+    # The raw loop always runs: every ratio is against it.
+    scenarios = {k: fn for k, fn in scenarios.items() if k.startswith("raw.") or wanted(args, k)}
     # Interleaved rounds; the best round of each scenario is reported (this box is shared:
     # the median ratio says how stable that is).
-    runs: dict[str, list[tuple[float, dict[str, float]]]] = {k: [] for k in scenarios}
+    runs: dict[str, list[tuple[float, Measure]]] = {k: [] for k in scenarios}
     for _ in range(args.repeats):
         for name, fn in scenarios.items():
             with measured(r) as m:
                 fn()
-            runs[name].append((n / m["wall"], m))
+            runs[name].append((n / m.wall, m))
     best_raw = max(rate for rate, _ in runs["raw.xrange.page1000"])
     for name, results in runs.items():
         rate, m = max(results, key=lambda x: x[0])
@@ -210,19 +154,20 @@ def run(args: argparse.Namespace, port: int) -> None:
     r.delete(bus.keys.queue("audit"), bus.keys.checkpoint("bench"))
 
     chi = Path(sys.executable).parent / "chi-redis"
-    if chi.exists():
+    if chi.exists() and wanted(args, "chi.replay.print.cli"):
         with measured(r) as m, open(os.devnull, "wb") as devnull:
             subprocess.run([str(chi), "--redis-url", url, "--namespace", NS, "replay",
                             "--print", "--topic", "order"], stdout=devnull, check=True,
                            stderr=subprocess.DEVNULL)
         report("chi.replay.print.cli", n, m, note="process_start_included")
 
-    stats_100x10(bus, r)
-
-    with measured(r) as m:
-        res = trim_topic(bus, "order", Policy(max_len=0))
-    assert res.trimmed == n, res
-    report("chi.retention.trim", n, m, index_and_ids="yes")
+    if wanted(args, "chi.stats"):
+        stats_100x10(bus, r)
+    if wanted(args, "chi.retention"):
+        with measured(r) as m:
+            res = trim_topic(bus, "order", Policy(max_len=0))
+        assert res.trimmed == n, res
+        report("chi.retention.trim", n, m, index_and_ids="yes")
     for k in r.scan_iter(match=f"{NS}:*"):
         r.delete(k)
 
@@ -258,20 +203,11 @@ def stats_100x10(bus: EventBus, r: redis.Redis) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--port", type=int, default=int(os.environ.get("BENCH_REDIS_PORT", "0")),
-                   help="a redis-server you started (default: start one on a free port)")
-    p.add_argument("-n", type=int, default=int(os.environ.get("BENCH_N", "100000")))
+    p = base_args(__doc__.split("\n", 1)[0] if __doc__ else "", 100_000)
     p.add_argument("--repeats", type=int, default=int(os.environ.get("REPEATS", "3")))
-    p.add_argument("--only", default="", help="ignored (peers' interface)")
     args = p.parse_args()
-    if args.port == 6379:
-        raise SystemExit("refusing port 6379: the shared server is not for benchmarks")
-    if args.port:
-        run(args, args.port)
-    else:
-        with own_server() as port:
-            run(args, port)
+    with redis_port(args) as port:
+        run(args, port)
 
 
 if __name__ == "__main__":

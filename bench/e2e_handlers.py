@@ -1,4 +1,7 @@
-"""Handlers for bench_e2e.py, loaded by ``dramatiq chi_redis.worker bench_handlers``."""
+"""Handlers for bench_e2e.py, loaded by ``dramatiq chi_redis.worker e2e_handlers``.
+
+Not a bench itself (its name does not start with ``bench_``, so no runner picks it up).
+"""
 
 from __future__ import annotations
 
