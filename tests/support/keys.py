@@ -30,7 +30,7 @@ class CommandCounter:
     def __init__(self, client: redis.Redis) -> None:
         self.commands: list[Any] = []
         self._client = client
-        self._orig_execute = client.execute_command
+        self._orig_execute: Any = client.execute_command
         self._orig_pipeline = client.pipeline
 
     def _execute(self, *args: Any, **kwargs: Any) -> Any:
