@@ -1,15 +1,18 @@
-"""Fixtures shared by every suite.
+"""Fixtures shared by every suite (helpers live in the ``support`` package next to this).
 
+- ``ns``: a namespace no other test uses; the real-server fixtures delete ``<ns>:*`` after.
 - ``fake_client``: fakeredis pinned to Redis 7.0, Lua through lupa.
 - ``real_client``: the redis-server at ``CHI_TEST_REDIS_URL`` (default 127.0.0.1:6379/0);
-  skipped when unreachable, failed when ``CI=true``.  Never flushed: each test works in its
-  own ``namespace`` and the keys ``<namespace>:*`` are deleted afterwards.
-- ``bus``: an :class:`~chi_redis.EventBus` on fakeredis and on the real server.
+  skipped when unreachable, failed when ``CI=true``.  Never flushed.
+- ``client`` / ``bus``: parametrised over fakeredis and the real server.
+- ``redis_servers``: own redis-servers (:class:`support.RedisServers`), stopped afterwards.
+
+A test that uses the real server must carry the ``redis`` marker: the collection fails
+otherwise (see :mod:`support.markers`).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -23,18 +26,19 @@ from chi_redis import EventBus
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import connect_real_redis, delete_namespace
+from support.keys import delete_namespace
+from support.markers import REAL, check_collection, require_redis_marker
+from support.servers import RedisServers, connect_real_redis, redis_url
 
-REAL = pytest.param("real", marks=pytest.mark.redis)
+pytest_plugins = ["pytester"]
 
 
-def redis_url() -> str:
-    """The shared test server's URL."""
-    return os.environ.get("CHI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    check_collection(items)
 
 
 @pytest.fixture
-def namespace() -> str:
+def ns() -> str:
     """A namespace no other test uses (keys are cleaned up by the client fixtures)."""
     return f"t{uuid.uuid4().hex[:12]}"
 
@@ -52,13 +56,14 @@ def fake_client(fake_server: fakeredis.FakeServer) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def real_client(namespace: str) -> Iterator[redis.Redis]:
-    """A client of the shared real server; deletes ``<namespace>:*`` at teardown."""
+def real_client(request: pytest.FixtureRequest, ns: str) -> Iterator[redis.Redis]:
+    """A client of the shared real server; deletes ``<ns>:*`` at teardown."""
+    require_redis_marker(request.node, "real_client")
     client = connect_real_redis(redis_url())
     try:
         yield client
     finally:
-        delete_namespace(client, namespace)
+        delete_namespace(client, ns)
         client.close()
 
 
@@ -70,6 +75,17 @@ def client(request: pytest.FixtureRequest) -> redis.Redis:
 
 
 @pytest.fixture
-def bus(client: redis.Redis, namespace: str) -> EventBus:
+def bus(client: redis.Redis, ns: str) -> EventBus:
     """An EventBus in this test's namespace, on fakeredis and on the real server."""
-    return EventBus(client, namespace=namespace)
+    return EventBus(client, namespace=ns)
+
+
+@pytest.fixture
+def redis_servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServers]:
+    """Own redis-servers of this test (``redis_servers.start(...)``), stopped at teardown."""
+    require_redis_marker(request.node, "redis_servers")
+    servers = RedisServers(tmp_path)
+    try:
+        yield servers
+    finally:
+        servers.stop_all()

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import redis
 from click.testing import CliRunner
+from support import REDIS_URL, free_port
+from support.processes import clean_env
 
 from chi_redis import EventBus
 from chi_redis.cli.main import cli as chi_cli
 
-from .conftest import REDIS_URL, Cli, Sh, clean_env, free_port
+from .conftest import Cli, Sh
 
 CANARY = "canary-7f3a9c1e"
 
@@ -73,6 +76,7 @@ def test_unreachable_redis_as_a_subprocess(sh: Sh) -> None:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.redis
 def test_options_on_the_command_win_over_the_group(cli: Cli, bus: EventBus, ns: str) -> None:
     # The group names another namespace; the command's --namespace wins.
     cli("--namespace", "elsewhere", "publish", "--namespace", ns, "user", "user.created",
@@ -84,6 +88,7 @@ def test_options_on_the_command_win_over_the_group(cli: Cli, bus: EventBus, ns: 
     assert json.loads(out1)["topic"] == json.loads(out2)["topic"] == "user"
 
 
+@pytest.mark.redis
 def test_url_precedence_flag_then_env_then_config(
     cli: Cli, bus: EventBus, ns: str, tmp_path: Path
 ) -> None:
@@ -121,6 +126,7 @@ def test_version_and_help() -> None:
         assert command in result.stdout
 
 
+@pytest.mark.redis
 def test_every_command_accepts_the_shared_options(cli: Cli, client: redis.Redis) -> None:
     for args in (["stats"], ["events", "list"], ["subscriptions", "list"],
                  ["retention", "apply"], ["replay", "--dry-run"]):

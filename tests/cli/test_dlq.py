@@ -6,12 +6,16 @@ import json
 import threading
 import time
 
+import pytest
 import redis
+from support import Runtime, wait_until
 
 from chi_redis import Event, EventBus
 from chi_redis.runtime.deadletters import dead_letter_fields, encode_body
 
-from .conftest import Cli, Runtime, Sh, wait_until
+from .conftest import Cli, Sh
+
+pytestmark = pytest.mark.redis  # every test runs against the real server
 
 
 def _dead_letter(client: redis.Redis, bus: EventBus, sub: str, i: int) -> str:

@@ -3,40 +3,34 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
+from support import RedisServer, RedisServers
 
 from chi_redis.ops import doctor as health
 from chi_redis.ops.doctor import check_server
 
-from .conftest import Cli, OwnRedis, Sh
+from .conftest import Cli, Sh
 
 SECRET = "canary-d0c7or"
 
 
-@pytest.fixture
-def good_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path, "--appendonly", "yes", "--maxmemory", "64mb",
-                      "--maxmemory-policy", "noeviction", "--requirepass", SECRET)
-    try:
-        yield server.wait(SECRET)
-    finally:
-        server.stop()
+pytestmark = pytest.mark.redis  # every test starts a redis-server of its own
 
 
 @pytest.fixture
-def lax_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path, "--appendonly", "no", "--maxmemory-policy", "allkeys-lru")
-    try:
-        yield server.wait()
-    finally:
-        server.stop()
+def good_redis(redis_servers: RedisServers) -> RedisServer:
+    return redis_servers.start("--appendonly", "yes", "--maxmemory", "64mb",
+                               "--maxmemory-policy", "noeviction", password=SECRET)
 
 
-def test_a_production_ready_server_passes(cli: Cli, good_redis: OwnRedis) -> None:
+@pytest.fixture
+def lax_redis(redis_servers: RedisServers) -> RedisServer:
+    return redis_servers.start("--appendonly", "no", "--maxmemory-policy", "allkeys-lru")
+
+
+def test_a_production_ready_server_passes(cli: Cli, good_redis: RedisServer) -> None:
     url = f"redis://:{SECRET}@127.0.0.1:{good_redis.port}/0"
     r = cli("--redis-url", url, "--json", "doctor", base=False)
     report = json.loads(r.stdout)
@@ -48,7 +42,7 @@ def test_a_production_ready_server_passes(cli: Cli, good_redis: OwnRedis) -> Non
     assert "***" in report["server"]
 
 
-def test_a_lax_server_fails_with_a_list_of_findings(cli: Cli, lax_redis: OwnRedis) -> None:
+def test_a_lax_server_fails_with_a_list_of_findings(cli: Cli, lax_redis: RedisServer) -> None:
     url = f"redis://127.0.0.1:{lax_redis.port}/0"
     r = cli("--redis-url", url, "doctor", base=False, ok=False)
     assert r.exit_code == 1
@@ -60,7 +54,7 @@ def test_a_lax_server_fails_with_a_list_of_findings(cli: Cli, lax_redis: OwnRedi
 
 
 def test_config_get_forbidden_is_reported_and_info_used_instead(
-    cli: Cli, good_redis: OwnRedis
+    cli: Cli, good_redis: RedisServer
 ) -> None:
     admin = redis.Redis(port=good_redis.port, password=SECRET)
     admin.acl_setuser("ops", enabled=True, passwords=[f"+{SECRET}"], keys=["*"],
@@ -77,7 +71,7 @@ def test_config_get_forbidden_is_reported_and_info_used_instead(
 
 
 def test_plain_connection_to_a_remote_host_is_a_finding(
-    good_redis: OwnRedis, monkeypatch: pytest.MonkeyPatch
+    good_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(health, "_open_default_user", lambda url: False)
     client = redis.Redis(port=good_redis.port, password=SECRET)
@@ -90,7 +84,7 @@ def test_plain_connection_to_a_remote_host_is_a_finding(
     assert tls["tls"].level == "ok"
 
 
-def test_doctor_as_a_subprocess(sh: Sh, good_redis: OwnRedis) -> None:
+def test_doctor_as_a_subprocess(sh: Sh, good_redis: RedisServer) -> None:
     proc = sh("--redis-url", f"redis://:{SECRET}@127.0.0.1:{good_redis.port}/0", "doctor",
               base=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

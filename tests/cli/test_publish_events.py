@@ -6,9 +6,14 @@ import json
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from support import wait_until
+
 from chi_redis import Event, EventBus
 
-from .conftest import Cli, Sh, publish_n, wait_until
+from .conftest import Cli, Sh, publish_n
+
+pytestmark = pytest.mark.redis  # every test runs against the real server
 
 
 def test_publish_prints_the_stream_id_and_stores_the_event(cli: Cli, bus: EventBus) -> None:

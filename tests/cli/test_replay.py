@@ -14,6 +14,8 @@ from typing import Any
 import dramatiq
 import pytest
 import redis
+from support import FAST, REDIS_URL, Runtime, wait_until
+from support.processes import ROOT, clean_env
 
 from chi_redis import Event, EventBus
 from chi_redis.errors import RedisUnavailableError
@@ -22,7 +24,9 @@ from chi_redis.runtime.broker import BrokerOptions, StreamsBroker
 from chi_redis.runtime.encoder import decode_message, encode_message
 from chi_redis.runtime.subscriptions import Delivery
 
-from .conftest import CHI, FAST, REDIS_URL, ROOT, Cli, Runtime, Sh, clean_env, publish_n, wait_until
+from .conftest import CHI, Cli, Sh, publish_n
+
+pytestmark = pytest.mark.redis  # every test runs against the real server
 
 
 class Seen:

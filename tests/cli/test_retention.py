@@ -8,11 +8,16 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import redis
+from support import REDIS_URL, wait_until
+from support.processes import ROOT, clean_env
 
 from chi_redis import Event, EventBus
 
-from .conftest import CHI, REDIS_URL, ROOT, Cli, Sh, clean_env, publish_n, wait_until
+from .conftest import CHI, Cli, Sh, publish_n
+
+pytestmark = pytest.mark.redis  # every test runs against the real server
 
 
 def _catch_up(client: redis.Redis, stream: str, group: str) -> int:

@@ -6,12 +6,15 @@ import json
 import time
 
 import msgspec
+import pytest
 import redis
 
 from chi_redis import Event, EventBus
 from chi_redis.ops.stats import collect
 
 from .conftest import Cli, Sh, publish_n
+
+pytestmark = pytest.mark.redis  # every test runs against the real server
 
 
 def test_stats_report_lag_pending_delayed_and_dead_letters(

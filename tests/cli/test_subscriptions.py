@@ -6,12 +6,16 @@ import json
 import time
 
 import msgspec
+import pytest
 import redis
+from support import FAST
 
 from chi_redis import EventBus
 from chi_redis.runtime.broker import BrokerOptions, StreamsBroker
 
-from .conftest import FAST, Cli, Sh, publish_n
+from .conftest import Cli, Sh, publish_n
+
+pytestmark = pytest.mark.redis  # every test runs against the real server
 
 
 def _register(bus: EventBus, *names: str, types: tuple[str, ...] = ("order.*",)) -> None:

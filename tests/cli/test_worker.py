@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 import redis
 from click.testing import CliRunner
+from support import REDIS_URL, wait_until
+from support.processes import ROOT, clean_env
 
 from chi_redis import Event, EventBus
 from chi_redis.cli import worker as cli_module
 from chi_redis.cli.main import cli as chi_cli
 
-from .conftest import CHI, REDIS_URL, ROOT, clean_env, wait_until
+from .conftest import CHI
 
 
 def test_worker_execs_dramatiq_with_the_resolved_settings(
@@ -44,6 +46,7 @@ def test_worker_needs_modules() -> None:
     assert CliRunner().invoke(chi_cli, ["worker"]).exit_code == 2
 
 
+@pytest.mark.redis
 def test_worker_subprocess_handles_published_events(
     bus: EventBus, client: redis.Redis, ns: str
 ) -> None:

@@ -18,8 +18,8 @@ import fakeredis
 import msgspec
 import pytest
 import redis
-from conftest import REAL, redis_url
-from helpers import delete_namespace, skip_or_fail
+from support import delete_namespace, redis_url, skip_or_fail
+from support.markers import REAL
 
 from chi_redis import (
     Event,
@@ -52,7 +52,7 @@ class Backend:
 BACKENDS = ["memory", "redis-fake", pytest.param("redis-real", marks=REAL.marks)]
 
 
-def make_backend(kind: str, namespace: str) -> tuple[Backend, Callable[[], None]]:
+def make_backend(kind: str, ns: str) -> tuple[Backend, Callable[[], None]]:
     if kind == "memory":
         memory = MemoryEventStore()
 
@@ -71,19 +71,19 @@ def make_backend(kind: str, namespace: str) -> tuple[Backend, Callable[[], None]
             client.ping()
         except redis.exceptions.RedisError as exc:
             skip_or_fail(f"no redis-server at {redis_url()}: {type(exc).__name__}")
-    bus = EventBus(client, namespace=namespace)
+    bus = EventBus(client, namespace=ns)
 
     def cleanup() -> None:
         if kind == "redis-real":
-            delete_namespace(client, namespace)
+            delete_namespace(client, ns)
         client.close()
 
     return Backend(kind, bus.store, bus.publish_batch), cleanup
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, namespace: str) -> Iterator[Backend]:
-    b, cleanup = make_backend(request.param, namespace)
+def backend(request: pytest.FixtureRequest, ns: str) -> Iterator[Backend]:
+    b, cleanup = make_backend(request.param, ns)
     yield b
     cleanup()
 
@@ -159,8 +159,8 @@ ACCEPTANCE_N = 10_000
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def loaded(request: pytest.FixtureRequest) -> Iterator[tuple[Backend, list[Event]]]:
-    namespace = f"t{uuid.uuid4().hex[:12]}"
-    b, cleanup = make_backend(request.param, namespace)
+    ns = f"t{uuid.uuid4().hex[:12]}"
+    b, cleanup = make_backend(request.param, ns)
     events = make_events(ACCEPTANCE_N)
     try:
         b.put_many(events)

@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import redis_url
-from helpers import await_until, free_port
 from prometheus_client import REGISTRY
+from support import await_until, free_port, redis_url
 
 from chi_redis import (
     AsyncEventBus,
@@ -33,15 +32,15 @@ def ev(i: int, type_: str = "metric.sampled") -> Event:
     return Event(type=type_, data={"i": i})
 
 
-def counter(name: str, namespace: str) -> float:
-    return REGISTRY.get_sample_value(name, {"namespace": namespace}) or 0.0
+def counter(name: str, ns: str) -> float:
+    return REGISTRY.get_sample_value(name, {"namespace": ns}) or 0.0
 
 
 def run(
-    namespace: str, fn: Callable[[AsyncEventBus], Awaitable[Any]], url: str = "", **options: Any
+    ns: str, fn: Callable[[AsyncEventBus], Awaitable[Any]], url: str = "", **options: Any
 ) -> Any:
     async def main() -> Any:
-        bus = AsyncEventBus.from_url(url or redis_url(), namespace=namespace, **options)
+        bus = AsyncEventBus.from_url(url or redis_url(), namespace=ns, **options)
         try:
             return await fn(bus)
         finally:
@@ -66,7 +65,7 @@ class Gate:
         bus.publish_batch = gated  # type: ignore[method-assign]
 
 
-def test_async_bus_publishes_to_the_same_log(real_client: redis.Redis, namespace: str) -> None:
+def test_async_bus_publishes_to_the_same_log(real_client: redis.Redis, ns: str) -> None:
     events = [ev(i, "user.signed_up") for i in range(300)]
 
     async def publish(bus: AsyncEventBus) -> tuple[str, list[str]]:
@@ -75,17 +74,17 @@ def test_async_bus_publishes_to_the_same_log(real_client: redis.Redis, namespace
         assert again == one
         return one, await bus.publish_batch(events, chunk_size=64)
 
-    one, ids = run(namespace, publish)
-    sync = EventBus(real_client, namespace=namespace)
+    one, ids = run(ns, publish)
+    sync = EventBus(real_client, namespace=ns)
     stored = sync.store.load_by_topic("user", limit=1000)
     assert len(stored) == 301
     assert stored[1:] == events
     assert [sid.decode() for sid, _ in real_client.xrange(sync.keys.stream("user"))] == [one, *ids]
 
 
-def test_flush_writes_everything_queued_in_order(real_client: redis.Redis, namespace: str) -> None:
+def test_flush_writes_everything_queued_in_order(real_client: redis.Redis, ns: str) -> None:
     events = [ev(i) for i in range(2500)]
-    before = counter("chi_events_published_total", namespace)
+    before = counter("chi_events_published_total", ns)
 
     async def publish(bus: AsyncEventBus) -> BufferedPublisher:
         publisher = BufferedPublisher(bus, batch_size=200, max_buffer=1000)
@@ -97,15 +96,15 @@ def test_flush_writes_everything_queued_in_order(real_client: redis.Redis, names
         await publisher.close()
         return publisher
 
-    publisher = run(namespace, publish)
+    publisher = run(ns, publish)
     assert publisher.published_count == 2500 and publisher.failed_count == 0
-    assert counter("chi_events_published_total", namespace) - before == 2500
-    sync = EventBus(real_client, namespace=namespace)
+    assert counter("chi_events_published_total", ns) - before == 2500
+    sync = EventBus(real_client, namespace=ns)
     assert sync.store.load_by_topic("metric", limit=5000) == events
 
 
 def test_raise_policy_raises_at_once_when_the_buffer_is_full(
-    real_client: redis.Redis, namespace: str
+    real_client: redis.Redis, ns: str
 ) -> None:
     async def fill(bus: AsyncEventBus) -> None:
         gate = Gate(bus)
@@ -120,12 +119,12 @@ def test_raise_policy_raises_at_once_when_the_buffer_is_full(
         await publisher.close()
         assert publisher.published_count == accepted
 
-    run(namespace, fill)
-    assert real_client.xlen(f"{namespace}:{{metric}}:stream") in range(10, 16)
+    run(ns, fill)
+    assert real_client.xlen(f"{ns}:{{metric}}:stream") in range(10, 16)
 
 
 def test_block_policy_waits_for_space_then_times_out(
-    real_client: redis.Redis, namespace: str
+    real_client: redis.Redis, ns: str
 ) -> None:
     async def fill(bus: AsyncEventBus) -> int:
         gate = Gate(bus)
@@ -151,12 +150,12 @@ def test_block_policy_waits_for_space_then_times_out(
         await patient.close()
         return accepted + 3
 
-    total = run(namespace, fill)
-    assert real_client.xlen(f"{namespace}:{{metric}}:stream") == total
+    total = run(ns, fill)
+    assert real_client.xlen(f"{ns}:{{metric}}:stream") == total
 
 
 def test_close_drains_the_buffer_and_refuses_new_events(
-    real_client: redis.Redis, namespace: str
+    real_client: redis.Redis, ns: str
 ) -> None:
     events = [ev(i) for i in range(3000)]
 
@@ -169,15 +168,15 @@ def test_close_drains_the_buffer_and_refuses_new_events(
         await publisher.close()  # idempotent
         assert publisher.published_count == 3000
 
-    run(namespace, publish)
-    sync = EventBus(real_client, namespace=namespace)
+    run(ns, publish)
+    sync = EventBus(real_client, namespace=ns)
     assert sync.store.load_by_topic("metric", limit=5000) == events
 
 
-def test_unreachable_redis_failures_are_reported_not_dropped(namespace: str) -> None:
+def test_unreachable_redis_failures_are_reported_not_dropped(ns: str) -> None:
     reported: list[tuple[list[Event], BaseException]] = []
     events = [ev(i) for i in range(120)]
-    before = counter("chi_publish_failed_total", namespace)
+    before = counter("chi_publish_failed_total", ns)
 
     async def publish(bus: AsyncEventBus) -> BufferedPublisher:
         publisher = BufferedPublisher(
@@ -189,7 +188,7 @@ def test_unreachable_redis_failures_are_reported_not_dropped(namespace: str) -> 
         return publisher
 
     publisher = run(
-        namespace,
+        ns,
         publish,
         url=f"redis://127.0.0.1:{free_port()}/0",
         retry=RetryPolicy(attempts=2, base_ms=1),
@@ -197,11 +196,11 @@ def test_unreachable_redis_failures_are_reported_not_dropped(namespace: str) -> 
     assert [e for evs, _ in reported for e in evs] == events
     assert all(isinstance(exc, RedisUnavailableError) for _, exc in reported)
     assert publisher.failed_count == 120 and publisher.published_count == 0
-    assert counter("chi_publish_failed_total", namespace) - before == 120
+    assert counter("chi_publish_failed_total", ns) - before == 120
 
 
 def test_partly_written_batch_reports_only_the_unwritten_events(
-    real_client: redis.Redis, namespace: str
+    real_client: redis.Redis, ns: str
 ) -> None:
     reported: list[Event] = []
 
@@ -235,13 +234,13 @@ def test_partly_written_batch_reports_only_the_unwritten_events(
         await publisher.close()
         return publisher
 
-    publisher = run(namespace, publish)
+    publisher = run(ns, publish)
     assert [e.data["i"] for e in reported] == list(range(4, 10))
     assert publisher.failed_count == 6 and publisher.published_count == 14
-    assert real_client.xlen(f"{namespace}:{{metric}}:stream") == 14
+    assert real_client.xlen(f"{ns}:{{metric}}:stream") == 14
 
 
-def test_a_failing_callback_does_not_stop_the_publisher(namespace: str) -> None:
+def test_a_failing_callback_does_not_stop_the_publisher(ns: str) -> None:
     async def publish(bus: AsyncEventBus) -> BufferedPublisher:
         def broken(evs: list[Event], exc: BaseException) -> None:
             raise RuntimeError("callback bug")
@@ -254,10 +253,10 @@ def test_a_failing_callback_does_not_stop_the_publisher(namespace: str) -> None:
         await publisher.close()
         return publisher
 
-    run(namespace, publish, url=f"redis://127.0.0.1:{free_port()}/0", retry=RetryPolicy(attempts=1))
+    run(ns, publish, url=f"redis://127.0.0.1:{free_port()}/0", retry=RetryPolicy(attempts=1))
 
 
-def test_invalid_events_are_rejected_by_publish_and_never_queued(namespace: str) -> None:
+def test_invalid_events_are_rejected_by_publish_and_never_queued(ns: str) -> None:
     async def publish(bus: AsyncEventBus) -> None:
         publisher = BufferedPublisher(bus)
         with pytest.raises(PayloadTooLargeError):
@@ -267,7 +266,7 @@ def test_invalid_events_are_rejected_by_publish_and_never_queued(namespace: str)
         assert publisher.pending == 0
         await publisher.close()
 
-    run(namespace, publish, max_event_bytes=1000)
+    run(ns, publish, max_event_bytes=1000)
 
 
 @pytest.mark.parametrize(

@@ -8,13 +8,12 @@ import sys
 
 import pytest
 import redis
-from conftest import redis_url
-from helpers import free_port, keys_of
+from support import free_port, keys_of, redis_url
 
 pytestmark = pytest.mark.redis
 
 
-def test_demo_runs_and_cleans_up(real_client: redis.Redis, namespace: str) -> None:
+def test_demo_runs_and_cleans_up(real_client: redis.Redis, ns: str) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("CHI_REDIS_URL", None)
     result = subprocess.run(
@@ -25,7 +24,7 @@ def test_demo_runs_and_cleans_up(real_client: redis.Redis, namespace: str) -> No
             "--redis-url",
             redis_url(),
             "--namespace",
-            namespace,
+            ns,
         ],
         capture_output=True,
         text=True,
@@ -45,8 +44,8 @@ def test_demo_runs_and_cleans_up(real_client: redis.Redis, namespace: str) -> No
     assert "security-alerts recorded security.login_failed" in out
     assert "order-processor booked 990 cents for u-9" in out
     assert "dead letter" in out and "ValueError: order o-bad has a negative amount" in out
-    assert f"keys under {namespace}:*" in out
-    assert keys_of(real_client, namespace) == []
+    assert f"keys under {ns}:*" in out
+    assert keys_of(real_client, ns) == []
 
 
 def test_demo_reports_an_unreachable_redis_in_one_line() -> None:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import dramatiq
 import pytest
 import redis
-from helpers import wait_until
+from support import wait_until
 
 from chi_redis import Event, EventBus
 from chi_redis.runtime.broker import BrokerOptions, StreamsBroker
@@ -18,8 +18,8 @@ pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
-def bus(real_client: redis.Redis, namespace: str) -> EventBus:
-    return EventBus(real_client, namespace=namespace)
+def bus(real_client: redis.Redis, ns: str) -> EventBus:
+    return EventBus(real_client, namespace=ns)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import redis
-from helpers import free_port, wait_until
+from support import free_port, wait_until
 
 from chi_redis import Event, EventBus
 
@@ -23,13 +23,13 @@ pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
-def worker(real_client: redis.Redis, namespace: str, tmp_path: Path) -> Iterator[int]:
+def worker(real_client: redis.Redis, ns: str, tmp_path: Path) -> Iterator[int]:
     """The Procfile's worker command (1 process here) with metrics on a free port."""
     port = free_port()
     env = {
         **os.environ,
         "CHI_REDIS_URL": "redis://127.0.0.1:6379/0",
-        "CHI_NAMESPACE": namespace,
+        "CHI_NAMESPACE": ns,
         "CHI_METRICS_PORT": str(port),
         "dramatiq_prom_port": str(port),
         "dramatiq_prom_host": "127.0.0.1",
@@ -57,20 +57,20 @@ def worker(real_client: redis.Redis, namespace: str, tmp_path: Path) -> Iterator
         assert "Traceback" not in log, log[-3000:]
 
 
-def _registered(client: redis.Redis, namespace: str) -> bool:
-    subs = client.hkeys(f"{namespace}:subs")
+def _registered(client: redis.Redis, ns: str) -> bool:
+    subs = client.hkeys(f"{ns}:subs")
     return len(subs) == 5
 
 
 def test_example_handlers_run_in_a_real_worker_and_export_metrics(
-    worker: int, real_client: redis.Redis, namespace: str
+    worker: int, real_client: redis.Redis, ns: str
 ) -> None:
     # Given the example worker has registered its five subscriptions
-    wait_until(lambda: _registered(real_client, namespace), timeout=60, message="registration")
+    wait_until(lambda: _registered(real_client, ns), timeout=60, message="registration")
     # (the payload classes are not imported here: registering them would change how every
     # other test in this process decodes user.created; a Struct encodes as this same map)
-    bus = EventBus(real_client, namespace=namespace)
-    mail_key, audit_key = f"{namespace}:app:mail", f"{namespace}:app:audit"
+    bus = EventBus(real_client, namespace=ns)
+    mail_key, audit_key = f"{ns}:app:mail", f"{ns}:app:audit"
 
     def recorded(key: str) -> list[dict[str, str]]:
         return [msgspec.json.decode(x) for x in real_client.lrange(key, 0, -1)]
@@ -97,7 +97,7 @@ def test_example_handlers_run_in_a_real_worker_and_export_metrics(
         ("user-audit", "user.created"),
     ] or (len(by) == 5 and ("security-alerts", "security.login_failed") in by)
     wait_until(
-        lambda: real_client.hget(f"{namespace}:app:orders", "u1") == b"1250",
+        lambda: real_client.hget(f"{ns}:app:orders", "u1") == b"1250",
         timeout=60, message="order bookkeeping",
     )
 
@@ -121,12 +121,12 @@ def test_example_handlers_run_in_a_real_worker_and_export_metrics(
 
 
 def test_importing_the_worker_module_leaves_prometheus_client_unimported(
-    real_client: redis.Redis, namespace: str
+    real_client: redis.Redis, ns: str
 ) -> None:
     # prometheus_client picks its value store at import; Dramatiq's middleware switches it to
     # the multiprocess directory only after boot, so an early import hides every counter.
     code = "import sys, handlers.worker; print('prometheus_client' in sys.modules)"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHI_NAMESPACE": namespace}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHI_NAMESPACE": ns}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
         timeout=120, check=True,

@@ -15,12 +15,11 @@ import pytest
 import redis
 import redis.exceptions as rex
 from dramatiq.errors import QueueJoinTimeout
+from support import Recorder, Runtime, dlq_len, drained, group_info, stays, wait_until
 
 from chi_redis import Event
 from chi_redis.runtime.consumer import StreamsConsumer
 from chi_redis.runtime.subscriptions import Delivery
-
-from .rt import Recorder, Runtime, dlq_len, drained, group_info, stays, wait_until
 
 
 def ev(type_: str = "cart.created", **data: Any) -> Event:

@@ -9,11 +9,10 @@ from typing import Any
 
 import dramatiq
 import pytest
+from support import Recorder, Runtime, dlq_len, drained, stays, wait_until
 
 from chi_redis import Event
 from chi_redis.runtime.subscriptions import Delivery
-
-from .rt import Recorder, Runtime, dlq_len, drained, stays, wait_until
 
 
 def test_garbage_entries_are_dead_lettered_and_the_worker_keeps_going(

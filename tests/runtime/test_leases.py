@@ -14,11 +14,10 @@ import time
 from typing import Any
 
 import pytest
+from support import Recorder, Runtime, drained, wait_until
 
 from chi_redis import Event
 from chi_redis.runtime.consumer import StreamsConsumer
-
-from .rt import Recorder, Runtime, drained, wait_until
 
 LEASE_MS = 900
 HANDLER_S = 2.0  # more than two leases

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from support import Recorder, Runtime, drained, stays, wait_until
+
 from chi_redis import Event
 from chi_redis.events.filters import all_of, any_of, metadata, not_, type_is
 from chi_redis.runtime.subscriptions import Delivery
-
-from .rt import Recorder, Runtime, drained, stays, wait_until
 
 
 def test_sync_and_async_handlers_and_the_delivery_context(rt: Runtime) -> None:

@@ -10,7 +10,7 @@ import fakeredis
 import pytest
 import redis
 import redis.exceptions as rex
-from helpers import free_port
+from support import free_port
 
 from chi_redis import (
     AsyncEventBus,
@@ -26,12 +26,12 @@ from chi_redis import (
 def run(
     fn: Callable[[AsyncEventBus], Awaitable[Any]],
     server: fakeredis.FakeServer,
-    namespace: str,
+    ns: str,
     **options: Any,
 ) -> Any:
     async def main() -> Any:
         bus = AsyncEventBus(
-            fakeredis.FakeAsyncRedis(server=server, version=(7, 0)), namespace=namespace, **options
+            fakeredis.FakeAsyncRedis(server=server, version=(7, 0)), namespace=ns, **options
         )
         try:
             return await fn(bus)
@@ -46,18 +46,18 @@ def ev(i: int, type_: str = "user.signed_up") -> Event:
 
 
 def test_publish_writes_what_the_sync_store_reads(
-    fake_server: fakeredis.FakeServer, fake_client: redis.Redis, namespace: str
+    fake_server: fakeredis.FakeServer, fake_client: redis.Redis, ns: str
 ) -> None:
     event = ev(1)
-    sid = run(lambda bus: bus.publish(event), fake_server, namespace)
-    sync = EventBus(fake_client, namespace=namespace)
+    sid = run(lambda bus: bus.publish(event), fake_server, ns)
+    sync = EventBus(fake_client, namespace=ns)
     assert sync.store.load(event.id) == event
     assert sync.store.locate(event.id) == ("user", sid)
     assert fake_client.zscore(sync.keys.index("user"), sid) == event.timestamp_us
 
 
 def test_idempotent_publish(
-    fake_server: fakeredis.FakeServer, fake_client: redis.Redis, namespace: str
+    fake_server: fakeredis.FakeServer, fake_client: redis.Redis, ns: str
 ) -> None:
     event = ev(1)
 
@@ -68,25 +68,25 @@ def test_idempotent_publish(
         d = await bus.publish(ev(3), idempotency_key="k")
         return [a, b, c, d]
 
-    a, b, c, d = run(publish_twice, fake_server, namespace)
+    a, b, c, d = run(publish_twice, fake_server, ns)
     assert a == b and c == d and a != c
-    assert fake_client.xlen(f"{namespace}:{{user}}:stream") == 2
+    assert fake_client.xlen(f"{ns}:{{user}}:stream") == 2
 
 
 def test_publish_batch_preserves_order(
-    fake_server: fakeredis.FakeServer, fake_client: redis.Redis, namespace: str
+    fake_server: fakeredis.FakeServer, fake_client: redis.Redis, ns: str
 ) -> None:
     events = [ev(i, "user.signed_up" if i % 3 else "order.placed") for i in range(700)]
-    ids = run(lambda bus: bus.publish_batch(events, chunk_size=50), fake_server, namespace)
+    ids = run(lambda bus: bus.publish_batch(events, chunk_size=50), fake_server, ns)
     assert len(ids) == 700
-    sync = EventBus(fake_client, namespace=namespace)
+    sync = EventBus(fake_client, namespace=ns)
     for topic in ("user", "order"):
         expected = [e for e in events if e.topic == topic]
         assert sync.store.load_by_topic(topic, limit=1000) == expected
 
 
 def test_publish_batch_partial_failure_reports_written_and_failed(
-    fake_server: fakeredis.FakeServer, namespace: str
+    fake_server: fakeredis.FakeServer, ns: str
 ) -> None:
     events = [ev(i) for i in range(250)]
 
@@ -105,14 +105,14 @@ def test_publish_batch_partial_failure_reports_written_and_failed(
             await bus.publish_batch(events, chunk_size=10)
         return info.value
 
-    err = run(failing_second_round_trip, fake_server, namespace, retry=RetryPolicy(attempts=1))
+    err = run(failing_second_round_trip, fake_server, ns, retry=RetryPolicy(attempts=1))
     assert sorted(err.written) == list(range(200))
     assert err.failed == list(range(200, 250))
     assert isinstance(err.cause, RedisUnavailableError)
 
 
 def test_oversize_event_is_rejected_before_redis(
-    fake_server: fakeredis.FakeServer, fake_client: redis.Redis, namespace: str
+    fake_server: fakeredis.FakeServer, fake_client: redis.Redis, ns: str
 ) -> None:
     async def publish_big(bus: AsyncEventBus) -> None:
         with pytest.raises(PayloadTooLargeError):
@@ -120,15 +120,15 @@ def test_oversize_event_is_rejected_before_redis(
         with pytest.raises(PayloadTooLargeError):
             await bus.publish_batch([ev(1), Event(type="user.signed_up", data="x" * 5000)])
 
-    run(publish_big, fake_server, namespace, max_event_bytes=4096)
-    assert list(fake_client.scan_iter(match=f"{namespace}:*")) == []
+    run(publish_big, fake_server, ns, max_event_bytes=4096)
+    assert list(fake_client.scan_iter(match=f"{ns}:*")) == []
 
 
-def test_unreachable_redis_is_redis_unavailable(namespace: str) -> None:
+def test_unreachable_redis_is_redis_unavailable(ns: str) -> None:
     async def main() -> None:
         bus = AsyncEventBus.from_url(
             f"redis://:secret-pw@127.0.0.1:{free_port()}/0",
-            namespace=namespace,
+            namespace=ns,
             retry=RetryPolicy(attempts=2, base_ms=1),
         )
         with pytest.raises(RedisUnavailableError) as info:

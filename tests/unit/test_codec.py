@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 import redis
-from helpers import CommandCounter, keys_of
+from support import CommandCounter, keys_of
 
 from chi_redis import (
     Codec,
@@ -222,11 +222,11 @@ def test_unencodable_data_is_a_validation_error(data: object) -> None:
 
 @pytest.mark.parametrize("encoding", ["msgpack", "json"])
 def test_oversize_publish_sends_nothing_to_redis(
-    encoding: str, fake_client: redis.Redis, namespace: str
+    encoding: str, fake_client: redis.Redis, ns: str
 ) -> None:
     bus = EventBus(
         fake_client,
-        namespace=namespace,
+        namespace=ns,
         encoding=encoding,  # type: ignore[arg-type]
         max_event_bytes=4096,
     )
@@ -240,4 +240,4 @@ def test_oversize_publish_sends_nothing_to_redis(
         with pytest.raises(PayloadTooLargeError):
             bus.store.store(big)
     assert counter.count == 0
-    assert keys_of(fake_client, namespace) == []
+    assert keys_of(fake_client, ns) == []

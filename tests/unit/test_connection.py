@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 import redis
 import redis.exceptions as rex
-from helpers import free_port, own_redis
+from support import RedisServers, free_port
 
 from chi_redis import (
     Event,
@@ -116,62 +115,66 @@ def test_unescaped_special_characters_in_the_password_leak_nothing() -> None:
     assert "percent-encode" in text
 
 
+@pytest.mark.redis
 def test_wrong_password_gives_redis_auth_error_without_the_password(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    redis_servers: RedisServers, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    with own_redis(tmp_path, password="the-right-one") as server:
-        bus = EventBus.from_url(
-            f"redis://default:{quote(CANARY, safe='')}@127.0.0.1:{server.port}/0", namespace="t"
+    server = redis_servers.start(password="the-right-one")
+    bus = EventBus.from_url(
+        f"redis://default:{quote(CANARY, safe='')}@127.0.0.1:{server.port}/0", namespace="t"
+    )
+    with pytest.raises(RedisAuthError) as info:
+        bus.publish(Event(type="user.signed_up", data={}))
+    assert "authentication failed" in str(info.value)
+    for text in (full_text(info.value), repr(bus), caplog.text):
+        assert_no_canary(text)
+    with pytest.raises(RedisAuthError):
+        bus.store.load_by_topic("user")
+    bus.close()
+
+    anonymous = EventBus.from_url(server.url, namespace="t")
+    with pytest.raises(RedisAuthError) as info:
+        anonymous.publish(Event(type="user.signed_up", data={}))
+    assert "no credentials" in str(info.value) or "authentication" in str(info.value)
+    anonymous.close()
+
+    with server.client() as admin:
+        assert admin.dbsize() == 0  # nothing was written
+
+
+@pytest.mark.redis
+def test_full_redis_gives_redis_full_error_and_nothing_half_written(
+    redis_servers: RedisServers,
+) -> None:
+    server = redis_servers.start("--maxmemory", "2mb", "--maxmemory-policy", "noeviction")
+    bus = EventBus.from_url(server.url, namespace="oom")
+    payload = {"blob": "x" * 1000}
+    written = 0
+    with pytest.raises(PublishError) as info:
+        for _ in range(10_000):
+            batch = [Event(type="user.signed_up", data=payload) for _ in range(20)]
+            ids = bus.publish_batch(batch)
+            written += len(ids)
+    assert isinstance(info.value.cause, RedisFullError)
+    assert "maxmemory" in str(info.value.cause)
+    written += len(info.value.written)
+    with pytest.raises(RedisFullError):
+        for _ in range(1000):  # memory may dip for a moment; it will not last
+            bus.publish(Event(type="user.signed_up", data=payload))
+            written += 1
+    with pytest.raises(RedisFullError):
+        for _ in range(1000):
+            bus.store.store(Event(type="user.signed_up", data=payload))
+            written += 1
+    with server.client() as admin:
+        stream, index, ids = (
+            admin.xlen("oom:{user}:stream"),
+            admin.zcard("oom:{user}:ts"),
+            admin.hlen("oom:ids"),
         )
-        with pytest.raises(RedisAuthError) as info:
-            bus.publish(Event(type="user.signed_up", data={}))
-        assert "authentication failed" in str(info.value)
-        for text in (full_text(info.value), repr(bus), caplog.text):
-            assert_no_canary(text)
-        with pytest.raises(RedisAuthError):
-            bus.store.load_by_topic("user")
-        bus.close()
-
-        anonymous = EventBus.from_url(server.url, namespace="t")
-        with pytest.raises(RedisAuthError) as info:
-            anonymous.publish(Event(type="user.signed_up", data={}))
-        assert "no credentials" in str(info.value) or "authentication" in str(info.value)
-        anonymous.close()
-
-        with server.client() as admin:
-            assert admin.dbsize() == 0  # nothing was written
-
-
-def test_full_redis_gives_redis_full_error_and_nothing_half_written(tmp_path: Path) -> None:
-    with own_redis(tmp_path, "--maxmemory", "2mb", "--maxmemory-policy", "noeviction") as server:
-        bus = EventBus.from_url(server.url, namespace="oom")
-        payload = {"blob": "x" * 1000}
-        written = 0
-        with pytest.raises(PublishError) as info:
-            for _ in range(10_000):
-                batch = [Event(type="user.signed_up", data=payload) for _ in range(20)]
-                ids = bus.publish_batch(batch)
-                written += len(ids)
-        assert isinstance(info.value.cause, RedisFullError)
-        assert "maxmemory" in str(info.value.cause)
-        written += len(info.value.written)
-        with pytest.raises(RedisFullError):
-            for _ in range(1000):  # memory may dip for a moment; it will not last
-                bus.publish(Event(type="user.signed_up", data=payload))
-                written += 1
-        with pytest.raises(RedisFullError):
-            for _ in range(1000):
-                bus.store.store(Event(type="user.signed_up", data=payload))
-                written += 1
-        with server.client() as admin:
-            stream, index, ids = (
-                admin.xlen("oom:{user}:stream"),
-                admin.zcard("oom:{user}:ts"),
-                admin.hlen("oom:ids"),
-            )
-        assert stream == index == ids == written
-        bus.close()
+    assert stream == index == ids == written
+    bus.close()
 
 
 def test_client_defaults_disable_redis_py_retries() -> None:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 import redis
-from helpers import CommandCounter, keys_of
+from support import CommandCounter, keys_of
 
 from chi_redis import Event, EventBus, InvalidNameError, Keys, MemoryEventStore, ValidationError
 from chi_redis.events.names import compile_glob, glob_matches, validate_glob, validate_name
@@ -78,8 +78,8 @@ def test_non_string_names_are_rejected() -> None:
             validate_name(value, "topic")
 
 
-def test_rejected_name_sends_no_redis_command(fake_client: redis.Redis, namespace: str) -> None:
-    bus = EventBus(fake_client, namespace=namespace)
+def test_rejected_name_sends_no_redis_command(fake_client: redis.Redis, ns: str) -> None:
+    bus = EventBus(fake_client, namespace=ns)
     with CommandCounter(fake_client) as counter:
         for name in INVALID_NAMES[1:9]:
             with pytest.raises(InvalidNameError):
@@ -94,7 +94,7 @@ def test_rejected_name_sends_no_redis_command(fake_client: redis.Redis, namespac
         with pytest.raises(InvalidNameError):
             bus.store.load_by_time_range(now, now, types=["user*"])
     assert counter.count == 0
-    assert keys_of(fake_client, namespace) == []
+    assert keys_of(fake_client, ns) == []
 
 
 def test_every_key_starts_with_the_namespace_and_has_no_glob_characters() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import redis
 import redis.exceptions as rex
-from helpers import CommandCounter, wait_until
+from support import CommandCounter, wait_until
 
 from chi_redis import (
     Event,
@@ -74,8 +74,8 @@ def test_idempotency_keys_are_scoped_per_topic(bus: EventBus, client: redis.Redi
     assert client.xlen(bus.keys.stream("order")) == 1
 
 
-def test_idempotency_key_expires_after_its_ttl(client: redis.Redis, namespace: str) -> None:
-    bus = EventBus(client, namespace=namespace, idempotency_ttl_ms=150)
+def test_idempotency_key_expires_after_its_ttl(client: redis.Redis, ns: str) -> None:
+    bus = EventBus(client, namespace=ns, idempotency_ttl_ms=150)
     first = bus.publish(ev(1), idempotency_key="once")
     key = bus.keys.idem("user", "once")
     assert 0 < client.pttl(key) <= 150
@@ -149,9 +149,9 @@ def fail_on_call(bus: EventBus, monkeypatch: pytest.MonkeyPatch, n: int, *, afte
 
 
 def test_failed_round_trip_reports_written_and_failed_events(
-    client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+    client: redis.Redis, ns: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bus = EventBus(client, namespace=namespace, retry=NO_RETRY)
+    bus = EventBus(client, namespace=ns, retry=NO_RETRY)
     events = [ev(i) for i in range(250)]
     fail_on_call(bus, monkeypatch, 2, after=False)  # chunks of 10, 20 chunks per round trip
     with pytest.raises(PublishError) as info:
@@ -171,9 +171,9 @@ def test_failed_round_trip_reports_written_and_failed_events(
 
 
 def test_lost_reply_is_reported_as_written(
-    client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+    client: redis.Redis, ns: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bus = EventBus(client, namespace=namespace, retry=NO_RETRY)
+    bus = EventBus(client, namespace=ns, retry=NO_RETRY)
     events = [ev(i) for i in range(30)]
     fail_on_call(bus, monkeypatch, 1, after=True)  # Redis wrote them, the reply was lost
     with pytest.raises(PublishError) as info:
@@ -184,9 +184,9 @@ def test_lost_reply_is_reported_as_written(
 
 
 def test_retry_after_a_lost_reply_does_not_duplicate(
-    client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+    client: redis.Redis, ns: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bus = EventBus(client, namespace=namespace, retry=RetryPolicy(attempts=3, base_ms=1))
+    bus = EventBus(client, namespace=ns, retry=RetryPolicy(attempts=3, base_ms=1))
     events = [ev(i) for i in range(40)]
     fail_on_call(bus, monkeypatch, 1, after=True)
     ids = bus.publish_batch(events, chunk_size=10)
@@ -195,9 +195,9 @@ def test_retry_after_a_lost_reply_does_not_duplicate(
 
 
 def test_single_publish_retry_after_a_lost_reply_does_not_duplicate(
-    client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+    client: redis.Redis, ns: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bus = EventBus(client, namespace=namespace, retry=RetryPolicy(attempts=2, base_ms=1))
+    bus = EventBus(client, namespace=ns, retry=RetryPolicy(attempts=2, base_ms=1))
     original = bus.writer.send
     calls = {"n": 0}
 
@@ -215,9 +215,9 @@ def test_single_publish_retry_after_a_lost_reply_does_not_duplicate(
 
 
 def test_publish_works_after_the_script_cache_is_flushed(
-    fake_client: redis.Redis, namespace: str
+    fake_client: redis.Redis, ns: str
 ) -> None:
-    bus = EventBus(fake_client, namespace=namespace)
+    bus = EventBus(fake_client, namespace=ns)
     bus.publish(ev(1))
     fake_client.script_flush()
     bus.publish(ev(2))
@@ -245,8 +245,8 @@ def test_url_is_public_and_never_shows_the_password() -> None:
         bus.close()
 
 
-def test_call_once_does_not_retry_and_maps_errors(client: redis.Redis, namespace: str) -> None:
-    bus = EventBus(client, namespace=namespace, retry=RetryPolicy(attempts=5, base_ms=1))
+def test_call_once_does_not_retry_and_maps_errors(client: redis.Redis, ns: str) -> None:
+    bus = EventBus(client, namespace=ns, retry=RetryPolicy(attempts=5, base_ms=1))
     calls = {"n": 0}
 
     def lost() -> None:

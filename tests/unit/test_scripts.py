@@ -16,7 +16,7 @@ import pytest
 import redis
 import redis.asyncio
 import redis.exceptions as rex
-from helpers import RedisServer, own_redis
+from support.servers import RedisServer
 
 from chi_redis.backend.scripts import Script, script
 
@@ -63,17 +63,20 @@ def backend(
     if request.param == "fake":
         yield Backend(fakeredis.FakeServer(version=(7, 0)), None)
         return
-    with own_redis(Path(tmp_path_factory.mktemp("scripts"))) as server:
+    server = RedisServer(Path(tmp_path_factory.mktemp("scripts"))).start()
+    try:
         yield Backend(None, server)
+    finally:
+        server.stop()
 
 
 @pytest.fixture
-def client(backend: Backend, namespace: str) -> Iterator[redis.Redis]:
+def client(backend: Backend, ns: str) -> Iterator[redis.Redis]:
     """A sync client whose server has forgotten every script."""
     c = backend.client()
     c.script_flush()
     yield c
-    c.delete(f"{namespace}:n")
+    c.delete(f"{ns}:n")
     c.close()
 
 
@@ -81,8 +84,8 @@ def cached(client: redis.Redis, s: Script) -> bool:
     return bool(client.script_exists(s.sha)[0])
 
 
-def test_run_falls_back_to_eval_after_script_flush(client: redis.Redis, namespace: str) -> None:
-    key = f"{namespace}:n"
+def test_run_falls_back_to_eval_after_script_flush(client: redis.Redis, ns: str) -> None:
+    key = f"{ns}:n"
     assert not cached(client, INCR)
     assert INCR.run(client, [key], [2]) == 2
     assert cached(client, INCR)  # EVAL cached it: the next call is an EVALSHA
@@ -92,15 +95,15 @@ def test_run_falls_back_to_eval_after_script_flush(client: redis.Redis, namespac
     assert int(client.get(key) or 0) == 6  # each call ran exactly once
 
 
-def test_run_raises_script_errors(client: redis.Redis, namespace: str) -> None:
+def test_run_raises_script_errors(client: redis.Redis, ns: str) -> None:
     with pytest.raises(rex.ResponseError, match="boom"):
-        INCR.run(client, [f"{namespace}:n"], ["fail"])
+        INCR.run(client, [f"{ns}:n"], ["fail"])
 
 
 def test_arun_falls_back_after_script_flush(
-    backend: Backend, client: redis.Redis, namespace: str
+    backend: Backend, client: redis.Redis, ns: str
 ) -> None:
-    key = f"{namespace}:n"
+    key = f"{ns}:n"
 
     async def twice(aclient: redis.asyncio.Redis) -> list[Any]:
         first = await INCR.arun(aclient, [key], [2])
@@ -113,9 +116,9 @@ def test_arun_falls_back_after_script_flush(
 
 
 def test_run_pipelined_loads_the_script_and_runs_each_call_once(
-    client: redis.Redis, namespace: str
+    client: redis.Redis, ns: str
 ) -> None:
-    key = f"{namespace}:n"
+    key = f"{ns}:n"
     calls = [([key], [n]) for n in (1, 2, 3)]
     assert INCR.run_pipelined(client, calls) == [1, 3, 6]
     assert cached(client, INCR)
@@ -127,9 +130,9 @@ def test_run_pipelined_loads_the_script_and_runs_each_call_once(
 
 
 def test_run_pipelined_raises_the_first_error_after_the_other_calls_ran(
-    client: redis.Redis, namespace: str
+    client: redis.Redis, ns: str
 ) -> None:
-    key = f"{namespace}:n"
+    key = f"{ns}:n"
     calls: list[tuple[list[str], list[Any]]] = [([key], [1]), ([key], ["fail"]), ([key], [2])]
     with pytest.raises(rex.ResponseError, match="boom"):
         INCR.run_pipelined(client, calls)  # after SCRIPT FLUSH: reloaded, then run
@@ -140,9 +143,9 @@ def test_run_pipelined_raises_the_first_error_after_the_other_calls_ran(
 
 
 def test_arun_pipelined_after_script_flush(
-    backend: Backend, client: redis.Redis, namespace: str
+    backend: Backend, client: redis.Redis, ns: str
 ) -> None:
-    key = f"{namespace}:n"
+    key = f"{ns}:n"
     calls = [([key], [n]) for n in (1, 2, 3)]
 
     async def rounds(aclient: redis.asyncio.Redis) -> list[list[Any]]:

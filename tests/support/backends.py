@@ -1,0 +1,152 @@
+"""Backends of the runtime conformance suite (tests/contract/test_runtime_conformance.py).
+
+A :class:`Backend` says how to open a :class:`Session` (a bus in a fresh namespace, and how
+other processes reach it) and which :class:`Features` it has.  A behaviour that needs a
+feature the backend lacks is skipped with the backend's stated reason, never failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+
+from chi_redis import EventBus
+
+from .keys import delete_namespace
+from .servers import REDIS_URL, RedisServer, connect_real_redis
+
+
+@dataclass(frozen=True)
+class Features:
+    """What a backend can do.  ``reasons`` explains each ``False`` (shown in the skip)."""
+
+    multi_process: bool = True  # `dramatiq chi_redis.worker` subprocesses can share it
+    kill_and_restart: bool = False  # a test may `kill -9` the server and start it again
+    persistence: bool = False  # what was written survives that restart
+    server_time_reclaim: bool = True  # idle entries are reclaimed by their idle time
+    guaranteed_order: bool = True  # one consumer thread handles one topic in publish order
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def missing(self, *names: str) -> str | None:
+        """Why the backend lacks one of ``names`` (None when it has them all)."""
+        for name in names:
+            if not getattr(self, name):
+                return self.reasons.get(name, f"the backend has no {name}")
+        return None
+
+
+@dataclass
+class Session:
+    """One test's view of a backend: a bus in a fresh namespace.
+
+    ``url`` reaches the same data from another process (None without ``multi_process``);
+    ``server`` is the redis-server the session owns (only with ``kill_and_restart``).
+    """
+
+    bus: EventBus
+    url: str | None = None
+    server: RedisServer | None = None
+
+    @property
+    def client(self) -> Any:
+        return self.bus.client
+
+    def strand(self, sub: str, topic: str, count: int) -> int:
+        """Read up to ``count`` entries of ``topic`` for ``sub`` as a consumer that then dies
+        (never acks, never hands them back); returns how many it took."""
+        stream = self.bus.keys.stream(topic)
+        got = self.client.xreadgroup(sub, "dead-consumer", {stream: ">"}, count=count)
+        return sum(len(entries) for _, entries in got or [])
+
+
+Opener = Callable[[str, Path], contextlib.AbstractContextManager[Session]]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A backend the conformance suite runs against: ``open(ns, tmp_path)`` gives a session."""
+
+    name: str
+    open: Opener
+    features: Features
+    marks: tuple[pytest.MarkDecorator, ...] = ()
+
+    def param(self) -> Any:
+        """This backend as a ``pytest.param`` (id = name, with its marks)."""
+        return pytest.param(self, id=self.name, marks=self.marks)
+
+    def require(self, *features: str) -> None:
+        """Skip the test (with the reason) when the backend lacks one of ``features``."""
+        reason = self.features.missing(*features)
+        if reason is not None:
+            pytest.skip(f"{self.name}: {reason}")
+
+
+# the backends ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _fakeredis(ns: str, tmp_path: Path) -> Iterator[Session]:
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0)), version=(7, 0))
+    try:
+        yield Session(EventBus(client, namespace=ns))
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def _shared_redis(ns: str, tmp_path: Path) -> Iterator[Session]:
+    client = connect_real_redis(REDIS_URL)
+    try:
+        yield Session(EventBus(client, namespace=ns), url=REDIS_URL)
+    finally:
+        delete_namespace(client, ns)
+        client.close()
+
+
+@contextlib.contextmanager
+def _own_redis(ns: str, tmp_path: Path) -> Iterator[Session]:
+    server = RedisServer(tmp_path / "redis", persistence=True).start()
+    client: redis.Redis = server.client(socket_timeout=30)
+    try:
+        yield Session(EventBus(client, namespace=ns), url=server.url, server=server)
+    finally:
+        client.close()
+        server.stop()
+
+
+FAKEREDIS = Backend(
+    "fakeredis",
+    _fakeredis,
+    Features(
+        multi_process=False,
+        reasons={
+            "multi_process": "fakeredis lives in the test process; a worker subprocess "
+                             "cannot reach it",
+            "kill_and_restart": "fakeredis has no server process to kill",
+            "persistence": "fakeredis keeps nothing across a restart",
+        },
+    ),
+)
+SHARED_REDIS = Backend(
+    "redis",
+    _shared_redis,
+    Features(reasons={
+        "kill_and_restart": "the shared server at 127.0.0.1:6379 is never killed by a test",
+        "persistence": "the shared server is never restarted by a test",
+    }),
+    marks=(pytest.mark.redis,),
+)
+OWN_REDIS = Backend(
+    "redis-own-aof",
+    _own_redis,
+    Features(kill_and_restart=True, persistence=True),
+    marks=(pytest.mark.redis,),
+)
+
+BACKENDS: list[Backend] = [FAKEREDIS, SHARED_REDIS, OWN_REDIS]
