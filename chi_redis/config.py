@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from .backend.connection import DEFAULT_URL
+from .backend import DEFAULT_URL
 from .errors import ConfigError
 
 __all__ = ["Config", "RetentionPolicy", "load_config"]

@@ -31,16 +31,16 @@ from ..errors import (
     scrub,
     url_has_password,
 )
+from . import DEFAULT_URL
 
 if TYPE_CHECKING:
     import redis.asyncio
 
-__all__ = ["RetryPolicy", "connect", "connect_async", "map_redis_error"]
+__all__ = ["DEFAULT_URL", "RetryPolicy", "connect", "connect_async", "map_redis_error"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
 class RetryPolicy(msgspec.Struct, frozen=True):

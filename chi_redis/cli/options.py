@@ -21,19 +21,19 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import click
 import msgspec
-import redis.exceptions as rex
 
-from ..backend.connection import connect, map_redis_error
 from ..config import Config, load_config
 from ..errors import ChiError, scrub
 from ..events.names import validate_glob, validate_name
 from ..ops.timeparse import TimePoint, parse_time
-from ..publish.bus import EventBus
+
+if TYPE_CHECKING:
+    from ..publish.bus import EventBus
 
 __all__ = [
     "BY",
@@ -101,6 +101,10 @@ class Settings:
     def bus(self) -> EventBus:
         """The bus for this invocation (created once)."""
         if self._bus is None:
+            # Imported here: redis-py costs ~80 ms, which --help and usage errors never need.
+            from ..backend.connection import connect
+            from ..publish.bus import EventBus
+
             cfg = self.config
             client = connect(
                 self.redis_url,
@@ -170,7 +174,13 @@ class ChiGroup(click.Group):
             return super().invoke(ctx)
         except ChiError as exc:
             raise click.ClickException(_one_line(str(exc), settings(ctx).secrets)) from None
-        except rex.RedisError as exc:
+        except Exception as exc:
+            import redis.exceptions as rex  # already loaded by any command that used Redis
+
+            from ..backend.connection import map_redis_error
+
+            if not isinstance(exc, rex.RedisError):
+                raise
             s = settings(ctx)
             err = map_redis_error(exc, s.url or "")
             raise click.ClickException(_one_line(str(err), s.secrets)) from None
