@@ -29,6 +29,7 @@ from dramatiq.errors import ConnectionClosed
 from ..backend.scripts import script
 from ..events.names import validate_name
 from .consumer import StreamMessage, StreamsConsumer
+from .deadletters import DLQ_MAXLEN
 from .encoder import MsgpackEncoder, encode_message
 from .runner import ChiMiddleware, make_runner
 from .subscriptions import Subscription
@@ -54,7 +55,7 @@ class BrokerOptions:
     #: entries (about 10 ms of work per prefetch slot), so one read round trip feeds many
     #: messages; slow handlers keep the Worker's prefetch, so no worker hoards slow work.
     max_prefetch: int = 128
-    dlq_maxlen: int = 1_000_000
+    dlq_maxlen: int = DLQ_MAXLEN
     registry_refresh_ms: int = 60_000
 
 
@@ -117,7 +118,7 @@ class StreamsBroker(dramatiq.Broker):
         if queue_name in self.queues:
             return
         self.emit_before("declare_queue", queue_name)
-        self._ensure_group(self.keys.queue(queue_name), queue_name, "0")
+        self.ensure_group(self.keys.queue(queue_name), queue_name, "0")
         self.queues.add(queue_name)
         self.emit_after("declare_queue", queue_name)
 
@@ -127,9 +128,9 @@ class StreamsBroker(dramatiq.Broker):
             if sub.name in self.subscriptions:
                 raise ValueError(f"subscription {sub.name!r} is already declared")
             self.subscriptions[sub.name] = sub
-        new = self._register(sub)
+        new = self.register(sub)
         for topic in sub.bound_topics(self._call(self.topics)):
-            self._ensure_group(self.keys.stream(topic), sub.name, self._start_id(sub, new))
+            self.ensure_group(self.keys.stream(topic), sub.name, self._start_id(sub, new))
         o = sub.options
         actor_options: dict[str, Any] = {
             "max_retries": o.max_retries,
@@ -154,7 +155,7 @@ class StreamsBroker(dramatiq.Broker):
         ms = int(sub.start.timestamp() * 1000)
         return f"{max(ms - 1, 0)}-18446744073709551615"
 
-    def _register(self, sub: Subscription) -> bool:
+    def register(self, sub: Subscription) -> bool:
         """Record ``sub`` in the registry hash; True if it was not there before."""
         import msgspec
 
@@ -162,7 +163,7 @@ class StreamsBroker(dramatiq.Broker):
         entry = msgspec.json.encode(info)
         return bool(self._call(lambda: self.client.hset(self.keys.subs(), sub.name, entry)))
 
-    def _ensure_group(self, stream: str, group: str, start: str) -> bool:
+    def ensure_group(self, stream: str, group: str, start: str) -> bool:
         """Create ``group`` on ``stream`` (and the stream) if missing; True if created."""
         try:
             self.client.xgroup_create(stream, group, id=start, mkstream=True)
@@ -200,21 +201,22 @@ class StreamsBroker(dramatiq.Broker):
                 self._call(lambda: self._eval(s, [delayed], [int(delay), body]))
             else:
                 self._call(lambda: self.client.xadd(self.keys.queue(queue_name), {"m": body}))
-        except ConnectionClosed:
+        except (ConnectionClosed, rex.RedisError) as exc:
             if not isinstance(message, StreamMessage):
                 raise
-            # Retries is re-enqueueing a message we delivered.  Its copy was not written,
-            # so keep the original entry pending (not acked): the lease expires and it is
-            # reclaimed and run again.  Nothing is lost, and nothing needs to be raised
-            # (Dramatiq would log a CRITICAL traceback for every message in flight).
+            # Retries is re-enqueueing a message we delivered.  Its copy was not written
+            # (Redis unreachable, or refusing: OOM, READONLY, NOPERM...), so keep the
+            # original entry pending (not acked): the lease expires and it is reclaimed and
+            # run again.  Nothing is lost, and nothing needs to be raised (Dramatiq would
+            # log a traceback for every message in flight, and ack it).
             message._chi_keep = True
-            self._kept_after_error()
+            self._kept_after_error(exc)
             return message
         self.emit_after("enqueue", message, delay)
         return message
 
-    def _kept_after_error(self) -> None:
-        """Log, at most every 10 s, that retries were left to the lease (Redis down)."""
+    def _kept_after_error(self, exc: BaseException) -> None:
+        """Log, at most every 10 s, that retries were left to the lease."""
         with self._lock:
             self._kept += 1
             now = time.monotonic()
@@ -222,9 +224,9 @@ class StreamsBroker(dramatiq.Broker):
                 return
             count, self._kept, self._kept_logged = self._kept, 0, now
         logger.warning(
-            "Redis unreachable: %d failed message(s) could not be scheduled for retry; their"
-            " entries stay pending and are redelivered once the lease (%d ms) expires",
-            count, self.options.lease_ms,
+            "Redis unreachable or refusing writes (%s: %s): %d failed message(s) could not be"
+            " scheduled for retry; their entries stay pending and are redelivered once the"
+            " lease (%d ms) expires", type(exc).__name__, exc, count, self.options.lease_ms,
         )
 
     def _eval(self, s: Any, keys: list[str], argv: list[Any]) -> Any:
@@ -249,11 +251,11 @@ class StreamsBroker(dramatiq.Broker):
         subscription everything unread or pending on its topic groups."""
         validate_name(queue_name, "queue")
         self.client.delete(self.keys.queue(queue_name), self.keys.delayed(queue_name))
-        self._ensure_group(self.keys.queue(queue_name), queue_name, "0")
+        self.ensure_group(self.keys.queue(queue_name), queue_name, "0")
         for stream in self.streams_of(queue_name)[1:]:
             with contextlib.suppress(rex.ResponseError):
                 self.client.xgroup_destroy(stream, queue_name)
-            self._ensure_group(stream, queue_name, "$")
+            self.ensure_group(stream, queue_name, "$")
         state = self.states[queue_name]
         with state.cond:
             state.acks.clear()
