@@ -3,6 +3,8 @@ answers, an entry ends handled, pending for a later attempt, or dead-lettered wi
 
 - A full Redis (``maxmemory``, ``noeviction``) refuses the retry copy: the entry stays
   pending, is redelivered after the lease, and is handled once memory is freed.
+- Redis refuses the dead letter's XADD (NOPERM): the entry stays pending (it was not acked
+  first) and is dead-lettered once the write is allowed.
 - A topic entry with a field name that is not UTF-8 is dead-lettered (``decode``).
 - A private-stream message for a subscription with the wrong arguments is dead-lettered and
   gives back its prefetch slot (prefetch 1: a held slot would wedge the subscription).
@@ -24,7 +26,7 @@ from helpers import own_redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chi_redis import Event
+from chi_redis import Event, EventBus
 from chi_redis.runtime.deadletters import dead_letter_fields, decode_body, encode_body
 from chi_redis.runtime.dlwrite import entry_dead_letter, message_dead_letter
 from chi_redis.runtime.encoder import encode_message
@@ -99,6 +101,55 @@ def _full_redis_round_trip(rt: Runtime, caplog: pytest.LogCaptureFixture) -> Non
     wait_until(lambda: drained(rt.client, rt.bus, "frugal", ["cart"]), 30, message="drained")
     assert dlq_len(rt.client, rt.bus, "frugal") == 0
     assert stays(lambda: len(handled) == 1, 0.5)
+
+
+def test_dead_letter_refused_by_redis_keeps_the_entry_pending(
+    tmp_path: Path, ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    with own_redis(tmp_path) as server:
+        admin = server.client()
+        # The worker's user may not XADD: every dead letter (and retry copy) is refused.
+        admin.acl_setuser("worker", enabled=True, passwords=["+pw"], keys=["*"],
+                          channels=["*"], commands=["+@all", "-xadd"])
+        worker_client = redis.Redis(host="127.0.0.1", port=server.port, username="worker",
+                                    password="pw", socket_timeout=10)
+        runtime = Runtime(worker_client, ns, "real")
+        try:
+            _refused_dead_letter(runtime, EventBus(admin, namespace=ns), admin, caplog)
+        finally:
+            runtime.stop()
+            worker_client.close()
+            admin.close()
+    _no_dramatiq_errors(caplog)
+
+
+def _refused_dead_letter(
+    rt: Runtime, publisher: EventBus, admin: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs = Recorder()
+
+    @rt.bus.subscribe("doomed", types=["cart.created"], max_retries=0)
+    def doomed(event: Event) -> None:
+        runs.add(event.id)
+        raise RuntimeError("always")
+
+    broker = rt.broker(max_deliveries=50)
+    rt.worker(broker)
+    (sid,) = [publisher.publish(Event(type="cart.created", data={"n": 1}))]
+    stream = rt.bus.keys.stream("cart")
+    wait_until(lambda: len(runs) >= 2, 60, message="redelivery after a refused dead letter")
+    assert _pending(admin, stream, "doomed") == 1
+    assert dlq_len(admin, rt.bus, "doomed") == 0
+    refused = [r for r in caplog.records if "Redis refused" in r.getMessage()]
+    assert refused and all(r.levelno == logging.WARNING for r in refused)
+    assert len(refused) < len(runs) or len(refused) == 1, "rate-limited"
+
+    admin.acl_setuser("worker", commands=["+xadd"])
+    wait_until(lambda: dlq_len(admin, rt.bus, "doomed") == 1, 60, message="the dead letter")
+    wait_until(lambda: _pending(admin, stream, "doomed") == 0, 30, message="acked")
+    (dl,) = rt.bus.dead_letters("doomed")
+    assert dl.source_id == sid and dl.reason == "retries_exhausted"
 
 
 # a field name that is not UTF-8 --------------------------------------------------------------
