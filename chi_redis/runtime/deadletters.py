@@ -166,10 +166,11 @@ def _int(value: Any, default: int) -> int:
 def encode_body(fields: Any) -> bytes:
     """Encode an event entry's fields as a dead-letter body (a map of name to bytes).
 
-    Never raises.  Names that are not UTF-8 are backslash-escaped (``b"\\xff"`` becomes
-    ``"\\xff"``), so the entry's bytes are all kept and the body stays a ``dict[str, bytes]``
-    that :func:`decode_body` (and a redrive) reads; values that are not bytes are stored as
-    their UTF-8 text.  Anything but a mapping gives an empty body.
+    Never raises.  Names that are not UTF-8 are decoded with ``errors="backslashreplace"``
+    (the byte 0xff becomes the four characters ``\\xff``), so the entry's bytes are all kept
+    and the body stays a ``dict[str, bytes]`` that :func:`decode_body` (and a redrive) reads;
+    values that are not bytes are stored as their UTF-8 text.  Anything but a mapping gives
+    an empty body.
     """
     if not isinstance(fields, dict):
         return _body.encode({})
