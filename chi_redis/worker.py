@@ -1,6 +1,6 @@
 """The module ``dramatiq`` loads: ``dramatiq chi_redis.worker my_handlers``.
 
-Like ``__main__``, this entry point reads the environment at import (DESIGN §8):
+Like ``__main__``, this entry point reads the environment at import (docs/design.md §9.5):
 ``CHI_REDIS_URL``, ``CHI_NAMESPACE``, ``CHI_CONFIG`` and the tuning variables
 ``CHI_LEASE_MS``, ``CHI_RECLAIM_INTERVAL_MS``, ``CHI_MAX_DELIVERIES``.  It builds ``bus``
 and ``broker``, sets the broker and the msgspec encoder explicitly, and exposes both, so

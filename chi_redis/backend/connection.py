@@ -92,7 +92,7 @@ def map_redis_error(exc: BaseException, url: str = "", password: str | None = No
 def _client_options(options: dict[str, Any]) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "socket_connect_timeout": 5.0,
-        # Must exceed the longest XREADGROUP BLOCK we issue (DESIGN §6).
+        # Must exceed the longest XREADGROUP BLOCK we issue (docs/design.md §8).
         "socket_timeout": 10.0,
         "retry": Retry(NoBackoff(), 0),
         "health_check_interval": 30,

@@ -15,7 +15,6 @@ from .options import ChiGroup, common_options, confirm, emit, emit_lines, iso_ms
 
 __all__ = ["dlq"]
 
-_BODY = msgspec.msgpack.Decoder(dict[str, bytes])
 _ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
@@ -27,11 +26,11 @@ def dlq() -> None:
 
 def _known_sub(bus: Any, sub: str) -> None:
     """Refuse a subscription neither registered nor holding dead letters."""
+    from ..runtime.deadletters import dead_letters_exist
+
     validate_name(sub, "subscription")
-    k = bus.keys
-    registered, has_dlq = bus.call(lambda: (
-        bus.client.hexists(k.subs(), sub), bus.client.exists(k.dlq(sub))))
-    if not registered and not has_dlq:
+    registered = bus.call(lambda: bus.client.hexists(bus.keys.subs(), sub))
+    if not registered and not dead_letters_exist(bus, sub):
         raise NotFoundError(f"unknown subscription {sub!r}: not registered and no dead letters")
 
 
@@ -49,8 +48,10 @@ def _dl_dict(dl: Any, full: bool = False) -> dict[str, Any]:
         d.pop("traceback")
         return d
     if dl.kind in ("event", "raw") and body:
+        from ..runtime.deadletters import decode_body
+
         try:
-            fields = _BODY.decode(body)
+            fields = decode_body(body)
             d["event"] = settings().bus().codec.envelope(dl.topic, dl.source_id.encode(), fields)
         except msgspec.DecodeError:
             d["event"] = None
@@ -89,14 +90,11 @@ def dlq_list(sub: str, limit: int, after: str | None) -> None:
 @click.argument("dl_id", metavar="ID")
 def dlq_show(sub: str, dl_id: str) -> None:
     """Show one dead letter with its traceback and event."""
-    from ..runtime.deadletters import list_dead_letters
+    from ..runtime.deadletters import get_dead_letter
 
     bus = settings().bus()
     _known_sub(bus, sub)
-    found = list_dead_letters(bus, sub, ids=_check_ids([dl_id]))
-    if not found:
-        raise NotFoundError(f"no dead letter {dl_id} in {sub!r}")
-    d = _dl_dict(found[0], full=True)
+    d = _dl_dict(get_dead_letter(bus, sub, _check_ids([dl_id])[0]), full=True)
     tb = d.get("traceback") or ""
     lines = [f"{k}: {v}" for k, v in d.items() if k not in ("traceback", "event")]
     lines.append(f"first_failure: {iso_ms(d['first_failure_ms'])}")
@@ -132,14 +130,13 @@ def dlq_redrive(sub: str, ids: tuple[str, ...], all_: bool) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def dlq_purge(sub: str, before: str | None, yes: bool) -> None:
     """Delete dead letters (asks first)."""
-    from ..runtime.deadletters import purge
+    from ..runtime.deadletters import count_dead_letters, purge
 
     cutoff = parse_time(before, field="--before") if before else None
     bus = settings().bus()
     _known_sub(bus, sub)
-    key = bus.keys.dlq(sub)
     if cutoff is None:
-        count = int(bus.call(lambda: bus.client.xlen(key)))
+        count = count_dead_letters(bus, sub)
         what = f"all {count} dead letter(s) of {sub!r}"
     else:
         what = f"the dead letters of {sub!r} from before {cutoff.iso()}"

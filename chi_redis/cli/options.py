@@ -1,7 +1,7 @@
 """What every ``chi-redis`` command shares: connection options, errors, output, arguments.
 
 ``--redis-url``, ``--namespace``, ``--json`` and ``--config`` are accepted on the group
-and on every command (see ``docs/design.md``); a value given on the command wins over the
+and on every command (docs/design.md §9.6); a value given on the command wins over the
 group's.
 The Redis URL comes from ``--redis-url``, then ``CHI_REDIS_URL``, then the config file
 (``--config`` / ``CHI_CONFIG``), then ``redis://127.0.0.1:6379/0``.

@@ -19,7 +19,7 @@ Archive writes (``EventStore.store``) carry one more field, ``arc`` = ``1``: the
 of the log but are not delivered to subscriptions.
 
 The same entry has a second, tool-facing shape: :meth:`Codec.envelope` turns it into the
-JSON envelope the CLI prints and replay's print target writes (see ``docs/design.md``).
+JSON envelope the CLI prints and replay's print target writes (docs/design.md §9.6).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def iso_us(us: int) -> str:
 
 
 class Envelope(msgspec.Struct, omit_defaults=True):
-    """The JSON envelope of an event (``docs/design.md``), plus its stream id."""
+    """The JSON envelope of an event (docs/design.md §9.6), plus its stream id."""
 
     id: str
     type: str

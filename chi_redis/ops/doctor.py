@@ -1,6 +1,6 @@
 """``chi-redis doctor``: is this Redis server fit to hold events in production?
 
-Checks (DESIGN §6, RELIABILITY F20/S1/S2):
+Checks (docs/design.md §7.6-§7.7):
 
 - server version ≥ 7.0 (stream commands and XINFO fields chi-redis relies on);
 - ``appendonly yes`` (without AOF a restart loses everything since the last snapshot);

@@ -2,7 +2,7 @@
 
 Workers record each subscription in the ``keys.subs()`` hash when they start and refresh
 its ``last_seen_ms``; its consumer groups live on the topic streams.  A subscription is
-*registered* while it has been seen within ``subscriptions_seen_days`` (docs/design.md);
+*registered* while it has been seen within ``subscriptions_seen_days`` (docs/design.md §9.4);
 groups of subscriptions no longer registered (and groups no registry entry explains) hold
 back retention forever, which is what ``prune`` is for.
 """

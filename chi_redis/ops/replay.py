@@ -1,4 +1,4 @@
-"""Replay: re-read a range of history and deliver it again (docs/design.md).
+"""Replay: re-read a range of history and deliver it again (docs/design.md §5.6).
 
 Sources (:mod:`chi_redis.store.history`): one or more topic streams by stream-id / append-time
 range, or the time index by event time.  Targets (:mod:`chi_redis.ops.targets`): one

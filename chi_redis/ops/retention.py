@@ -1,7 +1,7 @@
 """Retention: keep Redis memory bounded without dropping an event a subscription needs.
 
 Trimming a stream on Redis 7.0 silently deletes entries a lagging consumer group has not
-read, or still has pending (docs/design.md).  So retention here never trims at or beyond
+read, or still has pending (docs/design.md §5.7).  So retention here never trims at or beyond
 the *safe bound* of a stream: for every consumer group, its oldest pending entry (XPENDING)
 or else the entry after its last-delivered-id.  What the policy wanted to trim but could
 not is reported, with the group that held it back.

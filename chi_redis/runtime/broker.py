@@ -6,7 +6,7 @@ Dramatiq's own Worker, CLI and middleware (Retries, TimeLimit, AgeLimit, Callbac
 Prometheus) run on it unchanged.  Delayed messages wait in a sorted set that a Lua script
 promotes by the server's clock (no ``eta`` option, no ``.DQ`` queues).  Entries are acked
 after the handler ran; acks are buffered per stream and flushed with the consumer's next
-read (docs/design.md, Delivery guarantees); leases and XAUTOCLAIM recover what a dead
+read (docs/design.md §5.2, §5.8); leases and XAUTOCLAIM recover what a dead
 worker held.
 """
 
@@ -30,6 +30,7 @@ from dramatiq.errors import ConnectionClosed
 from ..backend.scripts import script
 from ..events.names import validate_name
 from .consumer import StreamMessage, StreamsConsumer
+from .deadletters import DLQ_MAXLEN
 from .encoder import MsgpackEncoder, encode_message
 from .runner import ChiMiddleware, make_runner
 from .subscriptions import Subscription, encode_record
@@ -55,7 +56,7 @@ class BrokerOptions:
     #: entries (about 10 ms of work per prefetch slot), so one read round trip feeds many
     #: messages; slow handlers keep the Worker's prefetch, so no worker hoards slow work.
     max_prefetch: int = 128
-    dlq_maxlen: int = 1_000_000
+    dlq_maxlen: int = DLQ_MAXLEN
     registry_refresh_ms: int = 60_000
 
 
@@ -146,7 +147,7 @@ class StreamsBroker(dramatiq.Broker):
         )
 
     def _start_id(self, sub: Subscription, first_time: bool) -> str:
-        # docs/design.md, Subscriptions: "new" only when the subscription first appears;
+        # docs/design.md §6: "new" only when the subscription first appears;
         # topics found later (wildcards) and groups re-created after NOGROUP start at the
         # first unhandled entry.
         if not first_time or sub.start == "earliest":
@@ -176,11 +177,6 @@ class StreamsBroker(dramatiq.Broker):
         except (rex.ConnectionError, rex.TimeoutError) as exc:
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
 
-    # The consumer (runtime/consumer.py) still calls these two by their former private
-    # names; drop the aliases once it calls ensure_group and register.
-    _ensure_group = ensure_group
-    _register = register
-
     def _call(self, fn: Any) -> Any:
         try:
             return fn()
@@ -207,21 +203,22 @@ class StreamsBroker(dramatiq.Broker):
                 self._call(lambda: s.run(self.client, [delayed], [int(delay), body]))
             else:
                 self._call(lambda: self.client.xadd(self.keys.queue(queue_name), {"m": body}))
-        except ConnectionClosed:
+        except (ConnectionClosed, rex.RedisError) as exc:
             if not isinstance(message, StreamMessage):
                 raise
-            # Retries is re-enqueueing a message we delivered.  Its copy was not written,
-            # so keep the original entry pending (not acked): the lease expires and it is
-            # reclaimed and run again.  Nothing is lost, and nothing needs to be raised
-            # (Dramatiq would log a CRITICAL traceback for every message in flight).
+            # Retries is re-enqueueing a message we delivered.  Its copy was not written
+            # (Redis unreachable, or refusing: OOM, READONLY, NOPERM...), so keep the
+            # original entry pending (not acked): the lease expires and it is reclaimed and
+            # run again.  Nothing is lost, and nothing needs to be raised (Dramatiq would
+            # log a traceback for every message in flight, and ack it).
             message._chi_keep = True
-            self._kept_after_error()
+            self._kept_after_error(exc)
             return message
         self.emit_after("enqueue", message, delay)
         return message
 
-    def _kept_after_error(self) -> None:
-        """Log, at most every 10 s, that retries were left to the lease (Redis down)."""
+    def _kept_after_error(self, exc: BaseException) -> None:
+        """Log, at most every 10 s, that retries were left to the lease."""
         with self._lock:
             self._kept += 1
             now = time.monotonic()
@@ -229,9 +226,9 @@ class StreamsBroker(dramatiq.Broker):
                 return
             count, self._kept, self._kept_logged = self._kept, 0, now
         logger.warning(
-            "Redis unreachable: %d failed message(s) could not be scheduled for retry; their"
-            " entries stay pending and are redelivered once the lease (%d ms) expires",
-            count, self.options.lease_ms,
+            "Redis unreachable or refusing writes (%s: %s): %d failed message(s) could not be"
+            " scheduled for retry; their entries stay pending and are redelivered once the"
+            " lease (%d ms) expires", type(exc).__name__, exc, count, self.options.lease_ms,
         )
 
     def get_declared_queues(self) -> set[str]:

@@ -1,9 +1,15 @@
 """Dead letters: what kept failing, with its provenance, ready to inspect and redrive.
 
-One dead-letter stream per subscription (``chi:q:{<sub>}:dlq``).  Each entry records the
-event (id, type, topic), where it came from (source stream and entry id), why it failed
-(reason, error type and message, a capped and redacted traceback tail), how often it was
-delivered, the first and last failure time, and the body needed to redrive it.
+One dead-letter stream per subscription (``chi:q:{<sub>}:dlq``), capped at
+:data:`DLQ_MAXLEN` entries (approximately).  Each entry records the event (id, type, topic),
+where it came from (source stream and entry id), why it failed (reason, error type and
+message, a capped and redacted traceback tail), how often it was delivered, the first and
+last failure time, and the body needed to redrive it.
+
+This module builds the fields and serves the operators (list, show, count, redrive, purge);
+:mod:`chi_redis.runtime.dlwrite` decides when and why a consumer dead-letters an entry and
+writes it.  Building the fields never raises, whatever the entry held: a dead letter is the
+last place an entry can go, so it must always be writable.
 """
 
 from __future__ import annotations
@@ -24,10 +30,24 @@ from .encoder import decode_message, encode_message
 if TYPE_CHECKING:
     from ..publish.bus import EventBus
 
-__all__ = ["DeadLetter", "dead_letter_fields", "list_dead_letters", "purge", "redrive"]
+__all__ = [
+    "DLQ_MAXLEN",
+    "DeadLetter",
+    "count_dead_letters",
+    "dead_letter_fields",
+    "dead_letters_exist",
+    "decode_body",
+    "encode_body",
+    "get_dead_letter",
+    "list_dead_letters",
+    "purge",
+    "redrive",
+    "redrive_message",
+]
 
 TRACEBACK_CHARS = 2000
 MESSAGE_CHARS = 500
+#: The cap of every dead-letter stream (``XADD MAXLEN ~``); ``BrokerOptions.dlq_maxlen``.
 DLQ_MAXLEN = 1_000_000
 _SECRET = re.compile(r"(?i)(password|passwd|secret|token|api[_-]?key)(['\"]?\s*[:=]\s*)(\S+)")
 _body = msgspec.msgpack.Encoder()
@@ -68,38 +88,102 @@ def dead_letter_fields(
     exc: BaseException | None,
     kind: str,
     body: bytes,
-    event_id: str = "",
-    type_: str = "",
-    topic: str = "",
-    source_stream: str = "",
-    source_id: str = "",
-    deliveries: int = 1,
-    attempts: int = 1,
-    first_failure_ms: int | None = None,
-    tb: str | None = None,
+    event_id: Any = "",
+    type_: Any = "",
+    topic: Any = "",
+    source_stream: Any = "",
+    source_id: Any = "",
+    deliveries: Any = 1,
+    attempts: Any = 1,
+    first_failure_ms: Any = None,
+    tb: Any = None,
 ) -> dict[str, Any]:
-    """The fields of a dead-letter entry (secrets redacted, text capped)."""
+    """The fields of a dead-letter entry (secrets redacted, text capped); never raises.
+
+    Values of any type are accepted (they may come from a malformed message): text becomes
+    valid UTF-8 (bytes decoded with replacement), counts and times that are not integers
+    become their defaults, so every value is ``str``, ``bytes`` or ``int``.
+    """
     now = int(time.time() * 1000)
     if tb is None and exc is not None and exc.__traceback__ is not None:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        tb = _format_traceback(exc)
     return {
-        "sub": sub,
-        "reason": reason,
+        "sub": _text(sub),
+        "reason": _text(reason),
         "error_type": type(exc).__name__ if exc is not None else "",
-        "error": redact(str(exc))[:MESSAGE_CHARS] if exc is not None else "",
-        "traceback": redact(tb or "")[-TRACEBACK_CHARS:],
-        "event_id": event_id,
-        "type": type_,
-        "topic": topic,
-        "src": source_stream,
-        "src_id": source_id,
-        "deliveries": deliveries,
-        "attempts": attempts,
-        "first_failure": first_failure_ms or now,
+        "error": redact(_text(exc))[:MESSAGE_CHARS] if exc is not None else "",
+        "traceback": redact(_text(tb))[-TRACEBACK_CHARS:],
+        "event_id": _text(event_id),
+        "type": _text(type_),
+        "topic": _text(topic),
+        "src": _text(source_stream),
+        "src_id": _text(source_id),
+        "deliveries": _int(deliveries, 1),
+        "attempts": _int(attempts, 1),
+        "first_failure": _int(first_failure_ms, 0) or now,
         "last_failure": now,
-        "kind": kind,
-        "body": body,
+        "kind": _text(kind),
+        "body": body if isinstance(body, bytes) else _text(body).encode(),
     }
+
+
+def _format_traceback(exc: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # a hostile __str__ must not stop the dead letter
+        return ""
+
+
+def _text(value: Any) -> str:
+    """``value`` as text Redis can store: never raises, always encodable as UTF-8."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:  # e.g. an exception whose __str__ raises
+        return f"<{type(value).__name__}>"
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # lone surrogates
+        return text.encode(errors="backslashreplace").decode()
+    return text
+
+
+def _int(value: Any, default: int) -> int:
+    """``value`` as an int (a count or a time), or ``default`` when it is not one."""
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, bytes | str):
+        try:
+            return int(value)
+        except ValueError:
+            return default
+    return default
+
+
+def encode_body(fields: Any) -> bytes:
+    """Encode an event entry's fields as a dead-letter body (a map of name to bytes).
+
+    Never raises.  Names that are not UTF-8 are decoded with ``errors="backslashreplace"``
+    (the byte 0xff becomes the four characters ``\\xff``), so the entry's bytes are all kept
+    and the body stays a ``dict[str, bytes]`` that :func:`decode_body` (and a redrive) reads;
+    values that are not bytes are stored as their UTF-8 text.  Anything but a mapping gives
+    an empty body.
+    """
+    if not isinstance(fields, dict):
+        return _body.encode({})
+    out: dict[str, bytes] = {}
+    for k, v in fields.items():
+        name = k.decode(errors="backslashreplace") if isinstance(k, bytes) else _text(k)
+        out[name] = v if isinstance(v, bytes) else _text(v).encode()
+    return _body.encode(out)
+
+
+def decode_body(body: bytes) -> dict[str, bytes]:
+    """The fields of an event dead letter's body; raises ``msgspec.DecodeError``."""
+    return _body_dec.decode(body)
 
 
 def _to_dead_letter(sub: str, sid: bytes, f: dict[bytes, bytes]) -> DeadLetter:
@@ -143,6 +227,28 @@ def list_dead_letters(
     return [_to_dead_letter(sub, sid, f) for sid, f in found]
 
 
+def get_dead_letter(bus: EventBus, sub: str, dl_id: str) -> DeadLetter:
+    """The dead letter ``dl_id`` of ``sub``; raises :class:`NotFoundError`."""
+    found = list_dead_letters(bus, sub, ids=[dl_id])
+    if not found:
+        raise NotFoundError(f"no dead letter {dl_id} in {sub!r}")
+    return found[0]
+
+
+def count_dead_letters(bus: EventBus, sub: str) -> int:
+    """How many dead letters ``sub`` holds."""
+    validate_name(sub, "subscription")
+    key = bus.keys.dlq(sub)
+    return int(bus.call(lambda: bus.client.xlen(key)))
+
+
+def dead_letters_exist(bus: EventBus, sub: str) -> bool:
+    """Whether ``sub`` has a dead-letter stream (even an empty one, after a purge)."""
+    validate_name(sub, "subscription")
+    key = bus.keys.dlq(sub)
+    return bool(bus.call(lambda: bus.client.exists(key)))
+
+
 def redrive_message(dl: DeadLetter) -> bytes:
     """The queue message that re-runs a dead letter (retry count reset)."""
     if dl.kind == "task":
@@ -154,7 +260,7 @@ def redrive_message(dl: DeadLetter) -> bytes:
             kwargs=msg.kwargs, options=options, message_id=msg.message_id,
             message_timestamp=int(time.time() * 1000),
         ))
-    fields = _body_dec.decode(dl.body)
+    fields = decode_body(dl.body)
     return encode_message(dramatiq.Message(
         queue_name=dl.subscription, actor_name=dl.subscription,
         args=(dl.topic, fields), kwargs={},
@@ -162,11 +268,6 @@ def redrive_message(dl: DeadLetter) -> bytes:
         message_id=f"{dl.subscription}:{dl.event_id}",
         message_timestamp=int(time.time() * 1000),
     ))
-
-
-def encode_body(fields: dict[bytes, bytes] | dict[str, bytes]) -> bytes:
-    """Encode an event entry's fields as a dead-letter body."""
-    return _body.encode({(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()})
 
 
 def redrive(bus: EventBus, sub: str, ids: list[str] | None = None) -> int:
@@ -192,14 +293,10 @@ def redrive(bus: EventBus, sub: str, ids: list[str] | None = None) -> int:
         argv: list[Any] = []
         for dl in batch:
             argv += (dl.id, redrive_message(dl))
-        moved += int(bus.call(lambda argv=argv: _eval(bus, s, keys, argv)))
+        moved += int(bus.call(lambda argv=argv: s.run(bus.client, keys, argv)))
         if ids is not None:
             return moved
         cursor = batch[-1].id
-
-
-def _eval(bus: EventBus, s: Any, keys: list[str], argv: list[Any]) -> Any:
-    return s.run(bus.client, keys, argv)
 
 
 def purge(bus: EventBus, sub: str, *, before_ms: int | None = None) -> int:

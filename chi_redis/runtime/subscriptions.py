@@ -78,7 +78,7 @@ class Delivery:
 
 @dataclass
 class SubscriptionOptions:
-    """Retry, lease and delivery settings of one subscription (defaults: docs/design.md)."""
+    """Retry, lease and delivery settings of one subscription (defaults: docs/design.md §9.4)."""
 
     max_retries: int = 5
     min_backoff_ms: int = 1_000

@@ -1,6 +1,6 @@
 """Reading history: ranges of topic streams, by append time or by event time.
 
-Two ways to ask for "what happened between t1 and t2" (see ``docs/design.md``):
+Two ways to ask for "what happened between t1 and t2" (docs/design.md §3.3):
 
 - by append time (``by="append"``): the stream ids themselves are server time in ms, so
   the range is an XRANGE, paged with an exclusive start (``(<last id>``);

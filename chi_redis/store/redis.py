@@ -27,7 +27,7 @@ Entry = tuple[bytes, list[bytes]]
 
 
 class RedisEventStore:
-    """EventStore over the bus's Redis layout (docs/design.md); reach it as ``bus.store``.
+    """EventStore over the bus's Redis layout (docs/design.md §3); reach it as ``bus.store``.
 
     Thread-safe.  Entries that cannot be decoded raise :class:`~chi_redis.DecodeError`.
     """

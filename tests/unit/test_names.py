@@ -1,4 +1,4 @@
-"""Names: one pattern for types, topics, subscriptions and namespaces (RELIABILITY F10)."""
+"""Names: one pattern for types, topics, subscriptions and namespaces (docs/design.md §4.2)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from support import CommandCounter, keys_of
 from chi_redis import Event, EventBus, InvalidNameError, Keys, MemoryEventStore, ValidationError
 from chi_redis.events.names import compile_glob, glob_matches, validate_glob, validate_name
 
-# Every invalid name of RELIABILITY.md F10 (numeric-only names are valid here: the
+# Every invalid name of docs/design.md §4.2 (numeric-only names are valid here: the
 # documented pattern allows a name to start with a digit, see names.NAME_PATTERN).
 INVALID_NAMES = [
     "",

@@ -1,5 +1,5 @@
 -- Retention: trim the oldest entries of a topic stream, never past what a consumer group
--- still needs, together with their time-index members and id lookups (DESIGN §6).
+-- still needs, together with their time-index members and id lookups (docs/design.md §5.7).
 -- The safe bound is computed here, atomically with the trim: for every group, the oldest
 -- pending entry (XPENDING) or else the entry after its last-delivered-id.  A group created
 -- or rewound a moment ago is therefore always respected.

@@ -1,0 +1,221 @@
+"""Dead-lettering entries: why (the reason policy), what (the fields) and the write.
+
+A consumer owns one :class:`DeadLetterWriter`.  It dead-letters entries the consumer itself
+rejects (undecodable, delivered too often) and messages Dramatiq gave up on (``nack``).
+The write is one script call that acks the source entry and adds the dead letter, at most
+once (``deadletter.lua``).  It cannot lose an entry: when Redis refuses it (out of memory,
+read-only replica, missing permission, any error reply) the entry stays pending and is
+tried again once its lease expires; a warning says so at most every 10 seconds.  Building
+the fields never raises, whatever the entry or message holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+import dramatiq
+import redis.exceptions as rex
+from dramatiq.errors import ActorNotFound
+from dramatiq.middleware import SkipMessage
+
+from ..backend.scripts import script
+from ..errors import DecodeError
+from ..observe.metrics import counter
+from .deadletters import dead_letter_fields, encode_body
+from .encoder import decode_message, encode_message
+
+if TYPE_CHECKING:
+    from .broker import StreamsBroker
+
+__all__ = ["DeadLetterWriter", "dead_letter_reason", "entry_dead_letter", "message_dead_letter"]
+
+logger = logging.getLogger(__name__)
+
+#: Errors after which the caller retries the write (Dramatiq retries a failed ``nack``).
+CONNECTION_ERRORS = (rex.ConnectionError, rex.TimeoutError)
+WARN_EVERY_S = 10.0
+
+
+class DeadLetterWriter:
+    """Writes the dead letters of one queue's consumer.  Thread-safe (worker threads nack)."""
+
+    def __init__(self, broker: StreamsBroker) -> None:
+        self.broker = broker
+        self.client = broker.client
+        self.keys = broker.keys
+        self.maxlen = broker.options.dlq_maxlen
+        self._script = script("deadletter")
+        self._lock = threading.Lock()
+        self._refused = 0
+        self._warned_at = float("-inf")
+
+    def reason(self, message: dramatiq.MessageProxy, exc: BaseException | None) -> str:
+        """Why Dramatiq gave up on ``message`` (see :func:`dead_letter_reason`)."""
+        return dead_letter_reason(self.broker, message, exc)
+
+    def entry(
+        self, queue: str, stream: str, sid: bytes, fields: dict[bytes, bytes], reason: str,
+        count: int, *, topic: str = "", exc: BaseException | None = None,
+    ) -> None:
+        """Dead-letter an entry the consumer itself rejects (no Dramatiq message yet).
+
+        A private-stream entry that still decodes as a message is recorded as that message
+        (task or event), so that it can be redriven as such.
+        """
+        if stream == self.keys.queue(queue) and isinstance(fields.get(b"m"), bytes):
+            try:
+                msg = decode_message(fields[b"m"])
+            except ValueError:
+                pass
+            else:
+                self.message(msg, queue=queue, stream=stream, sid=sid, deliveries=count,
+                             reason=reason, exc=exc)
+                return
+        self.write(queue, stream, sid, entry_dead_letter(
+            sub=queue, stream=stream, sid=sid, fields=fields, reason=reason, count=count,
+            topic=topic, exc=exc,
+        ))
+
+    def message(
+        self, message: dramatiq.Message[Any] | dramatiq.MessageProxy, *, queue: str, stream: str,
+        sid: bytes, deliveries: int, reason: str, exc: BaseException | None,
+    ) -> None:
+        """Dead-letter a Dramatiq message read from entry ``sid`` of ``stream``."""
+        sub = self.broker.subscriptions.get(queue)
+        self.write(queue, stream, sid, message_dead_letter(
+            message, sub=queue, stream=stream, sid=sid, deliveries=deliveries, reason=reason,
+            exc=exc, is_event_actor=sub is not None and message.actor_name == sub.name,
+        ))
+
+    def write(self, queue: str, stream: str, sid: bytes, fields: dict[str, Any]) -> None:
+        """XACK the entry and XADD its dead letter in one script, at most once.
+
+        Connection errors propagate (the caller retries; the script is idempotent).  Any
+        other Redis error leaves the entry pending for a later attempt after its lease.
+        Otherwise the entry leaves the queue's in-flight set (its prefetch slot is free).
+        """
+        argv: list[Any] = [queue, sid, "1" if stream == self.keys.queue(queue) else "0",
+                           self.maxlen]
+        for k, v in fields.items():
+            argv += (k, v)
+        try:
+            written = self._script.run(self.client, [stream, self.keys.dlq(queue)], argv)
+        except CONNECTION_ERRORS:
+            raise  # still in flight: the caller retries
+        except rex.RedisError as exc:  # OOM, READONLY, NOPERM, any error reply
+            self._refused_write(queue, exc)
+            self.broker.release(queue, stream, sid)
+            return
+        self.broker.release(queue, stream, sid)
+        if written:
+            counter("chi_dead_lettered_total").labels(queue, fields["reason"]).inc()
+            logger.warning("dead-lettered %s entry %s of %s: %s", queue,
+                           sid.decode(errors="replace"), stream, fields["reason"])
+
+    def _refused_write(self, queue: str, exc: BaseException) -> None:
+        """Log, at most every ``WARN_EVERY_S``, that dead letters were left to the lease."""
+        with self._lock:
+            self._refused += 1
+            now = time.monotonic()
+            if now - self._warned_at < WARN_EVERY_S:
+                return
+            count, self._refused, self._warned_at = self._refused, 0, now
+        logger.warning(
+            "Redis refused %d dead letter(s) of %s (%s: %s); their entries stay pending and are"
+            " tried again once the lease expires", count, queue, type(exc).__name__, exc,
+        )
+
+
+def dead_letter_reason(
+    broker: dramatiq.Broker, message: dramatiq.MessageProxy, exc: BaseException | None
+) -> str:
+    """The reason recorded when Dramatiq gives up on ``message`` after ``exc``."""
+    if isinstance(exc, ActorNotFound):
+        return "unknown_actor"
+    if isinstance(exc, DecodeError | dramatiq.DecodeError):
+        return "decode"
+    if isinstance(exc, SkipMessage):
+        return "skipped"  # e.g. AgeLimit
+    if exc is None:
+        return "failed"
+    options = message.options if isinstance(message.options, dict) else {}
+    throws = options.get("throws")
+    if not _exception_types(throws):  # absent, or names after a trip through Redis
+        try:
+            throws = broker.get_actor(message.actor_name).options.get("throws")
+        except ActorNotFound:
+            throws = None
+    if _exception_types(throws) and isinstance(exc, throws):
+        return "not_retryable"
+    return "retries_exhausted"
+
+
+def entry_dead_letter(
+    *, sub: str, stream: str, sid: Any, fields: Any, reason: str, count: Any, topic: str,
+    exc: BaseException | None = None,
+) -> dict[str, Any]:
+    """The dead letter of a raw entry (kind ``event`` on a topic stream, else ``raw``).
+
+    Never raises: ``fields`` may hold anything (names that are not UTF-8 are kept
+    backslash-escaped in the body, see :func:`~chi_redis.runtime.deadletters.encode_body`).
+    """
+    get = fields.get if isinstance(fields, dict) else {}.get
+    return dead_letter_fields(
+        sub=sub, reason=reason, exc=exc, kind="event" if topic else "raw",
+        body=encode_body(fields), event_id=get(b"id", b""), type_=get(b"type", b""),
+        topic=topic, source_stream=stream, source_id=sid, deliveries=count, attempts=count,
+    )
+
+
+def message_dead_letter(
+    message: dramatiq.Message[Any] | dramatiq.MessageProxy, *, sub: str, stream: str, sid: Any,
+    deliveries: Any, reason: str, exc: BaseException | None, is_event_actor: bool,
+) -> dict[str, Any]:
+    """The dead letter of a Dramatiq message: an event (the subscription's own actor with
+    ``(topic, fields)``) keeps its fields as the body, anything else its encoded message.
+
+    Never raises, whatever the message's arguments and options hold.
+    """
+    options: dict[Any, Any] = message.options if isinstance(message.options, dict) else {}
+    args = message.args
+    is_event = (
+        is_event_actor and isinstance(args, tuple | list) and len(args) == 2
+        and isinstance(args[0], str) and isinstance(args[1], dict)
+    )
+    if is_event:
+        topic, fields = args
+        body = encode_body(fields)
+        event_id, type_ = fields.get("id", b""), fields.get("type", b"")
+    else:
+        topic, body = "", _encoded(message)
+        event_id, type_ = message.message_id, message.actor_name
+    retries = options.get("retries", 0)
+    return dead_letter_fields(
+        sub=sub, reason=reason, exc=exc, kind="event" if is_event else "task",
+        body=body, event_id=event_id, type_=type_, topic=topic,
+        source_stream=options.get("src") or stream, source_id=options.get("src_id") or sid,
+        deliveries=deliveries,
+        # Retries has already counted the failed run when it gave up.
+        attempts=(retries if isinstance(retries, int) else 0) + (reason != "retries_exhausted"),
+        first_failure_ms=options.get("first_failure"),
+        tb=None if exc is not None else options.get("traceback"),
+    )
+
+
+def _encoded(message: Any) -> bytes:
+    try:
+        return encode_message(message)
+    except (TypeError, ValueError, OverflowError):  # not data (cannot come from Redis)
+        return b""
+
+
+def _exception_types(
+    value: Any,
+) -> TypeGuard[type[BaseException] | tuple[type[BaseException], ...]]:
+    """Whether ``value`` can be the second argument of ``isinstance`` (a ``throws``)."""
+    if isinstance(value, type):
+        return True
+    return isinstance(value, tuple) and bool(value) and all(isinstance(t, type) for t in value)
