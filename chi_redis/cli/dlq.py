@@ -26,7 +26,7 @@ def dlq() -> None:
 
 def _known_sub(bus: Any, sub: str) -> None:
     """Refuse a subscription neither registered nor holding dead letters."""
-    from ..runtime.deadletters import dead_letters_exist
+    from ..ops.deadletters import dead_letters_exist
 
     validate_name(sub, "subscription")
     registered = bus.call(lambda: bus.client.hexists(bus.keys.subs(), sub))
@@ -65,7 +65,7 @@ def _dl_dict(dl: Any, full: bool = False) -> dict[str, Any]:
 @click.option("--after", metavar="ID", help="Start after this dead-letter id.")
 def dlq_list(sub: str, limit: int, after: str | None) -> None:
     """List a subscription's dead letters, oldest first."""
-    from ..runtime.deadletters import list_dead_letters
+    from ..ops.deadletters import list_dead_letters
 
     bus = settings().bus()
     _known_sub(bus, sub)
@@ -90,7 +90,7 @@ def dlq_list(sub: str, limit: int, after: str | None) -> None:
 @click.argument("dl_id", metavar="ID")
 def dlq_show(sub: str, dl_id: str) -> None:
     """Show one dead letter with its traceback and event."""
-    from ..runtime.deadletters import get_dead_letter
+    from ..ops.deadletters import get_dead_letter
 
     bus = settings().bus()
     _known_sub(bus, sub)
@@ -115,7 +115,7 @@ def dlq_redrive(sub: str, ids: tuple[str, ...], all_: bool) -> None:
     """Put dead letters back on the subscription's queue, each once."""
     if bool(ids) == all_:
         raise click.UsageError("give --id ID (repeatable) or --all")
-    from ..runtime.deadletters import redrive
+    from ..ops.deadletters import redrive
 
     bus = settings().bus()
     _known_sub(bus, sub)
@@ -130,7 +130,7 @@ def dlq_redrive(sub: str, ids: tuple[str, ...], all_: bool) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def dlq_purge(sub: str, before: str | None, yes: bool) -> None:
     """Delete dead letters (asks first)."""
-    from ..runtime.deadletters import count_dead_letters, purge
+    from ..ops.deadletters import count_dead_letters, purge
 
     cutoff = parse_time(before, field="--before") if before else None
     bus = settings().bus()

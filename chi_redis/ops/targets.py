@@ -70,7 +70,7 @@ class QueueTarget:
     """Deliver into one subscription's private stream (``keys.queue(sub)``).
 
     Each entry becomes the Dramatiq message its actor runs, built the way
-    :func:`chi_redis.runtime.deadletters.redrive_message` builds one, marked ``replay``.
+    :func:`chi_redis.ops.deadletters.redrive_message` builds one, marked ``replay``.
     """
 
     skips_archived = True

@@ -176,12 +176,12 @@ class EventBus:
         self, sub: str, *, after: str | None = None, count: int = 100
     ) -> list[DeadLetter]:
         """Dead letters of subscription ``sub``, oldest first."""
-        from ..runtime.deadletters import list_dead_letters
+        from ..ops.deadletters import list_dead_letters
 
         return list_dead_letters(self, sub, after=after, count=count)
 
     def redrive(self, sub: str, ids: list[str] | None = None) -> int:
         """Put dead letters of ``sub`` (all, or ``ids``) back on its queue once; returns count."""
-        from ..runtime.deadletters import redrive
+        from ..ops.deadletters import redrive
 
         return redrive(self, sub, ids)

@@ -5,7 +5,7 @@ messages, XREADGROUP the private stream and every bound topic stream.  Every few
 also refreshes the leases of entries this process holds, reclaims entries idle past the
 lease (XAUTOCLAIM) — dead-lettering those delivered more than ``max_deliveries`` times —
 discovers new topics for wildcard subscriptions, and removes consumers with nothing pending.
-Leases live in :mod:`.leases`, dead letters in :mod:`.dlwrite`.  An entry this loop cannot
+Leases live in :mod:`.leases`, dead letters in :mod:`.deadletters`.  An entry this loop cannot
 turn into a message (whatever its bytes) is dead-lettered with reason ``decode``; it never
 crashes the loop.
 """
@@ -25,7 +25,7 @@ from dramatiq.errors import ConnectionClosed
 from ..backend.scripts import script
 from ..errors import DecodeError
 from ..events.filters import EntryView
-from .dlwrite import DeadLetterWriter
+from .deadletters import DeadLetterWriter
 from .encoder import decode_message
 from .leases import AckBuffer, Leases
 from .messages import malformed

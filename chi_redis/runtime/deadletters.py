@@ -1,4 +1,4 @@
-"""Dead letters: what kept failing, with its provenance, ready to inspect and redrive.
+"""Dead letters: where an entry goes when it keeps failing, and how it is written.
 
 One dead-letter stream per subscription (``chi:q:{<sub>}:dlq``), capped at
 :data:`DLQ_MAXLEN` entries (approximately).  Each entry records the event (id, type, topic),
@@ -6,44 +6,54 @@ where it came from (source stream and entry id), why it failed (reason, error ty
 message, a capped and redacted traceback tail), how often it was delivered, the first and
 last failure time, and the body needed to redrive it.
 
-This module builds the fields and serves the operators (list, show, count, redrive, purge);
-:mod:`chi_redis.runtime.dlwrite` decides when and why a consumer dead-letters an entry and
-writes it.  Building the fields never raises, whatever the entry held: a dead letter is the
-last place an entry can go, so it must always be writable.
+A consumer owns one :class:`DeadLetterWriter`.  It dead-letters entries the consumer itself
+rejects (undecodable, delivered too often) and messages Dramatiq gave up on (``nack``).
+The write is one script call that adds the dead letter and acks the source entry, at most
+once (``deadletter.lua``).  It cannot lose an entry: when Redis refuses it (out of memory,
+read-only replica, missing permission, any error reply) the entry stays pending and is
+tried again once its lease expires; a warning says so at most every 10 seconds.  Building
+the fields never raises, whatever the entry or message holds: a dead letter is the last
+place an entry can go, so it must always be writable.
+
+Reading, redriving and purging dead letters are operations: :mod:`chi_redis.ops.deadletters`.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 import time
 import traceback
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import dramatiq
 import msgspec
+import redis.exceptions as rex
+from dramatiq.errors import ActorNotFound
+from dramatiq.middleware import SkipMessage
 
 from ..backend.scripts import script
-from ..errors import NotFoundError, scrub
-from ..events.names import validate_name
+from ..errors import DecodeError, scrub
+from ..observe.metrics import counter
 from .encoder import decode_message, encode_message
 
 if TYPE_CHECKING:
-    from ..publish.bus import EventBus
+    from .broker import StreamsBroker
 
 __all__ = [
     "DLQ_MAXLEN",
     "DeadLetter",
-    "count_dead_letters",
+    "DeadLetterWriter",
     "dead_letter_fields",
-    "dead_letters_exist",
+    "dead_letter_reason",
     "decode_body",
     "encode_body",
-    "get_dead_letter",
-    "list_dead_letters",
-    "purge",
-    "redrive",
-    "redrive_message",
+    "entry_dead_letter",
+    "message_dead_letter",
 ]
+
+logger = logging.getLogger(__name__)
 
 TRACEBACK_CHARS = 2000
 MESSAGE_CHARS = 500
@@ -186,139 +196,188 @@ def decode_body(body: bytes) -> dict[str, bytes]:
     return _body_dec.decode(body)
 
 
-def _to_dead_letter(sub: str, sid: bytes, f: dict[bytes, bytes]) -> DeadLetter:
-    def s(k: bytes) -> str:
-        return f.get(k, b"").decode(errors="replace")
+#: Errors after which the caller retries the write (Dramatiq retries a failed ``nack``).
+CONNECTION_ERRORS = (rex.ConnectionError, rex.TimeoutError)
+WARN_EVERY_S = 10.0
 
-    def i(k: bytes) -> int:
+
+class DeadLetterWriter:
+    """Writes the dead letters of one queue's consumer.  Thread-safe (worker threads nack)."""
+
+    def __init__(self, broker: StreamsBroker) -> None:
+        self.broker = broker
+        self.client = broker.client
+        self.keys = broker.keys
+        self.maxlen = broker.options.dlq_maxlen
+        self._script = script("deadletter")
+        self._lock = threading.Lock()
+        self._refused = 0
+        self._warned_at = float("-inf")
+
+    def reason(self, message: dramatiq.MessageProxy, exc: BaseException | None) -> str:
+        """Why Dramatiq gave up on ``message`` (see :func:`dead_letter_reason`)."""
+        return dead_letter_reason(self.broker, message, exc)
+
+    def entry(
+        self, queue: str, stream: str, sid: bytes, fields: dict[bytes, bytes], reason: str,
+        count: int, *, topic: str = "", exc: BaseException | None = None,
+    ) -> None:
+        """Dead-letter an entry the consumer itself rejects (no Dramatiq message yet).
+
+        A private-stream entry that still decodes as a message is recorded as that message
+        (task or event), so that it can be redriven as such.
+        """
+        if stream == self.keys.queue(queue) and isinstance(fields.get(b"m"), bytes):
+            try:
+                msg = decode_message(fields[b"m"])
+            except ValueError:
+                pass
+            else:
+                self.message(msg, queue=queue, stream=stream, sid=sid, deliveries=count,
+                             reason=reason, exc=exc)
+                return
+        self.write(queue, stream, sid, entry_dead_letter(
+            sub=queue, stream=stream, sid=sid, fields=fields, reason=reason, count=count,
+            topic=topic, exc=exc,
+        ))
+
+    def message(
+        self, message: dramatiq.Message[Any] | dramatiq.MessageProxy, *, queue: str, stream: str,
+        sid: bytes, deliveries: int, reason: str, exc: BaseException | None,
+    ) -> None:
+        """Dead-letter a Dramatiq message read from entry ``sid`` of ``stream``."""
+        sub = self.broker.subscriptions.get(queue)
+        self.write(queue, stream, sid, message_dead_letter(
+            message, sub=queue, stream=stream, sid=sid, deliveries=deliveries, reason=reason,
+            exc=exc, is_event_actor=sub is not None and message.actor_name == sub.name,
+        ))
+
+    def write(self, queue: str, stream: str, sid: bytes, fields: dict[str, Any]) -> None:
+        """XACK the entry and XADD its dead letter in one script, at most once.
+
+        Connection errors propagate (the caller retries; the script is idempotent).  Any
+        other Redis error leaves the entry pending for a later attempt after its lease.
+        Otherwise the entry leaves the queue's in-flight set (its prefetch slot is free).
+        """
+        argv: list[Any] = [queue, sid, "1" if stream == self.keys.queue(queue) else "0",
+                           self.maxlen]
+        for k, v in fields.items():
+            argv += (k, v)
         try:
-            return int(f.get(k, b"0"))
-        except ValueError:
-            return 0
+            written = self._script.run(self.client, [stream, self.keys.dlq(queue)], argv)
+        except CONNECTION_ERRORS:
+            raise  # still in flight: the caller retries
+        except rex.RedisError as exc:  # OOM, READONLY, NOPERM, any error reply
+            self._refused_write(queue, exc)
+            self.broker.release(queue, stream, sid)
+            return
+        self.broker.release(queue, stream, sid)
+        if written:
+            counter("chi_dead_lettered_total").labels(queue, fields["reason"]).inc()
+            logger.warning("dead-lettered %s entry %s of %s: %s", queue,
+                           sid.decode(errors="replace"), stream, fields["reason"])
 
-    return DeadLetter(
-        id=sid.decode(), subscription=sub, reason=s(b"reason"), error_type=s(b"error_type"),
-        error=s(b"error"), traceback=s(b"traceback"), event_id=s(b"event_id"), type=s(b"type"),
-        topic=s(b"topic"), source_stream=s(b"src"), source_id=s(b"src_id"),
-        deliveries=i(b"deliveries"), attempts=i(b"attempts"),
-        first_failure_ms=i(b"first_failure"), last_failure_ms=i(b"last_failure"),
-        kind=s(b"kind"), body=f.get(b"body", b""),
+    def _refused_write(self, queue: str, exc: BaseException) -> None:
+        """Log, at most every ``WARN_EVERY_S``, that dead letters were left to the lease."""
+        with self._lock:
+            self._refused += 1
+            now = time.monotonic()
+            if now - self._warned_at < WARN_EVERY_S:
+                return
+            count, self._refused, self._warned_at = self._refused, 0, now
+        logger.warning(
+            "Redis refused %d dead letter(s) of %s (%s: %s); their entries stay pending and are"
+            " tried again once the lease expires", count, queue, type(exc).__name__, exc,
+        )
+
+
+def dead_letter_reason(
+    broker: dramatiq.Broker, message: dramatiq.MessageProxy, exc: BaseException | None
+) -> str:
+    """The reason recorded when Dramatiq gives up on ``message`` after ``exc``."""
+    if isinstance(exc, ActorNotFound):
+        return "unknown_actor"
+    if isinstance(exc, DecodeError | dramatiq.DecodeError):
+        return "decode"
+    if isinstance(exc, SkipMessage):
+        return "skipped"  # e.g. AgeLimit
+    if exc is None:
+        return "failed"
+    options = message.options if isinstance(message.options, dict) else {}
+    throws = options.get("throws")
+    if not _exception_types(throws):  # absent, or names after a trip through Redis
+        try:
+            throws = broker.get_actor(message.actor_name).options.get("throws")
+        except ActorNotFound:
+            throws = None
+    if _exception_types(throws) and isinstance(exc, throws):
+        return "not_retryable"
+    return "retries_exhausted"
+
+
+def entry_dead_letter(
+    *, sub: str, stream: str, sid: Any, fields: Any, reason: str, count: Any, topic: str,
+    exc: BaseException | None = None,
+) -> dict[str, Any]:
+    """The dead letter of a raw entry (kind ``event`` on a topic stream, else ``raw``).
+
+    Never raises: ``fields`` may hold anything (names that are not UTF-8 are kept
+    backslash-escaped in the body, see :func:`encode_body`).
+    """
+    get = fields.get if isinstance(fields, dict) else {}.get
+    return dead_letter_fields(
+        sub=sub, reason=reason, exc=exc, kind="event" if topic else "raw",
+        body=encode_body(fields), event_id=get(b"id", b""), type_=get(b"type", b""),
+        topic=topic, source_stream=stream, source_id=sid, deliveries=count, attempts=count,
     )
 
 
-def list_dead_letters(
-    bus: EventBus, sub: str, *, after: str | None = None, count: int = 100,
-    ids: list[str] | None = None,
-) -> list[DeadLetter]:
-    """Dead letters of ``sub``, oldest first (``after`` is an exclusive entry-id cursor)."""
-    validate_name(sub, "subscription")
-    key = bus.keys.dlq(sub)
-    client = bus.client
-    if ids is not None:
-        def each() -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            for i in ids:
-                pipe.xrange(key, i, i)
-            return pipe.execute()
-        found = [r[0] for r in bus.call(each) if r]
-    else:
-        lo = "-" if after is None else f"({after}"
-        found = bus.call(lambda: client.xrange(key, lo, "+", count=count))
-    return [_to_dead_letter(sub, sid, f) for sid, f in found]
+def message_dead_letter(
+    message: dramatiq.Message[Any] | dramatiq.MessageProxy, *, sub: str, stream: str, sid: Any,
+    deliveries: Any, reason: str, exc: BaseException | None, is_event_actor: bool,
+) -> dict[str, Any]:
+    """The dead letter of a Dramatiq message: an event (the subscription's own actor with
+    ``(topic, fields)``) keeps its fields as the body, anything else its encoded message.
 
-
-def get_dead_letter(bus: EventBus, sub: str, dl_id: str) -> DeadLetter:
-    """The dead letter ``dl_id`` of ``sub``; raises :class:`NotFoundError`."""
-    found = list_dead_letters(bus, sub, ids=[dl_id])
-    if not found:
-        raise NotFoundError(f"no dead letter {dl_id} in {sub!r}")
-    return found[0]
-
-
-def count_dead_letters(bus: EventBus, sub: str) -> int:
-    """How many dead letters ``sub`` holds."""
-    validate_name(sub, "subscription")
-    key = bus.keys.dlq(sub)
-    return int(bus.call(lambda: bus.client.xlen(key)))
-
-
-def dead_letters_exist(bus: EventBus, sub: str) -> bool:
-    """Whether ``sub`` has a dead-letter stream (even an empty one, after a purge)."""
-    validate_name(sub, "subscription")
-    key = bus.keys.dlq(sub)
-    return bool(bus.call(lambda: bus.client.exists(key)))
-
-
-def redrive_message(dl: DeadLetter) -> bytes:
-    """The queue message that re-runs a dead letter (retry count reset)."""
-    if dl.kind == "task":
-        msg = decode_message(dl.body)
-        options = {k: v for k, v in msg.options.items() if k not in ("retries", "traceback")}
-        options["redriven_from"] = dl.id
-        return encode_message(dramatiq.Message(
-            queue_name=msg.queue_name, actor_name=msg.actor_name, args=msg.args,
-            kwargs=msg.kwargs, options=options, message_id=msg.message_id,
-            message_timestamp=int(time.time() * 1000),
-        ))
-    fields = decode_body(dl.body)
-    return encode_message(dramatiq.Message(
-        queue_name=dl.subscription, actor_name=dl.subscription,
-        args=(dl.topic, fields), kwargs={},
-        options={"src": dl.source_stream, "src_id": dl.source_id, "redriven_from": dl.id},
-        message_id=f"{dl.subscription}:{dl.event_id}",
-        message_timestamp=int(time.time() * 1000),
-    ))
-
-
-def redrive(bus: EventBus, sub: str, ids: list[str] | None = None) -> int:
-    """Put dead letters of ``sub`` (all, or those ``ids``) back on its queue, each once.
-
-    Returns how many were moved.  Unknown ids raise :class:`NotFoundError`.
+    Never raises, whatever the message's arguments and options hold.
     """
-    validate_name(sub, "subscription")
-    moved = 0
-    s = script("redrive")
-    keys = [bus.keys.dlq(sub), bus.keys.queue(sub)]
-    cursor: str | None = None
-    while True:
-        if ids is not None:
-            batch = list_dead_letters(bus, sub, ids=ids)
-            missing = set(ids) - {d.id for d in batch}
-            if missing:
-                raise NotFoundError(f"no dead letter {sorted(missing)[0]} in {sub!r}")
-        else:
-            batch = list_dead_letters(bus, sub, after=cursor, count=500)
-        if not batch:
-            return moved
-        argv: list[Any] = []
-        for dl in batch:
-            argv += (dl.id, redrive_message(dl))
-        moved += int(bus.call(lambda argv=argv: s.run(bus.client, keys, argv)))
-        if ids is not None:
-            return moved
-        cursor = batch[-1].id
+    options: dict[Any, Any] = message.options if isinstance(message.options, dict) else {}
+    args = message.args
+    is_event = (
+        is_event_actor and isinstance(args, tuple | list) and len(args) == 2
+        and isinstance(args[0], str) and isinstance(args[1], dict)
+    )
+    if is_event:
+        topic, fields = args
+        body = encode_body(fields)
+        event_id, type_ = fields.get("id", b""), fields.get("type", b"")
+    else:
+        topic, body = "", _encoded(message)
+        event_id, type_ = message.message_id, message.actor_name
+    retries = options.get("retries", 0)
+    return dead_letter_fields(
+        sub=sub, reason=reason, exc=exc, kind="event" if is_event else "task",
+        body=body, event_id=event_id, type_=type_, topic=topic,
+        source_stream=options.get("src") or stream, source_id=options.get("src_id") or sid,
+        deliveries=deliveries,
+        # Retries has already counted the failed run when it gave up.
+        attempts=(retries if isinstance(retries, int) else 0) + (reason != "retries_exhausted"),
+        first_failure_ms=options.get("first_failure"),
+        tb=None if exc is not None else options.get("traceback"),
+    )
 
 
-def purge(bus: EventBus, sub: str, *, before_ms: int | None = None) -> int:
-    """Delete dead letters of ``sub`` (all, or those dead-lettered before ``before_ms``)."""
-    validate_name(sub, "subscription")
-    key = bus.keys.dlq(sub)
-    if before_ms is None:
-        return _purge_all(bus, key)
-    removed = 0
-    while True:
-        found = bus.call(lambda: bus.client.xrange(key, "-", f"({before_ms}-0", count=1000))
-        if not found:
-            return removed
-        ids = [sid for sid, _ in found]
-        removed += int(bus.call(lambda ids=ids: bus.client.xdel(key, *ids)))
+def _encoded(message: Any) -> bytes:
+    try:
+        return encode_message(message)
+    except (TypeError, ValueError, OverflowError):  # not data (cannot come from Redis)
+        return b""
 
 
-def _purge_all(bus: EventBus, key: str) -> int:
-    def count_and_delete() -> Any:
-        pipe = bus.client.pipeline(transaction=True)  # one MULTI: nothing slips in between
-        pipe.xlen(key)
-        pipe.delete(key)
-        return pipe.execute()
-
-    return int(bus.call(count_and_delete)[0])
+def _exception_types(
+    value: Any,
+) -> TypeGuard[type[BaseException] | tuple[type[BaseException], ...]]:
+    """Whether ``value`` can be the second argument of ``isinstance`` (a ``throws``)."""
+    if isinstance(value, type):
+        return True
+    return isinstance(value, tuple) and bool(value) and all(isinstance(t, type) for t in value)

@@ -27,8 +27,13 @@ from support import Recorder, Runtime, dlq_len, drained, group_info, stays, wait
 from support.servers import RedisServers
 
 from chi_redis import Event, EventBus
-from chi_redis.runtime.deadletters import dead_letter_fields, decode_body, encode_body
-from chi_redis.runtime.dlwrite import entry_dead_letter, message_dead_letter
+from chi_redis.runtime.deadletters import (
+    dead_letter_fields,
+    decode_body,
+    encode_body,
+    entry_dead_letter,
+    message_dead_letter,
+)
 from chi_redis.runtime.encoder import encode_message
 
 _VALID: dict[Any, Any] = {
