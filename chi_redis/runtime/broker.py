@@ -211,7 +211,7 @@ class StreamsBroker(dramatiq.Broker):
             # original entry pending (not acked): the lease expires and it is reclaimed and
             # run again.  Nothing is lost, and nothing needs to be raised (Dramatiq would
             # log a traceback for every message in flight, and ack it).
-            message._chi_keep = True
+            message.keep_pending = True
             self._kept_after_error(exc)
             return message
         self.emit_after("enqueue", message, delay)

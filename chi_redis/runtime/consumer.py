@@ -51,15 +51,15 @@ class StreamMessage(dramatiq.MessageProxy):
         deliveries: int,
     ) -> None:
         super().__init__(message)
-        self._chi_queue = queue
-        self._chi_stream = stream
-        self._chi_entry = entry_id
-        self._chi_deliveries = deliveries
+        self.entry_queue = queue
+        self.entry_stream = stream
+        self.entry_id = entry_id
+        self.deliveries = deliveries
         # Set when a retry copy of this message could not be written: the entry is then
         # left pending (not acked) so that the lease expires and it is reclaimed.
-        self._chi_keep = False
+        self.keep_pending = False
         # The topic entry's fields as read (bytes keys), so the runner need not rebuild them.
-        self._chi_fields: dict[bytes, bytes] | None = None
+        self.entry_fields: dict[bytes, bytes] | None = None
 
     def __str__(self) -> str:
         return f"{self._message.actor_name}({self._message.message_id})"
@@ -120,22 +120,22 @@ class StreamsConsumer(dramatiq.Consumer):
 
     def ack(self, message: dramatiq.MessageProxy) -> None:
         m = as_stream_message(message)
-        if m._chi_keep:
+        if m.keep_pending:
             # Its retry copy was not written: leave the entry pending for reclaim.
-            self.broker.release(m._chi_queue, m._chi_stream, m._chi_entry)
+            self.broker.release(m.entry_queue, m.entry_stream, m.entry_id)
             return
-        self.broker.buffer_ack(m._chi_queue, m._chi_stream, m._chi_entry)
+        self.broker.buffer_ack(m.entry_queue, m.entry_stream, m.entry_id)
 
     def nack(self, message: dramatiq.MessageProxy) -> None:
         m = as_stream_message(message)
-        if m._chi_keep:
-            self.broker.release(m._chi_queue, m._chi_stream, m._chi_entry)
+        if m.keep_pending:
+            self.broker.release(m.entry_queue, m.entry_stream, m.entry_id)
             return
-        exc = m._exception
+        exc = m._exception  # Dramatiq keeps the failure here and offers no public getter
         dl = self.dead_letters
         try:
-            dl.message(m, queue=m._chi_queue, stream=m._chi_stream, sid=m._chi_entry,
-                       deliveries=m._chi_deliveries, reason=dl.reason(m, exc), exc=exc)
+            dl.message(m, queue=m.entry_queue, stream=m.entry_stream, sid=m.entry_id,
+                       deliveries=m.deliveries, reason=dl.reason(m, exc), exc=exc)
         except _CONNECTION_ERRORS as e:
             raise ConnectionClosed(e) from None  # type: ignore[no-untyped-call]
 
@@ -145,14 +145,14 @@ class StreamsConsumer(dramatiq.Consumer):
         (RETRYCOUNT), so a hand-back does not count as a delivery."""
         msgs = [as_stream_message(m) for m in messages]
         try:
-            self.leases.hand_back((m._chi_stream, m._chi_entry, m._chi_deliveries) for m in msgs)
+            self.leases.hand_back((m.entry_stream, m.entry_id, m.deliveries) for m in msgs)
         except _CONNECTION_ERRORS as e:
             raise ConnectionClosed(e) from None  # type: ignore[no-untyped-call]
         finally:
             # Either handed back or, if Redis is unreachable, left pending: the lease of
             # entries we no longer track expires and any worker reclaims them.
             for m in msgs:
-                self.broker.release(m._chi_queue, m._chi_stream, m._chi_entry)
+                self.broker.release(m.entry_queue, m.entry_stream, m.entry_id)
 
     def close(self) -> None:
         local, self._local = list(self._local), deque()
@@ -279,7 +279,7 @@ class StreamsConsumer(dramatiq.Consumer):
             inflight = self.state.inflight
             with self.state.cond:
                 for m in taken:
-                    inflight[(stream, m._chi_entry)] = None
+                    inflight[(stream, m.entry_id)] = None
             self._local.extend(taken)
 
     def _reject(
@@ -315,7 +315,7 @@ class StreamsConsumer(dramatiq.Consumer):
             message_timestamp=int(sid.split(b"-", 1)[0]),
         )
         proxy = StreamMessage(message, self.queue, stream, sid, count)
-        proxy._chi_fields = f
+        proxy.entry_fields = f
         return proxy
 
     def _from_private(self, sid: bytes, f: dict[bytes, bytes], count: int) -> StreamMessage:

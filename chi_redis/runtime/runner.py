@@ -49,9 +49,9 @@ class ChiMiddleware(dramatiq.Middleware):
             options = message.options
             options.setdefault("first_failure", int(time.time() * 1000))
             # A retried copy lives in the private stream: keep where the event came from.
-            if "src" not in options and hasattr(message, "_chi_stream"):
-                options["src"] = message._chi_stream
-                options["src_id"] = message._chi_entry.decode()
+            if "src" not in options and hasattr(message, "entry_stream"):
+                options["src"] = message.entry_stream
+                options["src_id"] = message.entry_id.decode()
         _local.message = None
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
@@ -85,9 +85,9 @@ def make_runner(broker: StreamsBroker, sub: Subscription) -> Any:
             options = msg.options
             # A fresh delivery from a topic stream carries its entry's fields as read;
             # retried copies and redrives come from the private stream with str keys.
-            raw = getattr(msg, "_chi_fields", None) or {k.encode(): v for k, v in fields.items()}
-            src = options.get("src") or msg._chi_stream
-            src_id = options.get("src_id") or msg._chi_entry.decode()
+            raw = getattr(msg, "entry_fields", None) or {k.encode(): v for k, v in fields.items()}
+            src = options.get("src") or msg.entry_stream
+            src_id = options.get("src_id") or msg.entry_id.decode()
         event = codec.decode(raw, topic=topic, stream=src, entry_id=src_id)
         seen_key = keys.seen(sub.name, event.id) if opts.dedupe else None
         # A targeted replay is an operator asking for the handler to run again: no dedupe.
