@@ -28,6 +28,8 @@ from .schema import (
 )
 
 if TYPE_CHECKING:
+    from ..publish.aio import AsyncEventBus
+    from ..publish.buffered import BufferedPublisher
     from ..publish.bus import EventBus
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "load_config",
     "parse_duration_ms",
     "parse_size",
+    "publisher_from_config",
     "rule_subscription_name",
 ]
 
@@ -81,3 +84,11 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
     target = url or config.bus.redis.effective_url()
     client = connect(target, **config.bus.redis.client_options(target))
     return EventBus(client, namespace=ns, **common, **options)
+
+
+def publisher_from_config(config: Config, bus: AsyncEventBus, **options: Any) -> BufferedPublisher:
+    """A :class:`BufferedPublisher` on ``bus`` whose capacity is ``bus.buffer_size``."""
+    from ..publish.buffered import BufferedPublisher
+
+    options.setdefault("max_buffer", config.bus.buffer_size)
+    return BufferedPublisher(bus, **options)

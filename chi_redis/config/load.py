@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -22,6 +22,7 @@ from .schema import Config, ConfigFile
 __all__ = ["ENV_VARS", "load_config", "read_file"]
 
 logger = logging.getLogger("chi_redis.config")
+T = TypeVar("T")
 
 #: Environment variable → (path under ``events:``, kind).  Documented in
 #: docs/configuration.md; ``CHI_CONFIG`` names the file itself.
@@ -69,35 +70,42 @@ def _events_section(raw: dict[str, Any], where: str, notice: Callable[[str], Non
     """The ``events:`` mapping of a file's root, from either layout."""
     if "events" in raw:
         if len(raw) > 1:  # a key beside events: is unknown
-            return _fail_root(raw, where)
+            _convert(raw, ConfigFile, where)
         return raw["events"] if raw["events"] is not None else {}
-    if not is_legacy(raw):
-        return _unwrapped(raw, where)
-    try:
-        events = from_legacy(raw)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid config{where}: {exc}") from None
-    notice(NOTICE.format(path=where.removeprefix(" in ").strip() or "the config"))
-    return events
-
-
-def _unwrapped(raw: dict[str, Any], where: str) -> Any:
     if not raw:
         return {}
-    try:  # the settings of the events: section, without the section
+    if is_legacy(raw):
+        try:
+            events = from_legacy(raw)
+        except msgspec.ValidationError as exc:
+            _unwrapped(raw, where)
+            raise ConfigError(f"invalid config{where}: {_with_path(exc)}") from None
+        notice(NOTICE.format(path=where.removeprefix(" in ").strip() or "the config"))
+        return events
+    _unwrapped(raw, where)
+    return _convert(raw, ConfigFile, where)
+
+
+def _unwrapped(raw: dict[str, Any], where: str) -> None:
+    """Refuse the settings of the ``events:`` section given without the section."""
+    try:
         msgspec.convert(raw, Config)
     except msgspec.ValidationError:
-        return _fail_root(raw, where)
+        return
     raise ConfigError(f"invalid config{where}: the settings must sit under a top-level"
                       " `events:` key - at `$`")
 
 
-def _fail_root(raw: dict[str, Any], where: str) -> Any:
+def _with_path(exc: msgspec.ValidationError) -> str:
+    # msgspec names no path for an error at the root itself.
+    return str(exc) if " - at `" in str(exc) else f"{exc} - at `$`"
+
+
+def _convert(raw: Any, cls: type[T], where: str) -> T:
     try:
-        msgspec.convert(raw, ConfigFile)
+        return msgspec.convert(raw, cls)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid config{where}: {exc}") from None
-    return raw.get("events", {})  # pragma: no cover - the roots passed here never decode
+        raise ConfigError(f"invalid config{where}: {_with_path(exc)}") from None
 
 
 def _apply_env(events: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -141,10 +149,7 @@ def load_config(
     if isinstance(events, dict):  # (anything else fails in convert below, with its path)
         events = dict(events)
         _apply_env(events, env)
-    try:
-        config = msgspec.convert({"events": events}, ConfigFile).events
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid config{where}: {exc}") from None
+    config = _convert({"events": events}, ConfigFile, where).events
     try:
         check(config)
     except ConfigError as exc:
