@@ -1,4 +1,8 @@
-"""``chi-redis dlq list|show|redrive|purge``: inspect and repair dead letters."""
+"""``chi-redis dlq list|show|redrive|purge``: inspect and repair dead letters.
+
+``list`` prints each dead letter's own id first; ``show`` and ``redrive --id`` take that id,
+or the id or stream id of the event it holds when only one dead letter holds that event.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,25 @@ import msgspec
 from ..errors import NotFoundError, ValidationError
 from ..events.names import validate_name
 from ..ops.timeparse import parse_time
-from .options import ChiGroup, common_options, confirm, emit, emit_lines, iso_ms, settings
+from .options import (
+    ChiGroup,
+    common_options,
+    confirm,
+    emit,
+    emit_lines,
+    iso_ms,
+    settings,
+    usage_errors,
+)
 
 __all__ = ["dlq"]
 
 _ID = re.compile(r"\d{1,20}-\d{1,20}")
+#: How much of the error ``dlq list`` shows on its one line (``dlq show`` has all of it).
+ERROR_CHARS = 160
+LIST_HEADER = (
+    f"{'DEAD-LETTER ID':<17} {'TYPE':<24} {'EVENT ID':<36} {'REASON':<18} {'ATTEMPTS':>8}  ERROR"
+)
 
 
 @click.group(cls=ChiGroup)
@@ -39,6 +57,18 @@ def _check_ids(ids: list[str]) -> list[str]:
         if not _ID.fullmatch(i):
             raise ValidationError(f"invalid dead-letter id {i!r}: expected MS-SEQ", field="id")
     return ids
+
+
+def one_line(text: str, limit: int = ERROR_CHARS) -> str:
+    """``text`` on one line, cut at the end with ``…`` when longer than ``limit``."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def _resolve(bus: Any, sub: str, ref: str) -> str:
+    from ..ops.deadletters import resolve_dead_letter
+
+    return resolve_dead_letter(bus, sub, ref).id
 
 
 def _dl_dict(dl: Any, full: bool = False) -> dict[str, Any]:
@@ -67,19 +97,20 @@ def dlq_list(sub: str, limit: int, after: str | None) -> None:
     """List a subscription's dead letters, oldest first."""
     from ..ops.deadletters import list_dead_letters
 
+    with usage_errors():
+        cursor = _check_ids([after])[0] if after else None
     bus = settings().bus()
     _known_sub(bus, sub)
-    letters = list_dead_letters(
-        bus, sub, after=_check_ids([after])[0] if after else None, count=limit
-    )
+    letters = list_dead_letters(bus, sub, after=cursor, count=limit)
 
     def render(d: dict[str, Any]) -> str:
+        error = f"{d['error_type']}: {d['error']}" if d["error"] else d["error_type"] or "-"
         return (
-            f"{d['id']}  {d['type'] or '-':<24} {d['event_id'] or '-':<36} {d['reason']:<18}"
-            f" x{d['deliveries']}  {d['error_type']}: {d['error'][:80]}"
+            f"{d['id']:<17} {d['type'] or '-':<24} {d['event_id'] or '-':<36} {d['reason']:<18}"
+            f" {d['attempts']:>8}  {one_line(error)}"
         )
 
-    n = emit_lines((_dl_dict(d) for d in letters), render)
+    n = emit_lines((_dl_dict(d) for d in letters), render, LIST_HEADER)
     if not n and not settings().json:
         click.echo(f"no dead letters in {sub!r}", err=True)
 
@@ -89,12 +120,12 @@ def dlq_list(sub: str, limit: int, after: str | None) -> None:
 @click.argument("sub", metavar="SUB")
 @click.argument("dl_id", metavar="ID")
 def dlq_show(sub: str, dl_id: str) -> None:
-    """Show one dead letter with its traceback and event."""
-    from ..ops.deadletters import get_dead_letter
+    """Show one dead letter (by its id, or its event's id or stream id) with its traceback."""
+    from ..ops.deadletters import resolve_dead_letter
 
     bus = settings().bus()
     _known_sub(bus, sub)
-    d = _dl_dict(get_dead_letter(bus, sub, _check_ids([dl_id])[0]), full=True)
+    d = _dl_dict(resolve_dead_letter(bus, sub, dl_id), full=True)
     tb = d.get("traceback") or ""
     lines = [f"{k}: {v}" for k, v in d.items() if k not in ("traceback", "event")]
     lines.append(f"first_failure: {iso_ms(d['first_failure_ms'])}")
@@ -109,7 +140,8 @@ def dlq_show(sub: str, dl_id: str) -> None:
 @dlq.command("redrive")
 @common_options
 @click.argument("sub", metavar="SUB")
-@click.option("--id", "ids", multiple=True, metavar="ID", help="Dead letter (repeatable).")
+@click.option("--id", "ids", multiple=True, metavar="ID",
+              help="Dead letter, or its event's id (repeatable).")
 @click.option("--all", "all_", is_flag=True, help="Redrive every dead letter.")
 def dlq_redrive(sub: str, ids: tuple[str, ...], all_: bool) -> None:
     """Put dead letters back on the subscription's queue, each once."""
@@ -119,7 +151,7 @@ def dlq_redrive(sub: str, ids: tuple[str, ...], all_: bool) -> None:
 
     bus = settings().bus()
     _known_sub(bus, sub)
-    n = redrive(bus, sub, _check_ids(list(ids)) if ids else None)
+    n = redrive(bus, sub, [_resolve(bus, sub, i) for i in ids] if ids else None)
     emit({"subscription": sub, "redriven": n}, f"redriven {n} dead letter(s) of {sub!r}")
 
 
@@ -132,7 +164,8 @@ def dlq_purge(sub: str, before: str | None, yes: bool) -> None:
     """Delete dead letters (asks first)."""
     from ..ops.deadletters import count_dead_letters, purge
 
-    cutoff = parse_time(before, field="--before") if before else None
+    with usage_errors():
+        cutoff = parse_time(before, field="--before") if before else None
     bus = settings().bus()
     _known_sub(bus, sub)
     if cutoff is None:

@@ -1,7 +1,12 @@
-"""``chi-redis publish``, ``tail`` and ``events get|list``: writing and reading events."""
+"""``chi-redis publish``, ``tail`` and ``events get|list``: writing and reading events.
+
+``publish`` prints the stream id of the entry it wrote; ``events get`` takes that stream id
+as well as the event id (``--json`` output of both carries both ids).
+"""
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -26,6 +31,8 @@ from .options import (
     split_globs,
     split_topics,
     time_arg,
+    time_range,
+    usage_errors,
 )
 
 __all__ = ["events", "publish", "read_history", "tail"]
@@ -36,7 +43,7 @@ __all__ = ["events", "publish", "read_history", "tail"]
 @common_options
 @click.argument("topic")
 @click.argument("type_", metavar="TYPE")
-@click.argument("data", metavar="[DATA_JSON]", required=False)
+@click.argument("data", metavar="DATA_JSON", required=False)
 @click.option("--meta", multiple=True, metavar="K=V", help="Metadata entry (repeatable).")
 @click.option("--idempotency-key", metavar="KEY", help="Publish at most once per key (24 h).")
 def publish(
@@ -45,19 +52,36 @@ def publish(
     """Publish one event; prints its stream id.  DATA_JSON '-' reads stdin."""
     if data == "-":
         data = sys.stdin.read()
+    if data is None or not data.strip():
+        # An event without data is rare enough that it must be asked for, not a typo's result.
+        raise click.UsageError(
+            "give the event's data as DATA_JSON ('-' reads stdin; null for an event without"
+            " data)", ctx=click.get_current_context(),
+        )
+    with usage_errors():
+        payload = _decode_data(data)
+        metadata = _metadata(meta)
+        event = Event(type=type_, topic=validate_name(topic, "topic"), data=payload,
+                      metadata=metadata)
+    sid = settings().bus().publish(event, idempotency_key=idempotency_key)
+    emit({"stream_id": sid, "id": event.id, "topic": event.topic, "type": event.type}, sid)
+
+
+def _decode_data(data: str) -> Any:
     try:
-        payload = msgspec.json.decode(data) if data else None
+        return msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise ValidationError(f"DATA_JSON is not valid JSON: {exc}", field="data") from None
+
+
+def _metadata(meta: tuple[str, ...]) -> dict[str, str | int | float | bool]:
     metadata: dict[str, str | int | float | bool] = {}
     for item in meta:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValidationError(f"--meta {item!r}: use KEY=VALUE", field="meta")
         metadata[key] = value
-    event = Event(type=type_, topic=validate_name(topic, "topic"), data=payload, metadata=metadata)
-    sid = settings().bus().publish(event, idempotency_key=idempotency_key)
-    emit({"stream_id": sid, "id": event.id, "topic": event.topic, "type": event.type}, sid)
+    return metadata
 
 
 # tail -------------------------------------------------------------------------------------
@@ -131,25 +155,54 @@ def events() -> None:
 
 @events.command("get")
 @common_options
-@click.argument("event_id")
-def events_get(event_id: str) -> None:
-    """Show one event by its id."""
+@click.argument("event_id", metavar="ID")
+@click.option("--topic", metavar="TOPIC", help="The topic, when a stream id is in several.")
+def events_get(event_id: str, topic: str | None) -> None:
+    """Show one event by its id, or by the stream id ``publish`` printed."""
     bus = settings().bus()
     where = bus.store.locate(event_id)
+    if where is None and _STREAM_ID.fullmatch(event_id):
+        where = _by_stream_id(bus, event_id, topic)
     entries = []
     if where is not None:
-        topic, sid = where
-        entries = bus.call(lambda: bus.client.xrange(bus.keys.stream(topic), sid, sid))
+        found_topic, sid = where
+        entries = bus.call(lambda: bus.client.xrange(bus.keys.stream(found_topic), sid, sid))
     if not entries:
         raise NotFoundError(f"no event {event_id!r}" + (" (trimmed)" if where else ""))
     env = bus.codec.envelope(where[0], entries[0][0], str_fields(entries[0][1]))  # type: ignore[index]
     emit(env, msgspec.json.format(json_line(env), indent=2).decode())
 
 
+_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+def _by_stream_id(bus: Any, sid: str, topic: str | None) -> tuple[str, str] | None:
+    """The topic holding entry ``sid``: a stream id is unique within a topic only."""
+    if topic is not None:
+        with usage_errors():
+            names = [validate_name(topic, "topic")]
+    else:
+        names = bus.store.topics()
+    found = bus.store.topics_with_entry(sid, names)
+    if len(found) > 1:
+        raise click.UsageError(
+            f"stream id {sid} is in topics {', '.join(found)}: give --topic TOPIC",
+            ctx=click.get_current_context(),
+        )
+    return (found[0], sid) if found else None
+
+
+#: ``events list``'s columns (text mode); the widths are those of :func:`_render_event`.
+EVENTS_HEADER = f"{'STREAM ID':<17}  {'TIME':<24}  {'TOPIC':<12} {'TYPE':<28} EVENT ID"
+
+
 def _render_event(e: dict[str, Any]) -> str:
     if "error" in e:
-        return f"{e['stream_id']}  {e['topic']:<12} ERROR {e['error']}"
-    return f"{e['stream_id']}  {e['timestamp']}  {e['topic']:<12} {e['type']:<28} {e['id']}"
+        return f"{e['stream_id']:<17}  {e['topic']:<12} ERROR {e['error']}"
+    return (
+        f"{e['stream_id']:<17}  {e['timestamp']:<24}  {e['topic']:<12} {e['type']:<28}"
+        f" {e['id']}"
+    )
 
 
 def read_history(
@@ -182,7 +235,7 @@ def events_list(
     """List events, oldest first."""
     names = split_topics(topics)
     match = TypeFilter(split_globs(types))
-    lo, hi = time_arg(since, "--since"), time_arg(until, "--until")
+    lo, hi = time_range(since, until, by)
     bus = settings().bus()
     names = names or bus.store.topics()
 
@@ -201,4 +254,5 @@ def events_list(
                     if not left:
                         return
 
-    emit_lines(gen(), _render_event)
+    if not emit_lines(gen(), _render_event, EVENTS_HEADER) and not settings().json:
+        click.echo("no events in this range", err=True)

@@ -9,7 +9,10 @@ password may come from ``CHI_REDIS_PASSWORD``.  Defaults of other options (worke
 replay batch size and workers) come from the config file too (docs/configuration.md).
 
 Errors a user can fix (:class:`~chi_redis.ChiError`, redis-py errors) become one line on
-stderr and exit code 1, with every password scrubbed; click's usage errors exit 2.
+stderr and exit code 1, with every password scrubbed; click's usage errors exit 2, and so
+does every bad value given on the command line (:func:`usage_errors`): a TIME that does
+not parse, a reversed range, an invalid topic or glob.  "cannot reach Redis" says how to
+point at another server.
 
 The history range (``--topic/--since/--until/--by/--types``) that ``events list`` and
 ``replay`` share is declared once, by :func:`range_options`; repeated or comma-separated
@@ -20,7 +23,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,7 +34,7 @@ import click
 import msgspec
 
 from ..config import Config, bus_from_config, load_config
-from ..errors import ChiError, scrub
+from ..errors import ChiError, RedisUnavailableError, ValidationError, scrub
 from ..events.names import validate_glob, validate_name
 from ..ops.timeparse import TimePoint, parse_time
 
@@ -53,6 +57,8 @@ __all__ = [
     "split_topics",
     "stdout_is_tty",
     "time_arg",
+    "time_range",
+    "usage_errors",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -159,8 +165,19 @@ def common_options(fn: F) -> F:
     return fn
 
 
+#: Appended to "cannot reach Redis": the first thing a new user needs to know then.
+UNREACHABLE_HINT = "use --redis-url URL or CHI_REDIS_URL to point at another server"
+
+
 def _one_line(text: str, secrets: list[str]) -> str:
     return " ".join(scrub(text, *secrets).split())
+
+
+def _fixable(exc: ChiError, secrets: list[str]) -> click.ClickException:
+    text = str(exc)
+    if isinstance(exc, RedisUnavailableError):
+        text = f"{text.rstrip('.')}; {UNREACHABLE_HINT}"
+    return click.ClickException(_one_line(text, secrets))
 
 
 class ChiGroup(click.Group):
@@ -172,7 +189,7 @@ class ChiGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ChiError as exc:
-            raise click.ClickException(_one_line(str(exc), settings(ctx).secrets)) from None
+            raise _fixable(exc, settings(ctx).secrets) from None
         except Exception as exc:
             import redis.exceptions as rex  # already loaded by any command that used Redis
 
@@ -181,8 +198,7 @@ class ChiGroup(click.Group):
             if not isinstance(exc, rex.RedisError):
                 raise
             s = settings(ctx)
-            err = map_redis_error(exc, s.url or "")
-            raise click.ClickException(_one_line(str(err), s.secrets)) from None
+            raise _fixable(map_redis_error(exc, s.url or ""), s.secrets) from None
 
 
 def emit(obj: Any, text: Iterable[str] | str | None = None) -> None:
@@ -194,11 +210,19 @@ def emit(obj: Any, text: Iterable[str] | str | None = None) -> None:
         click.echo(line)
 
 
-def emit_lines(objs: Iterable[Any], render: Callable[[Any], str] | None = None) -> int:
-    """Print a list: one JSON object per line with --json (or without ``render``)."""
+def emit_lines(
+    objs: Iterable[Any], render: Callable[[Any], str] | None = None, header: str | None = None,
+) -> int:
+    """Print a list: one JSON object per line with --json (or without ``render``).
+
+    In text mode ``header`` (the column names) comes before the first row; an empty list
+    prints nothing.  Returns how many rows were printed.
+    """
     n = 0
     as_json = settings().json or render is None
     for o in objs:
+        if not n and header is not None and not as_json:
+            click.echo(header)
         click.echo(_JSON.encode(o).decode() if as_json else render(o))  # type: ignore[misc]
         n += 1
     return n
@@ -260,19 +284,58 @@ def range_options(*, topic_help: str, until_help: str) -> Callable[[F], F]:
     return decorate
 
 
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """Turn a :class:`ValidationError` of a command-line value into a usage error (exit 2).
+
+    Only around parsing what the user typed: the same error raised by data (a config file,
+    an entry in Redis) stays an error to fix (exit 1).
+    """
+    try:
+        yield
+    except ValidationError as exc:
+        raise click.UsageError(_one_line(str(exc), []),
+                               ctx=click.get_current_context(silent=True)) from None
+
+
 def split_topics(values: Iterable[str]) -> list[str]:
     """``--topic a,b --topic c`` → ``["a", "b", "c"]`` (validated, sorted, no duplicates)."""
-    return sorted({validate_name(t, "topic") for v in values for t in v.split(",") if t})
+    with usage_errors():
+        return sorted({validate_name(t, "topic") for v in values for t in v.split(",") if t})
 
 
 def split_globs(values: Iterable[str]) -> list[str]:
     """``--types a.*,b.c --types d`` → ``["a.*", "b.c", "d"]`` (validated)."""
     out = [g.strip() for v in values for g in v.split(",") if g.strip()]
-    for g in out:
-        validate_glob(g)
+    with usage_errors():
+        for g in out:
+            validate_glob(g)
     return out
 
 
 def time_arg(text: str | None, option: str) -> TimePoint | None:
-    """A TIME option's value parsed (None when not given); errors name ``option``."""
-    return None if text is None else parse_time(text, field=option)
+    """A TIME option's value parsed (None when not given); errors name ``option`` (exit 2)."""
+    with usage_errors():
+        return None if text is None else parse_time(text, field=option)
+
+
+def time_range(
+    since: str | None, until: str | None, by: str = "append",
+) -> tuple[TimePoint | None, TimePoint | None]:
+    """``--since`` and ``--until`` parsed; a reversed range is a usage error.
+
+    A range whose start lies after its end can only hold nothing, so it is certainly a
+    mistake (the two values swapped), not a question whose answer is "no events".
+    """
+    lo, hi = time_arg(since, "--since"), time_arg(until, "--until")
+    if lo is not None and hi is not None:
+        if by == "append":
+            empty = lo.lower_id() > hi.upper_id()
+        else:
+            empty = lo.lower_us() > hi.upper_us()
+        if empty:
+            raise click.UsageError(
+                f"--since {since} is after --until {until}: the range is empty (swap them?)",
+                ctx=click.get_current_context(silent=True),
+            )
+    return lo, hi

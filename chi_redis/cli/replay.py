@@ -17,7 +17,8 @@ from .options import (
     split_globs,
     split_topics,
     stdout_is_tty,
-    time_arg,
+    time_range,
+    usage_errors,
 )
 
 __all__ = ["replay_cmd"]
@@ -54,7 +55,9 @@ def replay_cmd(
         )
     names = split_topics(topics)
     globs = split_globs(types)
-    lo, hi = time_arg(since, "--since"), time_arg(until, "--until")
+    lo, hi = time_range(since, until, by)
+    with usage_errors():
+        per_second = parse_rate(rate) if rate else None
     s = settings()
     replay_config = s.config.replay
     if not replay_config.enabled:
@@ -62,8 +65,8 @@ def replay_cmd(
     batch_size = batch_size or replay_config.batch_size
     workers = workers or replay_config.concurrent_workers
     opts = ReplayOptions(
-        batch_size=batch_size, rate=parse_rate(rate) if rate else None, workers=workers,
-        dry_run=dry_run, checkpoint=checkpoint,
+        batch_size=batch_size, rate=per_second, workers=workers, dry_run=dry_run,
+        checkpoint=checkpoint,
     )
     opts.validate()
     bus = s.bus()

@@ -12,7 +12,7 @@ import click
 from ..errors import RedisError
 from ..events.names import validate_name
 from ..ops.timeparse import parse_duration
-from .options import ChiGroup, common_options, emit_lines, settings
+from .options import ChiGroup, common_options, emit_lines, settings, usage_errors
 
 __all__ = ["retention"]
 
@@ -27,8 +27,9 @@ def _apply(topics: tuple[str, ...], max_age: str | None, max_len: int | None) ->
     from ..ops.retention import apply_retention
 
     s = settings()
-    age = parse_duration(max_age, "--max-age") if max_age else None
-    names = [validate_name(t, "topic") for t in topics] or None
+    with usage_errors():
+        age = parse_duration(max_age, "--max-age") if max_age else None
+        names = [validate_name(t, "topic") for t in topics] or None
     bus = s.bus()
     return apply_retention(bus, s.config, topics=names, max_age_ms=age, max_len=max_len)
 

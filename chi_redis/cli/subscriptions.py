@@ -7,10 +7,20 @@ from typing import Any
 
 import click
 
+from ..backend.streamids import format_id
 from ..errors import NotFoundError
 from ..events.names import validate_name
-from ..ops.timeparse import parse_time
-from .options import ChiGroup, common_options, confirm, emit, emit_lines, iso_ms, settings
+from ..ops.timeparse import TimePoint, parse_time
+from .options import (
+    ChiGroup,
+    common_options,
+    confirm,
+    emit,
+    emit_lines,
+    iso_ms,
+    settings,
+    usage_errors,
+)
 
 __all__ = ["subscriptions"]
 
@@ -19,6 +29,17 @@ __all__ = ["subscriptions"]
 @common_options
 def subscriptions() -> None:
     """Registered subscriptions: list, rewind, prune."""
+
+
+LIST_HEADER = (
+    f"{'NAME':<24} {'LAST SEEN':<20} {'LAG':>7} {'PENDING':>7} {'DLQ':>5}  {'TYPES':<20} TOPICS"
+)
+#: Printed under the table when a lag is unknown (Redis reports none for that group).
+LAG_FOOTNOTE = (
+    "lag ?: unknown - Redis cannot count the entries a group has not read yet once entries"
+    " between its position and the stream's end were trimmed or deleted (XINFO GROUPS"
+    " reports no lag); it is known again after the group reads past them"
+)
 
 
 @subscriptions.command("list")
@@ -55,13 +76,16 @@ def subscriptions_list() -> None:
         seen = r["last_seen"] or "not registered"
         stale = "" if r["active"] else " (stale)"
         return (
-            f"{r['name'] + stale:<24} seen {seen:<20} lag {lag!s:<7} pending {r['pending']:<6}"
-            f" dlq {r['dead_letters']:<5} types {','.join(r['types']) or '-'}"
-            f"  topics {','.join(r['topics']) or '-'}"
+            f"{r['name'] + stale:<24} {seen:<20} {lag!s:>7} {r['pending']:>7}"
+            f" {r['dead_letters']:>5}  {','.join(r['types']) or '-':<20}"
+            f" {','.join(r['topics']) or '-'}"
         )
 
-    if not emit_lines(rows, render) and not settings().json:
-        click.echo("no subscriptions", err=True)
+    if not emit_lines(rows, render, LIST_HEADER):
+        if not settings().json:
+            click.echo("no subscriptions", err=True)
+    elif not settings().json and any(r["lag"] is None for r in rows):
+        click.echo(LAG_FOOTNOTE)
 
 
 @subscriptions.command("rewind")
@@ -73,16 +97,28 @@ def subscriptions_rewind(sub: str, to: str, topics: tuple[str, ...]) -> None:
     """Move the subscription's groups back to ID|TIME (XGROUP SETID on each topic)."""
     from ..ops.registry import rewind
 
-    point = parse_time(to, field="--to")
+    with usage_errors():
+        point = parse_time(to, field="--to")
+        chosen = [validate_name(t, "topic") for t in topics] or None
     bus = settings().bus()
-    chosen = [validate_name(t, "topic") for t in topics] or None
     done = rewind(bus, sub, point, chosen)
     if not done:
         raise NotFoundError(f"subscription {sub!r} has no consumer group on any topic")
+    where = _starts_at(point)
     emit(
         {"subscription": sub, "topics": done},
-        [f"rewound {sub!r} on topic {t}: next read starts after {sid}" for t, sid in done.items()],
+        [f"rewound {sub!r} on topic {t}: the next read starts at {where}" for t in done],
     )
+
+
+def _starts_at(point: TimePoint) -> str:
+    """Where a rewound group reads next, for people: the time, and the first stream id.
+
+    (The group's own last-delivered id is the one just before, which for a time reads
+    ``…-18446744073709551615``: correct, and of no use to anyone reading it.)
+    """
+    first = point.lower_id()
+    return f"{iso_ms(first[0]) if first[0] else 'the beginning'} (stream id {format_id(first)})"
 
 
 @subscriptions.command("prune")

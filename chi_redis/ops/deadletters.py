@@ -1,5 +1,9 @@
 """Operating on dead letters: list, show, count, redrive and purge.
 
+A dead letter is named by its own entry id (what ``chi-redis dlq list`` prints and the
+worker's "dead-lettered" log line ends with) or, where that is unambiguous, by the id or the
+stream id of the event it holds (:func:`resolve_dead_letter`).
+
 The dead letters themselves (their fields, and how a consumer writes them) are defined in
 :mod:`chi_redis.runtime.deadletters`; ``chi-redis dlq`` and ``bus.dead_letters`` /
 ``bus.redrive`` call the functions here.
@@ -7,13 +11,14 @@ The dead letters themselves (their fields, and how a consumer writes them) are d
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
 
 from ..backend.scripts import script
-from ..errors import NotFoundError
+from ..errors import ChiError, NotFoundError
 from ..events.names import validate_name
 from ..runtime.deadletters import DeadLetter, decode_body
 from ..runtime.encoder import decode_message, encode_message
@@ -24,12 +29,16 @@ if TYPE_CHECKING:
 __all__ = [
     "count_dead_letters",
     "dead_letters_exist",
+    "find_dead_letters",
     "get_dead_letter",
     "list_dead_letters",
     "purge",
     "redrive",
     "redrive_message",
+    "resolve_dead_letter",
 ]
+
+_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 def _to_dead_letter(sub: str, sid: bytes, f: dict[bytes, bytes]) -> DeadLetter:
@@ -78,6 +87,47 @@ def get_dead_letter(bus: EventBus, sub: str, dl_id: str) -> DeadLetter:
     found = list_dead_letters(bus, sub, ids=[dl_id])
     if not found:
         raise NotFoundError(f"no dead letter {dl_id} in {sub!r}")
+    return found[0]
+
+
+def find_dead_letters(bus: EventBus, sub: str, ref: str) -> list[DeadLetter]:
+    """The dead letters of ``sub`` that ``ref`` names, oldest first.
+
+    ``ref`` is a dead letter's own id; failing that, the id or the source stream id of the
+    event it holds (an event dead-lettered again after a redrive has several).  The lookup
+    by event pages through the dead-letter stream: it is for an operator's command, not a
+    hot path.
+    """
+    if _ID.fullmatch(ref):
+        own = list_dead_letters(bus, sub, ids=[ref])
+        if own:
+            return own
+    matches: list[DeadLetter] = []
+    cursor: str | None = None
+    while True:
+        batch = list_dead_letters(bus, sub, after=cursor, count=1000)
+        if not batch:
+            return matches
+        matches += [d for d in batch if ref in (d.event_id, d.source_id)]
+        cursor = batch[-1].id
+
+
+def resolve_dead_letter(bus: EventBus, sub: str, ref: str) -> DeadLetter:
+    """The one dead letter of ``sub`` that ``ref`` names (see :func:`find_dead_letters`).
+
+    Raises :class:`NotFoundError` when none does, :class:`ChiError` listing the dead-letter
+    ids when an event has several.
+    """
+    found = find_dead_letters(bus, sub, ref)
+    if not found:
+        raise NotFoundError(
+            f"no dead letter {ref!r} in {sub!r} (neither a dead-letter id nor the id or stream"
+            " id of an event dead-lettered there; `chi-redis dlq list` shows them)"
+        )
+    if len(found) > 1:
+        ids = ", ".join(d.id for d in found)
+        raise ChiError(f"{ref!r} was dead-lettered {len(found)} times in {sub!r}: give one of"
+                       f" the dead-letter ids {ids}")
     return found[0]
 
 

@@ -272,10 +272,15 @@ class DeadLetterWriter:
             self.broker.release(queue, stream, sid)
             return
         self.broker.release(queue, stream, sid)
-        if written:
+        if written:  # the dead letter's id (0 when the entry was no longer pending)
             counter("chi_dead_lettered_total").labels(queue, fields["reason"]).inc()
-            logger.warning("dead-lettered %s entry %s of %s: %s", queue,
-                           sid.decode(errors="replace"), stream, fields["reason"])
+            dl_id = written.decode() if isinstance(written, bytes) else str(written)
+            # The dead letter's own id first: it is what `chi-redis dlq show` takes.
+            logger.warning(
+                "dead-lettered event %s of %s as %s (entry %s of %s): %s; see `chi-redis dlq"
+                " show %s %s`", fields["event_id"] or "-", queue, dl_id,
+                sid.decode(errors="replace"), stream, fields["reason"], queue, dl_id,
+            )
 
     def _refused_write(self, queue: str, exc: BaseException) -> None:
         """Log, at most every ``WARN_EVERY_S``, that dead letters were left to the lease."""

@@ -81,6 +81,24 @@ class RedisEventStore:
         topic, sid = raw.decode().split(" ", 1)
         return topic, sid
 
+    def topics_with_entry(self, stream_id: str, topics: Iterable[str] | None = None) -> list[str]:
+        """The topics (of ``topics``, default all) whose stream holds entry ``stream_id``.
+
+        A stream id is unique within one topic only; this is how ``chi-redis events get``
+        finds the event behind the stream id ``publish`` printed.  One pipelined round trip.
+        """
+        names = self.topics() if topics is None else [validate_name(t, "topic") for t in topics]
+        if not names:
+            return []
+
+        def each() -> list[Any]:
+            pipe = self.bus.client.pipeline(transaction=False)
+            for t in names:
+                pipe.xrange(self._keys.stream(t), stream_id, stream_id, count=1)
+            return cast(list[Any], pipe.execute())
+
+        return [t for t, found in zip(names, self._r(each), strict=True) if found]
+
     def load(self, event_id: str) -> Event | None:
         where = self.locate(event_id)
         if where is None:

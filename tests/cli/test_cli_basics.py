@@ -35,19 +35,61 @@ def test_replay_without_a_target_is_a_usage_error() -> None:
     assert "choose a target" in result.stderr
 
 
-def test_bad_time_exits_1_with_one_line_and_no_traceback() -> None:
+def test_bad_time_is_a_usage_error_with_one_error_line_and_no_traceback() -> None:
     result = CliRunner().invoke(chi_cli, ["events", "list", "--since", "last tuesday"])
-    assert result.exit_code == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: invalid --since")
+    assert result.exit_code == 2  # the README: 2 for usage errors, and a bad value is one
+    errors = [x for x in result.stderr.splitlines() if x.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith("Error: invalid --since 'last tuesday'")
+    assert "ISO 8601" in errors[0]
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args", [
+    ["events", "list", "--until", "soon"],
+    ["tail", "user", "--from", "yesterday-ish"],
+    ["replay", "--topic", "order", "--print", "--since", "whenever"],
+    ["replay", "--topic", "order", "--print", "--rate", "fast"],
+    ["events", "list", "--types", "user.*x"],
+    ["events", "list", "--topic", "Bad Topic"],
+    ["dlq", "list", "mail", "--after", "not-an-id"],
+    ["dlq", "purge", "mail", "--before", "later"],
+    ["subscriptions", "rewind", "audit", "--to", "whenever"],
+    ["retention", "apply", "--max-age", "soonish"],
+])
+def test_every_bad_option_value_exits_2_before_redis_is_touched(args: list[str]) -> None:
+    result = CliRunner().invoke(chi_cli, ["--redis-url", _dead_url(), *args])
+    assert result.exit_code == 2, (args, result.output)
+    assert "cannot reach Redis" not in result.stderr and CANARY not in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", [["events", "list"], ["replay", "--print"]])
+@pytest.mark.parametrize("by", ["append", "event-time"])
+def test_a_reversed_range_is_a_usage_error(command: list[str], by: str) -> None:
+    result = CliRunner().invoke(chi_cli, [
+        "--redis-url", _dead_url(), *command, "--topic", "order", "--by", by,
+        "--since", "2026-11-02", "--until", "2026-11-01",
+    ])
+    assert result.exit_code == 2, result.output
+    assert "--since 2026-11-02 is after --until 2026-11-01" in result.stderr
+
+
+def test_publish_without_data_is_refused() -> None:
+    for args, stdin in (([], None), (["-"], ""), (["  "], None)):
+        result = CliRunner().invoke(
+            chi_cli, ["--redis-url", _dead_url(), "publish", "user", "user.created", *args],
+            input=stdin,
+        )
+        assert result.exit_code == 2, (args, result.output)
+        assert "give the event's data as DATA_JSON" in result.stderr
+        assert "null for an event without data" in result.stderr
 
 
 def test_wildcard_topic_is_rejected_before_redis_is_touched() -> None:
     result = CliRunner().invoke(
         chi_cli, ["--redis-url", _dead_url(), "replay", "--topic", "orders*", "--print"]
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a bad option value: a usage error
     assert "invalid topic" in result.stderr and CANARY not in result.output
 
 
@@ -58,6 +100,8 @@ def test_unreachable_redis_exits_1_in_one_line_without_the_password() -> None:
         assert result.exit_code == 1, (args, result.output)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "cannot reach Redis" in result.stderr
+        # ... and how to point at another server.
+        assert "use --redis-url URL or CHI_REDIS_URL" in result.stderr
         assert CANARY not in result.output and "Traceback" not in result.output
 
 

@@ -36,12 +36,22 @@ def test_publish_with_an_idempotency_key_writes_once(cli: Cli, bus: EventBus) ->
 def test_publish_reads_data_from_stdin_and_rejects_bad_json(cli: Cli, bus: EventBus) -> None:
     cli("publish", "user", "user.created", "-", input='{"x": [1, 2]}')
     assert bus.store.load_by_topic("user")[0].data == {"x": [1, 2]}
+    # Bad values on the command line are usage errors (exit 2), and nothing is published.
     bad = cli("publish", "user", "user.created", "{nope", ok=False)
-    assert bad.exit_code == 1 and "not valid JSON" in bad.stderr
+    assert bad.exit_code == 2 and "not valid JSON" in bad.stderr
     bad = cli("publish", "user", "user.created", "{}", "--meta", "novalue", ok=False)
-    assert bad.exit_code == 1 and "KEY=VALUE" in bad.stderr
+    assert bad.exit_code == 2 and "KEY=VALUE" in bad.stderr
     bad = cli("publish", "User Topic", "user.created", "{}", ok=False)
-    assert bad.exit_code == 1 and "invalid topic" in bad.stderr
+    assert bad.exit_code == 2 and "invalid topic" in bad.stderr
+    bad = cli("publish", "user", ok=False)
+    assert bad.exit_code == 2
+    bad = cli("publish", "user", "user.created", ok=False)  # no data: refused, not null
+    assert bad.exit_code == 2 and "DATA_JSON" in bad.stderr
+    assert len(bus.store.load_by_topic("user")) == 1
+    # An event without data when asked for: JSON null.
+    sid = cli("publish", "user", "user.deleted", "null").stdout.strip()
+    assert [e.data for e in bus.store.load_by_topic("user")] == [{"x": [1, 2]}, None]
+    assert bus.client.xrange(bus.keys.stream("user"), sid, sid)
 
 
 def test_events_get_prints_the_envelope(cli: Cli, bus: EventBus) -> None:
@@ -74,7 +84,30 @@ def test_events_list_filters_by_topic_type_range_limit_and_offset(
                             "--until", ids[5])
     assert [e["stream_id"] for e in ranged] == ids[3:6]
     text = cli("events", "list", "--topic", "user").stdout.splitlines()
-    assert len(text) == 1 and "user.created" in text[0]
+    assert len(text) == 2 and "user.created" in text[1]
+    # Text mode has a header naming the columns; --json has none.
+    assert text[0].split() == ["STREAM", "ID", "TIME", "TOPIC", "TYPE", "EVENT", "ID"]
+    row = text[1].split()
+    assert row[2:4] == ["user", "user.created"] and len(row) == 5
+    assert all(line.startswith("{") for line in cli("--json", "events", "list").stdout.split())
+    empty = cli("events", "list", "--topic", "nothing-here")
+    assert empty.stdout == "" and "no events in this range" in empty.stderr
+
+
+def test_events_get_takes_the_stream_id_publish_printed(cli: Cli, bus: EventBus) -> None:
+    sid = cli("publish", "user", "user.created", '{"n": 1}').stdout.strip()
+    got = json.loads(cli("--json", "events", "get", sid).stdout)
+    assert got["stream_id"] == sid and got["data"] == {"n": 1}
+    assert json.loads(cli("--json", "events", "get", got["id"]).stdout) == got
+    # A stream id is unique within a topic only: in two topics, --topic chooses.
+    client = bus.client
+    client.xadd(bus.keys.stream("order"), {"id": "x", "type": "order.x"}, id=sid)
+    client.sadd(bus.keys.topics(), "order")
+    both = cli("events", "get", sid, ok=False)
+    assert both.exit_code == 2 and "order, user" in both.stderr and "--topic" in both.stderr
+    assert json.loads(cli("--json", "events", "get", sid, "--topic", "user").stdout) == got
+    nowhere = cli("events", "get", "1-1", ok=False)
+    assert nowhere.exit_code == 1 and "no event '1-1'" in nowhere.stderr
 
 
 def test_events_list_by_event_time_uses_the_time_index(cli: Cli, bus: EventBus) -> None:

@@ -88,7 +88,7 @@ def test_max_age_trims_what_is_older(cli: Cli, bus: EventBus, client: redis.Redi
     assert r["trimmed"] == 20 and r["length"] == 5
     assert [s.decode() for s, _ in client.xrange(bus.keys.stream("order"))] == fresh
     bad = cli("retention", "apply", "--max-age", "soonish", ok=False)
-    assert bad.exit_code == 1 and "invalid --max-age" in bad.stderr
+    assert bad.exit_code == 2 and "invalid --max-age" in bad.stderr  # a bad option value
 
 
 def test_no_policy_trims_nothing(cli: Cli, bus: EventBus, client: redis.Redis) -> None:

@@ -43,8 +43,27 @@ def test_list_shows_registry_topics_and_lag(cli: Cli, bus: EventBus, client: red
     assert rows["audit"]["registered"] and rows["audit"]["types"] == ["order.*"]
     assert rows["audit"]["topics"] == ["order"]
     assert (rows["audit"]["lag"], rows["billing"]["lag"]) == (7, 0)
-    text = cli("subscriptions", "list").stdout
-    assert "audit" in text and "lag 7" in text
+    text = cli("subscriptions", "list").stdout.splitlines()
+    header = text[0].split()
+    assert header == ["NAME", "LAST", "SEEN", "LAG", "PENDING", "DLQ", "TYPES", "TOPICS"]
+    cells = {line.split()[0]: line.split() for line in text[1:]}
+    assert set(cells) == {"audit", "billing"}  # no footnote: every lag is known
+    # Columns as in the header (LAST SEEN is one cell: an ISO time).
+    assert cells["audit"][1:6] == [rows["audit"]["last_seen"], "7", "0", "0", "order.*"]
+    assert cells["billing"][2] == "0"
+
+
+def test_list_explains_an_unknown_lag(cli: Cli, bus: EventBus, client: redis.Redis) -> None:
+    _register(bus, "audit")
+    sids = publish_n(bus, 5)
+    client.xreadgroup("audit", "test", {bus.keys.stream("order"): ">"}, count=2)
+    client.xdel(bus.keys.stream("order"), sids[3])  # deleted after the group's position
+    [row] = cli.json_lines("subscriptions", "list")
+    assert row["lag"] is None
+    text = cli("subscriptions", "list").stdout.splitlines()
+    assert text[1].split()[2] == "?"
+    assert text[-1].startswith("lag ?: unknown") and "trimmed or deleted" in text[-1]
+    assert "lag ?" not in cli("--json", "subscriptions", "list").stdout
 
 
 def test_rewind_moves_every_group_back_to_a_position(
@@ -64,17 +83,21 @@ def test_rewind_moves_every_group_back_to_a_position(
     # By time, and only one topic.
     ms = int(sids[0].split("-")[0])
     iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
-    cli("subscriptions", "rewind", "audit", "--to", iso, "--topic", "order")
+    out = cli("subscriptions", "rewind", "audit", "--to", iso, "--topic", "order").stdout
     assert _read_all(client, bus, "audit") == sids
+    # Said for people: the time and the first stream id read, not MS-18446744073709551615.
+    assert out.strip() == (f"rewound 'audit' on topic order: the next read starts at"
+                           f" {iso[:19]}Z (stream id {ms}-0)")
+    assert "18446744073709551615" not in out
     assert _read_all(client, bus, "audit", "user") == []
 
 
-def test_rewind_unknown_subscription_or_bad_time_exits_1(cli: Cli, bus: EventBus) -> None:
+def test_rewind_unknown_subscription_exits_1_a_bad_time_2(cli: Cli, bus: EventBus) -> None:
     _register(bus, "audit")
     r = cli("subscriptions", "rewind", "nobody", "--to", "-1h", ok=False)
     assert r.exit_code == 1 and "unknown subscription 'nobody'" in r.stderr
     r = cli("subscriptions", "rewind", "audit", "--to", "whenever", ok=False)
-    assert r.exit_code == 1 and "invalid --to" in r.stderr
+    assert r.exit_code == 2 and "invalid --to" in r.stderr  # a bad option value
     r = cli("subscriptions", "rewind", "audit", ok=False)
     assert r.exit_code == 2
 

@@ -8,14 +8,15 @@
 -- KEYS[1] source stream, KEYS[2] dead-letter stream
 -- ARGV[1] group, ARGV[2] entry id, ARGV[3] '1' to XDEL the entry, ARGV[4] MAXLEN (approx.),
 -- ARGV[5..] field, value pairs of the dead letter.
--- Returns 1 when written, 0 when the entry was not pending (nothing written).
+-- Returns the dead letter's new entry id when written (what `chi-redis dlq show` takes),
+-- 0 when the entry was not pending (nothing written).
 local ok, pending = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if ok and #pending == 0 then
   return 0  -- the group exists and the entry is not pending: already handled
 end
 local fields = {}
 for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[3] == '1' then redis.call('XDEL', KEYS[1], ARGV[2]) end
-return 1
+return id
