@@ -329,11 +329,8 @@ def time_range(
     """
     lo, hi = time_arg(since, "--since"), time_arg(until, "--until")
     if lo is not None and hi is not None:
-        if by == "append":
-            empty = lo.lower_id() > hi.upper_id()
-        else:
-            empty = lo.lower_us() > hi.upper_us()
-        if empty:
+        by_id = by == "append"
+        if lo.lower_id() > hi.upper_id() if by_id else lo.lower_us() > hi.upper_us():
             raise click.UsageError(
                 f"--since {since} is after --until {until}: the range is empty (swap them?)",
                 ctx=click.get_current_context(silent=True),

@@ -95,7 +95,7 @@ class RedisEventStore:
             pipe = self.bus.client.pipeline(transaction=False)
             for t in names:
                 pipe.xrange(self._keys.stream(t), stream_id, stream_id, count=1)
-            return cast(list[Any], pipe.execute())
+            return pipe.execute()
 
         return [t for t, found in zip(names, self._r(each), strict=True) if found]
 
