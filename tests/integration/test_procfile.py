@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+import redis
 import yaml
+from support.processes import clean_env
+
+from chi_redis import Event, EventBus
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
 def test_procfile_lines_run_real_commands() -> None:
-    lines = dict(
-        line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line
-    )
+    lines = _procfile()
     assert set(lines) == {"worker", "retention"}
     assert lines["worker"].split()[:3] == ["dramatiq", "chi_redis.worker", "handlers.worker"]
     honcho = shutil.which("honcho", path=str(BIN)) or shutil.which("honcho")
@@ -38,3 +43,37 @@ def test_compose_file_runs_the_same_commands() -> None:
     assert services["retention"]["command"] == ["chi-redis", "retention", "run"]
     redis_cmd = services["redis"]["command"]
     assert "--appendonly" in redis_cmd and "noeviction" in redis_cmd
+
+
+def _procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return {k: v.strip() for k, v in (line.split(":", 1) for line in lines if line)}
+
+
+@pytest.mark.redis
+def test_the_retention_line_trims_without_any_configuration(
+    real_client: redis.Redis, ns: str
+) -> None:
+    """Run as honcho runs it (a shell, no CHI_CONFIG): the line names config/dev.yaml, whose
+    default policy (7 days) trims; it never says "no retention policy configured"."""
+    bus = EventBus(real_client, namespace=ns)
+    stream = bus.keys.stream("order")
+    old_ms = int(time.time() * 1000) - 10 * 86_400_000
+    for i in range(3):
+        real_client.xadd(stream, {"id": f"old-{i}", "type": "order.created"},
+                         id=f"{old_ms}-{i}")
+    real_client.sadd(bus.keys.topics(), "order")
+    fresh = bus.publish(Event(type="order.created", data={"i": 1}))
+    env = clean_env(PATH=f"{BIN}:{os.environ['PATH']}")
+    # --once and the test's namespace go after the line, exactly as options on the command.
+    line = f"{_procfile()['retention']} --once --namespace {ns}"
+    proc = subprocess.run(line, shell=True, cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "no retention policy" not in proc.stderr
+    assert [sid.decode() for sid, _ in real_client.xrange(stream)] == [fresh]
+    assert "trimmed 3" in proc.stdout or '"trimmed":3' in proc.stdout, proc.stdout
+    # CHI_CONFIG still chooses another file.
+    other = subprocess.run(line, shell=True, cwd=ROOT, capture_output=True, text=True,
+                           env={**env, "CHI_CONFIG": "/nonexistent/chi.yaml"}, timeout=60)
+    assert other.returncode == 1 and "/nonexistent/chi.yaml" in other.stderr
