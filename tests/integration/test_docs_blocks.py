@@ -2,8 +2,10 @@
 
 How the Markdown is read:
 
-- a ``python``, ``sh``, ``bash``, ``console`` or ``shell`` fence is code: it runs, unless an
-  HTML comment ``<!-- not run: REASON -->`` stands on the line right before the fence;
+- a ``python``, ``sh``, ``bash``, ``console``, ``shell`` or ``yaml`` fence is code: it runs,
+  unless an HTML comment ``<!-- not run: REASON -->`` stands on the line right before the
+  fence; a yaml block is a configuration file, and "runs" means ``chi-redis config check``
+  accepts it;
 - a ``text`` fence is a diagram or a program's output, not code; a fence with no language
   is an error (say what it is);
 - a python block whose first line is ``# NAME.py`` is a module: it is written to NAME.py in
@@ -33,7 +35,7 @@ from support.processes import ROOT, WorkerProcess, worker_env
 from chi_redis import EventBus
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-CODE = {"python", "sh", "bash", "console", "shell"}
+CODE = {"python", "sh", "bash", "console", "shell", "yaml"}
 DATA = {"text"}
 _FENCE = re.compile(r"^(`{3,})(\S*)\s*$")
 _MARK = re.compile(r"^<!--\s*not run:\s*(\S.*?)\s*-->$")
@@ -117,9 +119,14 @@ class Runner:
         if b.lang == "python":
             argv = [sys.executable, "-c", f"import {b.module}"] if b.module else [
                 sys.executable, "-"]
+        elif b.lang == "yaml":
+            config = self.tmp / f"block-{len(self.ran)}.yaml"
+            config.write_text(b.code)
+            argv = [f"{BIN}/chi-redis", "config", "check", str(config)]
         else:
             argv = ["bash", "-euo", "pipefail", "-s"]
-        proc = subprocess.run(argv, input=None if b.module else b.code, cwd=self.tmp,
+        stdin = b.code if b.lang in ("python", "sh", "bash", "console", "shell") else None
+        proc = subprocess.run(argv, input=None if b.module else stdin, cwd=self.tmp,
                               env=self.env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{b.where} failed:\n{b.code}\n{proc.stdout}{proc.stderr}"
         self.ran.append(b.where)
