@@ -2,7 +2,9 @@
 
 Like ``__main__``, this entry point reads the environment at import (docs/design.md §9.5):
 ``CHI_REDIS_URL``, ``CHI_NAMESPACE``, ``CHI_CONFIG`` and the tuning variables
-``CHI_LEASE_MS``, ``CHI_RECLAIM_INTERVAL_MS``, ``CHI_MAX_DELIVERIES``.  It builds ``bus``
+``CHI_LEASE_MS``, ``CHI_RECLAIM_INTERVAL_MS``, ``CHI_MAX_DELIVERIES``; ``CHI_BUS_TYPE=memory``
+builds an embedded bus instead (this process's own in-process server, for
+:mod:`chi_redis.testing`).  It builds ``bus``
 and ``broker``, sets the broker and the msgspec encoder explicitly, and exposes both, so
 handler modules register with::
 
@@ -20,6 +22,7 @@ import dramatiq
 
 from .backend.connection import connect
 from .config import load_config
+from .errors import ConfigError
 from .publish.bus import EventBus
 from .runtime.broker import BrokerOptions, StreamsBroker
 from .runtime.encoder import MsgpackEncoder
@@ -27,17 +30,27 @@ from .runtime.encoder import MsgpackEncoder
 __all__ = ["broker", "bus", "config"]
 
 config = load_config(env=os.environ)
-bus = EventBus(
-    connect(
-        config.redis.url,
-        socket_timeout=config.redis.socket_timeout_s,
-        socket_connect_timeout=config.redis.socket_connect_timeout_s,
-    ),
-    namespace=config.namespace,
-    encoding=config.bus.encoding,
-    max_event_bytes=config.bus.max_event_bytes,
-    idempotency_ttl_ms=config.bus.idempotency_ttl_ms,
-)
+_bus_type = os.environ.get("CHI_BUS_TYPE") or "redis"
+if _bus_type not in ("redis", "memory"):
+    raise ConfigError(f"CHI_BUS_TYPE must be redis or memory, got {_bus_type!r}")
+if _bus_type == "memory":  # an embedded bus: this process's own in-process server
+    bus = EventBus.embedded(
+        namespace=config.namespace, encoding=config.bus.encoding,
+        max_event_bytes=config.bus.max_event_bytes,
+        idempotency_ttl_ms=config.bus.idempotency_ttl_ms,
+    )
+else:
+    bus = EventBus(
+        connect(
+            config.redis.url,
+            socket_timeout=config.redis.socket_timeout_s,
+            socket_connect_timeout=config.redis.socket_connect_timeout_s,
+        ),
+        namespace=config.namespace,
+        encoding=config.bus.encoding,
+        max_event_bytes=config.bus.max_event_bytes,
+        idempotency_ttl_ms=config.bus.idempotency_ttl_ms,
+    )
 _middleware = None
 if config.worker.metrics_port:
     # Dramatiq's exposition server runs in a process forked from the dramatiq master, which
