@@ -34,6 +34,10 @@ __all__ = ["COMMANDS", "LazyGroup", "cli", "main"]
 #: Command name → (``"module:attribute"`` of the click command, its help's first line).
 #: The help line is what ``chi-redis --help`` shows; a test checks it against the command.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "chi_redis.cli.demo:demo",
+        "Tour: publish, query, run the example handlers (no Redis needed).",
+    ),
     "dlq": ("chi_redis.cli.dlq:dlq", "Dead letters: list, show, redrive, purge."),
     "doctor": (
         "chi_redis.cli.doctor:doctor",
