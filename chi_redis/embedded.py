@@ -32,10 +32,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import dramatiq.broker
+from dramatiq.middleware import TimeLimit, default_middleware
 
 from .errors import ChiError
 from .runtime.broker import BrokerOptions, StreamsBroker
@@ -52,6 +53,35 @@ logger = logging.getLogger(__name__)
 
 class DrainTimeout(ChiError, TimeoutError):
     """Subscriptions still had work when :meth:`InProcessWorker.drain` gave up."""
+
+
+class _ProcessTimeLimit(TimeLimit):
+    """Dramatiq's TimeLimit, whose watchdog thread starts at the first boot only.
+
+    TimeLimit starts a thread at ``process_boot`` that runs until the process exits (the
+    dramatiq CLI boots once per process).  Every InProcessWorker boots its broker, so they
+    all share one instance: one watchdog per process, however many workers come and go.
+    """
+
+    _lock = threading.Lock()
+    _started = False
+
+    def after_process_boot(self, broker: Any) -> None:
+        with self._lock:
+            if not self._started:
+                super().after_process_boot(broker)  # type: ignore[no-untyped-call]
+                type(self)._started = True
+
+
+_time_limit: _ProcessTimeLimit | None = None
+
+
+def _middleware() -> list[dramatiq.Middleware]:
+    """Dramatiq's default middleware, with the process-wide TimeLimit."""
+    global _time_limit
+    if _time_limit is None:
+        _time_limit = _ProcessTimeLimit()
+    return [_time_limit if m is TimeLimit else m() for m in default_middleware]
 
 
 class InProcessWorker:
@@ -80,7 +110,7 @@ class InProcessWorker:
         self.threads = threads
         self.set_global = set_global
         self.worker_timeout_ms = worker_timeout_ms
-        self.broker = StreamsBroker(bus, options=options)
+        self.broker = StreamsBroker(bus, middleware=_middleware(), options=options)
         for m in middleware:
             self.broker.add_middleware(m)
         self.worker: dramatiq.Worker | None = None
