@@ -20,7 +20,8 @@ behave as on a server.  It works on a bus of a real Redis server too.
 
 Latency: fakeredis's blocking ``XREADGROUP`` wakes up as soon as another thread writes, so
 an event is picked up at once; idle consumers poll every ``worker_timeout_ms`` (250 ms by
-default), which is also about how long :meth:`close` takes.  Dramatiq's global broker is
+default), which is also about how long :meth:`close` takes, and the most a retry waits
+beyond its backoff.  Dramatiq's global broker is
 set to this worker's broker while it runs (``set_global``) and put back by :meth:`close`
 when nothing replaced it meanwhile; the msgspec encoder is process-wide and the same for
 every broker, so several embedded buses may run side by side in one process.
@@ -79,8 +80,9 @@ _time_limit: _ProcessTimeLimit | None = None
 def _middleware() -> list[dramatiq.Middleware]:
     """Dramatiq's default middleware, with the process-wide TimeLimit."""
     global _time_limit
-    if _time_limit is None:
-        _time_limit = _ProcessTimeLimit()
+    with _ProcessTimeLimit._lock:
+        if _time_limit is None:
+            _time_limit = _ProcessTimeLimit()
     return [_time_limit if m is TimeLimit else m() for m in default_middleware]
 
 

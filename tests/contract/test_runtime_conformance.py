@@ -19,14 +19,16 @@ Backends today:
 Adding a backend (Redis Cluster, RabbitMQ, Kafka…) is one entry:
 write an ``open(ns, tmp_path)`` context manager yielding a :class:`~support.backends.Session`
 (its ``bus`` in a fresh namespace, ``url`` when worker subprocesses can reach it, ``server``
-when the test may kill it; override ``Session.strand`` if "a consumer takes entries and
-dies" is not XREADGROUP there), build ``Backend(name, open, Features(...), marks=...)``
-with a reason for every ``False`` feature, and append it to ``BACKENDS``.  Nothing here
-changes.
+when the test may kill it, ``in_process_worker`` when its workers are
+:class:`~chi_redis.embedded.InProcessWorker`; override ``Session.strand`` if "a consumer
+takes entries and dies" is not XREADGROUP there), build
+``Backend(name, open, Features(...), marks=...)`` with a reason for every ``False``
+feature, and append it to ``BACKENDS``.  Nothing here changes.
 
 Only public API is used: ``chi_redis`` exports, ``bus.subscribe`` / ``dead_letters`` /
-``redrive``, ``StreamsBroker`` (through :class:`support.Runtime`), the replay functions and
-``chi_redis.worker``.  Names are unique per test (and each test has its own namespace).
+``redrive``, ``StreamsBroker`` (through :class:`support.Runtime` or an ``InProcessWorker``),
+the replay functions and ``chi_redis.worker``.  Names are unique per test (and each test
+has its own namespace).
 """
 
 from __future__ import annotations
