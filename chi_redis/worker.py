@@ -1,17 +1,20 @@
 """The module ``dramatiq`` loads: ``dramatiq chi_redis.worker my_handlers``.
 
 Like ``__main__``, this entry point reads the environment at import (docs/design.md §9.5):
-``CHI_REDIS_URL``, ``CHI_NAMESPACE``, ``CHI_CONFIG`` and the tuning variables
-``CHI_LEASE_MS``, ``CHI_RECLAIM_INTERVAL_MS``, ``CHI_MAX_DELIVERIES``; ``CHI_BUS_TYPE=memory``
-builds an embedded bus instead (this process's own in-process server, for
-:mod:`chi_redis.testing`).  It builds ``bus``
-and ``broker``, sets the broker and the msgspec encoder explicitly, and exposes both, so
-handler modules register with::
+``CHI_CONFIG`` (the YAML file, docs/configuration.md), ``CHI_REDIS_URL``, ``CHI_NAMESPACE``
+and the other ``CHI_*`` variables.  It builds ``bus`` and ``broker``, sets the broker and the
+msgspec encoder explicitly, and exposes both, so handler modules register with::
 
     from chi_redis.worker import bus
 
     @bus.subscribe("welcome-email", types=["user.created"])
     def welcome(event): ...
+
+    @bus.handler("security_handler")  # a name the config's routing rules refer to
+    def security(event): ...
+
+The config's ``routing.rules`` become subscriptions when the worker boots, after Dramatiq
+imported every handler module (see :class:`chi_redis.routing.RoutingMiddleware`).
 """
 
 from __future__ import annotations
@@ -20,39 +23,18 @@ import os
 
 import dramatiq
 
-from .backend.connection import connect
-from .config import load_config
-from .errors import ConfigError
-from .publish.bus import EventBus
+from .config import bus_from_config, load_config
+from .routing import RoutingMiddleware
 from .runtime.broker import BrokerOptions, StreamsBroker
 from .runtime.encoder import MsgpackEncoder
 
 __all__ = ["broker", "bus", "config"]
 
 config = load_config(env=os.environ)
-_bus_type = os.environ.get("CHI_BUS_TYPE") or "redis"
-if _bus_type not in ("redis", "memory"):
-    raise ConfigError(f"CHI_BUS_TYPE must be redis or memory, got {_bus_type!r}")
-if _bus_type == "memory":  # an embedded bus: this process's own in-process server
-    bus = EventBus.embedded(
-        namespace=config.namespace, encoding=config.bus.encoding,
-        max_event_bytes=config.bus.max_event_bytes,
-        idempotency_ttl_ms=config.bus.idempotency_ttl_ms,
-    )
-else:
-    bus = EventBus(
-        connect(
-            config.redis.url,
-            socket_timeout=config.redis.socket_timeout_s,
-            socket_connect_timeout=config.redis.socket_connect_timeout_s,
-        ),
-        namespace=config.namespace,
-        encoding=config.bus.encoding,
-        max_event_bytes=config.bus.max_event_bytes,
-        idempotency_ttl_ms=config.bus.idempotency_ttl_ms,
-    )
+bus = bus_from_config(config)
 _middleware = None
-if config.worker.metrics_port:
+_metrics_port = config.monitoring.metrics_port if config.monitoring.metrics_enabled else None
+if _metrics_port:
     # Dramatiq's exposition server runs in a process forked from the dramatiq master, which
     # never imports this module: its port and multiprocess directory come from the
     # environment of the `dramatiq` command (`chi-redis worker` sets both).
@@ -60,11 +42,11 @@ if config.worker.metrics_port:
 
     from dramatiq.middleware import default_middleware
 
-    if os.environ.get("dramatiq_prom_port") != str(config.worker.metrics_port):  # noqa: SIM112
+    if os.environ.get("dramatiq_prom_port") != str(_metrics_port):  # noqa: SIM112
         logging.getLogger(__name__).warning(
             "metrics_port is %s but dramatiq_prom_port is %r: set dramatiq_prom_port (and a"
             " dramatiq_prom_db directory per worker group) in the worker's environment",
-            config.worker.metrics_port, os.environ.get("dramatiq_prom_port"),  # noqa: SIM112
+            _metrics_port, os.environ.get("dramatiq_prom_port"),  # noqa: SIM112
         )
     from dramatiq.middleware.prometheus import Prometheus
 
@@ -81,5 +63,7 @@ broker = StreamsBroker(
         max_prefetch=config.worker.max_prefetch,
     ),
 )
+if config.routing.rules:
+    broker.add_middleware(RoutingMiddleware(bus, config))
 dramatiq.set_broker(broker)
 dramatiq.set_encoder(MsgpackEncoder())

@@ -1,8 +1,9 @@
 """``chi-redis demo``: the tour of :mod:`chi_redis.demo`, on Redis or on the embedded bus.
 
 On Redis when one answers at the configured URL (the handlers then run in a real
-``dramatiq`` worker process); otherwise, or with ``--embedded``, on the embedded bus: an
-in-process server and an in-process worker, so the tour needs nothing but Python.
+``dramatiq`` worker process); otherwise, with ``--embedded``, or when the config says
+``bus.type: memory`` (and no ``--redis-url`` is given), on the embedded bus: an in-process
+server and an in-process worker, so the tour needs nothing but Python.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def demo(embedded: bool, keep: bool, handlers: bool) -> None:
     s = settings()
     namespace = s.namespace or "demo"
     url = s.redis_url
-    if embedded:
+    if embedded or (not s.url and s.config.bus.type == "memory"):
         bus = EventBus.embedded(namespace=namespace)
     else:
         bus = EventBus.from_url(url, namespace=namespace, socket_connect_timeout=2.0)

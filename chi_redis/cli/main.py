@@ -7,6 +7,7 @@
     chi-redis events get|list                  chi-redis stats [--watch]
     chi-redis replay ...                       chi-redis retention apply|run
     chi-redis doctor                           chi-redis worker MODULES...
+    chi-redis config check FILE|show
 
 Exit codes: 0 success, 1 an error the user can fix (one line on stderr, no traceback, no
 password), 2 a usage error.  Shared options: see :mod:`chi_redis.cli.options`.
@@ -34,6 +35,10 @@ __all__ = ["COMMANDS", "LazyGroup", "cli", "main"]
 #: Command name → (``"module:attribute"`` of the click command, its help's first line).
 #: The help line is what ``chi-redis --help`` shows; a test checks it against the command.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "config": (
+        "chi_redis.cli.config:config_group",
+        "Configuration files: check one, show the effective configuration.",
+    ),
     "demo": (
         "chi_redis.cli.demo:demo",
         "Tour: publish, query, run the example handlers (no Redis needed).",

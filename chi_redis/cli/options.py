@@ -4,7 +4,9 @@
 and on every command (docs/design.md §9.6); a value given on the command wins over the
 group's.
 The Redis URL comes from ``--redis-url``, then ``CHI_REDIS_URL``, then the config file
-(``--config`` / ``CHI_CONFIG``), then ``redis://127.0.0.1:6379/0``.
+(``--config`` / ``CHI_CONFIG``; ``events.bus.redis``), then ``redis://127.0.0.1:6379/0``; the
+password may come from ``CHI_REDIS_PASSWORD``.  Defaults of other options (worker threads,
+replay batch size and workers) come from the config file too (docs/configuration.md).
 
 Errors a user can fix (:class:`~chi_redis.ChiError`, redis-py errors) become one line on
 stderr and exit code 1, with every password scrubbed; click's usage errors exit 2.
@@ -27,7 +29,7 @@ from urllib.parse import urlsplit
 import click
 import msgspec
 
-from ..config import Config, load_config
+from ..config import Config, bus_from_config, load_config
 from ..errors import ChiError, scrub
 from ..events.names import validate_glob, validate_name
 from ..ops.timeparse import TimePoint, parse_time
@@ -71,12 +73,12 @@ class Settings:
     @property
     def config(self) -> Config:
         if self._config is None:
-            self._config = load_config(self.config_path, os.environ)
+            self._config = load_config(self.config_path, os.environ, notice=_warn)
         return self._config
 
     @property
     def redis_url(self) -> str:
-        return self.url or self.config.redis.url
+        return self.url or self.config.redis.effective_url()
 
     @property
     def ns(self) -> str:
@@ -86,9 +88,10 @@ class Settings:
     def secrets(self) -> list[str]:
         """Every password any configured URL carries (scrubbed from all output)."""
         urls = [self.url, os.environ.get("CHI_REDIS_URL")]
+        out = [p for p in (os.environ.get("CHI_REDIS_PASSWORD"),) if p]
         if self._config is not None:
             urls.append(self._config.redis.url)
-        out = []
+            out += [p for p in (self._config.redis.password,) if p]
         for u in urls:
             try:
                 p = urlsplit(u).password if u else None
@@ -101,22 +104,18 @@ class Settings:
     def bus(self) -> EventBus:
         """The bus for this invocation (created once)."""
         if self._bus is None:
-            # Imported here: redis-py costs ~80 ms, which --help and usage errors never need.
-            from ..backend.connection import connect
-            from ..publish.bus import EventBus
-
+            # bus_from_config imports redis-py (~80 ms) only now: --help never pays for it.
+            # A --redis-url flag means a Redis server, whatever bus.type the file names.
             cfg = self.config
-            client = connect(
-                self.redis_url,
-                socket_timeout=cfg.redis.socket_timeout_s,
-                socket_connect_timeout=cfg.redis.socket_connect_timeout_s,
-            )
-            self._bus = EventBus(
-                client, namespace=self.ns, encoding=cfg.bus.encoding,
-                max_event_bytes=cfg.bus.max_event_bytes,
-                idempotency_ttl_ms=cfg.bus.idempotency_ttl_ms,
-            )
+            if self.url and cfg.bus.type != "redis":
+                cfg = msgspec.structs.replace(
+                    cfg, bus=msgspec.structs.replace(cfg.bus, type="redis"))
+            self._bus = bus_from_config(cfg, url=self.url, namespace=self.namespace)
         return self._bus
+
+
+def _warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
 
 
 def settings(ctx: click.Context | None = None) -> Settings:

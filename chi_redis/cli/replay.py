@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from ..errors import ConfigError
 from ..ops.timeparse import parse_rate
 from ..store.history import By
 from .options import (
@@ -30,14 +31,16 @@ __all__ = ["replay_cmd"]
 @click.option("--print", "print_", is_flag=True, help="Print JSON lines.")
 @click.option("--dry-run", is_flag=True, help="Count what would be replayed.")
 @click.option("--rate", metavar="N/s", help="At most N events per second.")
-@click.option("--batch-size", type=click.IntRange(1, 10_000), default=500, show_default=True)
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Parallel delivery threads (order is not kept above 1).")
+@click.option("--batch-size", type=click.IntRange(1, 10_000),
+              help="Events per read (default: config replay.batch_size, 500).")
+@click.option("--workers", type=click.IntRange(1, 64),
+              help="Parallel delivery threads, order not kept above 1 (default: config"
+                   " replay.concurrent_workers, 1).")
 @click.option("--checkpoint", metavar="NAME", help="Resumable: run again to continue.")
 def replay_cmd(
     topics: tuple[str, ...], since: str | None, until: str | None, by: By,
     types: tuple[str, ...], to_sub: str | None, republish: bool, print_: bool, dry_run: bool,
-    rate: str | None, batch_size: int, workers: int, checkpoint: str | None,
+    rate: str | None, batch_size: int | None, workers: int | None, checkpoint: str | None,
 ) -> None:
     """Replay a range of events into one subscription, back onto the topic, or stdout."""
     from ..ops.replay import ReplayInterrupted, ReplayOptions, choose_target, estimate_total, replay
@@ -52,12 +55,17 @@ def replay_cmd(
     names = split_topics(topics)
     globs = split_globs(types)
     lo, hi = time_arg(since, "--since"), time_arg(until, "--until")
+    s = settings()
+    replay_config = s.config.replay
+    if not replay_config.enabled:
+        raise ConfigError("replay is disabled in the config (events.replay.enabled: false)")
+    batch_size = batch_size or replay_config.batch_size
+    workers = workers or replay_config.concurrent_workers
     opts = ReplayOptions(
         batch_size=batch_size, rate=parse_rate(rate) if rate else None, workers=workers,
         dry_run=dry_run, checkpoint=checkpoint,
     )
     opts.validate()
-    s = settings()
     bus = s.bus()
     printing = print_ and not dry_run
     target, default_topics = choose_target(

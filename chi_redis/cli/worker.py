@@ -16,7 +16,8 @@ __all__ = ["execute", "worker"]
 @common_options
 @click.argument("modules", nargs=-1, required=True)
 @click.option("--processes", "-p", type=click.IntRange(min=1), help="Worker processes.")
-@click.option("--threads", "-t", type=click.IntRange(min=1), help="Threads per process.")
+@click.option("--threads", "-t", type=click.IntRange(min=1),
+              help="Threads per process (default: config bus.worker_count, else Dramatiq's 8).")
 def worker(modules: tuple[str, ...], processes: int | None, threads: int | None) -> None:
     """Run Dramatiq workers for the subscriptions MODULES register."""
     s = settings()
@@ -28,6 +29,7 @@ def worker(modules: tuple[str, ...], processes: int | None, threads: int | None)
     argv = [sys.executable, "-m", "dramatiq", "chi_redis.worker", *modules]
     if processes:
         argv += ["--processes", str(processes)]
+    threads = threads or s.config.bus.worker_count
     if threads:
         argv += ["--threads", str(threads)]
     execute(argv, env)

@@ -7,15 +7,23 @@ from functools import lru_cache
 
 from ..errors import InvalidNameError
 
-__all__ = ["NAME_PATTERN", "compile_glob", "default_topic", "validate_glob", "validate_name"]
+__all__ = [
+    "NAME_PATTERN",
+    "compile_glob",
+    "default_topic",
+    "glob_matches",
+    "validate_glob",
+    "validate_name",
+]
 
 #: One rule for every name that becomes part of a Redis key: lowercase ASCII letters, digits,
 #: ``.``, ``_`` and ``-``, 1 to 128 characters, starting with a letter or digit.  No ``*``,
 #: ``{``, ``}``, ``:`` or whitespace can appear, so names never break key layout or hash tags.
 NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,127}"
 _NAME = re.compile(NAME_PATTERN)
-# A glob is a name in which whole dot-separated segments may be ``*``.
-_GLOB_SEGMENT = re.compile(r"\*|[a-z0-9_-]+")
+# A glob is a name in which whole dot-separated segments may be ``*`` or ``**``.
+_GLOB_SEGMENT = re.compile(r"\*\*?|[a-z0-9_-]+")
+_ONE = r"[^.]+"  # one segment: a name segment never holds a dot
 
 
 _VALID: set[str] = set()  # names already checked (bounded): the hot path is a set lookup
@@ -45,15 +53,15 @@ def default_topic(event_type: str) -> str:
 
 
 def validate_glob(pattern: object, field: str = "types") -> str:
-    """Validate a type glob: dot-separated segments, each a name part or a whole ``*``."""
+    """Validate a type glob: dot-separated segments, each a name part, ``*`` or ``**``."""
     if not isinstance(pattern, str) or not pattern or len(pattern) > 128:
         raise InvalidNameError(f"invalid {field} pattern {pattern!r}", field=field)
     if "*" not in pattern:
         return validate_name(pattern, field)
     if not all(_GLOB_SEGMENT.fullmatch(seg) for seg in pattern.split(".")):
         raise InvalidNameError(
-            f"invalid {field} pattern {pattern!r}: '*' must stand for a whole dot-separated"
-            " segment (user.*, *.created)",
+            f"invalid {field} pattern {pattern!r}: '*' (one segment) and '**' (any number of"
+            " segments) must stand for whole dot-separated segments (user.*, *.created, user.**)",
             field=field,
         )
     return pattern
@@ -61,14 +69,31 @@ def validate_glob(pattern: object, field: str = "types") -> str:
 
 @lru_cache(maxsize=1024)
 def compile_glob(pattern: str) -> re.Pattern[str]:
-    """Compile a type glob.  ``*`` matches exactly one segment and never crosses a dot.
+    """Compile a type glob, segment by segment, like RabbitMQ's topic patterns.
 
-    ``user.*`` matches ``user.created`` but not ``user.profile.updated``; a final ``**`` is
-    not supported: list both patterns instead.
+    ``*`` matches exactly one segment and never crosses a dot (RabbitMQ's ``*``): ``user.*``
+    matches ``user.created`` but not ``user.profile.updated``.  ``**`` matches zero or more
+    segments (RabbitMQ's ``#``): ``user.**`` matches ``user``, ``user.created`` and
+    ``user.profile.updated``; ``**`` alone matches every type.
     """
     validate_glob(pattern)
-    parts = [r"[^.]+" if seg == "*" else re.escape(seg) for seg in pattern.split(".")]
-    return re.compile(r"\.".join(parts))
+    segments: list[str] = []
+    for seg in pattern.split("."):
+        if not (seg == "**" and segments and segments[-1] == "**"):  # ``**.**`` is ``**``
+            segments.append(seg)
+    if segments == ["**"]:
+        return re.compile(rf"{_ONE}(?:\.{_ONE})*")
+    out = ""
+    for i, seg in enumerate(segments):
+        if seg == "**":
+            # Zero or more segments, with the dot that joins them to their neighbour.
+            out += rf"(?:{_ONE}\.)*" if i == 0 else rf"(?:\.{_ONE})*"
+            continue
+        piece = _ONE if seg == "*" else re.escape(seg)
+        # After a leading ``**`` the dot is already part of its group.
+        joined = i == 0 or (i == 1 and segments[0] == "**")
+        out += piece if joined else rf"\.{piece}"
+    return re.compile(out)
 
 
 def glob_matches(pattern: str, event_type: str) -> bool:

@@ -61,6 +61,8 @@ class EventBus:
         )
         self.store = RedisEventStore(self)
         self.subscriptions: dict[str, Subscription] = {}
+        #: Handlers by the name routing rules refer to (``@bus.handler("audit")``).
+        self.handlers: dict[str, Handler] = {}
         self.broker: StreamsBroker | None = None
 
     @classmethod
@@ -176,6 +178,22 @@ class EventBus:
             self.subscriptions[name] = sub
             if self.broker is not None:
                 self.broker.declare_subscription(sub)
+            return fn
+
+        return register
+
+    def handler(self, name: str) -> Callable[[Handler], Handler]:
+        """Register ``fn`` under ``name`` for the config's routing rules (``handler: name``).
+
+        Registering subscribes nothing: a routing rule naming it does (chi_redis.routing).
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError("a handler name must be a non-empty string")
+
+        def register(fn: Handler) -> Handler:
+            if self.handlers.get(name, fn) is not fn:
+                raise ValueError(f"handler {name!r} is already registered")
+            self.handlers[name] = fn
             return fn
 
         return register

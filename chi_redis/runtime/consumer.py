@@ -23,6 +23,7 @@ import redis.exceptions as rex
 from dramatiq.errors import ConnectionClosed
 
 from ..backend.scripts import script
+from ..backend.streamids import parse_id
 from ..errors import DecodeError
 from ..events.filters import EntryView
 from .deadletters import DeadLetterWriter
@@ -312,7 +313,7 @@ class StreamsConsumer(dramatiq.Consumer):
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=self.queue, actor_name=self.queue, args=(topic, named), kwargs={},
             options={}, message_id=f"{self.queue}:{f[b'id'].decode(errors='replace')}",
-            message_timestamp=int(sid.split(b"-", 1)[0]),
+            message_timestamp=parse_id(sid)[0],
         )
         proxy = StreamMessage(message, self.queue, stream, sid, count)
         proxy.entry_fields = f

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import redis.exceptions as rex
 
 from ..backend.scripts import script
+from ..backend.streamids import parse_id
 from ..observe.metrics import counter
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ class Leases:
             return [], {}
         ids = [c[0] for c in claimed]
         pending = self.client.xpending_range(
-            stream, self.group, min=min(ids, key=_k), max=max(ids, key=_k),
+            stream, self.group, min=min(ids, key=parse_id), max=max(ids, key=parse_id),
             count=len(ids) + slack, consumername=self.name,
         )
         return claimed, {_bytes(p["message_id"]): int(p["times_delivered"]) for p in pending}
@@ -161,8 +162,3 @@ class AckBuffer:
 
 def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
-
-
-def _k(sid: bytes) -> tuple[int, int]:
-    ms, _, seq = sid.partition(b"-")
-    return int(ms), int(seq or 0)

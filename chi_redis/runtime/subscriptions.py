@@ -5,8 +5,9 @@ is the consumer group on every bound topic stream *and* the Dramatiq queue and a
 so renaming a subscription is a migration: the new name starts a new group.
 
 Binding: ``topics=[...]`` binds exactly those topics.  Otherwise each type glob binds the
-topic named by its first segment (``user.*`` → ``user``), and a glob whose first segment is
-``*`` (``*.created``) binds every topic, including topics that appear later.  ``types``,
+topic named by its first segment (``user.*`` and ``user.**`` → ``user``), and a glob whose
+first segment is ``*`` or ``**`` (``*.created``, ``**``) binds every topic, including topics
+that appear later.  ``types``,
 ``topics`` and ``filter`` combine with AND.  :func:`bound_topics` is that rule, for a live
 :class:`Subscription` and for a :class:`SubscriptionRecord` read back from the registry.
 
@@ -45,8 +46,9 @@ Start = Literal["new", "earliest"] | datetime
 
 
 def is_wildcard(topics: Sequence[str], types: Sequence[str]) -> bool:
-    """Whether a binding reads every topic: no explicit topics and a ``*.x`` type glob."""
-    return not topics and any(t.split(".", 1)[0] == "*" for t in types)
+    """Whether a binding reads every topic: no explicit topics and a type glob whose first
+    segment is a wildcard (``*.created``, ``**``, ``**.created``)."""
+    return not topics and any(t.split(".", 1)[0] in ("*", "**") for t in types)
 
 
 def bound_topics(
@@ -140,7 +142,8 @@ class Subscription:
 
     @property
     def wildcard(self) -> bool:
-        """Whether the subscription binds every topic (no explicit topics, a ``*.x`` glob)."""
+        """Whether the subscription binds every topic (no explicit topics, a ``*.x`` or ``**``
+        glob)."""
         return is_wildcard(self.topics, self.types)
 
     def bound_topics(self, known: Sequence[str] = ()) -> list[str]:

@@ -171,3 +171,23 @@ def test_the_size_allowlist_names_only_modules_still_too_long() -> None:
     # An entry whose module got short (or was removed) must go: the list only ever shrinks.
     counts = _line_counts()
     assert {m for m in TOO_LONG_FOR_NOW if counts.get(m, 0) > MAX_LINES} == TOO_LONG_FOR_NOW
+
+
+def _function_lengths() -> dict[str, int]:
+    import ast
+
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                name = f"{path.relative_to(PACKAGE).as_posix()}:{node.lineno} {node.name}"
+                out[name] = (node.end_lineno or node.lineno) - node.lineno + 1
+    return out
+
+
+def test_functions_are_mostly_under_40_lines_and_none_over_80() -> None:
+    lengths = _function_lengths()
+    assert len(lengths) > 300  # the walk sees the whole package
+    assert {f: n for f, n in lengths.items() if n > 80} == {}
+    long = [f for f, n in lengths.items() if n > 40]
+    assert len(long) <= 0.05 * len(lengths), sorted(long)

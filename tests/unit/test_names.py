@@ -127,7 +127,38 @@ def test_globs_match_whole_segments_and_never_cross_dots() -> None:
     assert compile_glob("*").fullmatch("user.created") is None
 
 
-@pytest.mark.parametrize("pattern", ["user*", "us*er.x", "", "a" * 129, "user.**", "User.*", "a b"])
+def test_double_star_matches_any_number_of_segments_like_rabbitmqs_hash() -> None:
+    assert glob_matches("user.**", "user.created")
+    assert glob_matches("user.**", "user.profile.updated")
+    assert glob_matches("user.**", "user")  # zero segments, as RabbitMQ's `user.#`
+    assert not glob_matches("user.**", "users.created")
+    assert glob_matches("**", "user")
+    assert glob_matches("**", "a.b.c.d")
+    assert glob_matches("**.created", "created")
+    assert glob_matches("**.created", "shop.order.created")
+    assert not glob_matches("**.created", "shop.order.created.late")
+    assert glob_matches("a.**.z", "a.z")
+    assert glob_matches("a.**.z", "a.b.c.z")
+    assert not glob_matches("a.**.z", "a.b.c")
+    assert glob_matches("*.**", "a")  # one or more
+    assert glob_matches("**.**", "a.b")  # the same as **
+    assert validate_glob("user.**") == "user.**"
+
+
+def test_double_star_binds_like_star() -> None:
+    from chi_redis.runtime.subscriptions import bound_topics, is_wildcard
+
+    assert bound_topics((), ("user.**",), known=["order", "user"]) == ["user"]
+    assert is_wildcard((), ("**",))
+    assert bound_topics((), ("**",), known=["user", "order", "new"]) == ["new", "order", "user"]
+    assert is_wildcard((), ("**.created",))
+    assert not is_wildcard(("user",), ("**",))
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["user*", "us*er.x", "", "a" * 129, "user.***", "us**er", "user.**x", "User.*", "a b"],
+)
 def test_invalid_globs_are_rejected(pattern: str) -> None:
     with pytest.raises(InvalidNameError):
         validate_glob(pattern)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from chi_redis import Codec, Event, EventBus, InvalidNameError, MemoryEventStore
 from chi_redis.events.codec import entry_fields
 from chi_redis.events.event import _to_us
-from chi_redis.events.names import NAME_PATTERN, glob_matches, validate_name
+from chi_redis.events.names import NAME_PATTERN, glob_matches, validate_glob, validate_name
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -163,3 +163,41 @@ def test_redis_time_range_matches_brute_force(
     for q in qs:
         assert bus.store.load_by_time_range(**q) == brute_force(events, q)
     client.close()
+
+
+# Globs against a reference matcher: segment lists, ``*`` one segment, ``**`` zero or more.
+def reference_match(pattern: list[str], segments: list[str]) -> bool:
+    if not pattern:
+        return not segments
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(reference_match(rest, segments[i:]) for i in range(len(segments) + 1))
+    if not segments:
+        return False
+    return (head == "*" or head == segments[0]) and reference_match(rest, segments[1:])
+
+
+segment_words = st.sampled_from(["a", "b", "user", "x-1"])
+glob_patterns = st.lists(
+    st.one_of(segment_words, st.just("*"), st.just("**")), min_size=1, max_size=5
+).map(".".join)
+dotted_types = st.lists(segment_words, min_size=1, max_size=6).map(".".join)
+
+
+@SETTINGS
+@given(glob_patterns, dotted_types)
+def test_globs_match_like_the_reference_matcher(pattern: str, event_type: str) -> None:
+    assert validate_glob(pattern) == pattern
+    expected = reference_match(pattern.split("."), event_type.split("."))
+    assert glob_matches(pattern, event_type) is expected
+
+
+@SETTINGS
+@given(dotted_types)
+def test_star_never_crosses_a_dot_and_double_star_crosses_any(event_type: str) -> None:
+    depth = event_type.count(".") + 1
+    assert glob_matches("*", event_type) is (depth == 1)
+    assert glob_matches("**", event_type)
+    head = event_type.split(".", 1)[0]
+    assert glob_matches(f"{head}.**", event_type)
+    assert glob_matches(f"{head}.*", event_type) is (depth == 2)

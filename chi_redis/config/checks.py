@@ -1,0 +1,150 @@
+"""Checks msgspec cannot express, each failing with one line that names its path.
+
+Sizes (``100MB``), durations (``7d``), keys that exclude each other, parts that a later
+version builds ("not available yet"), and routing rules (handler references, filters).
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import ConfigError, InvalidNameError
+from ..events.names import validate_glob, validate_name
+from .schema import Config, RuleConfig
+
+__all__ = ["check", "parse_duration_ms", "parse_size", "rule_subscription_name"]
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib|tb|tib)?", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}
+_IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+_HANDLER_NAME = re.compile(r"[A-Za-z_][\w.-]*")
+
+
+def parse_duration_ms(text: str) -> int:
+    """``30s``, ``15m``, ``2h``, ``7d``, ``500ms`` → milliseconds."""
+    units = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+    t = text.strip().lower()
+    for unit in ("ms", "s", "m", "h", "d", "w"):
+        if t.endswith(unit) and t[: -len(unit)].replace(".", "", 1).isdigit():
+            return int(float(t[: -len(unit)]) * units[unit])
+    raise ConfigError(f"invalid duration {text!r}: use e.g. 30s, 15m, 2h, 7d")
+
+
+def parse_size(text: str) -> int:
+    """``512KB``, ``100MB``, ``1GB`` (multiples of 1024; ``MiB`` is the same) → bytes."""
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise ConfigError(f"invalid size {text!r}: use e.g. 512KB, 100MB, 1GB")
+    unit = (m.group(2) or "b").lower().replace("i", "")
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+def _at(path: str, message: str) -> ConfigError:
+    return ConfigError(f"{message} - at `$.events.{path}`")
+
+
+def check(config: Config) -> None:
+    """Raise :class:`ConfigError` (one line, with the path) for what the schema lets pass."""
+    _check_redis(config)
+    _check_parts(config)
+    policies = [("retention.default", config.retention.default)]
+    policies += [(f"retention.topics.{t}", p) for t, p in config.retention.topics.items()]
+    for path, policy in policies:
+        if policy.max_age is not None:
+            try:
+                parse_duration_ms(policy.max_age)
+            except ConfigError as exc:
+                raise _at(f"{path}.max_age", str(exc)) from None
+    for topic in config.retention.topics:
+        _name(topic, "topic", "retention.topics")
+    _name(config.namespace, "namespace", "namespace")
+    try:
+        parse_size(config.store.file.max_file_size)
+    except ConfigError as exc:
+        raise _at("store.file.max_file_size", str(exc)) from None
+    names: dict[str, int] = {}
+    for i, rule in enumerate(config.routing.rules):
+        _check_rule(rule, f"routing.rules[{i}]")
+        sub = rule_subscription_name(rule)
+        if sub in names:
+            raise _at(f"routing.rules[{i}]", f"rules {names[sub]} and {i} both make subscription"
+                      f" {sub!r}: give one of them a `name`")
+        names[sub] = i
+
+
+def _check_redis(config: Config) -> None:
+    r = config.bus.redis
+    if r.url is not None:
+        given = [k for k in ("address", "username") if getattr(r, k) is not None]
+        given += ["db"] if r.db else []
+        given += ["tls"] if r.tls else []
+        if given:
+            raise _at("bus.redis", f"`url` and `{given[0]}` exclude each other: give the whole"
+                      " URL, or address/db/username/tls without it")
+        if not r.url.startswith(("redis://", "rediss://", "unix://")):
+            raise _at("bus.redis.url", f"invalid Redis URL {r.url!r}: use redis://host:port/db,"
+                      " rediss://… or unix://…")
+    elif r.address is not None and not re.fullmatch(r"[^\s:/@]+:\d{1,5}|[^\s:/@]+", r.address):
+        raise _at("bus.redis.address", f"invalid address {r.address!r}: use host:port")
+
+
+def _check_parts(config: Config) -> None:
+    if config.bus.type in ("kafka", "rabbitmq"):
+        raise _at("bus.type", f"bus.type {config.bus.type!r} is not available yet: use 'redis'"
+                  " (or 'memory', the embedded bus)")
+    if config.store.enabled and config.store.type != "memory":
+        raise _at("store.type", f"store.type {config.store.type!r} is not available yet: use"
+                  " 'memory' (the history kept in the bus's own streams) or enabled: false")
+
+
+def _name(value: str, kind: str, path: str) -> None:
+    try:
+        validate_name(value, kind)
+    except InvalidNameError as exc:
+        raise _at(path, str(exc)) from None
+
+
+def _check_rule(rule: RuleConfig, path: str) -> None:
+    if not (_IMPORT_PATH.fullmatch(rule.handler) or _HANDLER_NAME.fullmatch(rule.handler)):
+        raise _at(f"{path}.handler", f"invalid handler {rule.handler!r}: a name registered"
+                  " with @bus.handler(...) or an import path package.module:function")
+    if rule.name is not None:
+        _name(rule.name, "subscription", f"{path}.name")
+    else:
+        try:
+            validate_name(rule_subscription_name(rule), "subscription")
+        except InvalidNameError:
+            raise _at(f"{path}.handler", f"handler {rule.handler!r} is not a valid subscription"
+                      " name (lowercase letters, digits, '.', '_', '-'): give the rule a `name`"
+                      ) from None
+    f, fpath = rule.filter, f"{path}.filter"
+    if f.type == "all":
+        if f.values or f.key is not None:
+            raise _at(fpath, "filter type 'all' takes no `values` or `key`")
+        return
+    if not f.values:
+        raise _at(f"{fpath}.values", f"filter type {f.type!r} needs `values`")
+    if f.type == "metadata":
+        if not f.key:
+            raise _at(f"{fpath}.key", "filter type 'metadata' needs `key`")
+        return
+    if f.key is not None:
+        raise _at(f"{fpath}.key", f"`key` is for metadata filters, not {f.type!r}")
+    for j, v in enumerate(f.values):
+        if not isinstance(v, str):
+            raise _at(f"{fpath}.values[{j}]", f"Expected `str`, got {type(v).__name__}")
+        try:
+            if f.type == "pattern":
+                validate_glob(v, "pattern")
+            else:
+                validate_name(v, f.type)
+        except InvalidNameError as exc:
+            raise _at(f"{fpath}.values[{j}]", str(exc)) from None
+
+
+def rule_subscription_name(rule: RuleConfig) -> str:
+    """The subscription a rule makes: its ``name``, else its handler's name (for an import
+    path, the function's name)."""
+    if rule.name:
+        return rule.name
+    return rule.handler.rpartition(":")[2] if ":" in rule.handler else rule.handler

@@ -1,0 +1,253 @@
+"""The configuration schema: msgspec Structs for the ``events:`` section of a YAML file.
+
+Every Struct forbids unknown fields, so a typo is an error naming its path
+(``Object contains unknown field `adress` - at `$.events.bus.redis```).  Every field is
+listed, with its default and meaning, in ``docs/configuration.md`` (a test keeps the two in
+step).  Checks msgspec cannot express (two keys that exclude each other, sizes, durations,
+routing rules) are in :mod:`chi_redis.config.checks`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, field
+
+__all__ = [
+    "BusConfig",
+    "Config",
+    "ConfigFile",
+    "DatabaseStoreConfig",
+    "FileStoreConfig",
+    "FilterConfig",
+    "KafkaConfig",
+    "MonitoringConfig",
+    "RabbitMQConfig",
+    "RedisConfig",
+    "ReplayConfig",
+    "RetentionConfig",
+    "RetentionPolicy",
+    "RetryConfig",
+    "RoutingConfig",
+    "RuleConfig",
+    "StoreConfig",
+    "WorkerConfig",
+]
+
+Positive = Annotated[int, Meta(ge=1)]
+NonNegative = Annotated[int, Meta(ge=0)]
+Seconds = Annotated[float, Meta(gt=0)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+BusType = Literal["memory", "redis", "kafka", "rabbitmq"]
+StoreType = Literal["memory", "database", "file"]
+FilterType = Literal["topic", "type", "pattern", "metadata", "all"]
+MetaValue = str | int | float | bool
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A section of the file: unknown keys are errors."""
+
+
+class RedisConfig(_Section):
+    """``events.bus.redis``: where the Redis server is and how to reach it."""
+
+    url: str | None = None  # a whole URL; excludes address/db/username/tls
+    address: str | None = None  # host:port (default 127.0.0.1:6379)
+    username: str | None = None
+    password: str = ""
+    db: NonNegative = 0
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_verify: bool = True
+    socket_timeout_s: Seconds = 10.0
+    socket_connect_timeout_s: Seconds = 5.0
+
+    def effective_url(self) -> str:
+        """The URL to connect to: ``url`` as given, else one built from the other keys.
+
+        The password is never part of a built URL: it goes to the client separately (see
+        :meth:`client_options`), so it appears in no URL that could be printed.
+        """
+        if self.url:
+            return self.url
+        scheme = "rediss" if self.tls else "redis"
+        user = f"{self.username}@" if self.username else ""
+        return f"{scheme}://{user}{self.address or '127.0.0.1:6379'}/{self.db}"
+
+    def client_options(self, url: str) -> dict[str, Any]:
+        """redis-py options for a client of ``url`` (a password in ``url`` wins)."""
+        opts: dict[str, Any] = {
+            "socket_timeout": self.socket_timeout_s,
+            "socket_connect_timeout": self.socket_connect_timeout_s,
+        }
+        if self.password:
+            opts["password"] = self.password
+        if url.startswith("rediss://"):
+            opts["ssl_cert_reqs"] = "required" if self.tls_verify else "none"
+            for key, value in (("ssl_ca_certs", self.tls_ca_file),
+                               ("ssl_certfile", self.tls_cert_file),
+                               ("ssl_keyfile", self.tls_key_file)):
+                if value:
+                    opts[key] = value
+        return opts
+
+
+class KafkaConfig(_Section):
+    """``events.bus.kafka``: for ``bus.type: kafka`` (not available yet)."""
+
+    brokers: list[str] = field(default_factory=list)
+    consumer_group: str = "chi-events"
+
+
+class RabbitMQConfig(_Section):
+    """``events.bus.rabbitmq``: for ``bus.type: rabbitmq`` (not available yet)."""
+
+    url: str = "amqp://guest:guest@localhost:5672/"
+    exchange: str = "chi-events"
+
+
+class BusConfig(_Section):
+    """``events.bus``: which bus, its publishers, its workers."""
+
+    type: BusType = "redis"
+    buffer_size: Positive = 10_000  # BufferedPublisher capacity (max_buffer)
+    worker_count: Positive | None = None  # worker threads; None: Dramatiq's own default (8)
+    encoding: Literal["msgpack", "json"] = "msgpack"
+    max_event_bytes: Positive = 1 << 20
+    idempotency_ttl_ms: Positive = 24 * 3600 * 1000
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    rabbitmq: RabbitMQConfig = field(default_factory=RabbitMQConfig)
+
+
+class DatabaseStoreConfig(_Section):
+    """``events.store.database``: for ``store.type: database`` (not available yet)."""
+
+    driver: str = "postgres"
+    dsn: str = ""
+    table_name: str = "events"
+
+
+class FileStoreConfig(_Section):
+    """``events.store.file``: for ``store.type: file`` (not available yet)."""
+
+    directory: str = ""
+    max_file_size: str = "100MB"  # a size: 512KB, 100MB, 1GB
+    max_files: Positive = 10
+
+
+class StoreConfig(_Section):
+    """``events.store``: where the queryable history is kept."""
+
+    enabled: bool = True
+    type: StoreType = "memory"
+    database: DatabaseStoreConfig = field(default_factory=DatabaseStoreConfig)
+    file: FileStoreConfig = field(default_factory=FileStoreConfig)
+
+
+class ReplayConfig(_Section):
+    """``events.replay``: whether replay is allowed, and its defaults."""
+
+    enabled: bool = True
+    batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 500
+    concurrent_workers: Annotated[int, Meta(ge=1, le=64)] = 1
+
+
+class MonitoringConfig(_Section):
+    """``events.monitoring``: the observability parts."""
+
+    metrics_enabled: bool = True
+    metrics_port: Port | None = None
+    tracing_enabled: bool = False  # not built yet: accepted, reported by `config check`
+    health_check_enabled: bool = False  # not built yet: accepted, reported by `config check`
+
+
+class RetryConfig(_Section):
+    """``events.worker.retry``: retry defaults of the subscriptions routing rules create."""
+
+    max_retries: NonNegative = 5
+    min_backoff_ms: NonNegative = 1_000
+    max_backoff_ms: NonNegative = 300_000
+
+
+class WorkerConfig(_Section):
+    """``events.worker``: the broker's settings."""
+
+    lease_ms: Positive = 60_000
+    reclaim_interval_ms: Positive = 5_000
+    max_deliveries: Positive = 5
+    block_ms: Positive = 1_000
+    prefetch: Positive | None = None
+    max_prefetch: Positive = 128
+    retry: RetryConfig = field(default_factory=RetryConfig)
+
+
+class RetentionPolicy(_Section):
+    """One retention policy: an age (a duration) and/or a length per topic stream."""
+
+    max_age: str | None = None  # a duration: 30s, 15m, 7d
+    max_len: Positive | None = None
+
+
+class RetentionConfig(_Section):
+    """``events.retention``: what ``chi-redis retention run`` trims."""
+
+    interval_s: Seconds = 60.0
+    default: RetentionPolicy = field(default_factory=RetentionPolicy)
+    topics: dict[str, RetentionPolicy] = field(default_factory=dict)
+
+
+class FilterConfig(_Section):
+    """``filter`` of a routing rule."""
+
+    type: FilterType
+    values: list[MetaValue] = field(default_factory=list)
+    key: str | None = None  # metadata filters only
+
+
+class RuleConfig(_Section):
+    """One routing rule: a subscription of ``handler`` with ``filter``."""
+
+    handler: str  # a name registered with @bus.handler(...) or "package.module:function"
+    filter: FilterConfig
+    name: str | None = None  # the subscription's name (default: the handler's)
+    priority: int = 0
+    max_retries: NonNegative | None = None
+    min_backoff_ms: NonNegative | None = None
+    max_backoff_ms: NonNegative | None = None
+    max_deliveries: Positive | None = None
+    start: Literal["new", "earliest"] = "new"
+
+
+class RoutingConfig(_Section):
+    """``events.routing``: rules that become subscriptions in workers."""
+
+    rules: list[RuleConfig] = field(default_factory=list)
+
+
+class Config(_Section):
+    """The whole configuration of a chi-redis deployment (the ``events:`` section)."""
+
+    namespace: str = "chi"
+    bus: BusConfig = field(default_factory=BusConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    subscriptions_seen_days: Annotated[float, Meta(ge=0)] = 7.0
+
+    @property
+    def redis(self) -> RedisConfig:
+        """``bus.redis`` (where earlier versions kept it)."""
+        return self.bus.redis
+
+
+class ConfigFile(_Section):
+    """A configuration file: everything under ``events:``."""
+
+    events: Config = field(default_factory=Config)
