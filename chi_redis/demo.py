@@ -1,17 +1,19 @@
-"""A five-minute tour: ``python -m chi_redis.demo``.
+"""A five-minute tour: ``chi-redis demo`` (or ``python -m chi_redis.demo`` for Redis only).
 
 Publishes a few typed events (the seed's ``UserCreated`` / ``OrderCreated``), a batch and a
 buffered async stream, queries them back by id, by topic and by time, then runs the example
-handlers (``handlers/``) in a real ``dramatiq chi_redis.worker`` process: a welcome mail, two
-audits, order bookkeeping, a security alert, and a poison order that ends in the dead
-letters.  Everything lives under the ``demo`` namespace (``--namespace``) and is deleted at
-the end (``--keep`` keeps it).
+handlers (``handlers/``): a welcome mail, two audits, order bookkeeping, a security alert,
+and a poison order that ends in the dead letters.  On Redis the handlers run in a real
+``dramatiq chi_redis.worker`` process; on the embedded bus (``chi-redis demo --embedded``,
+or when no Redis answers) on an in-process worker.  Everything lives under the ``demo``
+namespace (``--namespace``) and is deleted at the end (``--keep`` keeps it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -22,25 +24,16 @@ from datetime import UTC, datetime, timedelta
 import click
 import msgspec
 
+# The example app's payload classes (the seed's): its handlers check the payload's class.
+from handlers.events import OrderCreated, UserCreated
+
 from .backend.connection import DEFAULT_URL
+from .backend.memory import embedded_async_client, is_embedded
 from .errors import ChiError
-from .events.event import Event, event_type
+from .events.event import Event
 from .publish.aio import AsyncEventBus
 from .publish.buffered import BufferedPublisher
 from .publish.bus import EventBus
-
-
-class UserCreated(msgspec.Struct, kw_only=True):
-    user_id: str
-    email: str
-    name: str = ""
-
-
-class OrderCreated(msgspec.Struct, kw_only=True):
-    order_id: str
-    user_id: str
-    amount_cents: int
-    items: list[str] = []
 
 
 def show(event: Event) -> str:
@@ -74,9 +67,10 @@ def publish(bus: EventBus) -> Event:
     return user
 
 
-async def publish_buffered(url: str, namespace: str) -> None:
+async def publish_buffered(bus: EventBus, url: str) -> None:
     click.echo("\n== buffered async publisher")
-    abus = AsyncEventBus.from_url(url, namespace=namespace)
+    abus = (AsyncEventBus(embedded_async_client(bus.client), namespace=bus.namespace)
+            if is_embedded(bus.client) else AsyncEventBus.from_url(url, namespace=bus.namespace))
     failures: list[int] = []
     try:
         async with BufferedPublisher(
@@ -138,33 +132,8 @@ def run_handlers(bus: EventBus, redis_url: str) -> None:
     click.echo("$ " + " ".join(["dramatiq", *cmd[3:]]))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    client = bus.client
     try:
-        if not _wait(lambda: client.hlen(bus.keys.subs()) >= 5, 60):
-            click.echo("the worker did not start within 60 s", err=True)
-            return
-        bus.publish_batch([
-            Event.of(UserCreated(user_id="u-9", email="grace@example.com", name="Grace")),
-            Event.of(OrderCreated(order_id="o-9", user_id="u-9", amount_cents=990)),
-            Event(type="security.login_failed", data={"user_id": "u-9", "ip": "192.0.2.7"}),
-            Event.of(OrderCreated(order_id="o-bad", user_id="u-9", amount_cents=-1)),
-        ])
-        mail_key, audit_key = f"{ns}:app:mail", f"{ns}:app:audit"
-        _wait(lambda: client.llen(mail_key) >= 1 and client.llen(audit_key) >= 5, 60)
-        for raw in client.lrange(mail_key, 0, -1):
-            mail = msgspec.json.decode(raw)
-            click.echo(f"welcome-email   sent {mail['subject']!r} to {mail['to']}")
-        for raw in client.lrange(audit_key, 0, -1):
-            line = msgspec.json.decode(raw)
-            click.echo(f"{line['by']:<15} recorded {line['type']}")
-        total = client.hget(f"{ns}:app:orders", "u-9")
-        click.echo(f"order-processor booked {int(total or 0)} cents for u-9")
-        click.echo("order o-bad (negative amount) fails; retried with backoff, then ...")
-        if _wait(lambda: bus.dead_letters("order-processor"), 90):
-            dead = bus.dead_letters("order-processor")[0]
-            click.echo(f"dead letter {dead.id}: {dead.reason} after {dead.attempts} attempts,"
-                       f" {dead.error_type}: {dead.error}")
-            click.echo("inspect: chi-redis dlq list order-processor --namespace " + ns)
+        exercise_handlers(bus)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -172,6 +141,61 @@ def run_handlers(bus: EventBus, redis_url: str) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def run_handlers_in_process(bus: EventBus) -> None:
+    """The example handlers on an in-process worker of ``bus`` (the embedded bus's way)."""
+    from handlers.app import AuditLog, app_keys, register
+    from handlers.mail import FakeMailer
+
+    from .embedded import InProcessWorker
+
+    click.echo("\n== subscriptions: the example handlers on an in-process worker")
+    mail_key, audit_key = app_keys(bus.namespace)
+    register(bus, FakeMailer(bus.client, mail_key), AuditLog(bus.client, audit_key))
+    click.echo("InProcessWorker(bus, threads=2): Dramatiq's Worker on threads of this process")
+    # The worker logs each failed attempt with its traceback: the tour shows the outcome.
+    quiet = [logging.getLogger(name) for name in ("dramatiq", "chi_redis.runtime")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with InProcessWorker(bus, threads=2):
+            exercise_handlers(bus)
+    finally:
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
+
+
+def exercise_handlers(bus: EventBus) -> None:
+    """Publish the seed's events to the running example handlers and show what they did."""
+    ns, client = bus.namespace, bus.client
+    if not _wait(lambda: client.hlen(bus.keys.subs()) >= 5, 60):
+        click.echo("the worker did not start within 60 s", err=True)
+        return
+    bus.publish_batch([
+        Event.of(UserCreated(user_id="u-9", email="grace@example.com", name="Grace")),
+        Event.of(OrderCreated(order_id="o-9", user_id="u-9", amount_cents=990)),
+        Event(type="security.login_failed", data={"user_id": "u-9", "ip": "192.0.2.7"}),
+        Event.of(OrderCreated(order_id="o-bad", user_id="u-9", amount_cents=-1)),
+    ])
+    mail_key, audit_key = f"{ns}:app:mail", f"{ns}:app:audit"
+    _wait(lambda: client.llen(mail_key) >= 1 and client.llen(audit_key) >= 5, 60)
+    for raw in client.lrange(mail_key, 0, -1):
+        mail = msgspec.json.decode(raw)
+        click.echo(f"welcome-email   sent {mail['subject']!r} to {mail['to']}")
+    for raw in client.lrange(audit_key, 0, -1):
+        line = msgspec.json.decode(raw)
+        click.echo(f"{line['by']:<15} recorded {line['type']}")
+    total = client.hget(f"{ns}:app:orders", "u-9")
+    click.echo(f"order-processor booked {int(total or 0)} cents for u-9")
+    click.echo("order o-bad (negative amount) fails; retried with backoff, then ...")
+    if _wait(lambda: bus.dead_letters("order-processor"), 90):
+        dead = bus.dead_letters("order-processor")[0]
+        click.echo(f"dead letter {dead.id}: {dead.reason} after {dead.attempts} attempts,"
+                   f" {dead.error_type}: {dead.error}")
+        if not is_embedded(client):  # the embedded bus is gone when this process ends
+            click.echo("inspect: chi-redis dlq list order-processor --namespace " + ns)
 
 
 def cleanup(bus: EventBus) -> int:
@@ -186,6 +210,27 @@ def cleanup(bus: EventBus) -> int:
     return int(bus.call(unlink_all))
 
 
+def tour(bus: EventBus, redis_url: str, *, handlers: bool = True, keep: bool = False) -> None:
+    """The whole tour on ``bus``; deletes its keys at the end unless ``keep``."""
+    namespace = bus.namespace
+    click.echo(f"chi-redis demo on {bus!r}")
+    try:
+        user = publish(bus)
+        asyncio.run(publish_buffered(bus, redis_url))
+        query(bus, user)
+        if handlers and is_embedded(bus.client):
+            run_handlers_in_process(bus)
+        elif handlers:
+            run_handlers(bus, redis_url)
+    finally:
+        if keep:
+            click.echo(f"\nkept the keys under {namespace}:*")
+        else:
+            with contextlib.suppress(ChiError):  # Redis is gone: nothing to clean
+                click.echo(f"\ncleaned up {cleanup(bus)} keys under {namespace}:*")
+        bus.close()
+
+
 @click.command()
 @click.option("--redis-url", envvar="CHI_REDIS_URL", default=DEFAULT_URL, show_default=True)
 @click.option("--namespace", default="demo", show_default=True)
@@ -193,25 +238,11 @@ def cleanup(bus: EventBus) -> int:
 @click.option("--handlers/--no-handlers", default=True, show_default=True,
               help="Run the example handlers in a real worker process.")
 def main(redis_url: str, namespace: str, keep: bool, handlers: bool) -> None:
-    """Publish a few events and query them back."""
-    event_type("user.created")(UserCreated)
-    event_type("order.created")(OrderCreated)
+    """Publish a few events and query them back (on Redis; ``chi-redis demo`` falls back to
+    the embedded bus)."""
     try:
-        bus = EventBus.from_url(redis_url, namespace=namespace)
-        click.echo(f"chi-redis demo on {bus!r}")
-        try:
-            user = publish(bus)
-            asyncio.run(publish_buffered(redis_url, namespace))
-            query(bus, user)
-            if handlers:
-                run_handlers(bus, redis_url)
-        finally:
-            if keep:
-                click.echo(f"\nkept the keys under {namespace}:*")
-            else:
-                with contextlib.suppress(ChiError):  # Redis is gone: nothing to clean
-                    click.echo(f"\ncleaned up {cleanup(bus)} keys under {namespace}:*")
-            bus.close()
+        tour(EventBus.from_url(redis_url, namespace=namespace), redis_url,
+             handlers=handlers, keep=keep)
     except ChiError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -39,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "chi_redis.cli.config:config_group",
         "Configuration files: check one, show the effective configuration.",
     ),
+    "demo": (
+        "chi_redis.cli.demo:demo",
+        "Tour: publish, query, run the example handlers (no Redis needed).",
+    ),
     "dlq": ("chi_redis.cli.dlq:dlq", "Dead letters: list, show, redrive, purge."),
     "doctor": (
         "chi_redis.cli.doctor:doctor",

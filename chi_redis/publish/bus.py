@@ -73,6 +73,21 @@ class EventBus:
         bus_opts = split_bus_options(options)
         return cls(connect(url, **options), namespace=namespace, **bus_opts)
 
+    @classmethod
+    def embedded(cls, namespace: str = "chi", **bus_options: Any) -> EventBus:
+        """A bus on its own in-process Redis (fakeredis with Lua): no server needed.
+
+        The same code paths as a bus on a server, so retries, dead letters, replay,
+        queries and stats behave the same; the data lives as long as the process.  Run its
+        subscriptions with :class:`chi_redis.embedded.InProcessWorker`.  ``bus_options`` go
+        to :class:`EventBus` (``encoding``, ``max_event_bytes``, ``idempotency_ttl_ms``,
+        ``retry``).  Needs the extra ``embedded`` (``pip install 'chi-redis[embedded]'``);
+        without it, raises :class:`~chi_redis.ChiError` naming it.
+        """
+        from ..backend.memory import embedded_client
+
+        return cls(embedded_client(), namespace=namespace, **bus_options)
+
     def __repr__(self) -> str:
         return f"EventBus({self._url!r}, namespace={self.keys.ns!r})"
 

@@ -9,22 +9,26 @@ the backend's reason instead of failing.
 Backends today:
 
 - ``fakeredis``: ``FakeRedis(version=(7, 0))`` with Lua through lupa, in-process runtime;
+- ``embedded``: ``EventBus.embedded()`` (its own in-process server), its workers run as
+  :class:`chi_redis.embedded.InProcessWorker` (``Session.in_process_worker``);
 - ``redis``: the shared server at ``CHI_TEST_REDIS_URL`` (127.0.0.1:6379), in-process
   runtime, plus real ``dramatiq chi_redis.worker`` subprocesses where a crash is needed;
 - ``redis-own-aof``: a redis-server this test starts (AOF, ``appendfsync always``), which
   may be killed with ``kill -9`` and restarted.
 
-Adding a backend (an embedded in-memory bus, Redis Cluster, RabbitMQ, Kafka…) is one entry:
+Adding a backend (Redis Cluster, RabbitMQ, Kafka…) is one entry:
 write an ``open(ns, tmp_path)`` context manager yielding a :class:`~support.backends.Session`
 (its ``bus`` in a fresh namespace, ``url`` when worker subprocesses can reach it, ``server``
-when the test may kill it; override ``Session.strand`` if "a consumer takes entries and
-dies" is not XREADGROUP there), build ``Backend(name, open, Features(...), marks=...)``
-with a reason for every ``False`` feature, and append it to ``BACKENDS``.  Nothing here
-changes.
+when the test may kill it, ``in_process_worker`` when its workers are
+:class:`~chi_redis.embedded.InProcessWorker`; override ``Session.strand`` if "a consumer
+takes entries and dies" is not XREADGROUP there), build
+``Backend(name, open, Features(...), marks=...)`` with a reason for every ``False``
+feature, and append it to ``BACKENDS``.  Nothing here changes.
 
 Only public API is used: ``chi_redis`` exports, ``bus.subscribe`` / ``dead_letters`` /
-``redrive``, ``StreamsBroker`` (through :class:`support.Runtime`), the replay functions and
-``chi_redis.worker``.  Names are unique per test (and each test has its own namespace).
+``redrive``, ``StreamsBroker`` (through :class:`support.Runtime` or an ``InProcessWorker``),
+the replay functions and ``chi_redis.worker``.  Names are unique per test (and each test
+has its own namespace).
 """
 
 from __future__ import annotations
@@ -38,13 +42,15 @@ from typing import Any
 import pytest
 from support.backends import BACKENDS, Backend, Session
 from support.processes import Workers, wait_ready
-from support.runtime import Recorder, Runtime, in_process_runtime, wait_groups
+from support.runtime import FAST, Recorder, Runtime, in_process_runtime, wait_groups
 from support.waiting import stays, wait_until
 
 from chi_redis import Event
+from chi_redis.embedded import InProcessWorker
 from chi_redis.events.filters import all_of, metadata, not_, topic_is, type_is
 from chi_redis.ops.replay import choose_target, replay
 from chi_redis.ops.timeparse import parse_time
+from chi_redis.runtime.broker import BrokerOptions, StreamsBroker
 from chi_redis.runtime.subscriptions import Delivery
 
 DEADLINE_S = 60.0  # generous: every wait here finishes in well under a second normally
@@ -60,15 +66,42 @@ class Conformance:
         self.rt = rt
         self.bus = session.bus
         self.tmp = tmp
+        self.workers: list[InProcessWorker] = []
 
     def require(self, *features: str) -> None:
         self.backend.require(*features)
 
-    def start(self, threads: int = 4, **options: Any) -> Any:
-        """A broker with every subscription registered so far, and a Worker on it."""
-        broker = self.rt.broker(**options)
+    def broker(self, **options: Any) -> StreamsBroker:
+        """A broker with every subscription registered so far (groups created), not running.
+
+        On a backend with ``in_process_worker`` it is an :class:`InProcessWorker`'s.
+        """
+        if not self.session.in_process_worker:
+            return self.rt.broker(**options)
+        worker = InProcessWorker(self.bus, options=BrokerOptions(**{**FAST, **options}))
+        self.workers.append(worker)
+        return worker.broker
+
+    def run(self, broker: StreamsBroker, threads: int = 4) -> None:
+        """Start a worker with ``threads`` threads on ``broker``."""
+        for worker in self.workers:
+            if worker.broker is broker:
+                worker.threads = threads
+                worker.start()
+                return
         self.rt.worker(broker, threads=threads)
+
+    def start(self, threads: int = 4, **options: Any) -> StreamsBroker:
+        """A broker with every subscription registered so far, and a worker on it."""
+        broker = self.broker(**options)
+        self.run(broker, threads)
         return broker
+
+    def close(self) -> None:
+        """Stop the in-process workers; none may leave a thread behind."""
+        for worker in self.workers:
+            worker.close()
+        assert [t for w in self.workers for t in w.alive_threads()] == []
 
 
 @pytest.fixture(params=[b.param() for b in BACKENDS])
@@ -78,7 +111,11 @@ def backend(request: pytest.FixtureRequest, ns: str, tmp_path: Path,
     with spec.open(ns, tmp_path) as session, in_process_runtime(
         session.bus, monkeypatch, kind=spec.name
     ) as rt:
-        yield Conformance(spec, session, rt, tmp_path)
+        conformance = Conformance(spec, session, rt, tmp_path)
+        try:
+            yield conformance
+        finally:
+            conformance.close()
 
 
 def ev(type_: str, n: int, **fields: Any) -> Event:
@@ -226,10 +263,10 @@ def test_reclaim_after_a_consumer_dies(backend: Conformance) -> None:
     backend.require("server_time_reclaim")
     got = Recorder()
     backend.bus.subscribe("reclaim-jobs", types=["job.run"])(record(got))
-    broker = backend.rt.broker(lease_ms=900, reclaim_interval_ms=100)
+    broker = backend.broker(lease_ms=900, reclaim_interval_ms=100)
     backend.bus.publish_batch([ev("job.run", i) for i in range(5)])
     assert backend.session.strand("reclaim-jobs", "job", 5) == 5
-    backend.rt.worker(broker, threads=2)
+    backend.run(broker, threads=2)
     wait_until(lambda: len(got) == 5, DEADLINE_S, "stranded entries reclaimed and handled")
     broker.join("reclaim-jobs", timeout=int(DEADLINE_S * 1000))
     assert stays(lambda: sorted(got.items()) == list(range(5)), QUIET_S)
@@ -276,10 +313,10 @@ def test_events_survive_a_server_kill_and_restart(backend: Conformance) -> None:
     assert server is not None
     got = Recorder()
     backend.bus.subscribe("restart-jobs", types=["job.run"])(record(got))
-    broker = backend.rt.broker()  # groups created before the kill
+    broker = backend.broker()  # groups created before the kill
     backend.bus.publish_batch([ev("job.run", i) for i in range(10)])
     server.restart()
-    backend.rt.worker(broker)
+    backend.run(broker)
     wait_until(lambda: len(got) == 10, DEADLINE_S, "events handled after the restart")
     broker.join("restart-jobs", timeout=int(DEADLINE_S * 1000))
     assert stays(lambda: sorted(got.items()) == list(range(10)), QUIET_S)

@@ -53,6 +53,9 @@ class Session:
     bus: EventBus
     url: str | None = None
     server: RedisServer | None = None
+    #: Run workers as :class:`chi_redis.embedded.InProcessWorker` (the embedded bus's way)
+    #: instead of the toolkit's own StreamsBroker + Dramatiq Worker.
+    in_process_worker: bool = False
 
     @property
     def client(self) -> Any:
@@ -100,6 +103,15 @@ def _fakeredis(ns: str, tmp_path: Path) -> Iterator[Session]:
 
 
 @contextlib.contextmanager
+def _embedded(ns: str, tmp_path: Path) -> Iterator[Session]:
+    bus = EventBus.embedded(namespace=ns)
+    try:
+        yield Session(bus, in_process_worker=True)
+    finally:
+        bus.close()
+
+
+@contextlib.contextmanager
 def _shared_redis(ns: str, tmp_path: Path) -> Iterator[Session]:
     client = connect_real_redis(REDIS_URL)
     try:
@@ -133,6 +145,19 @@ FAKEREDIS = Backend(
         },
     ),
 )
+EMBEDDED = Backend(
+    "embedded",
+    _embedded,
+    Features(
+        multi_process=False,
+        reasons={
+            "multi_process": "the embedded bus's server lives in the test process; a worker "
+                             "subprocess cannot reach it",
+            "kill_and_restart": "the embedded bus has no server process to kill",
+            "persistence": "the embedded bus keeps nothing beyond its process",
+        },
+    ),
+)
 SHARED_REDIS = Backend(
     "redis",
     _shared_redis,
@@ -149,4 +174,4 @@ OWN_REDIS = Backend(
     marks=(pytest.mark.redis,),
 )
 
-BACKENDS: list[Backend] = [FAKEREDIS, SHARED_REDIS, OWN_REDIS]
+BACKENDS: list[Backend] = [FAKEREDIS, EMBEDDED, SHARED_REDIS, OWN_REDIS]
