@@ -45,6 +45,7 @@ from .runtime.broker import BrokerOptions, StreamsBroker
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from .config import Config
     from .publish.bus import EventBus
 
 __all__ = ["DrainTimeout", "InProcessWorker"]
@@ -119,6 +120,16 @@ class InProcessWorker:
         self._previous: dramatiq.Broker | None = None
         self._closed = False
         self._threads: list[threading.Thread] = []
+
+    @classmethod
+    def from_config(cls, bus: EventBus, config: Config, **kwargs: Any) -> InProcessWorker:
+        """A worker as the configuration says: ``bus.worker_count`` threads, the ``worker``
+        section's lease, reclaim, delivery and prefetch settings (``kwargs`` win)."""
+        from .config import broker_options_from_config
+
+        kwargs.setdefault("threads", config.bus.worker_count)
+        kwargs.setdefault("options", broker_options_from_config(config))
+        return cls(bus, **kwargs)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running" if self.worker else "not started"

@@ -23,9 +23,9 @@ import os
 
 import dramatiq
 
-from .config import bus_from_config, load_config
+from .config import broker_options_from_config, bus_from_config, load_config
 from .routing import RoutingMiddleware
-from .runtime.broker import BrokerOptions, StreamsBroker
+from .runtime.broker import StreamsBroker
 from .runtime.encoder import MsgpackEncoder
 
 __all__ = ["broker", "bus", "config"]
@@ -54,14 +54,7 @@ if _metrics_port:
 broker = StreamsBroker(
     bus,
     middleware=_middleware,
-    options=BrokerOptions(
-        lease_ms=config.worker.lease_ms,
-        reclaim_interval_ms=config.worker.reclaim_interval_ms,
-        max_deliveries=config.worker.max_deliveries,
-        block_ms=config.worker.block_ms,
-        prefetch=config.worker.prefetch,
-        max_prefetch=config.worker.max_prefetch,
-    ),
+    options=broker_options_from_config(config),
 )
 if config.routing.rules:
     broker.add_middleware(RoutingMiddleware(bus, config))

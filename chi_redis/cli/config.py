@@ -79,12 +79,6 @@ def notices(config: Config) -> list[str]:
               if getattr(config.monitoring, k)]
         out.append(f"monitoring.{' and monitoring.'.join(on)}: tracing and health checks are"
                    " not built yet; accepted, nothing is started (docs/configuration.md)")
-    if config.bus.type == "memory":
-        from ..publish.bus import EventBus
-
-        if getattr(EventBus, "embedded", None) is None:
-            out.append("bus.type memory: the embedded bus is not in this version yet; commands"
-                       " and workers will refuse it (use bus.type: redis)")
     return out
 
 

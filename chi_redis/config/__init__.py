@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..publish.aio import AsyncEventBus
     from ..publish.buffered import BufferedPublisher
     from ..publish.bus import EventBus
+    from ..runtime.broker import BrokerOptions
 
 __all__ = [
     "ENV_VARS",
@@ -46,6 +47,7 @@ __all__ = [
     "RuleConfig",
     "StoreConfig",
     "WorkerConfig",
+    "broker_options_from_config",
     "bus_from_config",
     "load_config",
     "parse_duration_ms",
@@ -60,7 +62,7 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
     """The bus ``config`` describes (``url``/``namespace``: a CLI flag's value, which wins).
 
     ``bus.type: redis`` connects to ``bus.redis``; ``memory`` is the embedded bus
-    (``EventBus.embedded``), available once this version has one.
+    (``EventBus.embedded``: an in-process Redis, no server).
     """
     from ..errors import ConfigError
     from ..publish.bus import EventBus  # here: importing the config costs no redis-py
@@ -71,12 +73,7 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
         "idempotency_ttl_ms": config.bus.idempotency_ttl_ms,
     }
     if config.bus.type == "memory":
-        embedded = getattr(EventBus, "embedded", None)
-        if embedded is None:
-            raise ConfigError("bus.type: memory needs the embedded bus, which this version of"
-                              " chi-redis does not have yet: use bus.type: redis")
-        bus: EventBus = embedded(namespace=ns, **common, **options)
-        return bus
+        return EventBus.embedded(namespace=ns, **common, **options)
     if config.bus.type != "redis":  # load_config already refused these
         raise ConfigError(f"bus.type {config.bus.type!r} is not available yet")
     from ..backend.connection import connect
@@ -84,6 +81,18 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
     target = url or config.bus.redis.effective_url()
     client = connect(target, **config.bus.redis.client_options(target))
     return EventBus(client, namespace=ns, **common, **options)
+
+
+def broker_options_from_config(config: Config) -> BrokerOptions:
+    """The :class:`~chi_redis.runtime.broker.BrokerOptions` the ``worker`` section describes."""
+    from ..runtime.broker import BrokerOptions
+
+    w = config.worker
+    return BrokerOptions(
+        lease_ms=w.lease_ms, reclaim_interval_ms=w.reclaim_interval_ms,
+        max_deliveries=w.max_deliveries, block_ms=w.block_ms, prefetch=w.prefetch,
+        max_prefetch=w.max_prefetch,
+    )
 
 
 def publisher_from_config(config: Config, bus: AsyncEventBus, **options: Any) -> BufferedPublisher:

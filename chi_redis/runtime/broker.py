@@ -6,7 +6,7 @@ Dramatiq's own Worker, CLI and middleware (Retries, TimeLimit, AgeLimit, Callbac
 Prometheus) run on it unchanged.  Delayed messages wait in a sorted set that a Lua script
 promotes by the server's clock (no ``eta`` option, no ``.DQ`` queues).  Entries are acked
 after the handler ran; acks are buffered per stream and flushed with the consumer's next
-read (docs/design.md §5.2, §5.8); leases and XAUTOCLAIM recover what a dead
+read (docs/design.md §5.2, §5.9); leases and XAUTOCLAIM recover what a dead
 worker held.
 """
 

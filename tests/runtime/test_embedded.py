@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import dramatiq
 import dramatiq.broker
@@ -239,3 +240,34 @@ def test_importing_the_package_and_the_embedded_modules_loads_no_fakeredis() -> 
                                            if m.split(".")[0] in ("fakeredis", "lupa"))}))
     """)
     assert got["loaded"] == []
+
+
+def test_a_config_with_bus_type_memory_gives_an_embedded_bus_and_its_worker(tmp_path: Any) -> None:
+    from chi_redis.config import bus_from_config, load_config
+
+    path = tmp_path / "events.yaml"
+    path.write_text(textwrap.dedent("""\
+        events:
+          namespace: cfgmem
+          bus:
+            type: memory
+            worker_count: 3
+          worker:
+            lease_ms: 7000
+            max_deliveries: 4
+    """))
+    config = load_config(path, {})
+    bus = bus_from_config(config)
+    assert is_embedded(bus.client) and bus.namespace == "cfgmem"
+    seen = Recorder()
+
+    @bus.subscribe("cfg-seen", types=["cfg.happened"], max_retries=0)
+    def handler(event: Event) -> None:
+        seen.add(event.data["n"])
+
+    with InProcessWorker.from_config(bus, config) as worker:
+        assert worker.threads == 3
+        assert worker.broker.options.lease_ms == 7000
+        assert worker.broker.options.max_deliveries == 4
+        bus.publish_batch([Event(type="cfg.happened", data={"n": n}) for n in range(5)])
+        wait_until(lambda: sorted(seen.items()) == list(range(5)), message="all five handled")
