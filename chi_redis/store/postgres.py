@@ -29,7 +29,9 @@ from .query import check_page, check_range, type_matcher
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["DatabaseError", "PostgresEventStore", "create_table_sql"]
+__all__ = [
+    "DatabaseError", "PostgresEventStore", "create_table_sql", "redact_dsn", "validate_table_name",
+]
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?")
 _PAGE = 5000
@@ -55,7 +57,8 @@ class DatabaseError(ChiError):
     """The database refused or could not run a store operation (the DSN is never shown)."""
 
 
-def _parts(table_name: str) -> list[str]:
+def validate_table_name(table_name: str) -> list[str]:
+    """Check a table name (``name`` or ``schema.name``); returns its parts."""
     if not isinstance(table_name, str) or not _IDENT.fullmatch(table_name):
         raise ValidationError(
             f"invalid table name {table_name!r}: letters, digits and '_', optionally"
@@ -69,7 +72,7 @@ def _quote(name: str) -> str:
 
 def create_table_sql(table_name: str = "events") -> str:
     """The ``CREATE TABLE``/``CREATE INDEX`` statements, for users' own migrations."""
-    parts = _parts(table_name)
+    parts = validate_table_name(table_name)
     base = parts[-1]
     table = ".".join(_quote(p) for p in parts)
     return _DDL.format(table=table, topic_index=_quote(f"{base}_topic_seq"),
@@ -90,7 +93,7 @@ class PostgresEventStore:
         from psycopg import sql
 
         self.table_name = table_name
-        self._table = sql.Identifier(*_parts(table_name))
+        self._table = sql.Identifier(*validate_table_name(table_name))
         self._sql = sql
         self._codec = codec or Codec("json")
         self._lock = threading.Lock()
@@ -268,6 +271,15 @@ def _cursor(after: str | None) -> int:
         return int(after)
     except (TypeError, ValueError):
         raise ValidationError(f"invalid cursor {after!r}", field="after") from None
+
+
+_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)[^@]*@", re.IGNORECASE)
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` with its password replaced by ``***`` (URL or ``key=value`` form)."""
+    return _URL_PASSWORD.sub(r"\1***@", _KV_PASSWORD.sub(r"\1***", dsn))
 
 
 def _first_line(exc: BaseException) -> str:
