@@ -25,7 +25,8 @@ EVERY_COMMAND = [
     "store", "subscriptions", "tail", "worker",
 ]
 COMMAND_MODULES = {
-    "chi_redis.cli.archive", "chi_redis.cli.config", "chi_redis.cli.dlq", "chi_redis.cli.doctor", "chi_redis.cli.events",
+    "chi_redis.cli.archive", "chi_redis.cli.config", "chi_redis.cli.dlq", "chi_redis.cli.doctor",
+    "chi_redis.cli.events",
     "chi_redis.cli.replay",
     "chi_redis.cli.retention", "chi_redis.cli.stats", "chi_redis.cli.subscriptions",
     "chi_redis.cli.worker",

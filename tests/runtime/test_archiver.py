@@ -67,3 +67,48 @@ def test_archiver_filter_selects_types(
     assert sorted(e.id for e in pg.load_by_topic("user", limit=100)) == sorted(
         e.id for e in events if e.topic == "user")
     assert pg.count() == 10
+
+
+def test_replay_from_the_archive_delivers_a_range_retention_trimmed(
+    real_client: redis.Redis, ns: str, pg: PostgresEventStore, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    import msgspec
+
+    from chi_redis.ops.archive_replay import replay_archive
+    from chi_redis.ops.retention import Policy, trim_topic
+    from chi_redis.ops.targets import PrintTarget, QueueTarget
+    from chi_redis.ops.timeparse import TimePoint
+    from chi_redis.store.history import str_fields
+
+    t0 = datetime(2024, 7, 1, tzinfo=UTC)
+    events = [Event(type="order.placed", data={"i": i}, timestamp=t0 + timedelta(seconds=i))
+              for i in range(100)]
+    bus = EventBus(real_client, namespace=ns)
+    bus.publish_batch(events)
+    with in_process_runtime(bus, monkeypatch) as rt:
+        install_archiver(bus, pg)
+        rt.worker(rt.broker(bus))
+        wait_until(lambda: pg.count() >= len(events), timeout=60)
+    trim_topic(bus, "order", Policy(max_len=0))
+    assert real_client.xlen(bus.keys.stream("order")) == 0  # Redis no longer holds them
+    since = TimePoint(events[10].timestamp_us)
+    until = TimePoint(events[59].timestamp_us)
+    out = io.BytesIO()
+    report = replay_archive(pg, PrintTarget(bus, out), bus.codec, topics=["order"],
+                            since=since, until=until)
+    assert report.delivered == 50
+    printed = [msgspec.json.decode(line) for line in out.getvalue().splitlines()]
+    assert [p["id"] for p in printed] == [e.id for e in events[10:60]]
+    assert printed[0]["data"] == {"i": 10}
+    target = QueueTarget(bus, "order-audit")
+    report = replay_archive(pg, target, bus.codec, since=since, until=until)
+    assert report.delivered == 50
+    queued = real_client.xrange(bus.keys.queue("order-audit"))
+    assert len(queued) == 50
+    first = msgspec.msgpack.decode(str_fields(queued[0][1])["message"]
+                                   if "message" in str_fields(queued[0][1])
+                                   else next(iter(str_fields(queued[0][1]).values())))
+    assert first["options"]["replay"] is True
+    assert first["args"][1]["id"] == events[10].id.encode()
