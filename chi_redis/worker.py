@@ -58,5 +58,12 @@ broker = StreamsBroker(
 )
 if config.routing.rules:
     broker.add_middleware(RoutingMiddleware(bus, config))
+if config.store.archive.enabled:  # the archiver subscription (chi_redis.ops.archive)
+    from .config import store_from_config
+    from .ops.archive import install_archiver
+
+    _archive = config.store.archive
+    install_archiver(bus, store_from_config(config, bus=bus), types=_archive.types,
+                     topics=_archive.topics, batch_size=_archive.batch_size)
 dramatiq.set_broker(broker)
 dramatiq.set_encoder(MsgpackEncoder())

@@ -93,5 +93,7 @@ def masked(config: Config, url: str | None = None) -> dict[str, Any]:
     if redis.get("password") or os.environ.get("CHI_REDIS_PASSWORD"):
         redis["password"] = _MASK
     data["bus"]["rabbitmq"]["url"] = redact_url(data["bus"]["rabbitmq"]["url"])
-    data["store"]["database"]["dsn"] = redact_url(data["store"]["database"]["dsn"])
+    from ..store.postgres import redact_dsn
+
+    data["store"]["database"]["dsn"] = redact_dsn(data["store"]["database"]["dsn"])
     return {"events": data}

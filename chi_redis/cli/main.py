@@ -35,6 +35,10 @@ __all__ = ["COMMANDS", "LazyGroup", "cli", "main"]
 #: Command name → (``"module:attribute"`` of the click command, its help's first line).
 #: The help line is what ``chi-redis --help`` shows; a test checks it against the command.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "archive": (
+        "chi_redis.cli.archive:archive",
+        "The archiver: copy events into the configured database or file store.",
+    ),
     "config": (
         "chi_redis.cli.config:config_group",
         "Configuration files: check one, show the effective configuration.",
@@ -61,6 +65,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "chi_redis.cli.retention:retention",
         "Trim streams without dropping what a subscription still needs.",
     ),
+    "store": ("chi_redis.cli.archive:store_group", "The persistent event store: create its table."),
     "stats": (
         "chi_redis.cli.stats:stats_cmd",
         "Per topic and per subscription: length, lag, pending, delayed, dead letters.",

@@ -3,16 +3,20 @@
 Precedence: CLI flag > environment (``CHI_*``) > YAML file > default.  Unknown keys, wrong
 types and bad values are errors of one line that name the path
 (``Object contains unknown field `adress` - at `$.events.bus.redis```).  Every key is in
-docs/configuration.md.  :func:`bus_from_config` is the one place a Config becomes a bus.
+docs/configuration.md.  :func:`bus_from_config` is the one place a Config becomes a bus,
+:func:`store_from_config` the one place it becomes an event store.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .checks import parse_duration_ms, parse_size, rule_subscription_name
 from .load import ENV_VARS, load_config
 from .schema import (
+    ArchiveConfig,
     BusConfig,
     Config,
     ConfigFile,
@@ -32,9 +36,11 @@ if TYPE_CHECKING:
     from ..publish.buffered import BufferedPublisher
     from ..publish.bus import EventBus
     from ..runtime.broker import BrokerOptions
+    from ..store import EventStore
 
 __all__ = [
     "ENV_VARS",
+    "ArchiveConfig",
     "BusConfig",
     "Config",
     "ConfigFile",
@@ -49,11 +55,13 @@ __all__ = [
     "WorkerConfig",
     "broker_options_from_config",
     "bus_from_config",
+    "database_dsn",
     "load_config",
     "parse_duration_ms",
     "parse_size",
     "publisher_from_config",
     "rule_subscription_name",
+    "store_from_config",
 ]
 
 
@@ -101,3 +109,47 @@ def publisher_from_config(config: Config, bus: AsyncEventBus, **options: Any) ->
 
     options.setdefault("max_buffer", config.bus.buffer_size)
     return BufferedPublisher(bus, **options)
+
+
+def database_dsn(config: Config, env: Mapping[str, str] | None = None) -> str:
+    """The database connection string: ``CHI_DATABASE_URL``, else ``store.database.dsn``.
+
+    Never print it: it may carry a password.
+    """
+    from ..errors import ConfigError
+
+    environ = os.environ if env is None else env
+    dsn = environ.get("CHI_DATABASE_URL") or config.store.database.dsn
+    if not dsn:
+        raise ConfigError("store.type: database needs a connection string: set"
+                          " store.database.dsn or CHI_DATABASE_URL")
+    return dsn
+
+
+def store_from_config(config: Config, *, bus: EventBus | None = None,
+                      env: Mapping[str, str] | None = None) -> EventStore:
+    """The event store ``config.store`` describes.
+
+    ``memory``: the history in the bus's own streams (``bus.store``; ``bus``, or the bus
+    :func:`bus_from_config` makes); ``database``: a
+    :class:`~chi_redis.store.postgres.PostgresEventStore` on ``store.database`` (its table
+    created when missing); ``file``: a :class:`~chi_redis.store.files.FileEventStore` on
+    ``store.file`` (this process becomes its one writer).
+    """
+    from ..errors import ConfigError
+
+    s = config.store
+    if not s.enabled:
+        raise ConfigError("store.enabled is false: no event store is configured")
+    if s.type == "database":
+        from ..store.postgres import PostgresEventStore
+
+        pg = PostgresEventStore(database_dsn(config, env), s.database.table_name)
+        pg.init()
+        return pg
+    if s.type == "file":
+        from ..store.files import FileEventStore
+
+        return FileEventStore(s.file.directory, max_file_size=parse_size(s.file.max_file_size),
+                              max_files=s.file.max_files)
+    return (bus or bus_from_config(config)).store

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import ConfigError, InvalidNameError
+from ..errors import ConfigError, InvalidNameError, ValidationError
 from ..events.names import validate_glob, validate_name
 from .schema import Config, RuleConfig
 
@@ -92,9 +92,35 @@ def _check_parts(config: Config) -> None:
     if config.bus.type in ("kafka", "rabbitmq"):
         raise _at("bus.type", f"bus.type {config.bus.type!r} is not available yet: use 'redis'"
                   " (or 'memory', the embedded bus)")
-    if config.store.enabled and config.store.type != "memory":
-        raise _at("store.type", f"store.type {config.store.type!r} is not available yet: use"
-                  " 'memory' (the history kept in the bus's own streams) or enabled: false")
+    _check_store(config)
+
+
+def _check_store(config: Config) -> None:
+    s = config.store
+    for i, t in enumerate(s.archive.topics):
+        _name(t, "topic", f"store.archive.topics[{i}]")
+    for i, g in enumerate(s.archive.types):
+        try:
+            validate_glob(g, "type")
+        except InvalidNameError as exc:
+            raise _at(f"store.archive.types[{i}]", str(exc)) from None
+    if s.archive.enabled and (not s.enabled or s.type == "memory"):
+        raise _at("store.archive.enabled", "the archiver copies events into a persistent store:"
+                  " set store.enabled: true and store.type: database or file")
+    if not s.enabled:
+        return
+    if s.type == "database":
+        if s.database.driver not in ("postgres", "postgresql"):
+            raise _at("store.database.driver", f"driver {s.database.driver!r} is not available:"
+                      " use 'postgres'")
+        from ..store.postgres import validate_table_name  # no psycopg: that comes on use
+
+        try:
+            validate_table_name(s.database.table_name)
+        except ValidationError as exc:
+            raise _at("store.database.table_name", str(exc)) from None
+    elif s.type == "file" and not s.file.directory:
+        raise _at("store.file.directory", "store.type: file needs `directory`")
 
 
 def _name(value: str, kind: str, path: str) -> None:

@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Meta, field
 
 __all__ = [
+    "ArchiveConfig",
     "BusConfig",
     "Config",
     "ConfigFile",
@@ -124,7 +125,7 @@ class BusConfig(_Section):
 
 
 class DatabaseStoreConfig(_Section):
-    """``events.store.database``: for ``store.type: database`` (not available yet)."""
+    """``events.store.database``: for ``store.type: database`` (PostgreSQL)."""
 
     driver: str = "postgres"
     dsn: str = ""
@@ -132,11 +133,21 @@ class DatabaseStoreConfig(_Section):
 
 
 class FileStoreConfig(_Section):
-    """``events.store.file``: for ``store.type: file`` (not available yet)."""
+    """``events.store.file``: for ``store.type: file`` (JSON lines in a directory)."""
 
     directory: str = ""
     max_file_size: str = "100MB"  # a size: 512KB, 100MB, 1GB
     max_files: Positive = 10
+
+
+class ArchiveConfig(_Section):
+    """``events.store.archive``: the archiver subscription workers run (copies events into
+    the ``database`` or ``file`` store)."""
+
+    enabled: bool = False
+    types: list[str] = field(default_factory=list)  # type globs; empty: every type
+    topics: list[str] = field(default_factory=list)  # empty: every topic
+    batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 500
 
 
 class StoreConfig(_Section):
@@ -146,6 +157,7 @@ class StoreConfig(_Section):
     type: StoreType = "memory"
     database: DatabaseStoreConfig = field(default_factory=DatabaseStoreConfig)
     file: FileStoreConfig = field(default_factory=FileStoreConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
 
 
 class ReplayConfig(_Section):

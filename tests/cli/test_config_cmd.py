@@ -72,11 +72,11 @@ def test_check_as_a_real_subprocess_exits_0_and_1(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith(f"ok: {good}:")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("events:\n  store:\n    type: database\n")
+    bad.write_text("events:\n  store:\n    type: file\n")
     no = subprocess.run([str(CHI), "config", "check", str(bad)], capture_output=True,
                         text=True, env=clean_env(), cwd=ROOT, timeout=60)
     assert no.returncode == 1
-    assert "not available yet" in no.stderr and "at `$.events.store.type`" in no.stderr
+    assert "needs `directory`" in no.stderr and "at `$.events.store.file.directory`" in no.stderr
     assert "Traceback" not in no.stderr
 
 

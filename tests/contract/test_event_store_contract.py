@@ -1,4 +1,5 @@
-"""One behaviour suite for every EventStore: memory, Redis on fakeredis, Redis on redis-server.
+"""One behaviour suite for every EventStore: memory, Redis on fakeredis, Redis on redis-server,
+PostgreSQL (a fresh table per test) and files (a fresh directory per test).
 
 The acceptance case of issue #2 lives here: 10,000 events over 5 topics (several types,
 event times partly out of order, ties), then every query must return exactly what a brute
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import random
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ import msgspec
 import pytest
 import redis
 from support import delete_namespace, redis_url, skip_or_fail
+from support.database import require_postgres, unique_table
 from support.markers import REAL
 
 from chi_redis import (
@@ -32,6 +36,8 @@ from chi_redis import (
 )
 from chi_redis.events.event import _to_us
 from chi_redis.events.names import glob_matches
+from chi_redis.store.files import FileEventStore
+from chi_redis.store.postgres import PostgresEventStore
 
 
 @event_type("inventory.contract_restocked")
@@ -49,10 +55,34 @@ class Backend:
     put_many: Callable[[list[Event]], object]
 
 
-BACKENDS = ["memory", "redis-fake", pytest.param("redis-real", marks=REAL.marks)]
+BACKENDS = [
+    "memory",
+    "redis-fake",
+    pytest.param("redis-real", marks=REAL.marks),
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    "file",
+]
 
 
 def make_backend(kind: str, ns: str) -> tuple[Backend, Callable[[], None]]:
+    if kind == "postgres":
+        pg = PostgresEventStore(require_postgres(), unique_table("contract"))
+        pg.init()
+
+        def drop() -> None:
+            pg.drop()
+            pg.close()
+
+        return Backend(kind, pg, pg.store_many), drop
+    if kind == "file":
+        where = tempfile.mkdtemp(prefix="chi-files-")
+        files = FileEventStore(where)
+
+        def remove() -> None:
+            files.close()
+            shutil.rmtree(where, ignore_errors=True)
+
+        return Backend(kind, files, files.store_many), remove
     if kind == "memory":
         memory = MemoryEventStore()
 

@@ -88,14 +88,16 @@ def seed_adapted() -> str:
     return SEED.replace('type: "database"', 'type: "memory"')
 
 
-def test_the_seed_file_as_given_names_the_store_that_is_not_available_yet(
-    tmp_path: Path,
-) -> None:
+def test_the_seed_file_as_given_loads_with_its_database_store(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, SEED))
+    assert (c.store.enabled, c.store.type) == (True, "database")
+    assert c.store.database.table_name == "events"
+    assert c.store.database.dsn.startswith("postgres://user:pass@")
+    bad = SEED.replace('driver: "postgres"', 'driver: "mysql"')
     with pytest.raises(ConfigError) as info:
-        load_config(write(tmp_path, SEED))
+        load_config(write(tmp_path, bad))
     message = str(info.value)
-    assert "not available yet" in message
-    assert "at `$.events.store.type`" in message
+    assert "not available" in message and "at `$.events.store.database.driver`" in message
     assert "\n" not in message
 
 
@@ -162,7 +164,13 @@ MALFORMED = [
      "$.events.bus.redis", "exclude"),
     ("events:\n  bus:\n    type: kafka\n", "$.events.bus.type", "not available yet"),
     ("events:\n  bus:\n    type: rabbitmq\n", "$.events.bus.type", "not available yet"),
-    ("events:\n  store:\n    type: file\n", "$.events.store.type", "not available yet"),
+    ("events:\n  store:\n    type: file\n", "$.events.store.file.directory", "directory"),
+    ("events:\n  store:\n    type: database\n    database: {table_name: 'a;b'}\n",
+     "$.events.store.database.table_name", "invalid table name"),
+    ("events:\n  store:\n    archive: {enabled: true}\n", "$.events.store.archive.enabled",
+     "persistent store"),
+    ("events:\n  store:\n    archive: {types: ['us*']}\n", "$.events.store.archive.types[0]",
+     "us*"),
     ("events:\n  bus: [1, 2]\n", "$.events.bus", "object"),
     ("events:\n  monitoring:\n    metrics_port: 70000\n", "$.events.monitoring.metrics_port",
      "65535"),

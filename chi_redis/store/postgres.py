@@ -1,0 +1,288 @@
+"""An EventStore in a PostgreSQL table (psycopg 3, imported when a store is made).
+
+The table has the seed's ``events`` shape — ``id, type, topic, data, metadata, timestamp,
+version`` — plus ``seq``, a bigserial that orders a topic's events as they were stored (the
+position id :meth:`PostgresEventStore.store` returns and the ``page_by_topic`` cursor).
+``data`` and ``metadata`` are JSONB (msgspec JSON; payloads of registered ``@event_type``
+classes decode back to them through the :class:`~chi_redis.events.codec.Codec`), ``timestamp``
+is ``timestamptz``, which keeps the microseconds the project keeps.  ``id`` sorts bytewise
+(``COLLATE "C"``) so time-range results come in the same (timestamp, id) order as every other
+store.  JSONB cannot hold a ``\\u0000`` in a string: such payloads are refused by the server.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..errors import ChiError, ValidationError
+from ..events.codec import Codec, us_to_datetime
+from ..events.event import Event
+from ..events.names import validate_name
+from .query import check_page, check_range, type_matcher
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = [
+    "DatabaseError", "PostgresEventStore", "create_table_sql", "redact_dsn", "validate_table_name",
+]
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?")
+_PAGE = 5000
+_JSON = msgspec.json.Encoder()
+
+_DDL = """\
+CREATE TABLE IF NOT EXISTS {table} (
+    seq       bigserial   NOT NULL,
+    id        text        COLLATE "C" PRIMARY KEY,
+    type      text        NOT NULL,
+    topic     text        NOT NULL,
+    data      jsonb       NOT NULL,
+    metadata  jsonb       NOT NULL DEFAULT '{{}}',
+    timestamp timestamptz NOT NULL,
+    version   text        NOT NULL DEFAULT '1.0'
+);
+CREATE INDEX IF NOT EXISTS {topic_index} ON {table} (topic, seq);
+CREATE INDEX IF NOT EXISTS {time_index} ON {table} (timestamp, id);
+"""
+
+
+class DatabaseError(ChiError):
+    """The database refused or could not run a store operation (the DSN is never shown)."""
+
+
+def validate_table_name(table_name: str) -> list[str]:
+    """Check a table name (``name`` or ``schema.name``); returns its parts."""
+    if not isinstance(table_name, str) or not _IDENT.fullmatch(table_name):
+        raise ValidationError(
+            f"invalid table name {table_name!r}: letters, digits and '_', optionally"
+            " schema.table", field="table_name")
+    return table_name.split(".")
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def create_table_sql(table_name: str = "events") -> str:
+    """The ``CREATE TABLE``/``CREATE INDEX`` statements, for users' own migrations."""
+    parts = validate_table_name(table_name)
+    base = parts[-1]
+    table = ".".join(_quote(p) for p in parts)
+    return _DDL.format(table=table, topic_index=_quote(f"{base}_topic_seq"),
+                       time_index=_quote(f"{base}_time"))
+
+
+class PostgresEventStore:
+    """EventStore over one PostgreSQL table; same contract as :class:`~chi_redis.store.EventStore`.
+
+    ``dsn`` is a libpq connection string or URL (never printed).  One connection, in
+    autocommit mode, shared under a lock: the store is thread-safe.  Call :meth:`init` once
+    (or run :func:`create_table_sql` in a migration) before storing.
+    """
+
+    def __init__(self, dsn: str, table_name: str = "events", *, codec: Codec | None = None,
+                 connect_timeout: float = 10.0) -> None:
+        import psycopg
+        from psycopg import sql
+
+        self.table_name = table_name
+        self._table = sql.Identifier(*validate_table_name(table_name))
+        self._sql = sql
+        self._codec = codec or Codec("json")
+        self._lock = threading.Lock()
+        try:
+            self._conn: psycopg.Connection[Any] = psycopg.connect(
+                dsn, autocommit=True, connect_timeout=max(1, int(connect_timeout)))
+        except psycopg.Error as exc:
+            raise DatabaseError(f"cannot connect to the database: {type(exc).__name__}"
+                                f" ({_first_line(exc)})") from None
+        self._psycopg_error = psycopg.Error
+
+    def __repr__(self) -> str:
+        return f"PostgresEventStore(table_name={self.table_name!r})"
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+    def __enter__(self) -> PostgresEventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # plumbing -------------------------------------------------------------------------
+    def _q(self, text: str) -> Any:
+        return self._sql.SQL(text).format(t=self._table)
+
+    def _run(self, query: Any, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                cur = self._conn.execute(query, params)
+                return cur.fetchall() if cur.description else []
+            except self._psycopg_error as exc:
+                raise DatabaseError(f"{type(exc).__name__}: {_first_line(exc)}") from None
+
+    def _select(self, where: str, params: Sequence[Any], tail: str) -> list[Event]:
+        query = self._q(
+            "SELECT id, type, topic, data::text, metadata::text,"
+            " (extract(epoch FROM timestamp) * 1000000)::bigint, version, seq"
+            f" FROM {{t}} WHERE {where} {tail}")
+        return [self._event(r) for r in self._run(query, params)]
+
+    def _event(self, row: tuple[Any, ...]) -> Event:
+        id_, type_, topic, data, meta, ts, ver, _ = row
+        fields = {b"id": id_.encode(), b"type": type_.encode(), b"ts": str(ts).encode(),
+                  b"ver": ver.encode(), b"meta": meta.encode(), b"enc": b"js",
+                  b"data": data.encode()}
+        return self._codec.decode(fields, topic=topic, stream=self.table_name, entry_id=id_)
+
+    def _row(self, event: Event) -> tuple[Any, ...]:
+        _, _, _, _, meta, data = self._codec.encode_parts(event)
+        return (event.id, event.type, event.topic, data.decode(), meta.decode(),
+                event.timestamp, event.version)
+
+    # set-up ---------------------------------------------------------------------------
+    def init(self) -> None:
+        """Create the table and its indexes when missing (idempotent)."""
+        ddl: Any = create_table_sql(self.table_name)
+        self._run(ddl)
+
+    create_table = init
+
+    def drop(self) -> None:
+        """Drop the table (tests, tools)."""
+        self._run(self._q("DROP TABLE IF EXISTS {t}"))
+
+    # EventStore -----------------------------------------------------------------------
+    def store(self, event: Event) -> str:
+        """Store ``event`` (an id already stored writes nothing); returns its position id."""
+        row = self._row(event)
+        got = self._run(self._q(
+            "INSERT INTO {t} (id, type, topic, data, metadata, timestamp, version)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING seq"),
+            row)
+        if not got:
+            got = self._run(self._q("SELECT seq FROM {t} WHERE id = %s"), (event.id,))
+        return str(got[0][0]) if got else ""
+
+    def store_many(self, events: Iterable[Event]) -> int:
+        """Store a batch in one statement (ids already stored are skipped); returns how many
+        were new.  The archiver's write path."""
+        rows = [self._row(e) for e in events]
+        if not rows:
+            return 0
+        cols = list(zip(*rows, strict=True))
+        got = self._run(self._q(
+            "INSERT INTO {t} (id, type, topic, data, metadata, timestamp, version)"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::jsonb[],"
+            " %s::jsonb[], %s::timestamptz[], %s::text[])"
+            " ON CONFLICT (id) DO NOTHING RETURNING seq"), [list(c) for c in cols])
+        return len(got)
+
+    def load(self, event_id: str) -> Event | None:
+        found = self._select("id = %s", (event_id,), "")
+        return found[0] if found else None
+
+    def load_by_topic(self, topic: str, offset: int = 0, limit: int = 100) -> list[Event]:
+        check_page(topic, offset, limit)
+        if limit == 0:
+            return []
+        return self._select("topic = %s", (topic, offset, limit),
+                            "ORDER BY seq OFFSET %s LIMIT %s")
+
+    def page_by_topic(
+        self, topic: str, after: str | None = None, limit: int = 100
+    ) -> tuple[list[Event], str | None]:
+        check_page(topic, 0, limit)
+        if limit == 0:
+            return [], after
+        start = _cursor(after)
+        rows = self._run(self._q(
+            "SELECT id, type, topic, data::text, metadata::text,"
+            " (extract(epoch FROM timestamp) * 1000000)::bigint, version, seq"
+            " FROM {t} WHERE topic = %s AND seq > %s ORDER BY seq LIMIT %s"),
+            (topic, start, limit))
+        if not rows:
+            return [], after
+        return [self._event(r) for r in rows], str(rows[-1][-1])
+
+    def load_by_time_range(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        topic: str | None = None,
+        types: list[str] | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        lo, hi = check_range(start, end, limit)
+        if topic is not None:
+            validate_name(topic, "topic")
+        match = type_matcher(types)
+        out: list[Event] = []
+        if limit == 0 or lo > hi:
+            return out
+        for page in self.time_pages(lo, hi, topic=topic):
+            out.extend(e for e in page if match is None or match(e.type))
+            if limit is not None and len(out) >= limit:
+                return out[:limit]
+        return out
+
+    def time_pages(self, lo_us: int, hi_us: int, *, topic: str | None = None,
+                   page: int = _PAGE) -> Iterator[list[Event]]:
+        """Events with event time in ``[lo_us, hi_us]`` (µs), by (timestamp, id), in pages
+        (keyset paging: each page is one index range scan)."""
+        lo, hi = us_to_datetime(lo_us), us_to_datetime(hi_us)
+        where = "timestamp <= %s" + (" AND topic = %s" if topic is not None else "")
+        extra: tuple[Any, ...] = (topic,) if topic is not None else ()
+        first = self._select(f"timestamp >= %s AND {where}", (lo, hi, *extra, page),
+                             "ORDER BY timestamp, id LIMIT %s")
+        batch = first
+        while batch:
+            yield batch
+            if len(batch) < page:
+                return
+            last = batch[-1]
+            batch = self._select(f"(timestamp, id) > (%s, %s) AND {where}",
+                                 (last.timestamp, last.id, hi, *extra, page),
+                                 "ORDER BY timestamp, id LIMIT %s")
+
+    def delete(self, event_id: str) -> bool:
+        return bool(self._run(self._q("DELETE FROM {t} WHERE id = %s RETURNING seq"),
+                              (event_id,)))
+
+    def count(self) -> int:
+        """How many events the table holds."""
+        return int(self._run(self._q("SELECT count(*) FROM {t}"))[0][0])
+
+
+def _cursor(after: str | None) -> int:
+    if after is None:
+        return 0
+    try:
+        return int(after)
+    except (TypeError, ValueError):
+        raise ValidationError(f"invalid cursor {after!r}", field="after") from None
+
+
+_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)[^@]*@", re.IGNORECASE)
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` with its password replaced by ``***`` (URL or ``key=value`` form)."""
+    return _URL_PASSWORD.sub(r"\1***@", _KV_PASSWORD.sub(r"\1***", dsn))
+
+
+def _first_line(exc: BaseException) -> str:
+    # psycopg messages can quote the connection string's host but never its password;
+    # keep only the first line (the server's hints repeat the statement).
+    return (str(exc).strip().splitlines() or [""])[0][:200]
