@@ -75,12 +75,13 @@ def add_many(conn: Any, events: Iterable[Event], *, table: str = DEFAULT_TABLE,
     batch; nothing is written when one event is invalid)."""
     if _is_async(conn):
         raise TypeError("an async psycopg connection or cursor: use add_async/add_many_async")
+    sql = insert_sql(table, dialect_of(conn))
     rows = encode_rows(events, encoding)
     if not rows:
         return
     cur, own = _cursor(conn)
     try:
-        cur.executemany(insert_sql(table, dialect_of(conn)), rows)
+        cur.executemany(sql, rows)
     finally:
         if own:
             cur.close()
@@ -97,12 +98,13 @@ async def add_many_async(conn: Any, events: Iterable[Event], *, table: str = DEF
     """:func:`add_many` on a ``psycopg.AsyncConnection`` or ``AsyncCursor``."""
     if not _is_async(conn):
         raise TypeError("not an async psycopg connection or cursor: use add/add_many")
+    sql = insert_sql(table, dialect_of(conn))
     rows = encode_rows(events, encoding)
     if not rows:
         return
     cur, own = _cursor(conn)
     try:
-        await cur.executemany(insert_sql(table, "postgres"), rows)
+        await cur.executemany(sql, rows)
     finally:
         if own:
             await cur.close()
