@@ -17,11 +17,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
-from chi_redis import outbox
-from support.postgres import require_postgres, unique_table, drop_outbox
+from support.postgres import drop_outbox, require_postgres, unique_table
 from support.processes import ROOT, clean_env
 from support.servers import redis_url
+
+from chi_redis import outbox
 
 
 @pytest.fixture

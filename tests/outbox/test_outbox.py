@@ -12,11 +12,11 @@ import psycopg
 import pytest
 import redis
 from click.testing import CliRunner
+from support import free_port
 
 from chi_redis import Event, EventBus, ValidationError, event_type, outbox
 from chi_redis.cli.main import cli
 from chi_redis.outbox.relay import OutboxError, Relay
-from support import free_port
 
 pg = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -123,7 +123,7 @@ def test_delete_published_and_cleanup_of_old_published_rows(
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute(count).fetchone() == (10,)  # marked, kept for keep_s
         conn.execute(f"UPDATE {outbox_table} SET published_at = now() - interval '2 hours'"
-                     " WHERE seq IN (SELECT seq FROM {0} ORDER BY seq LIMIT 4)".format(outbox_table))
+                     f" WHERE seq IN (SELECT seq FROM {outbox_table} ORDER BY seq LIMIT 4)")
     assert marking.cleanup() == 4
     deleting = Relay(pg_dsn, bus, table=outbox_table, delete_published=True)
     with psycopg.connect(pg_dsn) as conn:
@@ -218,7 +218,8 @@ def test_init_print_sql_needs_no_database() -> None:
     result = CliRunner().invoke(cli, ["outbox", "init", "--print-sql", "--table", "my_outbox"])
     assert result.exit_code == 0, result.output
     assert "CREATE TABLE IF NOT EXISTS my_outbox" in result.output
-    assert "WHERE published_at IS NULL" in result.output and "pg_notify('my_outbox'" in result.output
+    assert "WHERE published_at IS NULL" in result.output
+    assert "pg_notify('my_outbox'" in result.output
     lite = CliRunner().invoke(cli, ["outbox", "init", "--print-sql", "--dialect", "sqlite"])
     conn = sqlite3.connect(":memory:")
     conn.executescript(lite.output)  # the printed DDL is what init runs
