@@ -21,8 +21,8 @@ from chi_redis.cli.main import cli as chi_cli
 from .conftest import REDIS_URL, Sh, clean_env
 
 EVERY_COMMAND = [
-    "config", "dlq", "doctor", "events", "outbox", "publish", "replay", "retention", "stats", "subscriptions",
-    "tail", "worker",
+    "config", "dlq", "doctor", "events", "outbox", "publish", "replay", "retention", "stats",
+    "subscriptions", "tail", "worker",
 ]
 COMMAND_MODULES = {
     "chi_redis.cli.config", "chi_redis.cli.dlq", "chi_redis.cli.doctor", "chi_redis.cli.events",
