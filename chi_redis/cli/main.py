@@ -53,6 +53,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Check the Redis server the way production needs it; exit 1 on findings.",
     ),
     "events": ("chi_redis.cli.events:events", "Look events up in the event store."),
+    "outbox": (
+        "chi_redis.cli.outbox:outbox",
+        "Transactional outbox: create its table, relay it to the streams, show its backlog.",
+    ),
     "publish": (
         "chi_redis.cli.events:publish",
         "Publish one event; prints its stream id.  DATA_JSON '-' reads stdin.",

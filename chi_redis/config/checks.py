@@ -57,6 +57,11 @@ def check(config: Config) -> None:
                 raise _at(f"{path}.max_age", str(exc)) from None
     for topic in config.retention.topics:
         _name(topic, "topic", "retention.topics")
+    if config.outbox.keep is not None:
+        try:
+            parse_duration_ms(config.outbox.keep)
+        except ConfigError as exc:
+            raise _at("outbox.keep", str(exc)) from None
     _name(config.namespace, "namespace", "namespace")
     try:
         parse_size(config.store.file.max_file_size)

@@ -24,6 +24,7 @@ __all__ = [
     "FilterConfig",
     "KafkaConfig",
     "MonitoringConfig",
+    "OutboxConfig",
     "RabbitMQConfig",
     "RedisConfig",
     "ReplayConfig",
@@ -160,6 +161,16 @@ class StoreConfig(_Section):
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
 
 
+class OutboxConfig(_Section):
+    """``events.outbox``: the transactional outbox and its relay (docs/outbox.md)."""
+
+    table_name: str = "chi_outbox"
+    poll_interval_s: Seconds = 5.0  # polling fallback when no NOTIFY wakes the relay
+    batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 500
+    delete_published: bool = False  # delete rows once published instead of marking them
+    keep: str | None = "7d"  # a duration: published rows older than this are deleted
+
+
 class ReplayConfig(_Section):
     """``events.replay``: whether replay is allowed, and its defaults."""
 
@@ -246,6 +257,7 @@ class Config(_Section):
     namespace: str = "chi"
     bus: BusConfig = field(default_factory=BusConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)

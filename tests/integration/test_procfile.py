@@ -22,7 +22,10 @@ BIN = Path(sys.executable).parent
 
 def test_procfile_lines_run_real_commands() -> None:
     lines = _procfile()
-    assert set(lines) == {"worker", "retention"}
+    assert set(lines) == {"worker", "retention", "outbox"}
+    # The relay's database: $CHI_DATABASE_URL, else the development server (never exits 1).
+    assert lines["outbox"].split()[:3] == ["chi-redis", "outbox", "relay"]
+    assert "CHI_DATABASE_URL" in lines["outbox"]
     assert lines["worker"].split()[:3] == ["dramatiq", "chi_redis.worker", "handlers.worker"]
     honcho = shutil.which("honcho", path=str(BIN)) or shutil.which("honcho")
     assert honcho, "honcho is a dev dependency"
@@ -30,7 +33,8 @@ def test_procfile_lines_run_real_commands() -> None:
                            timeout=60)
     assert check.returncode == 0, check.stderr
     # each program answers --help (the retention job is a real chi-redis subcommand)
-    for cmd in (["dramatiq", "--help"], ["chi-redis", "retention", "run", "--help"]):
+    for cmd in (["dramatiq", "--help"], ["chi-redis", "retention", "run", "--help"],
+                ["chi-redis", "outbox", "relay", "--help"]):
         exe = shutil.which(cmd[0], path=str(BIN)) or cmd[0]
         out = subprocess.run([exe, *cmd[1:]], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
