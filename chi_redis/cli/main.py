@@ -7,7 +7,8 @@
     chi-redis events get|list                  chi-redis stats [--watch]
     chi-redis replay ...                       chi-redis retention apply|run
     chi-redis doctor                           chi-redis worker MODULES...
-    chi-redis config check FILE|show
+    chi-redis config check FILE|show           chi-redis metrics --port P
+    chi-redis health [--max-lag N]
 
 Exit codes: 0 success, 1 an error the user can fix (one line on stderr, no traceback, no
 password), 2 a usage error.  Shared options: see :mod:`chi_redis.cli.options`.
@@ -53,6 +54,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Check the Redis server the way production needs it; exit 1 on findings.",
     ),
     "events": ("chi_redis.cli.events:events", "Look events up in the event store."),
+    "health": (
+        "chi_redis.cli.health:health_cmd",
+        "Exit 0 when Redis and the subscriptions are ready, else 1 with the reason.",
+    ),
+    "metrics": (
+        "chi_redis.cli.metrics:metrics_cmd",
+        "Serve the stream gauges on /metrics and health on /healthz, /readyz.",
+    ),
     "outbox": (
         "chi_redis.cli.outbox:outbox",
         "Transactional outbox: create its table, relay it to the streams, show its backlog.",

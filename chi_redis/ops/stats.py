@@ -22,7 +22,7 @@ from ..runtime.subscriptions import decode_record
 if TYPE_CHECKING:
     from ..publish.bus import EventBus
 
-__all__ = ["Stats", "SubscriptionStats", "TopicStats", "collect"]
+__all__ = ["GroupStats", "Stats", "SubscriptionStats", "TopicStats", "collect", "collect_groups"]
 
 
 @dataclass
@@ -50,6 +50,16 @@ class SubscriptionStats:
     queued: int = 0
     delayed: int = 0
     dead_letters: int = 0
+
+
+@dataclass
+class GroupStats:
+    """One consumer group of a subscription: on a topic stream, or (topic None) its queue."""
+
+    subscription: str
+    topic: str | None
+    lag: int | None
+    pending: int
 
 
 @dataclass
@@ -94,6 +104,12 @@ def _execute(bus: EventBus, build: Any) -> list[Any]:
 
 def collect(bus: EventBus) -> Stats:
     """Gather the statistics of every registered topic and subscription."""
+    return collect_groups(bus)[0]
+
+
+def collect_groups(bus: EventBus) -> tuple[Stats, list[GroupStats]]:
+    """:func:`collect`, plus each consumer group's own lag and pending count (the
+    per-topic detail the metrics exporter needs; the same three round trips)."""
     k = bus.keys
     topics_raw, subs_raw, now = _execute(
         bus, lambda p: (p.smembers(k.topics()), p.hgetall(k.subs()), p.time())
@@ -115,6 +131,7 @@ def collect(bus: EventBus) -> Stats:
         n: SubscriptionStats(n, True, rec.last_seen_ms) for n, rec in registry.items()
     }
     need_pending: list[tuple[str, str]] = []  # (stream, group)
+    detail: list[GroupStats] = []
     for i, t in enumerate(topics):
         info, mem_s, mem_i, groups = r2[4 * i : 4 * i + 4]
         ts = TopicStats(t)
@@ -128,6 +145,7 @@ def collect(bus: EventBus) -> Stats:
         for g in groups if isinstance(groups, list) else ():
             name = _s(g["name"])
             ts.groups += 1
+            detail.append(GroupStats(name, t, _lag(g), int(g["pending"])))
             sub = subs.setdefault(name, SubscriptionStats(name))
             sub.topics.append(t)
             sub.lag = None if sub.lag is None or g.get("lag") is None else sub.lag + int(g["lag"])
@@ -160,13 +178,19 @@ def collect(bus: EventBus) -> Stats:
         sub.dead_letters = dlq if isinstance(dlq, int) else 0
         for g in qgroups if isinstance(qgroups, list) else ():
             if _s(g["name"]) == n:
+                detail.append(GroupStats(n, None, _lag(g), int(g["pending"])))
                 sub.queued = int(g.get("lag") or 0)
                 sub.pending += int(g["pending"])
                 sub.consumers = max(sub.consumers, int(g["consumers"]))
         _note_oldest(oldest, n, qpending)
         if n in oldest:
             sub.oldest_pending_age_s = max(now_ms - oldest[n], 0) / 1000
-    return Stats(now_ms, tstats, [subs[n] for n in names])
+    return Stats(now_ms, tstats, [subs[n] for n in names]), detail
+
+
+def _lag(group: Any) -> int | None:
+    lag = group.get("lag")
+    return None if lag is None else int(lag)
 
 
 def _note_oldest(oldest: dict[str, int], group: str, summary: Any) -> None:
