@@ -58,6 +58,10 @@ broker = StreamsBroker(
 )
 if config.routing.rules:
     broker.add_middleware(RoutingMiddleware(bus, config))
+if config.monitoring.health_check_enabled:  # /healthz, /readyz per worker (observe.middleware)
+    from .observe.middleware import DEFAULT_HEALTH_PORT, HealthMiddleware
+
+    broker.add_middleware(HealthMiddleware(config.monitoring.health_port or DEFAULT_HEALTH_PORT))
 if config.store.archive.enabled:  # the archiver subscription (chi_redis.ops.archive)
     from .config import store_from_config
     from .ops.archive import install_archiver

@@ -35,9 +35,11 @@ __all__ = ["metrics_cmd"]
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--dsn", metavar="DSN", help="Outbox database for chi_outbox_* (else"
               " $CHI_DATABASE_URL, the config's store.database.dsn; none: no outbox gauges).")
+@click.option("--outbox-table", metavar="NAME",
+              help="Outbox table (default: config outbox.table_name).")
 @subscription_options
-def metrics_cmd(port: int, host: str, dsn: str | None, max_lag: int | None,
-                subscriptions: tuple[str, ...]) -> None:
+def metrics_cmd(port: int, host: str, dsn: str | None, outbox_table: str | None,
+                max_lag: int | None, subscriptions: tuple[str, ...]) -> None:
     """Serve the stream gauges on /metrics and health on /healthz, /readyz."""
     from prometheus_client import CollectorRegistry
 
@@ -47,7 +49,7 @@ def metrics_cmd(port: int, host: str, dsn: str | None, max_lag: int | None,
     s = settings()
     bus = s.bus()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StreamGauges(bus, outbox=_outbox(dsn)))
+    registry.register(StreamGauges(bus, outbox=_outbox(dsn, outbox_table)))
     names = sorted(subscriptions) or None
     server = HealthServer(bus, host=host, port=port, registry=registry, max_lag=max_lag,
                           subscriptions=lambda: names)
@@ -69,11 +71,11 @@ def metrics_cmd(port: int, host: str, dsn: str | None, max_lag: int | None,
     click.echo("chi-redis metrics: stopped", err=True)
 
 
-def _outbox(dsn: str | None) -> Callable[[], OutboxStats] | None:
+def _outbox(dsn: str | None, table: str | None) -> Callable[[], OutboxStats] | None:
     s = settings()
     found = dsn or s.config.store.database.dsn
     if not found:
         return None
     from ..outbox.relay import Relay
 
-    return Relay(found, s.bus(), table=s.config.outbox.table_name).stats
+    return Relay(found, s.bus(), table=table or s.config.outbox.table_name).stats

@@ -41,6 +41,7 @@ ENV_VARS: dict[str, tuple[tuple[str, ...], type]] = {
     "CHI_PREFETCH": (("worker", "prefetch"), int),
     "CHI_MAX_PREFETCH": (("worker", "max_prefetch"), int),
     "CHI_METRICS_PORT": (("monitoring", "metrics_port"), int),
+    "CHI_HEALTH_PORT": (("monitoring", "health_port"), int),
     "CHI_DATABASE_URL": (("store", "database", "dsn"), str),
 }
 

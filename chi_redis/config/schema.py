@@ -185,7 +185,9 @@ class MonitoringConfig(_Section):
     metrics_enabled: bool = True
     metrics_port: Port | None = None
     tracing_enabled: bool = False  # not built yet: accepted, reported by `config check`
-    health_check_enabled: bool = False  # not built yet: accepted, reported by `config check`
+    #: Each worker process serves /healthz and /readyz on ``health_port`` (default 9181).
+    health_check_enabled: bool = False
+    health_port: Port | None = None
 
 
 class RetryConfig(_Section):
