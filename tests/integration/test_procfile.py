@@ -22,7 +22,10 @@ BIN = Path(sys.executable).parent
 
 def test_procfile_lines_run_real_commands() -> None:
     lines = _procfile()
-    assert set(lines) == {"worker", "retention", "outbox"}
+    assert set(lines) == {"worker", "retention", "outbox", "metrics"}
+    # one exporter per deployment (the stream gauges are not multiplied by the workers)
+    assert lines["metrics"].split()[0] == "chi-redis"
+    assert lines["metrics"].endswith("metrics --port 9180")
     # The relay's database: $CHI_DATABASE_URL, else the development server (never exits 1).
     assert lines["outbox"].split()[:3] == ["chi-redis", "outbox", "relay"]
     assert "CHI_DATABASE_URL" in lines["outbox"]
@@ -34,7 +37,7 @@ def test_procfile_lines_run_real_commands() -> None:
     assert check.returncode == 0, check.stderr
     # each program answers --help (the retention job is a real chi-redis subcommand)
     for cmd in (["dramatiq", "--help"], ["chi-redis", "retention", "run", "--help"],
-                ["chi-redis", "outbox", "relay", "--help"]):
+                ["chi-redis", "outbox", "relay", "--help"], ["chi-redis", "metrics", "--help"]):
         exe = shutil.which(cmd[0], path=str(BIN)) or cmd[0]
         out = subprocess.run([exe, *cmd[1:]], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
@@ -81,3 +84,27 @@ def test_the_retention_line_trims_without_any_configuration(
     other = subprocess.run(line, shell=True, cwd=ROOT, capture_output=True, text=True,
                            env={**env, "CHI_CONFIG": "/nonexistent/chi.yaml"}, timeout=60)
     assert other.returncode == 1 and "/nonexistent/chi.yaml" in other.stderr
+
+
+@pytest.mark.redis
+def test_the_metrics_line_serves_the_gauges(real_client: redis.Redis, ns: str) -> None:
+    """Run as honcho runs it; a later --port wins over the line's (9180 may be taken here)."""
+    from support import free_port, wait_until
+    from support.exporter import answers, scrape
+
+    EventBus(real_client, namespace=ns).publish(Event(type="order.created", data={}))
+    port = free_port()
+    line = f"exec {_procfile()['metrics']} --port {port} --namespace {ns}"
+    proc = subprocess.Popen(line, shell=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            env=clean_env(PATH=f"{BIN}:{os.environ['PATH']}"))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: proc.poll() is not None or answers(base + "/healthz"), 60,
+                   "the metrics line serving")
+        samples = scrape(base + "/metrics")
+        assert samples[("chi_stream_length", (("topic", "order"),))] == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
