@@ -255,6 +255,12 @@ class PostgresEventStore:
                                  (last.timestamp, last.id, hi, *extra, page),
                                  "ORDER BY timestamp, id LIMIT %s")
 
+    def count_time_range(self, lo_us: int, hi_us: int, *, topic: str | None = None) -> int:
+        """How many events have event time in ``[lo_us, hi_us]`` (µs)."""
+        where = "timestamp >= %s AND timestamp <= %s" + (" AND topic = %s" if topic else "")
+        params = (us_to_datetime(lo_us), us_to_datetime(hi_us), *([topic] if topic else []))
+        return int(self._run(self._q(f"SELECT count(*) FROM {{t}} WHERE {where}"), params)[0][0])
+
     def delete(self, event_id: str) -> bool:
         return bool(self._run(self._q("DELETE FROM {t} WHERE id = %s RETURNING seq"),
                               (event_id,)))
