@@ -10,6 +10,7 @@ import click
 from ..backend.streamids import format_id
 from ..errors import NotFoundError
 from ..events.names import validate_name
+from ..ops.stats import LAG_FOOTNOTE
 from ..ops.timeparse import TimePoint, parse_time
 from .options import (
     ChiGroup,
@@ -33,12 +34,6 @@ def subscriptions() -> None:
 
 LIST_HEADER = (
     f"{'NAME':<24} {'LAST SEEN':<20} {'LAG':>7} {'PENDING':>7} {'DLQ':>5}  {'TYPES':<20} TOPICS"
-)
-#: Printed under the table when a lag is unknown (Redis reports none for that group).
-LAG_FOOTNOTE = (
-    "lag ?: unknown - Redis cannot count the entries a group has not read yet once entries"
-    " between its position and the stream's end were trimmed or deleted (XINFO GROUPS"
-    " reports no lag); it is known again after the group reads past them"
 )
 
 

@@ -175,8 +175,16 @@ def _note_oldest(oldest: dict[str, int], group: str, summary: Any) -> None:
         oldest[group] = min(oldest.get(group, ms), ms)
 
 
+#: Printed under a table when a lag is unknown (Redis reports none for that group).
+LAG_FOOTNOTE = (
+    "lag ?: unknown - Redis cannot count the entries a group has not read yet once entries"
+    " between its position and the stream's end were trimmed or deleted (XINFO GROUPS"
+    " reports no lag); it is known again after the group reads past them"
+)
+
+
 def render(stats: Stats) -> Iterable[str]:
-    """The statistics as two text tables."""
+    """The statistics as two text tables (and :data:`LAG_FOOTNOTE` when a lag is unknown)."""
     yield f"{'TOPIC':<24} {'LENGTH':>9} {'MEMORY':>9} {'GROUPS':>6}  {'FIRST EVENT':<27} LAST EVENT"
     for t in stats.topics:
         yield (
@@ -196,6 +204,9 @@ def render(stats: Stats) -> Iterable[str]:
             f"{name:<24} {lag:>8} {s.pending:>8} {age:>8} {s.consumers:>5} {s.queued:>7}"
             f" {s.delayed:>8} {s.dead_letters:>6}  {','.join(s.topics) or '-'}"
         )
+    if any(s.lag is None for s in stats.subscriptions):
+        yield ""
+        yield LAG_FOOTNOTE
 
 
 def _size(n: int) -> str:

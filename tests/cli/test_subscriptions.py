@@ -133,3 +133,15 @@ def test_subscriptions_list_as_a_subprocess(sh: Sh, bus: EventBus) -> None:
     proc = sh("--json", "subscriptions", "list")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["name"] == "audit"
+
+
+def test_stats_explains_an_unknown_lag_too(cli: Cli, bus: EventBus, client: redis.Redis) -> None:
+    _register(bus, "audit")
+    sids = publish_n(bus, 5)
+    client.xreadgroup("audit", "test", {bus.keys.stream("order"): ">"}, count=2)
+    text = cli("stats").stdout.splitlines()
+    assert not any(line.startswith("lag ?") for line in text)  # every lag known: no note
+    client.xdel(bus.keys.stream("order"), sids[3])
+    text = cli("stats").stdout.splitlines()
+    assert text[-1].startswith("lag ?: unknown") and "trimmed or deleted" in text[-1]
+    assert "lag ?" not in cli("--json", "stats").stdout
