@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 from typing import Any
 
 import click
@@ -41,7 +42,8 @@ __all__ = ["replay_cmd"]
 @click.option("--checkpoint", metavar="NAME", help="Resumable: run again to continue.")
 @click.option("--source", type=click.Choice(["stream", "archive"]), default="stream",
               show_default=True,
-              help="archive: read by event time from the configured database/file store.")
+              help="archive: read by event time from the configured database/file store"
+                   " (same targets and options).")
 def replay_cmd(
     topics: tuple[str, ...], since: str | None, until: str | None, by: By,
     types: tuple[str, ...], to_sub: str | None, republish: bool, print_: bool, dry_run: bool,
@@ -81,7 +83,8 @@ def replay_cmd(
         out=sys.stdout.buffer if print_ else None,
     )
     if source == "archive":
-        _from_archive(s, bus, target, names, lo, hi, globs, opts, report_err=printing)
+        _from_archive(s, bus, target, names or (default_topics if to_sub else []), lo, hi,
+                      globs, opts, report_err=printing)
         return
     names = names or default_topics
     # The summary goes to stderr when stdout carries the events.
@@ -109,14 +112,32 @@ def replay_cmd(
 
 def _from_archive(s: Any, bus: Any, target: Any, names: list[str], lo: Any, hi: Any,
                   globs: list[str] | None, opts: Any, *, report_err: bool) -> None:
+    """``--source archive``: the same options, read by event time from the store."""
     from ..config import store_from_config
-    from ..ops.archive_replay import replay_archive
+    from ..ops.archive_replay import archive_total, replay_archive
 
+    ctx = click.get_current_context()
+    if ctx.params.get("by") == "append" and (
+            ctx.get_parameter_source("by") != click.core.ParameterSource.DEFAULT):
+        raise click.UsageError("--source archive reads by event time: drop --by append")
     if s.config.store.type == "memory" or not s.config.store.enabled:
         raise click.UsageError("--source archive needs store.type: database or file")
-    store = store_from_config(s.config, bus=bus)
-    report = replay_archive(store, target, bus.codec, topics=names, since=lo, until=hi,
-                            types=globs, options=opts)
+    # A reader: the archiver may be writing to a file store right now.
+    store = store_from_config(s.config, bus=bus, read_only=True)
+    try:
+        run: Any = partial(replay_archive, store, target, bus.codec, topics=names, since=lo,
+                           until=hi, types=globs, options=opts, bus=bus)
+        if stdout_is_tty() and not report_err and not s.json:
+            total = archive_total(store, lo.lower_us() if lo else 0,
+                                  hi.upper_us() if hi else 2**62, names)
+            with click.progressbar(length=max(total, 1), label="replaying") as bar:
+                report = run(progress=bar.update)
+        else:
+            report = run()
+    finally:
+        close: Any = getattr(store, "close", None)
+        if close is not None:
+            close()
     if s.json:
         click.echo(json_line(report.as_dict()).decode(), err=report_err)
     else:

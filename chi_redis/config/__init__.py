@@ -127,14 +127,16 @@ def database_dsn(config: Config, env: Mapping[str, str] | None = None) -> str:
 
 
 def store_from_config(config: Config, *, bus: EventBus | None = None,
-                      env: Mapping[str, str] | None = None) -> EventStore:
+                      env: Mapping[str, str] | None = None,
+                      read_only: bool = False) -> EventStore:
     """The event store ``config.store`` describes.
 
     ``memory``: the history in the bus's own streams (``bus.store``; ``bus``, or the bus
     :func:`bus_from_config` makes); ``database``: a
     :class:`~chi_redis.store.postgres.PostgresEventStore` on ``store.database`` (its table
     created when missing); ``file``: a :class:`~chi_redis.store.files.FileEventStore` on
-    ``store.file`` (this process becomes its one writer).
+    ``store.file`` (this process becomes its one writer, unless ``read_only``: a reader,
+    e.g. a replay from the archive while the archiver runs).
     """
     from ..errors import ConfigError
 
@@ -151,5 +153,5 @@ def store_from_config(config: Config, *, bus: EventBus | None = None,
         from ..store.files import FileEventStore
 
         return FileEventStore(s.file.directory, max_file_size=parse_size(s.file.max_file_size),
-                              max_files=s.file.max_files)
+                              max_files=s.file.max_files, read_only=read_only)
     return (bus or bus_from_config(config)).store

@@ -1,18 +1,26 @@
-"""The archiver copies events into PostgreSQL once each, across a worker restart; a replay
-from the archive delivers a range Redis retention already trimmed."""
+"""The archiver copies events into PostgreSQL once each, across a worker restart (in-process
+Workers, and a real ``dramatiq chi_redis.worker`` process killed with SIGKILL); a replay from
+the archive delivers a range Redis retention already trimmed."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import psycopg
 import pytest
 import redis
-from support import in_process_runtime, wait_until
+from support import REDIS_URL, in_process_runtime, wait_until
 from support.database import require_postgres, unique_table
+from support.processes import Workers, wait_ready
 
 from chi_redis import Event, EventBus
-from chi_redis.ops.archive import install_archiver
+from chi_redis.ops.archive import ARCHIVE_SUBSCRIPTION, install_archiver
 from chi_redis.store.postgres import PostgresEventStore
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
@@ -112,3 +120,72 @@ def test_replay_from_the_archive_delivers_a_range_retention_trimmed(
                                    else next(iter(str_fields(queued[0][1]).values())))
     assert first["options"]["replay"] is True
     assert first["args"][1]["id"] == events[10].id.encode()
+
+
+def _config(path: Path, dsn: str, table: str, batch_size: int) -> Path:
+    path.write_text(
+        "events:\n  store:\n    enabled: true\n    type: database\n"
+        f"    database: {{dsn: '{dsn}', table_name: {table}}}\n"
+        f"    archive: {{enabled: true, batch_size: {batch_size}}}\n")
+    return path
+
+
+def _pending(client: redis.Redis, stream: str) -> int:
+    try:
+        return int(client.xpending(stream, ARCHIVE_SUBSCRIPTION)["pending"])
+    except redis.ResponseError:  # the group does not exist yet
+        return 0
+
+
+def test_archiver_in_a_worker_process_killed_with_sigkill_stores_each_event_once(
+    real_client: redis.Redis, ns: str, pg: PostgresEventStore, tmp_path: Path,
+) -> None:
+    """A real ``dramatiq chi_redis.worker`` with the archiver from its config, kill -9-ed
+    while events stream in and restarted: every event is in the table exactly once."""
+    config = _config(tmp_path / "chi.yaml", require_postgres(), pg.table_name, 200)
+    bus = EventBus(real_client, namespace=ns)
+    stream = bus.keys.stream("order")
+    n, chunk = 20_000, 250
+    events = [Event(type="order.placed", data={"i": i}) for i in range(n)]
+    bus.publish_batch(events[:chunk])  # the topic exists when the worker boots
+    workers = Workers(tmp_path, REDIS_URL, ns)
+    published = [chunk]
+    stop = threading.Event()
+
+    def publish() -> None:
+        while published[0] < n and not stop.is_set():
+            bus.publish_batch(events[published[0] : published[0] + chunk])
+            published[0] += chunk
+            time.sleep(0.01)
+
+    publisher = threading.Thread(target=publish, daemon=True)
+    try:
+        first = workers.start("runtime.proc_archive", threads=4, CHI_CONFIG=str(config))
+        wait_ready(first)
+        publisher.start()
+        wait_until(lambda: pg.count() >= 2000 and _pending(real_client, stream) > 0, 120,
+                   interval=0.02, message="the archiver under way, messages in flight")
+        children = first.children()
+        assert children, "dramatiq forked no worker child"
+        for pid in children:  # kill -9 the worker child (ours), mid-stream
+            os.kill(pid, signal.SIGKILL)
+        in_flight = _pending(real_client, stream)
+        stored_at_kill = pg.count()
+        first.stop()  # its master exits after its child died; the session is reaped
+        assert stored_at_kill < n and in_flight > 0
+        second = workers.start("runtime.proc_archive", threads=4, CHI_CONFIG=str(config))
+        wait_ready(second)
+        publisher.join(timeout=120)
+        assert published[0] >= n
+        wait_until(lambda: pg.count() >= n, 180, interval=0.1,
+                   message=f"every event archived (logs: {workers.logs()[-2000:]})")
+        wait_until(lambda: _pending(real_client, stream) == 0, 60, message="all acked")
+    finally:
+        stop.set()
+        workers.stop()
+    with psycopg.connect(require_postgres()) as conn:
+        rows = conn.execute(f"SELECT id, count(*) FROM {pg.table_name} GROUP BY id").fetchall()
+    counts = dict(rows)
+    assert set(counts) == {e.id for e in events}  # nothing lost
+    assert set(counts.values()) == {1}  # nothing twice
+    print(f"\nkill -9 with {in_flight} messages in flight, {stored_at_kill} stored at the kill")
