@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any
 
@@ -74,11 +75,12 @@ def summary(config: Config) -> str:
 def notices(config: Config) -> list[str]:
     """Remarks on keys that load but do nothing yet."""
     out = []
-    if config.monitoring.tracing_enabled or config.monitoring.health_check_enabled:
-        on = [k for k in ("tracing_enabled", "health_check_enabled")
-              if getattr(config.monitoring, k)]
-        out.append(f"monitoring.{' and monitoring.'.join(on)}: tracing and health checks are"
-                   " not built yet; accepted, nothing is started (docs/configuration.md)")
+    if config.monitoring.health_check_enabled:
+        out.append("monitoring.health_check_enabled: health checks are not built yet;"
+                   " accepted, nothing is started (docs/configuration.md)")
+    if config.monitoring.tracing_enabled and importlib.util.find_spec("opentelemetry") is None:
+        out.append("monitoring.tracing_enabled: OpenTelemetry is not installed, so nothing"
+                   " is traced (pip install 'chi-redis[otel]')")
     return out
 
 
