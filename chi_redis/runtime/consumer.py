@@ -27,9 +27,11 @@ from ..backend.streamids import parse_id
 from ..errors import DecodeError
 from ..events.filters import EntryView
 from ..observe.metrics import labelled
-from .deadletters import DEAD_LETTER_LOG, DeadLetterWriter
+from .deadletters import DeadLetterWriter
+from .deadletters import flush_log as flush_dead_letter_log
 from .encoder import decode_message
-from .leases import RECLAIM_LOG, AckBuffer, Leases
+from .leases import AckBuffer, Leases
+from .leases import flush_log as flush_reclaim_log
 from .messages import malformed
 
 if TYPE_CHECKING:
@@ -359,8 +361,8 @@ class StreamsConsumer(dramatiq.Consumer):
     # maintenance ---------------------------------------------------------------------------
     def _maintain(self, now: float) -> None:
         self._flush_acks()
-        DEAD_LETTER_LOG.flush()  # the "… N more" summaries of a storm that has passed
-        RECLAIM_LOG.flush()
+        flush_dead_letter_log()  # the "… N more" summaries of a storm that has passed
+        flush_reclaim_log()
         if now >= self._next_lease:
             self._refresh_leases()
             self._next_lease = now + self.opts.lease_ms / 3000

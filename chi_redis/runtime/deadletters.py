@@ -195,6 +195,13 @@ def decode_body(body: bytes) -> dict[str, bytes]:
 #: The dead-letter log line of every subscription of this process: at most 20 per 10 s,
 #: then one "… N more dead letters" summary (the consumer's maintenance flushes it).
 DEAD_LETTER_LOG = RateLimiter(logger, "dead letters", burst=20, window_s=10.0)
+
+
+def flush_log() -> None:
+    """Log the "… N more dead letters" summary of a storm whose window has ended."""
+    DEAD_LETTER_LOG.flush()
+
+
 #: Errors after which the caller retries the write (Dramatiq retries a failed ``nack``).
 CONNECTION_ERRORS = (rex.ConnectionError, rex.TimeoutError)
 WARN_EVERY_S = 10.0

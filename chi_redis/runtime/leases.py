@@ -37,6 +37,11 @@ _CHUNK = 500
 RECLAIM_LOG = RateLimiter(logger, "reclaims", burst=20, window_s=10.0)
 
 
+def flush_log() -> None:
+    """Log the "… N more reclaims" summary of a storm whose window has ended."""
+    RECLAIM_LOG.flush()
+
+
 class Leases:
     """Lease bookkeeping of consumer ``name`` in group ``group`` (one per consumer)."""
 
