@@ -24,6 +24,7 @@ import os
 import dramatiq
 
 from .config import broker_options_from_config, bus_from_config, load_config
+from .observe import process as _observe
 from .routing import RoutingMiddleware
 from .runtime.broker import StreamsBroker
 from .runtime.encoder import MsgpackEncoder
@@ -32,6 +33,8 @@ __all__ = ["broker", "bus", "config"]
 
 config = load_config(env=os.environ)
 bus = bus_from_config(config)
+# Observability of this worker process: the metrics switch, CHI_LOG_FORMAT=json, tracing.
+_observe.configure_process(config, os.environ)
 _middleware = None
 _metrics_port = config.monitoring.metrics_port if config.monitoring.metrics_enabled else None
 if _metrics_port:

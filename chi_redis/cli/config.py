@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any
 
@@ -74,9 +75,9 @@ def summary(config: Config) -> str:
 def notices(config: Config) -> list[str]:
     """Remarks on keys that load but do nothing yet."""
     out = []
-    if config.monitoring.tracing_enabled:
-        out.append("monitoring.tracing_enabled: tracing is not built yet; accepted, nothing is"
-                   " started (docs/configuration.md)")
+    if config.monitoring.tracing_enabled and importlib.util.find_spec("opentelemetry") is None:
+        out.append("monitoring.tracing_enabled: OpenTelemetry is not installed, so nothing"
+                   " is traced (pip install 'chi-redis[otel]')")
     return out
 
 

@@ -168,6 +168,10 @@ def main() -> None:
         level=level if level in logging.getLevelNamesMapping() else "ERROR",
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from ..observe.logs import install_json_logs, use_json_logs
+
+    if use_json_logs():  # CHI_LOG_FORMAT=json: one JSON object per line
+        install_json_logs()
     cli(prog_name="chi-redis")
 
 

@@ -184,7 +184,7 @@ class MonitoringConfig(_Section):
 
     metrics_enabled: bool = True
     metrics_port: Port | None = None
-    tracing_enabled: bool = False  # not built yet: accepted, reported by `config check`
+    tracing_enabled: bool = False  # or CHI_TRACING=1 (chi_redis.observe.tracing)
     #: Each worker process serves /healthz and /readyz on ``health_port`` (default 9181).
     health_check_enabled: bool = False
     health_port: Port | None = None

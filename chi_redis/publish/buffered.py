@@ -88,7 +88,6 @@ class BufferedPublisher:
         self._task: asyncio.Task[None] | None = None
         self._inflight: list[Event] = []
         self._closed = False
-        self._published = counter("chi_events_published_total").labels(bus.namespace)
         self._failed = counter("chi_publish_failed_total").labels(bus.namespace)
 
     def __repr__(self) -> str:
@@ -241,8 +240,8 @@ class BufferedPublisher:
                 self._count_published(1)
 
     def _count_published(self, n: int) -> None:
+        # chi_events_published_total is counted by the write path (publish/writer.py).
         self.published_count += n
-        self._published.inc(n)
 
     async def _report(self, events: list[Event], exc: BaseException) -> None:
         if not events:

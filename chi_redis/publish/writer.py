@@ -23,6 +23,7 @@ from ..errors import ChiError, PublishError, ValidationError
 from ..events.codec import Codec
 from ..events.event import Event, new_event_id
 from ..events.names import validate_name
+from ..observe import metrics, tracing
 
 if TYPE_CHECKING:
     import redis
@@ -193,6 +194,25 @@ def _stream_ids(result: Sequence[bytes]) -> list[str]:
     return [sid.decode() for sid in result]
 
 
+_PUBLISHED = "chi_events_published_total"
+
+
+def count_published(topics: Iterable[str]) -> None:
+    """Add written events to ``chi_events_published_total`` by topic: one increment per
+    topic of a batch, so the cost is per call, not per event."""
+    if not metrics.enabled():
+        return
+    per: dict[str, int] = {}
+    for topic in topics:
+        per[topic] = per.get(topic, 0) + 1
+    for topic, n in per.items():
+        metrics.labelled(_PUBLISHED, topic).inc(n)
+
+
+def _topics(events: Sequence[Event], start: int = 0, stop: int | None = None) -> Iterable[str]:
+    return (events[i].topic for i in range(start, len(events) if stop is None else stop))
+
+
 class _Packing:
     """What both writers share: the layout, the chunking into round trips, and which events
     a failed round trip leaves to look up."""
@@ -252,8 +272,20 @@ class Writer(_Packing):
         Retried under the policy: the script skips ids (and idempotency keys) already
         written, so a retry after a lost reply writes nothing twice.
         """
+        if tracing.enabled() and not archive:
+            with tracing.publishing(events) as traced:
+                return self._write(traced, idempotency_keys, archive)
+        return self._write(events, idempotency_keys, archive)
+
+    def _write(
+        self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None,
+        archive: bool,
+    ) -> list[str]:
         keys, argv = self.pack(events, idempotency_keys, archive)
-        return _stream_ids(self.call(lambda: self.send(keys, argv)))
+        ids = _stream_ids(self.call(lambda: self.send(keys, argv)))
+        if metrics.enabled() and not archive:
+            count_published(_topics(events))
+        return ids
 
     def write_batch(
         self, events: Sequence[Event], chunk_size: int = DEFAULT_CHUNK, *, archive: bool = False
@@ -263,15 +295,23 @@ class Writer(_Packing):
         When a round trip fails, raises :class:`PublishError` naming what was written
         (including events of the failed round trip that the id lookup finds).
         """
-        events = list(events)
+        if tracing.enabled() and not archive:
+            with tracing.publishing(list(events)) as traced:
+                return self._write_batch(traced, chunk_size, archive)
+        return self._write_batch(list(events), chunk_size, archive)
+
+    def _write_batch(self, events: list[Event], chunk_size: int, archive: bool) -> list[str]:
         out: list[str] = []
         for group in self.rounds(events, chunk_size, archive):
             try:
                 results = self.call(partial(self.send_pipelined, group))
             except ChiError as exc:
                 raise self._failure(events, out, exc) from exc
+            start = len(out)
             for r in results:
                 out += _stream_ids(r)
+            if not archive:
+                count_published(_topics(events, start, len(out)))
         return out
 
     def send(self, keys: list[str], argv: list[Any]) -> list[bytes]:
@@ -295,7 +335,10 @@ class Writer(_Packing):
         keys = [k.ids(), k.topics(), checkpoint_key or k.ids(), *packed[0]]
         argv = [*checkpoint_argv(checkpoint or {}), *packed[1]]
         s = self.republish_script
-        return _stream_ids(self.call_once(lambda: s.run(self.client, keys, argv)))
+        ids = _stream_ids(self.call_once(lambda: s.run(self.client, keys, argv)))
+        # Eight arguments per entry, the topic first (``pack_republish``).
+        count_published(str(t) for t in packed[1][0::8])
+        return ids
 
     def _failure(self, events: list[Event], out: list[str], exc: ChiError) -> PublishError:
         rest = self.unwritten(events, out)
@@ -323,22 +366,42 @@ class AsyncWriter(_Packing):
         *, archive: bool = False,
     ) -> list[str]:
         """As :meth:`Writer.write`."""
+        if tracing.enabled() and not archive:
+            with tracing.publishing(events) as traced:
+                return await self._write(traced, idempotency_keys, archive)
+        return await self._write(events, idempotency_keys, archive)
+
+    async def _write(
+        self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None,
+        archive: bool,
+    ) -> list[str]:
         keys, argv = self.pack(events, idempotency_keys, archive)
-        return _stream_ids(await self.call(lambda: self.send(keys, argv)))
+        ids = _stream_ids(await self.call(lambda: self.send(keys, argv)))
+        if metrics.enabled() and not archive:
+            count_published(_topics(events))
+        return ids
 
     async def write_batch(
         self, events: Sequence[Event], chunk_size: int = DEFAULT_CHUNK, *, archive: bool = False
     ) -> list[str]:
         """As :meth:`Writer.write_batch`."""
-        events = list(events)
+        if tracing.enabled() and not archive:
+            with tracing.publishing(list(events)) as traced:
+                return await self._write_batch(traced, chunk_size, archive)
+        return await self._write_batch(list(events), chunk_size, archive)
+
+    async def _write_batch(self, events: list[Event], chunk_size: int, archive: bool) -> list[str]:
         out: list[str] = []
         for group in self.rounds(events, chunk_size, archive):
             try:
                 results = await self.call(partial(self.send_pipelined, group))
             except ChiError as exc:
                 raise await self._failure(events, out, exc) from exc
+            start = len(out)
             for r in results:
                 out += _stream_ids(r)
+            if not archive:
+                count_published(_topics(events, start, len(out)))
         return out
 
     async def send(self, keys: list[str], argv: list[Any]) -> list[bytes]:

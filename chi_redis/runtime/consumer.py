@@ -26,9 +26,12 @@ from ..backend.scripts import script
 from ..backend.streamids import parse_id
 from ..errors import DecodeError
 from ..events.filters import EntryView
+from ..observe.metrics import labelled
 from .deadletters import DeadLetterWriter
+from .deadletters import flush_log as flush_dead_letter_log
 from .encoder import decode_message
 from .leases import AckBuffer, Leases
+from .leases import flush_log as flush_reclaim_log
 from .messages import malformed
 
 if TYPE_CHECKING:
@@ -42,6 +45,7 @@ _REQUIRED = (b"id", b"type", b"ts", b"data")
 _REQUIRED_SET = frozenset(_REQUIRED)
 _CONNECTION_ERRORS = (rex.ConnectionError, rex.TimeoutError)
 FAST_WORK_S = 0.01
+_HANDLED = "chi_events_handled_total"
 
 
 class StreamMessage(dramatiq.MessageProxy):
@@ -126,6 +130,10 @@ class StreamsConsumer(dramatiq.Consumer):
             self.broker.release(m.entry_queue, m.entry_stream, m.entry_id)
             return
         self.broker.buffer_ack(m.entry_queue, m.entry_stream, m.entry_id)
+        if self.sub is not None:
+            # Acked after a failure: the Retries middleware wrote a retry copy.
+            failed = m._exception is not None  # Dramatiq offers no public getter
+            labelled(_HANDLED, self.queue, "retried" if failed else "ok").inc()
 
     def nack(self, message: dramatiq.MessageProxy) -> None:
         m = as_stream_message(message)
@@ -261,6 +269,7 @@ class StreamsConsumer(dramatiq.Consumer):
     ) -> None:
         taken: list[StreamMessage] = []
         private = stream == self.private
+        skipped = 0
         for sid, fields in entries:
             if fields is None:
                 continue
@@ -276,6 +285,10 @@ class StreamsConsumer(dramatiq.Consumer):
                 continue
             if msg is not None:
                 taken.append(msg)
+            elif not private:
+                skipped += 1
+        if skipped and self.sub is not None:  # acked without delivery: counted per read
+            labelled(_HANDLED, self.queue, "filtered").inc(skipped)
         if taken:
             inflight = self.state.inflight
             with self.state.cond:
@@ -348,6 +361,8 @@ class StreamsConsumer(dramatiq.Consumer):
     # maintenance ---------------------------------------------------------------------------
     def _maintain(self, now: float) -> None:
         self._flush_acks()
+        flush_dead_letter_log()  # the "… N more" summaries of a storm that has passed
+        flush_reclaim_log()
         if now >= self._next_lease:
             self._refresh_leases()
             self._next_lease = now + self.opts.lease_ms / 3000

@@ -21,7 +21,6 @@ Reading, redriving and purging dead letters are operations: :mod:`chi_redis.ops.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 import traceback
@@ -34,7 +33,9 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import SkipMessage
 
 from ..backend.scripts import script
-from ..errors import DecodeError, scrub
+from ..errors import DecodeError
+from ..observe import tracing
+from ..observe.logs import RateLimiter, redact
 from ..observe.metrics import counter
 from .encoder import decode_message, encode_message
 
@@ -51,6 +52,7 @@ __all__ = [
     "encode_body",
     "entry_dead_letter",
     "message_dead_letter",
+    "redact",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,7 +61,6 @@ TRACEBACK_CHARS = 2000
 MESSAGE_CHARS = 500
 #: The cap of every dead-letter stream (``XADD MAXLEN ~``); ``BrokerOptions.dlq_maxlen``.
 DLQ_MAXLEN = 1_000_000
-_SECRET = re.compile(r"(?i)(password|passwd|secret|token|api[_-]?key)(['\"]?\s*[:=]\s*)(\S+)")
 _body = msgspec.msgpack.Encoder()
 _body_dec = msgspec.msgpack.Decoder(dict[str, bytes])
 
@@ -84,11 +85,6 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     last_failure_ms: int
     kind: str
     body: bytes = b""
-
-
-def redact(text: str) -> str:
-    """Remove URL passwords and ``password=...``-style values from text."""
-    return _SECRET.sub(r"\1\2***", scrub(text))
 
 
 def dead_letter_fields(
@@ -196,6 +192,16 @@ def decode_body(body: bytes) -> dict[str, bytes]:
     return _body_dec.decode(body)
 
 
+#: The dead-letter log line of every subscription of this process: at most 20 per 10 s,
+#: then one "… N more dead letters" summary (the consumer's maintenance flushes it).
+DEAD_LETTER_LOG = RateLimiter(logger, "dead letters", burst=20, window_s=10.0)
+
+
+def flush_log() -> None:
+    """Log the "… N more dead letters" summary of a storm whose window has ended."""
+    DEAD_LETTER_LOG.flush()
+
+
 #: Errors after which the caller retries the write (Dramatiq retries a failed ``nack``).
 CONNECTION_ERRORS = (rex.ConnectionError, rex.TimeoutError)
 WARN_EVERY_S = 10.0
@@ -274,13 +280,25 @@ class DeadLetterWriter:
         self.broker.release(queue, stream, sid)
         if written:  # the dead letter's id (0 when the entry was no longer pending)
             counter("chi_dead_lettered_total").labels(queue, fields["reason"]).inc()
-            dl_id = written.decode() if isinstance(written, bytes) else str(written)
-            # The dead letter's own id first: it is what `chi-redis dlq show` takes.
-            logger.warning(
-                "dead-lettered event %s of %s as %s (entry %s of %s): %s; see `chi-redis dlq"
-                " show %s %s`", fields["event_id"] or "-", queue, dl_id,
-                sid.decode(errors="replace"), stream, fields["reason"], queue, dl_id,
-            )
+            if queue in self.broker.subscriptions:
+                counter("chi_events_handled_total").labels(queue, "dead_lettered").inc()
+            if tracing.enabled():
+                tracing.dead_lettered(queue, _event_meta(fields), fields)
+            if DEAD_LETTER_LOG.allow():  # one line each, a bounded number under a storm
+                self._log(queue, stream, sid, fields, written)
+
+    @staticmethod
+    def _log(queue: str, stream: str, sid: bytes, fields: dict[str, Any], written: Any) -> None:
+        dl_id = written.decode() if isinstance(written, bytes) else str(written)
+        # The dead letter's own id first: it is what `chi-redis dlq show` takes.
+        logger.warning(
+            "dead-lettered event %s of %s as %s (entry %s of %s): %s; see `chi-redis dlq"
+            " show %s %s`", fields["event_id"] or "-", queue, dl_id,
+            sid.decode(errors="replace"), stream, fields["reason"], queue, dl_id,
+            extra={"subscription": queue, "topic": fields["topic"], "stream": stream,
+                   "event_id": fields["event_id"], "type": fields["type"],
+                   "reason": fields["reason"]},
+        )
 
     def _refused_write(self, queue: str, exc: BaseException) -> None:
         """Log, at most every ``WARN_EVERY_S``, that dead letters were left to the lease."""
@@ -294,6 +312,17 @@ class DeadLetterWriter:
             "Redis refused %d dead letter(s) of %s (%s: %s); their entries stay pending and are"
             " tried again once the lease expires", count, queue, type(exc).__name__, exc,
         )
+
+
+def _event_meta(fields: dict[str, Any]) -> bytes | None:
+    """The metadata JSON of an event dead letter's body (its trace context), if any."""
+    if fields.get("kind") != "event":
+        return None
+    try:
+        meta = decode_body(fields["body"]).get("meta")
+    except (KeyError, msgspec.DecodeError):
+        return None
+    return meta
 
 
 def dead_letter_reason(

@@ -17,6 +17,7 @@ import redis.exceptions as rex
 
 from ..backend.scripts import script
 from ..backend.streamids import parse_id
+from ..observe.logs import RateLimiter
 from ..observe.metrics import counter
 
 if TYPE_CHECKING:
@@ -31,6 +32,14 @@ ABANDONED = "chi-abandoned"
 #: Idle time given to handed-back entries, so the next reclaim sweep takes them at once.
 ABANDON_IDLE_MS = 10**12
 _CHUNK = 500
+#: The reclaim log line of every subscription of this process (rate-limited like the
+#: dead-letter line; the consumer's maintenance flushes the summary).
+RECLAIM_LOG = RateLimiter(logger, "reclaims", burst=20, window_s=10.0)
+
+
+def flush_log() -> None:
+    """Log the "… N more reclaims" summary of a storm whose window has ended."""
+    RECLAIM_LOG.flush()
 
 
 class Leases:
@@ -93,6 +102,14 @@ class Leases:
         claimed = [c for c in claimed if c[1] is not None]
         if not claimed:
             return [], {}
+        counter("chi_reclaimed_total").labels(self.group).inc(len(claimed))
+        if RECLAIM_LOG.allow():
+            logger.info(
+                "reclaimed %d entries of %s on %s idle past the %d ms lease (their consumer"
+                " died, hung or handed them back)", len(claimed), self.group, stream,
+                self.lease_ms, extra={"subscription": self.group, "stream": stream,
+                                      "count": len(claimed)},
+            )
         ids = [c[0] for c in claimed]
         pending = self.client.xpending_range(
             stream, self.group, min=min(ids, key=parse_id), max=max(ids, key=parse_id),

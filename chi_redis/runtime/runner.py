@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import dramatiq
 
+from ..observe import metrics, tracing
 from .subscriptions import Delivery, Subscription
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["ChiMiddleware", "current_message", "make_runner"]
 
 _local = threading.local()
+_DURATION = "chi_handler_duration_seconds"
 
 
 def current_message() -> Any:
@@ -76,6 +78,16 @@ def make_runner(broker: StreamsBroker, sub: Subscription) -> Any:
     wants_delivery = sub.wants_delivery
 
     def run(topic: str, fields: dict[str, bytes]) -> None:
+        if not metrics.enabled():
+            handle(topic, fields)
+            return
+        started = time.perf_counter()
+        try:
+            handle(topic, fields)
+        finally:
+            metrics.labelled(_DURATION, sub.name).observe(time.perf_counter() - started)
+
+    def handle(topic: str, fields: dict[str, bytes]) -> None:
         msg = current_message()
         if msg is None:  # called directly (tests, scripts): no stream context
             options: dict[str, Any] = {}
@@ -89,17 +101,28 @@ def make_runner(broker: StreamsBroker, sub: Subscription) -> Any:
             src = options.get("src") or msg.entry_stream
             src_id = options.get("src_id") or msg.entry_id.decode()
         event = codec.decode(raw, topic=topic, stream=src, entry_id=src_id)
+        attempt = options.get("retries", 0) + 1
+        replay = bool(options.get("replay")) or bool(event.metadata.get("chi_replay"))
+        if tracing.enabled():
+            with tracing.handling(sub.name, topic, event, attempt=attempt,
+                                  replay=replay) as span:
+                if not call(event, options, src, src_id, attempt, replay):
+                    span.duplicate()
+            return
+        call(event, options, src, src_id, attempt, replay)
+
+    def call(
+        event: Any, options: dict[str, Any], src: str, src_id: str, attempt: int, replay: bool
+    ) -> bool:
+        """Dedupe, then run the handler; whether it ran."""
         seen_key = keys.seen(sub.name, event.id) if opts.dedupe else None
         # A targeted replay is an operator asking for the handler to run again: no dedupe.
         if seen_key is not None and not options.get("replay") and client.exists(seen_key):
-            return
+            return False
         if wants_delivery:
             result = handler(event, Delivery(
-                subscription=sub.name,
-                attempt=options.get("retries", 0) + 1,
-                stream=src,
-                entry_id=src_id,
-                replay=bool(options.get("replay")) or bool(event.metadata.get("chi_replay")),
+                subscription=sub.name, attempt=attempt, stream=src, entry_id=src_id,
+                replay=replay,
             ))
         else:
             result = handler(event)
@@ -107,6 +130,7 @@ def make_runner(broker: StreamsBroker, sub: Subscription) -> Any:
             _loop().run_until_complete(result)
         if seen_key is not None:
             client.set(seen_key, b"1", px=opts.dedupe_ttl_ms)
+        return True
 
     ident = sub.name.replace("-", "_").replace(".", "_")
     run.__name__ = run.__qualname__ = f"chi_subscription_{ident}"

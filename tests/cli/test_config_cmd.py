@@ -48,7 +48,8 @@ def test_check_prints_a_one_line_summary_and_notices(tmp_path: Path) -> None:
     assert "ok:" in out and "bus redis (redis://cache:6380/0)" in out
     assert "namespace shop" in out and "1 routing rule" in out
     assert "hunter2" not in out + err
-    assert "tracing is not built yet" in err
+    # Tracing is built (chi_redis.observe.tracing) and OpenTelemetry is installed in dev.
+    assert "tracing" not in err
 
 
 def test_check_fails_with_the_path_qualified_message(tmp_path: Path) -> None:
