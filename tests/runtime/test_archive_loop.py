@@ -200,7 +200,8 @@ def test_archive_run_killed_with_sigkill_mid_stream_stores_each_event_once(
     try:
         procs.append(_archive_run(tmp_path, ns, config, 1))
         publisher.start()
-        wait_until(lambda: pg.count() >= 2000, 120, interval=0.02, message="archiving")
+        wait_until(lambda: pg.count() >= 2000 and _pending(real_client, stream) > 0, 120,
+                   interval=0.01, message="archiving, a batch read and not yet acked")
         os.kill(procs[0].pid, signal.SIGKILL)
         procs[0].wait(timeout=30)
         stored_at_kill = pg.count()
