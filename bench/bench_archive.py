@@ -10,7 +10,10 @@ events already in a topic, the archiver subscription (:func:`chi_redis.ops.archi
 install_archiver`, as ``chi-redis archive run`` installs it) in a Dramatiq Worker of
 ``--threads`` threads on this bench's own redis-server, timed until every row is in the table;
 ``chi.archive.worker_nullstore``: the same into a store that keeps nothing (the Worker's own
-ceiling: what the PostgreSQL writes cost is the gap between the two).
+ceiling: what the PostgreSQL writes cost is the gap between the two).  ``chi.archive.loop``:
+N events already in a topic, the batch archive loop (:class:`chi_redis.ops.archive_loop.
+ArchiveLoop` with ``--batch`` per read, what ``chi-redis archive run`` runs) in a thread of
+this process, timed until every row is in the table.
 
 Every scenario writes into a fresh table of the store's shape (``create_table_sql``: primary
 key and both indexes), so the raw loops pay the same index upkeep.  Ratios are the median
@@ -150,6 +153,29 @@ def chi_worker(dsn: str | None, table: str, bus: EventBus, n: int, batch: int, t
     return got, m
 
 
+def chi_loop(dsn: str, table: str, bus: EventBus, n: int, batch: int,
+             r: redis.Redis) -> tuple[int, Any]:
+    """The batch archive loop in a thread: N events already published, timed until every
+    one is a row (the loop's own count of stored events; the table is counted after)."""
+    import threading
+
+    from chi_redis.ops.archive_loop import ArchiveLoop
+
+    store = PostgresEventStore(dsn, table)
+    loop = ArchiveLoop(bus, store, batch_size=batch, block_ms=100)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    with measured(r) as m:
+        thread.start()
+        deadline = time.monotonic() + 600
+        while loop.stats.stored < n and time.monotonic() < deadline:
+            time.sleep(0.005)
+    loop.stop()
+    thread.join(timeout=60)
+    got = store.count()
+    store.close()
+    return got, m
+
+
 def main() -> None:
     p = base_args(__doc__.splitlines()[0], 20_000)
     p.add_argument("--dsn", default=os.environ.get("CHI_DATABASE_URL", DEFAULT_DSN))
@@ -192,7 +218,15 @@ def main() -> None:
                     got, m = chi_worker(dsn, table, bus, args.n, args.batch, args.threads, r)
                     assert got == args.n, got
                     keep(name, report(name, got, m, threads=args.threads, batch=args.batch))
-        for chi in ("chi.archive.store_many", "chi.archive.worker"):
+                reset(args.dsn, table)
+                fresh(r)
+                bus = EventBus(r, namespace="bench")
+                for lo in range(0, args.n, 1000):
+                    bus.publish_batch(events[lo : lo + 1000])
+                got, m = chi_loop(args.dsn, table, bus, args.n, args.batch, r)
+                assert got == args.n, got
+                keep("chi.archive.loop", report("chi.archive.loop", got, m, batch=args.batch))
+        for chi in ("chi.archive.store_many", "chi.archive.worker", "chi.archive.loop"):
             for raw in ("copy", "executemany"):
                 per_round = [c / b for c, b in
                              zip(rates[chi], rates[f"raw.archive.{raw}"], strict=True)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import threading
 from typing import Any
 
 import click
@@ -20,16 +19,25 @@ def archive() -> None:
 
 @archive.command("run")
 @common_options
-@click.option("--threads", "-t", type=click.IntRange(1, 64), default=8, show_default=True,
-              help="Worker threads (they share the batching writer).")
-def run(threads: int) -> None:
-    """Run the archiver subscription until SIGTERM or Ctrl-C."""
-    import dramatiq
-
+@click.option("--batch-size", "-b", type=click.IntRange(1, 10_000), default=None,
+              help="Entries read (and stored in one commit) per stream per round trip."
+                   "  [default: store.archive.batch_size]")
+@click.option("--block-ms", type=click.IntRange(1, 60_000), default=1_000, show_default=True,
+              help="How long a read waits for new entries.")
+@click.option("--consumer", default=None, metavar="NAME",
+              help="Consumer name in the chi-archive group (stable across restarts: a"
+                   " restarted archiver re-reads its own pending batch at once).")
+@click.option("--lease-ms", type=click.IntRange(100, 3_600_000), default=60_000,
+              show_default=True,
+              help="Entries of other consumers idle this long are taken over.")
+@click.option("--threads", "-t", type=click.IntRange(1, 64), default=None, hidden=True,
+              help="Ignored (the archiver is one batch loop now); kept for old scripts.")
+def run(batch_size: int | None, block_ms: int, consumer: str | None, lease_ms: int,
+        threads: int | None) -> None:
+    """Run the archiver batch loop until SIGTERM or Ctrl-C (the batch in hand is stored
+    and acknowledged first)."""
     from ..config import store_from_config
-    from ..ops.archive import install_archiver
-    from ..runtime.broker import StreamsBroker
-    from ..runtime.encoder import MsgpackEncoder
+    from ..ops.archive_loop import ArchiveLoop
 
     s = settings()
     cfg = s.config
@@ -38,24 +46,19 @@ def run(threads: int) -> None:
     bus = s.bus()
     store = store_from_config(cfg, bus=bus)
     a = cfg.store.archive
-    install_archiver(bus, store, types=a.types, topics=a.topics, batch_size=a.batch_size)
-    broker = StreamsBroker(bus)
-    dramatiq.set_broker(broker)
-    dramatiq.set_encoder(MsgpackEncoder())
-    broker.emit_after("process_boot")
-    worker = dramatiq.Worker(broker, worker_threads=threads)
-    stop = threading.Event()
+    loop = ArchiveLoop(bus, store, types=a.types, topics=a.topics,
+                       batch_size=batch_size or a.batch_size, block_ms=block_ms,
+                       lease_ms=lease_ms, consumer=consumer)
 
     def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
+        loop.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    worker.start()
-    click.echo(f"archiving into {store!r}", err=True)
-    stop.wait()
-    worker.stop(timeout=30_000)
-    broker.close()
+    click.echo(f"archiving into {store!r} as consumer {loop.consumer}", err=True)
+    stats = loop.run()
+    click.echo(f"archived {stats.stored} events ({stats.skipped} skipped,"
+               f" {stats.dead_lettered} dead-lettered)", err=True)
     close: Any = getattr(store, "close", None)
     if close is not None:
         close()

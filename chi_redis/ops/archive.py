@@ -6,11 +6,19 @@ archiver copies every event (or those its ``types``/``topics`` select) into a
 :class:`~chi_redis.store.files.FileEventStore`, so ``chi-redis replay --source archive`` can
 deliver ranges Redis no longer holds.
 
-It is an ordinary subscription (consumer group ``chi-archive``, starting at the earliest
-entry): a message is acknowledged only after its event is in the store, and the stores write
-an id they already hold once, so redeliveries after a worker crash or restart store nothing
-twice.  Writes are batched: the worker threads hand their events to one writer thread, which
-stores whatever has gathered in one ``store_many`` call and then releases the threads.
+Two ways to run it, on the same consumer group ``chi-archive`` (docs/design.md §14):
+
+- ``chi-redis archive run`` runs :class:`~chi_redis.ops.archive_loop.ArchiveLoop`, one batch
+  loop that reads the streams with ``XREADGROUP … COUNT n``, stores each batch with one
+  ``store_many`` and acks it after; the fast path.
+- A worker whose config says ``store.archive.enabled: true`` installs the archiver here,
+  :func:`install_archiver`: an ordinary subscription (starting at the earliest entry), kept a
+  subscription because it then shares the worker's leases, reclaim and shutdown.  A message
+  is acknowledged only after its event is in the store, and the stores write an id they
+  already hold once, so redeliveries after a worker crash or restart store nothing twice.
+  Writes are batched: the worker threads hand their events to one writer thread, which
+  stores whatever has gathered in one ``store_many`` call and then releases the threads (so
+  a batch holds at most as many events as the worker has threads).
 """
 
 from __future__ import annotations
