@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 from support import FAST, Runtime, in_process_runtime, wait_until
-from support.database import require_postgres, unique_table
+from support.postgres import require_postgres, unique_table
 
 from chi_redis import Event, EventBus
 from chi_redis.errors import RedisUnavailableError

@@ -22,8 +22,8 @@ import msgspec
 import pytest
 import redis
 from support import delete_namespace, redis_url, skip_or_fail
-from support.database import require_postgres, unique_table
 from support.markers import REAL
+from support.postgres import require_postgres, unique_table
 
 from chi_redis import (
     Event,

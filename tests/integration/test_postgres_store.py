@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from support import free_port
-from support.database import require_postgres, unique_table
+from support.postgres import require_postgres, unique_table
 
 from chi_redis import Event, ValidationError
 from chi_redis.store.postgres import DatabaseError, PostgresEventStore, create_table_sql

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import redis
 from support import REDIS_URL, wait_until
-from support.database import require_postgres, unique_table
+from support.postgres import require_postgres, unique_table
 from support.processes import ROOT, TESTS, clean_env
 
 from chi_redis import Event, EventBus

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 import redis
 from support import REDIS_URL, in_process_runtime, wait_until
-from support.database import require_postgres, unique_table
+from support.postgres import require_postgres, unique_table
 from support.processes import Workers, wait_ready
 
 from chi_redis import Event, EventBus

@@ -1,8 +1,9 @@
-"""PostgreSQL of the tests: the shared server at ``CHI_TEST_DATABASE_URL``, and own ones.
+"""PostgreSQL of the tests (stores, outbox): the shared server, and own ones.
 
-The shared server (default ``postgresql://postgres@127.0.0.1:5432/test``, trust auth) is
-skipped when unreachable, failed when ``CI=true``.  An own :class:`PostgresServer` is
-``initdb``-ed into a fresh directory and started on a free port with ``pg_ctl`` from
+The shared server at ``CHI_TEST_DATABASE_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/test``, trust auth) is skipped when unreachable,
+failed when ``CI=true``.  An own :class:`PostgresServer` is ``initdb``-ed into a fresh
+directory and started on a free port with ``pg_ctl`` from
 ``/usr/lib/postgresql/<version>/bin``; ``initdb`` refuses to run as root, so when the tests
 run as root both run as the ``postgres`` OS user (``runuser``) on a directory chowned to
 it.  Stopping signals only that server: ``pg_ctl -D <its directory> stop``.
