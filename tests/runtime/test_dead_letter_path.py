@@ -150,10 +150,12 @@ def _refused_dead_letter(
     assert refused and all(r.levelno == logging.WARNING for r in refused)
     assert len(refused) < len(runs) or len(refused) == 1, "rate-limited"
 
-    admin.acl_setuser("worker", commands=["+xadd"])
+    # enabled=True: redis-py's acl_setuser sends "off" unless told, which would disable the
+    # user for every new connection of the worker's pool.
+    admin.acl_setuser("worker", enabled=True, commands=["+xadd"])
     wait_until(lambda: dlq_len(admin, rt.bus, "doomed") == 1, 60, message="the dead letter")
     wait_until(lambda: _pending(admin, stream, "doomed") == 0, 30, message="acked")
-    (dl,) = rt.bus.dead_letters("doomed")
+    (dl,) = publisher.dead_letters("doomed")
     assert dl.source_id == sid and dl.reason == "retries_exhausted"
 
 
