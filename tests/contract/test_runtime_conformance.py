@@ -3,8 +3,10 @@
 After Watermill's universal pub/sub tests (``pubsub/tests/test_pubsub.go``): each behaviour
 is one test function taking the ``backend`` fixture, parametrised over every entry of
 :data:`support.backends.BACKENDS`; a backend declares what it cannot do in its
-:class:`~support.backends.Features`, and a test that needs that feature is skipped with
-the backend's reason instead of failing.
+:class:`~support.backends.Features` (with a reason for each one it lacks), and a test that
+needs a feature carries ``@pytest.mark.needs("feature", ...)``: it is generated only for the
+backends that have it (``pytest_generate_tests`` below), so nothing is skipped, and the
+reasons say why a combination does not exist.
 
 Backends today:
 
@@ -68,9 +70,6 @@ class Conformance:
         self.tmp = tmp
         self.workers: list[InProcessWorker] = []
 
-    def require(self, *features: str) -> None:
-        self.backend.require(*features)
-
     def broker(self, **options: Any) -> StreamsBroker:
         """A broker with every subscription registered so far (groups created), not running.
 
@@ -104,7 +103,18 @@ class Conformance:
         assert [t for w in self.workers for t in w.alive_threads()] == []
 
 
-@pytest.fixture(params=[b.param() for b in BACKENDS])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise ``backend`` over every backend that has what the test ``needs``."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("needs")
+    needed: tuple[str, ...] = marker.args if marker else ()
+    specs = [b for b in BACKENDS if b.features.missing(*needed) is None]
+    assert specs, f"no backend has {needed}"
+    metafunc.parametrize("backend", [b.param() for b in specs], indirect=True)
+
+
+@pytest.fixture
 def backend(request: pytest.FixtureRequest, ns: str, tmp_path: Path,
             monkeypatch: pytest.MonkeyPatch) -> Iterator[Conformance]:
     spec: Backend = request.param
@@ -257,10 +267,10 @@ def test_redrive_a_dead_letter_is_handled_once(backend: Conformance) -> None:
 
 
 # crashes --------------------------------------------------------------------------------------
+@pytest.mark.needs("server_time_reclaim")
 def test_reclaim_after_a_consumer_dies(backend: Conformance) -> None:
     """A consumer that took entries and died (never acked, never handed back): a live worker
     claims them once idle past the lease, and each runs once."""
-    backend.require("server_time_reclaim")
     got = Recorder()
     backend.bus.subscribe("reclaim-jobs", types=["job.run"])(record(got))
     broker = backend.broker(lease_ms=900, reclaim_interval_ms=100)
@@ -272,10 +282,10 @@ def test_reclaim_after_a_consumer_dies(backend: Conformance) -> None:
     assert stays(lambda: sorted(got.items()) == list(range(5)), QUIET_S)
 
 
+@pytest.mark.needs("multi_process")
 def test_reclaim_after_a_worker_process_is_killed(backend: Conformance) -> None:
     """``kill -9`` of a ``dramatiq chi_redis.worker`` process in the middle of handlers: a
     second worker process finishes everything; what the dead one held runs again."""
-    backend.require("multi_process")
     assert backend.session.url is not None
     ns, client, bus = backend.bus.namespace, backend.session.client, backend.bus
     workers = Workers(backend.tmp, backend.session.url, ns)
@@ -305,10 +315,10 @@ def test_reclaim_after_a_worker_process_is_killed(backend: Conformance) -> None:
     assert bus.dead_letters("slow") == []
 
 
+@pytest.mark.needs("kill_and_restart", "persistence")
 def test_events_survive_a_server_kill_and_restart(backend: Conformance) -> None:
     """Published, then the server is killed (``kill -9``) before any worker ran: after the
     restart every event is still there and is handled exactly once."""
-    backend.require("kill_and_restart", "persistence")
     server = backend.session.server
     assert server is not None
     got = Recorder()
@@ -342,8 +352,8 @@ def test_replay_a_range_into_one_subscription_only(backend: Conformance) -> None
     assert seen["replay-billing"].items() == []  # the other subscription is untouched
 
 
+@pytest.mark.needs("guaranteed_order")
 def test_ordering_within_one_consumer(backend: Conformance) -> None:
-    backend.require("guaranteed_order")
     got = Recorder()
     backend.bus.subscribe("ordered", types=["tick.tocked"])(record(got))
     broker = backend.start(threads=1)

@@ -2,7 +2,8 @@
 
 A :class:`Backend` says how to open a :class:`Session` (a bus in a fresh namespace, and how
 other processes reach it) and which :class:`Features` it has.  A behaviour that needs a
-feature the backend lacks is skipped with the backend's stated reason, never failed.
+feature (``@pytest.mark.needs``) is generated only for the backends that have it; the
+stated reason of each missing feature says why a combination does not exist.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .servers import REDIS_URL, RedisServer, connect_real_redis
 
 @dataclass(frozen=True)
 class Features:
-    """What a backend can do.  ``reasons`` explains each ``False`` (shown in the skip)."""
+    """What a backend can do.  ``reasons`` explains each ``False``."""
 
     multi_process: bool = True  # `dramatiq chi_redis.worker` subprocesses can share it
     kill_and_restart: bool = False  # a test may `kill -9` the server and start it again
@@ -84,12 +85,6 @@ class Backend:
     def param(self) -> Any:
         """This backend as a ``pytest.param`` (id = name, with its marks)."""
         return pytest.param(self, id=self.name, marks=self.marks)
-
-    def require(self, *features: str) -> None:
-        """Skip the test (with the reason) when the backend lacks one of ``features``."""
-        reason = self.features.missing(*features)
-        if reason is not None:
-            pytest.skip(f"{self.name}: {reason}")
 
 
 # the backends ------------------------------------------------------------------------------
