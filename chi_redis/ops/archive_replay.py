@@ -21,15 +21,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-import redis.exceptions as rex
-
-from ..errors import ChiError, ValidationError
+from ..errors import ValidationError
 from ..events.codec import Codec, us_to_datetime
 from ..events.event import Event
 from ..events.names import validate_name
 from ..store.history import By, Item, rechunk
 from .checkpoint import Checkpoint
-from .replay import ReplayInterrupted, ReplayOptions, ReplayReport
+from .replay import ReplayOptions, ReplayReport, execute
 from .replay_run import ReplayRun
 from .targets import Target
 from .timeparse import TimePoint
@@ -165,22 +163,8 @@ def replay_archive(
     }
     report = ReplayReport(target=spec["target"], by="event-time", topics=names or ["*"],
                           dry_run=opts.dry_run, checkpoint=opts.checkpoint)
-    ckpt: Checkpoint | None = None
-    if opts.checkpoint and bus is not None:
-        ckpt, spec = Checkpoint.open(bus, opts.checkpoint, spec, dry_run=opts.dry_run)
-        report.resumed = ckpt is not None and ckpt.resumed
-        if ckpt is not None and ckpt.state == "complete":
-            report.already_complete = True
-            if not opts.dry_run:
-                report.total_delivered = ckpt.delivered
-            return report
-    start = time.monotonic()
-    try:
-        ArchiveRun(store, codec, bus, target, spec, opts, report, ckpt, progress).run()
-    except (ChiError, rex.RedisError, OSError, KeyboardInterrupt) as exc:
-        raise ReplayInterrupted(report, exc) from exc
-    finally:
-        report.elapsed_s = time.monotonic() - start
-        if ckpt is not None and not opts.dry_run:
-            report.total_delivered = ckpt.delivered + report.delivered
-    return report
+    return execute(
+        bus, spec, opts, report,
+        lambda spec, ckpt: ArchiveRun(store, codec, bus, target, spec, opts, report, ckpt,
+                                      progress),
+    )

@@ -263,8 +263,26 @@ def replay(
         target=spec["target"], by=by, topics=topics, gaps=gaps, dry_run=opts.dry_run,
         checkpoint=opts.checkpoint,
     )
+    return execute(
+        bus, spec, opts, report,
+        lambda spec, ckpt: ReplayRun(bus, target, spec, opts, report, ckpt, progress),
+    )
+
+
+def execute(
+    bus: EventBus | None,
+    spec: dict[str, Any],
+    opts: ReplayOptions,
+    report: ReplayReport,
+    make_run: Callable[[dict[str, Any], Checkpoint | None], Any],
+) -> ReplayReport:
+    """Open the checkpoint (when asked and there is a bus), run ``make_run(spec, ckpt)``,
+    and total the report: shared by stream replays and archive replays.
+
+    Raises :class:`ReplayInterrupted` (carrying the report) when delivery fails.
+    """
     ckpt: Checkpoint | None = None
-    if opts.checkpoint:  # a dry run only peeks: it counts what is left
+    if opts.checkpoint and bus is not None:  # a dry run only peeks: it counts what is left
         ckpt, spec = Checkpoint.open(bus, opts.checkpoint, spec, dry_run=opts.dry_run)
         report.resumed = ckpt is not None and ckpt.resumed
         if ckpt is not None and ckpt.state == "complete":
@@ -274,7 +292,7 @@ def replay(
             return report
     start = time.monotonic()
     try:
-        ReplayRun(bus, target, spec, opts, report, ckpt, progress).run()
+        make_run(spec, ckpt).run()
     except (ChiError, rex.RedisError, OSError, KeyboardInterrupt) as exc:
         raise ReplayInterrupted(report, exc) from exc
     finally:

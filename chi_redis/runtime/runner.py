@@ -33,8 +33,8 @@ def current_message() -> Any:
 
 
 class ChiMiddleware(dramatiq.Middleware):
-    """Tracks the current message per thread, times it (for the adaptive prefetch) and
-    stamps the first failure time."""
+    """Tracks the current message per thread, times it (for the adaptive prefetch and
+    ``chi_handler_duration_seconds``) and stamps the first failure time."""
 
     def before_process_message(self, broker: Any, message: Any) -> None:
         _local.message = message
@@ -46,7 +46,11 @@ class ChiMiddleware(dramatiq.Middleware):
         started = getattr(_local, "started", None)
         states = getattr(broker, "states", None)
         if started is not None and states is not None:
-            states[message.queue_name].observe_run(time.monotonic() - started)
+            took = time.monotonic() - started
+            states[message.queue_name].observe_run(took)
+            # The same measurement feeds the handler histogram (subscriptions only).
+            if metrics.enabled() and message.queue_name in broker.subscriptions:
+                metrics.labelled(_DURATION, message.queue_name).observe(took)
         if exception is not None:
             options = message.options
             options.setdefault("first_failure", int(time.time() * 1000))
@@ -78,16 +82,6 @@ def make_runner(broker: StreamsBroker, sub: Subscription) -> Any:
     wants_delivery = sub.wants_delivery
 
     def run(topic: str, fields: dict[str, bytes]) -> None:
-        if not metrics.enabled():
-            handle(topic, fields)
-            return
-        started = time.perf_counter()
-        try:
-            handle(topic, fields)
-        finally:
-            metrics.labelled(_DURATION, sub.name).observe(time.perf_counter() - started)
-
-    def handle(topic: str, fields: dict[str, bytes]) -> None:
         msg = current_message()
         if msg is None:  # called directly (tests, scripts): no stream context
             options: dict[str, Any] = {}
