@@ -21,7 +21,8 @@ over rounds of chi ÷ raw COPY and ÷ raw executemany measured in the same round
 time: on a shared machine the best-of figures of different rounds drift apart twofold), with
 best ÷ best beside them (target: at least half of raw).  PostgreSQL: ``--dsn``, else
 ``CHI_DATABASE_URL``, else ``postgresql://postgres@127.0.0.1:5432/test``; the bench's tables
-are dropped after.  Output lines: ``name value k=v`` (bench/common.py).
+are dropped after.  ``--only`` selects chi-redis scenarios by name (the raw baselines run in
+every round).  Output lines: ``name value k=v`` (bench/common.py).
 """
 
 from __future__ import annotations
@@ -42,7 +43,17 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import base_args, fresh, log, make_event, measured, redis_port, report, report_value
+from common import (
+    base_args,
+    fresh,
+    log,
+    make_event,
+    measured,
+    redis_port,
+    report,
+    report_value,
+    wanted,
+)
 
 from chi_redis import Event, EventBus
 from chi_redis.store.postgres import PostgresEventStore, create_table_sql
@@ -203,6 +214,8 @@ def main() -> None:
                     ("chi.archive.store_many",
                      lambda: chi_store_many(args.dsn, table, events, args.batch)),
                 ):
+                    if name.startswith("chi.") and not wanted(args, name):
+                        continue
                     reset(args.dsn, table)
                     with measured(r) as m:
                         got = run()
@@ -210,6 +223,8 @@ def main() -> None:
                     keep(name, report(name, got, m, batch=args.batch))
                 for name, dsn in (("chi.archive.worker", args.dsn),
                                   ("chi.archive.worker_nullstore", None)):
+                    if not wanted(args, name):
+                        continue
                     reset(args.dsn, table)
                     fresh(r)
                     bus = EventBus(r, namespace="bench")
@@ -218,6 +233,8 @@ def main() -> None:
                     got, m = chi_worker(dsn, table, bus, args.n, args.batch, args.threads, r)
                     assert got == args.n, got
                     keep(name, report(name, got, m, threads=args.threads, batch=args.batch))
+                if not wanted(args, "chi.archive.loop"):
+                    continue
                 reset(args.dsn, table)
                 fresh(r)
                 bus = EventBus(r, namespace="bench")
@@ -227,6 +244,8 @@ def main() -> None:
                 assert got == args.n, got
                 keep("chi.archive.loop", report("chi.archive.loop", got, m, batch=args.batch))
         for chi in ("chi.archive.store_many", "chi.archive.worker", "chi.archive.loop"):
+            if chi not in rates:
+                continue
             for raw in ("copy", "executemany"):
                 per_round = [c / b for c, b in
                              zip(rates[chi], rates[f"raw.archive.{raw}"], strict=True)]

@@ -2,20 +2,23 @@
 
 The loop reads the topic streams of consumer group ``chi-archive`` (the group the archiver
 subscription uses, so both may run side by side) with one ``XREADGROUP … COUNT n BLOCK ms``,
-decodes the entries, keeps those the archiver's ``types``/``topics`` select, stores them with
-one ``store_many`` call (one commit) and only then acknowledges the batch.  The acks go out
-pipelined in front of the next read, so a batch costs two round trips: one to Redis, one to
-the store.
+decodes the entries, keeps those the archiver's ``types``/``topics`` select and stores them
+with one ``store_many`` call (one commit) in a store thread, and acknowledges a batch only
+once it is stored.  Reading and storing overlap: while one batch is being stored, the loop
+reads and decodes the next (each read carries the acks of the batches stored since the
+last); when the store is slower than the reads, the loop reads on — up to ``GATHER``
+reads' worth — and hands all it gathered to the store thread as one batch once the store
+is free, so a lagging store gets fewer, larger commits.
 
 Crash safety (docs/design.md §14): an entry is acknowledged only after it is stored, and the
 stores write an id they already hold once.  On start the loop first re-reads its own pending
 entries (``XREADGROUP … 0``: what it read before a crash under the same consumer name), and
 every ``lease_ms / 3`` it takes over (XAUTOCLAIM) entries of other consumers of the group idle
-past the lease — a kill -9'd loop's batch, or a dead worker's messages.  An entry that does not
-decode is dead-lettered (reason ``decode``, the subscription's dead-letter stream) and acked in
-one script call; it never stops the loop.  A store error keeps the batch and retries it with a
-backoff.  :meth:`ArchiveLoop.stop` (SIGTERM in ``chi-redis archive run``) lets the current
-batch finish and be acknowledged, then the loop returns.
+past the lease — a kill -9'd loop's batches, or a dead worker's messages.  An entry that does
+not decode is dead-lettered (reason ``decode``, the subscription's dead-letter stream) and
+acked in one script call; it never stops the loop.  A store error keeps the batch and retries
+it with a backoff.  :meth:`ArchiveLoop.stop` (SIGTERM in ``chi-redis archive run``) lets the
+batches in hand be stored and acknowledged, then the loop returns.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import redis
 import redis.exceptions as rex
 
 from ..backend.scripts import script
@@ -51,8 +56,17 @@ __all__ = ["ArchiveLoop", "ArchiveStats"]
 logger = logging.getLogger(__name__)
 
 _CONNECTION_ERRORS = (rex.ConnectionError, rex.TimeoutError)
-#: An entry tuple as the loop handles it: (stream, entry id, fields).
-Entry = tuple[str, bytes, dict[bytes, bytes]]
+#: An entry tuple as the loop handles it: (stream, entry id, flat [name, value, …] fields or
+#: None for an entry deleted while pending).
+Entry = tuple[str, bytes, "list[bytes] | None"]
+#: The field names of an entry as the publish script writes it, in order.
+_PUBLISHED = [b"id", b"type", b"ts", b"ver", b"meta", b"enc", b"data"]
+#: How many reads' worth of events the loop gathers for one store call while the store is busy.
+GATHER = 4
+
+
+def _identity(response: Any, **options: Any) -> Any:
+    return response
 
 
 def _archive_noop(event: Event) -> None:
@@ -87,6 +101,10 @@ class ArchiveLoop:
     ) -> None:
         self.bus = bus
         self.client = bus.client
+        # XREADGROUP replies kept as Redis sends them (flat field lists): redis-py's dict per
+        # entry, and decoding from it, cost more than the rest of the read.
+        self._raw = redis.Redis(connection_pool=self.client.connection_pool)
+        self._raw.set_response_callback("XREADGROUP", _identity)
         self.keys = bus.keys
         self.codec = bus.codec
         self.store = store
@@ -100,6 +118,7 @@ class ArchiveLoop:
         # so `chi-redis stats` and the lag gauges show this group like any subscription.
         self.sub = Subscription(name, _archive_noop, types=tuple(types) or ("**",),
                                 topics=tuple(topics), start="earliest")
+        self._everything = self.sub.types == ("**",) and not self.sub.topics
         self.leases = Leases(self.client, name, self.consumer, lease_ms)
         self.stats = ArchiveStats()
         self._stop = threading.Event()
@@ -110,13 +129,17 @@ class ArchiveLoop:
         self._next_refresh = 0.0
         self._next_reclaim = 0.0
         self._many: Any = getattr(store, "store_many", None)
+        self._writer: ThreadPoolExecutor | None = None
+        self._inflight: tuple[Future[bool], list[Entry]] | None = None
+        self._events: list[Event] = []  # decoded, not yet handed to the store thread
+        self._held: list[Entry] = []  # their entries, acked once they are stored
 
     def __repr__(self) -> str:
         return f"ArchiveLoop({self.name!r}, consumer={self.consumer!r}, store={self.store!r})"
 
     # control ---------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Ask the loop to return after the batch in hand is stored and acknowledged."""
+        """Ask the loop to return after the batches in hand are stored and acknowledged."""
         self._stop.set()
 
     @property
@@ -148,6 +171,8 @@ class ArchiveLoop:
     def start(self) -> None:
         """Create the groups, record the subscription, and store what a crash left: this
         consumer's own pending entries, then entries of dead consumers idle past the lease."""
+        self._archive([])  # what was in hand when Redis went away
+        self._flush_acks()
         self.refresh()
         while not self._stop.is_set():
             own = self._read_pending()
@@ -158,7 +183,12 @@ class ArchiveLoop:
         self.reclaim()
 
     def close(self) -> None:
-        """Send outstanding acks and leave the group's consumer list (if nothing pending)."""
+        """Wait for the batch being stored, send outstanding acks and leave the group's
+        consumer list (if nothing pending)."""
+        self._archive([])
+        if self._writer is not None:
+            self._writer.shutdown()
+            self._writer = None
         try:
             self._flush_acks()
             for stream in self._streams:
@@ -168,20 +198,29 @@ class ArchiveLoop:
 
     # one round -------------------------------------------------------------------------------
     def step(self) -> int:
-        """Read one batch (sending the previous batch's acks first), store it, queue its
-        acks; returns how many entries it read."""
+        """Read one batch (sending the queued acks first) and decode it; hand what was
+        gathered to the store thread once the batch before is stored (queueing its acks) —
+        at once if the store is free, else after reading on while it is busy; returns how
+        many entries it read."""
         now = time.monotonic()
         if now >= self._next_refresh:
             self.refresh()
         if now >= self._next_reclaim:
             self.reclaim()
         if not self._streams:
+            self._archive([])
             self._flush_acks()
             self._stop.wait(min(self.block_ms, self.refresh_ms) / 1000)
             return 0
-        entries = self._read_new()
-        if entries:
-            self._archive(entries)
+        # While a batch is being stored, do not block: with nothing new, settle that one.
+        busy = self._inflight
+        entries = self._read_new(block=busy is None and not self._events)
+        self._prepare(entries)
+        if (busy is not None and entries and not busy[0].done()
+                and len(self._events) < GATHER * self.batch_size):
+            return len(entries)  # the store is busy: read on, one store call for all
+        self._settle()
+        self._launch()
         return len(entries)
 
     def refresh(self) -> None:
@@ -211,17 +250,18 @@ class ArchiveLoop:
                     return
                 if not claimed:
                     break
-                self._archive([(stream, sid, f) for sid, f in claimed])
+                self._archive([(stream, sid, [x for kv in f.items() for x in kv])
+                               for sid, f in claimed])
                 self._flush_acks()
         self.leases.reap(self._streams)
         self._next_reclaim = time.monotonic() + self.leases.lease_ms / 3000
 
     # reading ---------------------------------------------------------------------------------
-    def _read_new(self) -> list[Entry]:
-        pipe = self.client.pipeline(transaction=False)
+    def _read_new(self, block: bool = True) -> list[Entry]:
+        pipe = self._raw.pipeline(transaction=False)
         acks = self._queue_acks(pipe)
         pipe.xreadgroup(self.name, self.consumer, dict.fromkeys(self._streams, ">"),
-                        count=self.batch_size, block=self.block_ms)
+                        count=self.batch_size, block=self.block_ms if block else None)
         try:
             *ack_results, read = pipe.execute(raise_on_error=False)
         except _CONNECTION_ERRORS:
@@ -231,7 +271,7 @@ class ArchiveLoop:
         return self._entries(read)
 
     def _read_pending(self) -> list[Entry]:
-        read = self.client.xreadgroup(self.name, self.consumer,
+        read = self._raw.xreadgroup(self.name, self.consumer,
                                       dict.fromkeys(self._streams, "0"), count=self.batch_size)
         # Each call restarts from "0": what the previous call returned was acked meanwhile.
         return self._entries(read)
@@ -243,7 +283,7 @@ class ArchiveLoop:
                 return []
             raise read
         out: list[Entry] = []
-        for stream, entries in read or ():
+        for stream, entries in (read.items() if isinstance(read, dict) else read or ()):
             name = stream.decode() if isinstance(stream, bytes) else str(stream)
             out.extend((name, sid, f) for sid, f in entries)
         return out
@@ -265,30 +305,57 @@ class ArchiveLoop:
 
     # storing ---------------------------------------------------------------------------------
     def _archive(self, entries: list[Entry]) -> None:
-        """Store the events of ``entries`` (retrying store errors until stopped), then
-        queue every entry's ack."""
-        events: list[Event] = []
-        done: list[Entry] = []
+        """Store what is in hand and the events of ``entries`` now (retrying store errors
+        until stopped) and queue the acks (start-up, take-over, close)."""
+        self._prepare(entries)
+        self._settle()
+        self._launch()
+        self._settle()
+
+    def _prepare(self, entries: list[Entry]) -> None:
+        """Decode ``entries`` into the gathered events; an entry with nothing to store
+        (deleted, filtered out, dead-lettered) has its ack queued at once."""
+        events, held = self._events, self._held
         for entry in entries:
             stream, sid, f = entry
-            if f is None:  # deleted from the stream while pending: nothing to store
+            event = None if f is None else self._decode(stream, sid, f)
+            if event is None:  # f None: deleted from the stream while pending
                 self._ack(stream, sid)
                 continue
-            event = self._decode(stream, sid, f)
-            if event is not None:
-                events.append(event)
-            done.append(entry)
+            events.append(event)
+            held.append(entry)
         self.stats.read += len(entries)
-        if events and not self._store(events):
+
+    def _launch(self) -> None:
+        """Hand the gathered events to the store thread (nothing may be in flight)."""
+        events, held = self._events, self._held
+        if not events:
+            return
+        self._events, self._held = [], []
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-store")
+        self._inflight = (self._writer.submit(self._store, events), held)
+
+    def _settle(self) -> None:
+        """Wait for the batch in the store thread; queue its acks once it is stored."""
+        if self._inflight is None:
+            return
+        done, held = self._inflight
+        self._inflight = None
+        if not done.result():
             return  # stopped while the store kept failing: the batch stays pending
-        self.stats.stored += len(events)
-        self.stats.batches += 1
-        for stream, sid, _ in done:
+        for stream, sid, _ in held:
             self._ack(stream, sid)
 
-    def _decode(self, stream: str, sid: bytes, f: dict[bytes, bytes]) -> Event | None:
+    def _decode(self, stream: str, sid: bytes, flat: list[bytes]) -> Event | None:
         topic = self._topic_of.get(stream) or self.keys.topic_from_stream(stream)
+        f: Any = flat
         try:
+            if self._everything and len(flat) == 14 and flat[0:13:2] == _PUBLISHED:
+                # Published, not an archive write ("arc"), and every event is archived.
+                return self.codec.decode_flat(flat, topic=topic, stream=stream,
+                                              entry_id=sid.decode())
+            f = dict(zip(flat[::2], flat[1::2], strict=True))
             if b"arc" in f or not self.sub.accepts(
                 EntryView(f[b"type"].decode(errors="replace"), topic, f.get(b"meta", b"{}"))
             ):
@@ -302,7 +369,8 @@ class ArchiveLoop:
             return None
 
     def _store(self, events: list[Event]) -> bool:
-        """Store ``events`` (one ``store_many`` call); False if stopped while failing."""
+        """Store ``events`` (one ``store_many`` call; in the store thread); False if stopped
+        while failing."""
         backoff = 0.2
         while True:
             try:
@@ -311,6 +379,8 @@ class ArchiveLoop:
                 else:
                     for e in events:
                         self.store.store(e)
+                self.stats.stored += len(events)
+                self.stats.batches += 1
                 return True
             except Exception as exc:  # the store is down or refuses: keep the batch
                 logger.warning("archive store %r failed (%s: %s); retrying %d events in %.1fs",
