@@ -26,12 +26,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -46,6 +45,7 @@ from ..runtime.deadletters import DLQ_MAXLEN, entry_dead_letter
 from ..runtime.leases import Leases
 from ..runtime.subscriptions import Subscription, encode_record
 from .archive import ARCHIVE_SUBSCRIPTION
+from .archive_writer import ArchiveStats, StoreThread
 
 if TYPE_CHECKING:
     from ..publish.bus import EventBus
@@ -73,33 +73,26 @@ def _archive_noop(event: Event) -> None:
     """The handler of the loop's subscription record (the loop never calls it)."""
 
 
-@dataclass
-class ArchiveStats:
-    """What one loop stored, skipped and dead-lettered so far."""
-
-    read: int = 0
-    stored: int = 0
-    skipped: int = 0
-    dead_lettered: int = 0
-    batches: int = 0
-
-
 class ArchiveLoop:
     """Copies the events of the topic streams into ``store`` in ``store_many`` batches.
 
     ``batch_size``: entries read per stream per round trip; ``block_ms``: how long a read
     waits for new entries; ``consumer``: this loop's consumer name in the group (give a
     restarted loop the same name and it re-reads its own pending batch at once; otherwise
-    that batch is taken over once idle past ``lease_ms``).
+    that batch is taken over once idle past ``lease_ms``).  ``switch_interval``: the
+    interpreter's thread switch interval (``sys.setswitchinterval``) while :meth:`run` runs,
+    None to leave it: the store thread, back from PostgreSQL, waits for the GIL while the
+    loop decodes, up to the interval (5 ms by default) each time (docs/benchmarks.md).
     """
 
     def __init__(
         self, bus: EventBus, store: EventStore, *, types: Sequence[str] = (),
         topics: Sequence[str] = (), batch_size: int = 500, block_ms: int = 1_000,
         lease_ms: int = 60_000, consumer: str | None = None, name: str = ARCHIVE_SUBSCRIPTION,
-        refresh_ms: int = 5_000,
+        refresh_ms: int = 5_000, switch_interval: float | None = 0.001,
     ) -> None:
         self.bus = bus
+        self.switch_interval = switch_interval
         self.client = bus.client
         # XREADGROUP replies kept as Redis sends them (flat field lists): redis-py's dict per
         # entry, and decoding from it, cost more than the rest of the read.
@@ -128,9 +121,7 @@ class ArchiveLoop:
         self._deadletter = script("deadletter")
         self._next_refresh = 0.0
         self._next_reclaim = 0.0
-        self._many: Any = getattr(store, "store_many", None)
-        self._writer: ThreadPoolExecutor | None = None
-        self._inflight: tuple[Future[bool], list[Entry]] | None = None
+        self._writer = StoreThread(store, self._stop, self.stats, name)
         self._events: list[Event] = []  # decoded, not yet handed to the store thread
         self._held: list[Entry] = []  # their entries, acked once they are stored
 
@@ -149,7 +140,19 @@ class ArchiveLoop:
 
     def run(self) -> ArchiveStats:
         """Archive until :meth:`stop`; returns what was stored.  Survives Redis outages
-        and store errors (logged, retried with a backoff)."""
+        and store errors (logged, retried with a backoff).  Sets the interpreter's thread
+        switch interval to ``switch_interval`` meanwhile (see the class)."""
+        previous = sys.getswitchinterval()
+        if self.switch_interval:
+            sys.setswitchinterval(self.switch_interval)
+        try:
+            self._run()
+        finally:
+            if self.switch_interval and sys.getswitchinterval() == self.switch_interval:
+                sys.setswitchinterval(previous)
+        return self.stats
+
+    def _run(self) -> None:
         backoff = 0.1
         recovered = False
         while not self._stop.is_set():
@@ -166,7 +169,6 @@ class ArchiveLoop:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
         self.close()
-        return self.stats
 
     def start(self) -> None:
         """Create the groups, record the subscription, and store what a crash left: this
@@ -186,9 +188,7 @@ class ArchiveLoop:
         """Wait for the batch being stored, send outstanding acks and leave the group's
         consumer list (if nothing pending)."""
         self._archive([])
-        if self._writer is not None:
-            self._writer.shutdown()
-            self._writer = None
+        self._writer.close()
         try:
             self._flush_acks()
             for stream in self._streams:
@@ -213,10 +213,9 @@ class ArchiveLoop:
             self._stop.wait(min(self.block_ms, self.refresh_ms) / 1000)
             return 0
         # While a batch is being stored, do not block: with nothing new, settle that one.
-        busy = self._inflight
-        entries = self._read_new(block=busy is None and not self._events)
+        entries = self._read_new(block=not self._writer.busy and not self._events)
         self._prepare(entries)
-        if (busy is not None and entries and not busy[0].done()
+        if (entries and self._writer.storing
                 and len(self._events) < GATHER * self.batch_size):
             return len(entries)  # the store is busy: read on, one store call for all
         self._settle()
@@ -327,24 +326,14 @@ class ArchiveLoop:
         self.stats.read += len(entries)
 
     def _launch(self) -> None:
-        """Hand the gathered events to the store thread (nothing may be in flight)."""
-        events, held = self._events, self._held
-        if not events:
-            return
-        self._events, self._held = [], []
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-store")
-        self._inflight = (self._writer.submit(self._store, events), held)
+        """Hand the gathered events to the store thread (nothing may be in it)."""
+        if self._events:
+            self._writer.launch(self._events, self._held)
+            self._events, self._held = [], []
 
     def _settle(self) -> None:
         """Wait for the batch in the store thread; queue its acks once it is stored."""
-        if self._inflight is None:
-            return
-        done, held = self._inflight
-        self._inflight = None
-        if not done.result():
-            return  # stopped while the store kept failing: the batch stays pending
-        for stream, sid, _ in held:
+        for stream, sid, _ in self._writer.settle():
             self._ack(stream, sid)
 
     def _decode(self, stream: str, sid: bytes, flat: list[bytes]) -> Event | None:
@@ -367,27 +356,6 @@ class ArchiveLoop:
                 f"undecodable entry: {exc!r}", stream=stream, entry_id=sid.decode())
             self._dead_letter(stream, sid, f, topic, err)
             return None
-
-    def _store(self, events: list[Event]) -> bool:
-        """Store ``events`` (one ``store_many`` call; in the store thread); False if stopped
-        while failing."""
-        backoff = 0.2
-        while True:
-            try:
-                if self._many is not None:
-                    self._many(events)
-                else:
-                    for e in events:
-                        self.store.store(e)
-                self.stats.stored += len(events)
-                self.stats.batches += 1
-                return True
-            except Exception as exc:  # the store is down or refuses: keep the batch
-                logger.warning("archive store %r failed (%s: %s); retrying %d events in %.1fs",
-                               self.store, type(exc).__name__, exc, len(events), backoff)
-                if self._stop.wait(backoff):
-                    return False
-                backoff = min(backoff * 2, 10.0)
 
     def _dead_letter(
         self, stream: str, sid: bytes, f: Any, topic: str, exc: BaseException

@@ -120,6 +120,7 @@ def test_loop_reads_on_while_the_store_is_busy_and_acks_only_what_is_stored(
     stream = bus.keys.stream("order")
     store = GatedStore(pg)
     loop = ArchiveLoop(bus, store, batch_size=100, block_ms=50)  # type: ignore[arg-type]
+    before = sys.getswitchinterval()
     with Running(loop):
         # The first read is in the store thread; four more are read and held.
         wait_until(lambda: loop.stats.read == 500, timeout=60)
@@ -127,9 +128,11 @@ def test_loop_reads_on_while_the_store_is_busy_and_acks_only_what_is_stored(
         assert loop.stats.read == 500
         assert _pending(real_client, stream) == 500
         assert pg.count() == 0
+        assert sys.getswitchinterval() == loop.switch_interval == 0.001  # while it runs
         store.gate.set()
         wait_until(lambda: pg.count() >= len(events), timeout=60)
         wait_until(lambda: _pending(real_client, stream) == 0, timeout=30)
+    assert sys.getswitchinterval() == before
     assert store.sizes[:2] == [100, 400]
     assert max(store.sizes) <= 400 and sum(store.sizes) == len(events)
     assert set(_id_counts(pg.table_name).values()) == {1}
