@@ -108,6 +108,7 @@ class PostgresEventStore:
         self._psycopg_error = psycopg.Error
         self._unique_violation = psycopg.errors.UniqueViolation
         self._staging = False  # the store_many staging table exists on this connection
+        self._copy_cursor: psycopg.Cursor[Any] | None = None
 
     def __repr__(self) -> str:
         return f"PostgresEventStore(table_name={self.table_name!r})"
@@ -153,6 +154,11 @@ class PostgresEventStore:
         return (event.id, event.type, event.topic, data.decode(), meta.decode(),
                 event.timestamp, event.version)
 
+    def _copy_row(self, event: Event) -> tuple[Any, ...]:
+        """A row for the binary ``COPY``: the JSON columns as encoded bytes."""
+        _, _, _, _, meta, data = self._codec.encode_parts(event)
+        return (event.id, event.type, event.topic, data, meta, event.timestamp, event.version)
+
     # set-up ---------------------------------------------------------------------------
     def init(self) -> None:
         """Create the table and its indexes when missing (idempotent)."""
@@ -190,16 +196,17 @@ class PostgresEventStore:
         subscription's, bounded by its worker threads) go in one ``INSERT … SELECT FROM
         unnest(…) ON CONFLICT DO NOTHING``: one round trip, no failure to retry.
         """
-        rows = [self._row(e) for e in events]
-        if not rows:
+        batch = list(events)
+        if not batch:
             return 0
-        if len(rows) <= _SMALL_BATCH:  # one round trip beats four for a handful of rows
-            cols_ = list(zip(*rows, strict=True))
+        if len(batch) <= _SMALL_BATCH:  # one round trip beats four for a handful of rows
+            cols_ = list(zip(*[self._row(e) for e in batch], strict=True))
             return len(self._run(self._q(
                 "INSERT INTO {t} (id, type, topic, data, metadata, timestamp, version)"
                 " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::jsonb[],"
                 " %s::jsonb[], %s::timestamptz[], %s::text[])"
                 " ON CONFLICT (id) DO NOTHING RETURNING seq"), [list(c) for c in cols_]))
+        rows = [self._copy_row(e) for e in batch]
         with self._lock:
             try:
                 try:
@@ -211,10 +218,17 @@ class PostgresEventStore:
                 raise DatabaseError(f"{type(exc).__name__}: {_first_line(exc)}") from None
 
     def _copy(self, table: Any, rows: list[tuple[Any, ...]]) -> int:
-        """``COPY`` ``rows`` into ``table`` (under the lock); returns the row count."""
-        copy_sql = self._sql.SQL(f"COPY {{t}} ({_COLS}) FROM STDIN").format(t=table)
-        cur = self._conn.cursor()
+        """``COPY`` ``rows`` into ``table`` in binary format (under the lock); returns the
+        row count.  Binary: the timestamps and strings go as they are, without the text
+        format's escaping and ``datetime`` formatting (a third of the client's time)."""
+        copy_sql = self._sql.SQL(
+            f"COPY {{t}} ({_COLS}) FROM STDIN (FORMAT BINARY)").format(t=table)
+        cur = self._copy_cursor
+        if cur is None:
+            cur = self._copy_cursor = self._conn.cursor()
+            cur.adapters.register_dumper(None, _jsonb_bytes_dumper())
         with cur.copy(copy_sql) as copy:
+            copy.set_types(_COPY_TYPES)
             for row in rows:
                 copy.write_row(row)
         return max(cur.rowcount, 0)
@@ -322,6 +336,24 @@ class PostgresEventStore:
     def count(self) -> int:
         """How many events the table holds."""
         return int(self._run(self._q("SELECT count(*) FROM {t}"))[0][0])
+
+
+_COPY_TYPES = ["text", "text", "text", "jsonb", "jsonb", "timestamptz", "text"]
+
+
+def _jsonb_bytes_dumper() -> type[Any]:
+    """A binary ``jsonb`` dumper of JSON that is encoded already (bytes): version 1 + text."""
+    from psycopg.adapt import Dumper
+    from psycopg.pq import Format
+
+    class JsonbBytesDumper(Dumper):
+        format = Format.BINARY
+        oid = 3802  # jsonb (a built-in type: the same oid on every server)
+
+        def dump(self, obj: Any) -> bytes:
+            return b"\x01" + bytes(obj)
+
+    return JsonbBytesDumper
 
 
 def _cursor(after: str | None) -> int:
