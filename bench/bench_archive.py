@@ -13,7 +13,8 @@ install_archiver`, as ``chi-redis archive run`` installs it) in a Dramatiq Worke
 ceiling: what the PostgreSQL writes cost is the gap between the two).  ``chi.archive.loop``:
 N events already in a topic, the batch archive loop (:class:`chi_redis.ops.archive_loop.
 ArchiveLoop` with ``--batch`` per read, what ``chi-redis archive run`` runs) in a thread of
-this process, timed until every row is in the table.
+this process, timed until every row is in the table.  A round runs the raw baselines,
+``store_many`` and the loop first, next to each other, then the (slow) Worker scenarios.
 
 Every scenario writes into a fresh table of the store's shape (``create_table_sql``: primary
 key and both indexes), so the raw loops pay the same index upkeep.  Ratios are the median
@@ -221,6 +222,16 @@ def main() -> None:
                         got = run()
                     assert got == args.n, (name, got)
                     keep(name, report(name, got, m, batch=args.batch))
+                # The loop next to the raw baselines (adjacent in time), the slow Worker after.
+                if wanted(args, "chi.archive.loop"):
+                    reset(args.dsn, table)
+                    fresh(r)
+                    bus = EventBus(r, namespace="bench")
+                    for lo in range(0, args.n, 1000):
+                        bus.publish_batch(events[lo : lo + 1000])
+                    got, m = chi_loop(args.dsn, table, bus, args.n, args.batch, r)
+                    assert got == args.n, got
+                    keep("chi.archive.loop", report("chi.archive.loop", got, m, batch=args.batch))
                 for name, dsn in (("chi.archive.worker", args.dsn),
                                   ("chi.archive.worker_nullstore", None)):
                     if not wanted(args, name):
@@ -233,16 +244,6 @@ def main() -> None:
                     got, m = chi_worker(dsn, table, bus, args.n, args.batch, args.threads, r)
                     assert got == args.n, got
                     keep(name, report(name, got, m, threads=args.threads, batch=args.batch))
-                if not wanted(args, "chi.archive.loop"):
-                    continue
-                reset(args.dsn, table)
-                fresh(r)
-                bus = EventBus(r, namespace="bench")
-                for lo in range(0, args.n, 1000):
-                    bus.publish_batch(events[lo : lo + 1000])
-                got, m = chi_loop(args.dsn, table, bus, args.n, args.batch, r)
-                assert got == args.n, got
-                keep("chi.archive.loop", report("chi.archive.loop", got, m, batch=args.batch))
         for chi in ("chi.archive.store_many", "chi.archive.worker", "chi.archive.loop"):
             if chi not in rates:
                 continue
