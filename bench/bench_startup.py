@@ -16,7 +16,10 @@
 
 The commands run interleaved, one of each per round, so a noisy neighbour hits them all
 alike; every figure is the best of ``--rounds`` runs (the median beside it).
-Run:  python bench/bench_startup.py
+``--instructions`` runs each command once under ``valgrind --tool=callgrind`` instead and
+prints the instructions it executed (``startup.ir.*``, millions, with ratios): a count
+that a busy machine does not change, where wall-clock figures swing by 2x.
+Run:  python bench/bench_startup.py [--rounds 15] [--instructions]
 """
 
 from __future__ import annotations
@@ -73,9 +76,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--redis-url", default=os.environ.get("CHI_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--instructions", action="store_true",
+                    help="count instructions under valgrind (callgrind) instead of timing")
     args = ap.parse_args()
     py = sys.executable
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "0"}
+    # Any value of PYTHONDONTWRITEBYTECODE (even "0") stops .pyc writing, and every run would
+    # then compile chi-redis's sources again: measure what an installed package costs.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([py, "-m", "compileall", "-q", str(ROOT / "chi_redis")], check=True, env=env)
     cli = shutil.which("chi-redis", path=str(Path(py).parent)) or "chi-redis"
     subprocess.run([py, "-c", "import chi_redis"], check=True, env=env, cwd=ROOT)  # warm .pyc
 
@@ -93,6 +101,9 @@ def main() -> None:
             commands["startup.cli_stats_no_otel_ms"] = [py, "-c", _NO_OTEL.format(stats_args)]
     except subprocess.CalledProcessError:
         print("# chi-redis stats failed (no Redis?): not measured")
+    if args.instructions:
+        _instructions(commands, env)
+        return
     timed = _interleaved(commands, args.rounds, env)
     self_ms = statistics.median(_importtime(py, env)[0] for _ in range(5))
     _, modules = _importtime(py, env)
@@ -112,6 +123,24 @@ def main() -> None:
     if "startup.cli_stats_ms" in timed:
         print(f"{'startup.ratio.cli_stats_vs_help':34s}"
               f" {timed['startup.cli_stats_ms'][0] / timed['startup.cli_help_ms'][0]:9.2f}x")
+
+
+def _instructions(commands: dict[str, list[str]], env: dict[str, str]) -> None:
+    """Each command once under callgrind: instructions executed, millions, and ratios."""
+    counts: dict[str, float] = {}
+    for name, argv in commands.items():
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+            check=True, capture_output=True, text=True, env={**env, "PYTHONHASHSEED": "0"},
+            cwd=ROOT,
+        ).stderr
+        m = re.search(r"Collected : (\d+)", out)
+        if m:
+            counts[name] = int(m.group(1)) / 1e6
+    base = counts["startup.python_ms"]
+    for name, ir in counts.items():
+        label = name.replace("startup.", "startup.ir.").removesuffix("_ms")
+        print(f"{label:34s} {ir:9.1f}M  {ir / base:6.2f}x")
 
 
 # The console script's main() with every ``opentelemetry`` import failing, as when the SDK is
