@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import signal
+import statistics
 import subprocess
 import threading
 from collections import Counter
@@ -57,15 +58,17 @@ def assert_paced(got: list[tuple[int, int]], n: int, rate: float, t0_ms: int) ->
     """``n`` events in chunks of about rate/10, spread over at least (n - chunk)/rate."""
     sizes = [c for _, c in got]
     assert sum(sizes) == n
-    # About rate/10 per chunk; two chunks may share a millisecond after a stall.
-    assert max(sizes) <= rate / 5, sizes
-    assert len(sizes) >= n / (rate / 5)
+    # About rate/10 per chunk.  Generous for a loaded box: a Redis server that stalls can
+    # run a few queued deliveries within one millisecond.
+    assert statistics.median(sizes) <= rate / 10, sizes
+    assert max(sizes) <= rate * 0.4, sizes
+    assert len(sizes) >= n / (rate / 5), sizes
     first, last = got[0][0], got[-1][0]
     # Never faster than the rate (all workers together) ...
     assert last - first >= 0.8 * 1000 * (n - rate / 10) / rate, (first, last)
-    # ... and the first chunk went at once, not after a batch's worth of waiting: well
-    # before the run was half-way (a 1,000-event batch at this rate would wait it all).
-    assert first - t0_ms < (last - first) / 2, (t0_ms, first, last)
+    # ... and the first chunk went at once, not after a batch's worth of waiting: before
+    # the rest took (a 1,000-event batch would send everything at once, after it all).
+    assert first - t0_ms < last - first, (t0_ms, first, last)
 
 
 @pytest.mark.parametrize("workers", [1, 4])
@@ -199,7 +202,7 @@ def test_signal_at_any_moment_then_resume_delivers_every_event_once(
     bus: EventBus, client: redis.Redis, ns: str, target: str, sig: int, workers: str,
     after: int,
 ) -> None:
-    n = 1500
+    n = 3000  # 3 s at the rate: the signal comes well before the end
     sids = publish_n(bus, n)
     if target == "to":
         register(bus, "audit")
@@ -243,7 +246,7 @@ def test_signal_then_resume_of_an_archive_replay(
 ) -> None:
     from chi_redis.store.files import FileEventStore
 
-    n = 1200
+    n = 2400
     base = datetime(2024, 7, 1, tzinfo=UTC)
     store = FileEventStore(tmp_path / "archive")
     store.store_many([Event(type="order.placed", data={"i": i},
