@@ -1,0 +1,269 @@
+"""``BatchConsumer``: the read loop of a batch subscription (docs/design.md §5.10).
+
+The same loop as :class:`~.consumer.StreamsConsumer` (one pipelined round trip: buffered
+acks, promotion of due retries, XREADGROUP; leases, reclaim, topic discovery), except for
+what becomes a Dramatiq message.  Matching topic entries are *gathered*: as soon as
+``batch_size`` of them are in hand they leave as one :class:`~.batches.BatchMessage`, and a
+smaller batch leaves once its first entry has waited ``batch_wait_ms`` (the read blocks no
+longer than that).  Entries that do not match are acked unseen, as for every subscription.
+An entry delivered again after its consumer died (delivery count > 1) leaves alone, in a
+batch of one, so an event that kills its worker cannot take innocent ones to the dead
+letters with it (``max_deliveries`` counts per entry).  Private-stream messages (retry
+copies, split parts, redrives, targeted replays) are batches already.
+
+Gathered entries are pending on this consumer and in flight like any other: their leases
+are refreshed, a graceful stop hands them back, a crash leaves them to the reclaim sweep.
+
+A batch that succeeded is acked through the buffered acks (one XACK per stream per read).
+Otherwise :class:`~.batch_settle.BatchSettler` writes what remains of it: after a failure
+that Retries will retry, the copy holds only the failing members; once retries are
+exhausted, failing members are split in halves (each tried once more), and a lone failing
+member is dead-lettered on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+from dramatiq.errors import ConnectionClosed
+
+from ..backend.streamids import parse_id
+from ..errors import DecodeError
+from ..events.filters import EntryView
+from ..observe.metrics import labelled
+from .batch_settle import CONNECTION_ERRORS, BatchSettler, halves
+from .batches import BatchMessage, Member, members_of
+from .consumer import StreamMessage, StreamsConsumer, as_stream_message
+from .encoder import decode_message
+from .messages import malformed_batch
+
+if TYPE_CHECKING:
+    from .broker import StreamsBroker
+
+__all__ = ["BatchConsumer"]
+
+_REQUIRED = (b"id", b"type", b"ts", b"data")
+_REQUIRED_SET = frozenset(_REQUIRED)
+_HANDLED = "chi_events_handled_total"
+#: The most entries a batch subscription's consumer holds beyond two batches.
+MAX_WINDOW = 4096
+
+#: A gathered entry: (stream, entry id, member, deliveries).
+Gathered = tuple[str, bytes, Member, int]
+
+
+class BatchConsumer(StreamsConsumer):
+    """Consumes the queue of a batch subscription."""
+
+    def __init__(self, broker: StreamsBroker, queue: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker, queue, prefetch, timeout)
+        sub = self.sub
+        if sub is None or sub.options.batch_size is None:
+            raise ValueError(f"{queue!r} is not a batch subscription")
+        self.batch_size = sub.options.batch_size
+        self.batch_wait_s = sub.options.batch_wait / 1000
+        self.settler = BatchSettler(broker, queue)
+        self._gather: list[Gathered] = []
+        self._gather_since = 0.0
+
+    # the loop ----------------------------------------------------------------------------
+    def _next(self) -> StreamMessage | None:
+        if self._gather and not self._local:
+            self._emit(time.monotonic())
+        return super()._next()
+
+    def _window(self) -> int:
+        """Room for ``prefetch`` batches (the Worker's: two per thread), at least two, and
+        at most ``MAX_WINDOW`` entries beyond that."""
+        n = self.batch_size
+        return max(2 * n, min(n * self.prefetch, MAX_WINDOW))
+
+    def _block_ms(self, now: float) -> int | None:
+        block = super()._block_ms(now)
+        if not self._gather:
+            return block
+        left = int((self._gather_since + self.batch_wait_s - now) * 1000)
+        if left < 1:
+            return None
+        return left if block is None else min(block, left)
+
+    def _emit(self, now: float) -> None:
+        """Turn gathered entries into batch messages: full batches at once, the rest once
+        its first entry waited ``batch_wait_ms``."""
+        g, n = self._gather, self.batch_size
+        while len(g) >= n:
+            self._local.append(self._batch(g[:n]))
+            del g[:n]
+        if g and now - self._gather_since >= self.batch_wait_s:
+            self._local.append(self._batch(g))
+            self._gather = []
+
+    def _batch(self, items: list[Gathered]) -> BatchMessage:
+        members = [it[2] for it in items]
+        first = members[0][1][b"id"].decode(errors="replace")
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=self.queue, actor_name=self.queue, args=(members,), kwargs={},
+            options={}, message_id=f"{self.queue}:{first}+{len(members) - 1}",
+            message_timestamp=parse_id(items[0][1])[0],
+        )
+        return BatchMessage(message, self.queue, [(s, sid, c) for s, sid, _, c in items],
+                            members, [it[3] for it in items])
+
+    # entries -------------------------------------------------------------------------------
+    def _handle(
+        self, stream: str, entries: Any, deliveries: dict[bytes, int] | None = None
+    ) -> None:
+        private = stream == self.private
+        topic = self._topic_of.get(stream, "")
+        held: list[bytes] = []
+        filtered = 0
+        now = time.monotonic()
+        for sid, fields in entries:
+            if fields is None:
+                continue
+            count = deliveries.get(sid, 1) if deliveries else 1
+            if count > self.max_deliveries:
+                self._reject(stream, sid, fields, "max_deliveries", count)
+                continue
+            try:
+                if private:
+                    self._local.append(self._from_private(sid, fields, count))
+                    held.append(sid)
+                    continue
+                member = self._member(stream, topic, sid, fields)
+            except DecodeError as exc:
+                self._reject(stream, sid, fields, "decode", count, exc)
+                continue
+            if member is None:
+                filtered += 1
+                continue
+            held.append(sid)
+            if count > 1:  # delivered again after a crash: alone (see the module docstring)
+                self._local.append(self._batch([(stream, sid, member, count)]))
+                continue
+            if not self._gather:
+                self._gather_since = now
+            self._gather.append((stream, sid, member, count))
+        if filtered:
+            labelled(_HANDLED, self.queue, "filtered").inc(filtered)
+        if held:
+            with self.state.cond:
+                for sid in held:
+                    self.state.inflight[(stream, sid)] = None
+        if self._gather:
+            self._emit(now)
+
+    def _member(self, stream: str, topic: str, sid: bytes, f: dict[bytes, bytes]) -> Member | None:
+        """The member of a topic entry; None if this subscription skips it (acked)."""
+        if not f.keys() >= _REQUIRED_SET:
+            missing = next(k for k in _REQUIRED if k not in f).decode()
+            raise DecodeError(f"missing field {missing!r}", stream=stream, entry_id=sid.decode())
+        sub = self.sub
+        if b"arc" in f or sub is None or not sub.accepts(
+            EntryView(f[b"type"].decode(errors="replace"), topic, f.get(b"meta", b"{}"))
+        ):
+            self.broker.buffer_ack(self.queue, stream, sid)
+            return None
+        return [topic, f, stream, sid.decode()]
+
+    def _from_private(self, sid: bytes, f: dict[bytes, bytes], count: int) -> StreamMessage:
+        """The message of a private-stream entry: a batch (or a plain task); DecodeError
+        unless it is well formed."""
+        try:
+            message = decode_message(f[b"m"])
+        except (KeyError, ValueError) as exc:
+            raise DecodeError(str(exc), stream=self.private, entry_id=sid.decode()) from None
+        problem = malformed_batch(message, self.queue)
+        if problem:
+            raise DecodeError(problem, stream=self.private, entry_id=sid.decode())
+        if message.queue_name != self.queue:
+            message = message.copy(queue_name=self.queue)
+        if message.actor_name != self.queue:
+            return StreamMessage(message, self.queue, self.private, sid, count)
+        members = members_of(message.args, message.options, self.private, sid.decode())
+        return BatchMessage(message, self.queue, [(self.private, sid, count)], members,
+                            [count] * len(members))
+
+    # Dramatiq interface --------------------------------------------------------------------
+    def ack(self, message: dramatiq.MessageProxy) -> None:
+        if not isinstance(message, BatchMessage):
+            super().ack(message)
+            return
+        m = message
+        if m.keep_pending:  # its retry copy was not written: left to the lease
+            self._release(m)
+            return
+        failed = m._exception is not None  # Dramatiq offers no public getter
+        retried = 0
+        if failed:
+            retried = len(m.members) - len(m.dead) if m.failing is None else len(m.failing)
+        if m.dead:
+            self._settle(m, poison=[], parts=[], exc=None)
+        else:
+            for stream, sid, _ in m.entries:
+                self.broker.buffer_ack(self.queue, stream, sid)
+        ok = len(m.members) - retried - len(m.dead)
+        if ok:
+            labelled(_HANDLED, self.queue, "ok").inc(ok)
+        if retried:
+            labelled(_HANDLED, self.queue, "retried").inc(retried)
+
+    def nack(self, message: dramatiq.MessageProxy) -> None:
+        if not isinstance(message, BatchMessage):
+            super().nack(message)
+            return
+        m = message
+        if m.keep_pending:
+            self._release(m)
+            return
+        exc = m._exception  # Dramatiq keeps the failure here and offers no public getter
+        dead = {i for i, _ in m.dead}
+        if m.failing is None:  # the handler did not run (a middleware refused the message)
+            poison, parts = [i for i in range(len(m.members)) if i not in dead], []
+        elif len(m.failing) > 1:  # retries exhausted: split to isolate the poison
+            poison, parts = [], halves(m.failing)
+        else:
+            poison, parts = m.failing, []
+        self._settle(m, poison=poison, parts=parts, exc=exc)
+        ok = len(m.members) - len(dead) - len(poison) - sum(len(p) for p in parts)
+        if ok:
+            labelled(_HANDLED, self.queue, "ok").inc(ok)
+
+    def _settle(
+        self, m: BatchMessage, *, poison: list[int], parts: list[list[int]],
+        exc: BaseException | None,
+    ) -> None:
+        try:
+            self.settler.settle(m, poison=poison, parts=parts, exc=exc)
+        except CONNECTION_ERRORS as e:
+            raise ConnectionClosed(e) from None  # type: ignore[no-untyped-call]
+
+    def _release(self, m: BatchMessage) -> None:
+        for stream, sid, _ in m.entries:
+            self.broker.release(self.queue, stream, sid)
+
+    def requeue(self, messages: Iterable[dramatiq.MessageProxy]) -> None:
+        """Hand messages back (every entry of a batch), as :meth:`StreamsConsumer.requeue`."""
+        held: list[tuple[str, bytes, int]] = []
+        for message in messages:
+            if isinstance(message, BatchMessage):
+                held += message.entries
+            else:
+                m = as_stream_message(message)
+                held.append((m.entry_stream, m.entry_id, m.deliveries))
+        try:
+            self.leases.hand_back(held)
+        except CONNECTION_ERRORS as e:
+            raise ConnectionClosed(e) from None  # type: ignore[no-untyped-call]
+        finally:
+            for stream, sid, _ in held:
+                self.broker.release(self.queue, stream, sid)
+
+    def close(self) -> None:
+        if self._gather:  # gathered, not yet a message: handed back with the prefetched
+            self._local.append(self._batch(self._gather))
+            self._gather = []
+        super().close()
