@@ -202,6 +202,8 @@ class BatchConsumer(StreamsConsumer):
             retried = len(m.members) - len(m.dead) if m.failing is None else len(m.failing)
         if m.dead:
             self._settle(m, poison=[], parts=[], exc=None)
+        elif max(m.counts) > 1:  # delivered again after a crash: acked now, not buffered
+            self._ack_now(m)
         else:
             for stream, sid, _ in m.entries:
                 self.broker.buffer_ack(self.queue, stream, sid)
@@ -240,6 +242,25 @@ class BatchConsumer(StreamsConsumer):
             self.settler.settle(m, poison=poison, parts=parts, exc=exc)
         except CONNECTION_ERRORS as e:
             raise ConnectionClosed(e) from None  # type: ignore[no-untyped-call]
+
+    def _ack_now(self, m: BatchMessage) -> None:
+        """XACK (and XDEL, on the private stream) the entries of ``m`` in one round trip, so
+        that a worker killed by the next message cannot take them back to the lease: an
+        entry delivered again after a crash may be running beside the event that crashed it.
+        """
+        by_stream: dict[str, list[bytes]] = {}
+        for stream, sid, _ in m.entries:
+            by_stream.setdefault(stream, []).append(sid)
+        pipe = self.client.pipeline(transaction=False)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, self.queue, *ids)
+            if stream == self.private:
+                pipe.xdel(stream, *ids)
+        try:
+            pipe.execute()
+        except CONNECTION_ERRORS as e:
+            raise ConnectionClosed(e) from None  # type: ignore[no-untyped-call]
+        self._release(m)
 
     def _release(self, m: BatchMessage) -> None:
         for stream, sid, _ in m.entries:
