@@ -66,6 +66,8 @@ class BatchConsumer(StreamsConsumer):
         self.batch_size = sub.options.batch_size
         self.batch_wait_s = sub.options.batch_wait / 1000
         self.settler = BatchSettler(broker, queue)
+        # Bound by explicit topics alone: every entry of a bound stream matches.
+        self._every = bool(sub.topics) and not sub.types and sub.filter is None
         self._gather: list[Gathered] = []
         self._gather_since = 0.0
 
@@ -162,9 +164,9 @@ class BatchConsumer(StreamsConsumer):
             missing = next(k for k in _REQUIRED if k not in f).decode()
             raise DecodeError(f"missing field {missing!r}", stream=stream, entry_id=sid.decode())
         sub = self.sub
-        if b"arc" in f or sub is None or not sub.accepts(
+        if b"arc" in f or sub is None or (not self._every and not sub.accepts(
             EntryView(f[b"type"].decode(errors="replace"), topic, f.get(b"meta", b"{}"))
-        ):
+        )):
             self.broker.buffer_ack(self.queue, stream, sid)
             return None
         return [topic, f, stream, sid.decode()]
@@ -205,8 +207,7 @@ class BatchConsumer(StreamsConsumer):
         elif max(m.counts) > 1:  # delivered again after a crash: acked now, not buffered
             self._ack_now(m)
         else:
-            for stream, sid, _ in m.entries:
-                self.broker.buffer_ack(self.queue, stream, sid)
+            self._buffer_acks(m)
         ok = len(m.members) - retried - len(m.dead)
         if ok:
             labelled(_HANDLED, self.queue, "ok").inc(ok)
@@ -242,6 +243,17 @@ class BatchConsumer(StreamsConsumer):
             self.settler.settle(m, poison=poison, parts=parts, exc=exc)
         except CONNECTION_ERRORS as e:
             raise ConnectionClosed(e) from None  # type: ignore[no-untyped-call]
+
+    def _buffer_acks(self, m: BatchMessage) -> None:
+        """Buffer the acks of every entry of ``m`` (what ``StreamsBroker.buffer_ack`` does
+        for one entry), under one lock: the next read sends them, one XACK per stream."""
+        state = self.state
+        inflight, acks = state.inflight, state.acks
+        with state.cond:
+            for stream, sid, _ in m.entries:
+                inflight.pop((stream, sid), None)
+                acks[stream].append(sid)
+            state.cond.notify()
 
     def _ack_now(self, m: BatchMessage) -> None:
         """XACK (and XDEL, on the private stream) the entries of ``m`` in one round trip, so

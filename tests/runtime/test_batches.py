@@ -267,7 +267,7 @@ def test_dedupe_skips_an_event_id_already_handled(rt: Runtime) -> None:
     wait_until(lambda: len(flat(got)) == 3, DEADLINE_S, "first delivery")
     stream = rt.bus.keys.stream("member")
     for sid in sids[:2]:  # raw copies of two entries, as after a retried XADD
-        ((_, copy),) = rt.client.xrange(stream, sid, sid)  # type: ignore[misc]
+        ((_, copy),) = rt.client.xrange(stream, sid, sid)
         rt.client.xadd(stream, copy)
     rt.bus.publish(ev("member.created", 3))
     wait_until(lambda: len(flat(got)) == 4, DEADLINE_S, "the new event")
