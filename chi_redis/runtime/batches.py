@@ -113,6 +113,35 @@ def make_batch_runner(broker: StreamsBroker, sub: Subscription) -> Any:
         replay = bool(options.get("replay"))
         retries = options.get("retries", 0)
         attempt = attempts_before(options) + (retries if isinstance(retries, int) else 0) + 1
+        events, index = decode(members, batch)
+        seen = [keys.seen(sub.name, e.id) for e in events] if opts.dedupe else None
+        if seen is not None and not replay and events:
+            fresh = unseen(seen)
+            events, index = [events[j] for j in fresh], [index[j] for j in fresh]
+            seen = [seen[j] for j in fresh]
+        if not events:
+            return
+        try:
+            call(events, [members[i] for i in index], attempt, replay)
+        except BatchFailed as exc:
+            named = exc.failed_ids()
+            failed = [j for j, e in enumerate(events) if e.id in named] or list(range(len(events)))
+            if seen is not None:
+                bad = set(failed)
+                mark_seen([k for j, k in enumerate(seen) if j not in bad])
+            if batch is not None:
+                batch.fail_members([index[j] for j in failed])
+            raise
+        except BaseException:
+            if batch is not None:
+                batch.fail_members(index)
+            raise
+        if seen is not None:
+            mark_seen(seen)
+
+    def decode(members: list[Member], batch: BatchMessage | None) -> tuple[list[Any], list[int]]:
+        """The members' events and their indexes; one that does not decode is set aside on
+        the batch (raised when there is no batch message)."""
         events: list[Any] = []
         index: list[int] = []
         for i, (topic, fields, src, src_id) in enumerate(members):
@@ -124,32 +153,14 @@ def make_batch_runner(broker: StreamsBroker, sub: Subscription) -> Any:
                 batch.dead.append((i, exc))
                 continue
             index.append(i)
-        seen = [keys.seen(sub.name, e.id) for e in events] if opts.dedupe else None
-        if seen is not None and not replay and events:
-            pipe = client.pipeline(transaction=False)
-            for key in seen:
-                pipe.exists(key)
-            fresh = [j for j, found in enumerate(pipe.execute()) if not found]
-            events, index, seen = [events[j] for j in fresh], [index[j] for j in fresh], [
-                seen[j] for j in fresh]
-        if not events:
-            return
-        try:
-            call(events, [members[i] for i in index], attempt, replay)
-        except BatchFailed as exc:
-            named = exc.failed_ids()
-            failed = [j for j, e in enumerate(events) if e.id in named] or list(range(len(events)))
-            if seen is not None:
-                mark_seen([k for j, k in enumerate(seen) if j not in set(failed)])
-            if batch is not None:
-                batch.fail_members([index[j] for j in failed])
-            raise
-        except BaseException:
-            if batch is not None:
-                batch.fail_members(index)
-            raise
-        if seen is not None:
-            mark_seen(seen)
+        return events, index
+
+    def unseen(seen_keys: list[str]) -> list[int]:
+        """Positions of the keys with no ``seen`` marker (events not handled yet)."""
+        pipe = client.pipeline(transaction=False)
+        for key in seen_keys:
+            pipe.exists(key)
+        return [j for j, found in enumerate(pipe.execute()) if not found]
 
     def call(events: list[Any], members: list[Member], attempt: int, replay: bool) -> None:
         if wants_delivery:
