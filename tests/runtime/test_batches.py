@@ -322,3 +322,48 @@ def test_redrive_into_a_batch_subscription_is_handled_once(rt: Runtime) -> None:
     assert stays(lambda: len(handled) == 4, QUIET_S)
     assert sorted(handled.items()) == [(n, sids[n]) for n in range(4)]  # provenance kept
     assert rt.bus.dead_letters("redrive-batch") == []
+
+
+def test_an_exception_in_throws_splits_at_once_and_is_not_retryable(rt: Runtime) -> None:
+    calls = Recorder()
+
+    class Declined(Exception):
+        pass
+
+    @rt.bus.subscribe("throws-batch", topics=["pay"], batch_size=4, batch_wait_ms=50,
+                      max_retries=5, min_backoff_ms=10_000, throws=(Declined,))
+    def pay(events: list[Event]) -> None:
+        calls.add([e.data["n"] for e in events])
+        if any(e.data["n"] == 0 for e in events):
+            raise Declined("card 0 declined")
+
+    broker = rt.broker()
+    events = [ev("pay.due", i) for i in range(4)]
+    rt.bus.publish_batch(events)
+    rt.worker(broker)
+    wait_until(lambda: rt.bus.dead_letters("throws-batch"), DEADLINE_S, "a dead letter")
+    drain(rt, broker, "throws-batch", ["pay"])  # no 10 s backoff: never retried
+    (dl,) = rt.bus.dead_letters("throws-batch")
+    assert (dl.event_id, dl.reason, dl.error_type) == (events[0].id, "not_retryable", "Declined")
+    assert sorted(calls.items()) == [[0], [0, 1], [0, 1, 2, 3], [1], [2, 3]]
+
+
+def test_a_graceful_stop_hands_back_gathered_entries(rt: Runtime) -> None:
+    first, second = Recorder(), Recorder()
+    rt.bus.subscribe("handback", topics=["tick"], batch_size=10,
+                     batch_wait_ms=60_000)(record(first))
+    broker = rt.broker()
+    worker = rt.worker(broker)
+    rt.bus.publish_batch([ev("tick.tocked", i) for i in range(4)])
+    stream = rt.bus.keys.stream("tick")
+    wait_until(lambda: rt.client.xpending(stream, "handback")["pending"] == 4, DEADLINE_S,
+               "four entries gathered (read, pending, not yet a batch)")
+    rt.stop(worker)  # graceful: the gathered entries go back, undelivered
+    assert first.items() == []
+    bus2 = rt.new_bus()  # another worker of the same subscription
+    bus2.subscribe("handback", topics=["tick"], batch_size=10, batch_wait_ms=50)(record(second))
+    broker2 = rt.broker(bus2)
+    rt.worker(broker2)
+    wait_until(lambda: len(flat(second)) == 4, DEADLINE_S, "the handed-back entries")
+    drain(rt, broker2, "handback", ["tick"])
+    assert flat(second) == [0, 1, 2, 3] and first.items() == []
