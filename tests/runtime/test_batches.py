@@ -7,12 +7,14 @@ subscription.  Killed worker processes: tests/runtime/test_batch_processes.py.""
 from __future__ import annotations
 
 import asyncio
+import logging
 from functools import partial
 from typing import Any
 
 import pytest
 import redis
-from support import Recorder, Runtime, drained, stays, wait_until
+from support import Recorder, Runtime, dlq_len, drained, stays, wait_until
+from support.servers import RedisServers
 
 from chi_redis import BatchFailed, Event, EventBus, ValidationError
 from chi_redis.events.filters import metadata
@@ -367,3 +369,51 @@ def test_a_graceful_stop_hands_back_gathered_entries(rt: Runtime) -> None:
     wait_until(lambda: len(flat(second)) == 4, DEADLINE_S, "the handed-back entries")
     drain(rt, broker2, "handback", ["tick"])
     assert flat(second) == [0, 1, 2, 3] and first.items() == []
+
+
+@pytest.mark.redis
+def test_a_settle_redis_refuses_leaves_the_batch_pending(
+    redis_servers: RedisServers, ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker's user may not XADD: neither the split parts nor the dead letter can be
+    written, so nothing is acked and the entries come back after the lease; once XADD is
+    allowed the poison event is dead-lettered and the other one was handled."""
+    caplog.set_level(logging.WARNING)
+    server = redis_servers.start()
+    admin = server.client()
+    admin.acl_setuser("worker", enabled=True, passwords=["+pw"], keys=["*"],
+                      channels=["*"], commands=["+@all", "-xadd"])
+    worker_client = redis.Redis(host="127.0.0.1", port=server.port, username="worker",
+                                password="pw", socket_timeout=10)
+    rt = Runtime(EventBus(worker_client, namespace=ns), "real")
+    runs, handled = Recorder(), Recorder()
+    try:
+        @rt.bus.subscribe("doomed-batch", topics=["cart"], batch_size=2, batch_wait_ms=50,
+                          max_retries=0)
+        def doomed(events: list[Event]) -> None:
+            runs.add([e.data["n"] for e in events])
+            if any(e.data["n"] == 1 for e in events):
+                raise RuntimeError("always")
+            handled.add(events[0].data["n"])
+
+        broker = rt.broker(max_deliveries=50)
+        rt.worker(broker)
+        sids = EventBus(admin, namespace=ns).publish_batch(
+            [ev("cart.created", 0), ev("cart.created", 1)])
+        stream = rt.bus.keys.stream("cart")
+        wait_until(lambda: len(runs) >= 3, DEADLINE_S, "redelivery after a refused settle")
+        assert dlq_len(admin, rt.bus, "doomed-batch") == 0
+        assert admin.xpending(stream, "doomed-batch")["pending"] >= 1
+        assert any("Redis refused to settle" in r.getMessage() for r in caplog.records)
+        admin.acl_setuser("worker", enabled=True, commands=["+xadd"])
+        wait_until(lambda: dlq_len(admin, rt.bus, "doomed-batch") == 1, DEADLINE_S,
+                   "the dead letter")
+        wait_until(lambda: admin.xpending(stream, "doomed-batch")["pending"] == 0, DEADLINE_S,
+                   "acked")
+    finally:
+        rt.stop()
+        worker_client.close()
+    (dl,) = EventBus(admin, namespace=ns).dead_letters("doomed-batch")
+    admin.close()
+    assert (dl.source_id, dl.reason) == (sids[1], "retries_exhausted")
+    assert handled.items() == [0]  # the other one, once
