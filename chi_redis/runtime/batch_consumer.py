@@ -9,7 +9,8 @@ longer than that).  Entries that do not match are acked unseen, as for every sub
 An entry delivered again after its consumer died (delivery count > 1) leaves alone, in a
 batch of one, so an event that kills its worker cannot take innocent ones to the dead
 letters with it (``max_deliveries`` counts per entry).  Private-stream messages (retry
-copies, split parts, redrives, targeted replays) are batches already.
+copies, split parts, redrives) are batches already; the single-event messages of a targeted
+replay are gathered into batches (marked ``replay``) like topic entries.
 
 Gathered entries are pending on this consumer and in flight like any other: their leases
 are refreshed, a graceful stop hands them back, a crash leaves them to the reclaim sweep.
@@ -53,6 +54,22 @@ MAX_WINDOW = 4096
 
 #: A gathered entry: (stream, entry id, member, deliveries).
 Gathered = tuple[str, bytes, Member, int]
+#: The options a single-event message of a targeted replay carries (and nothing else).
+_REPLAY_OPTIONS = frozenset({"src", "src_id", "replay"})
+
+
+class _Gathering:
+    """Entries gathered into the next batch, and since when (one per kind of batch)."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options  # the options of the batches it makes
+        self.items: list[Gathered] = []
+        self.since = 0.0
+
+    def add(self, item: Gathered, now: float) -> None:
+        if not self.items:
+            self.since = now
+        self.items.append(item)
 
 
 class BatchConsumer(StreamsConsumer):
@@ -68,12 +85,12 @@ class BatchConsumer(StreamsConsumer):
         self.settler = BatchSettler(broker, queue)
         # Bound by explicit topics alone: every entry of a bound stream matches.
         self._every = bool(sub.topics) and not sub.types and sub.filter is None
-        self._gather: list[Gathered] = []
-        self._gather_since = 0.0
+        # Topic entries; and the single-event messages of a targeted replay, gathered too.
+        self._gathering = (_Gathering({}), _Gathering({"replay": True}))
 
     # the loop ----------------------------------------------------------------------------
     def _next(self) -> StreamMessage | None:
-        if self._gather and not self._local:
+        if not self._local and self._gathered():
             self._emit(time.monotonic())
         return super()._next()
 
@@ -85,9 +102,10 @@ class BatchConsumer(StreamsConsumer):
 
     def _block_ms(self, now: float) -> int | None:
         block = super()._block_ms(now)
-        if not self._gather:
+        since = [g.since for g in self._gathering if g.items]
+        if not since:
             return block
-        left = int((self._gather_since + self.batch_wait_s - now) * 1000)
+        left = int((min(since) + self.batch_wait_s - now) * 1000)
         if left < 1:
             return None
         return left if block is None else min(block, left)
@@ -95,20 +113,26 @@ class BatchConsumer(StreamsConsumer):
     def _emit(self, now: float) -> None:
         """Turn gathered entries into batch messages: full batches at once, the rest once
         its first entry waited ``batch_wait_ms``."""
-        g, n = self._gather, self.batch_size
-        while len(g) >= n:
-            self._local.append(self._batch(g[:n]))
-            del g[:n]
-        if g and now - self._gather_since >= self.batch_wait_s:
-            self._local.append(self._batch(g))
-            self._gather = []
+        n = self.batch_size
+        for g in self._gathering:
+            items = g.items
+            while len(items) >= n:
+                self._local.append(self._batch(items[:n], g.options))
+                del items[:n]
+            if items and now - g.since >= self.batch_wait_s:
+                self._local.append(self._batch(items, g.options))
+                g.items = []
 
-    def _batch(self, items: list[Gathered]) -> BatchMessage:
+    def _gathered(self) -> bool:
+        return any(g.items for g in self._gathering)
+
+    def _batch(self, items: list[Gathered], options: dict[str, Any] | None = None) -> BatchMessage:
         members = [it[2] for it in items]
         first = members[0][1][b"id"].decode(errors="replace")
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=self.queue, actor_name=self.queue, args=(members,), kwargs={},
-            options={}, message_id=f"{self.queue}:{first}+{len(members) - 1}",
+            options=dict(options or {}),
+            message_id=f"{self.queue}:{first}+{len(members) - 1}",
             message_timestamp=parse_id(items[0][1])[0],
         )
         return BatchMessage(message, self.queue, [(s, sid, c) for s, sid, _, c in items],
@@ -132,7 +156,7 @@ class BatchConsumer(StreamsConsumer):
                 continue
             try:
                 if private:
-                    self._local.append(self._from_private(sid, fields, count))
+                    self._private(sid, fields, count, now)
                     held.append(sid)
                     continue
                 member = self._member(stream, topic, sid, fields)
@@ -146,17 +170,27 @@ class BatchConsumer(StreamsConsumer):
             if count > 1:  # delivered again after a crash: alone (see the module docstring)
                 self._local.append(self._batch([(stream, sid, member, count)]))
                 continue
-            if not self._gather:
-                self._gather_since = now
-            self._gather.append((stream, sid, member, count))
+            self._gathering[0].add((stream, sid, member, count), now)
         if filtered:
             labelled(_HANDLED, self.queue, "filtered").inc(filtered)
         if held:
             with self.state.cond:
                 for sid in held:
                     self.state.inflight[(stream, sid)] = None
-        if self._gather:
+        if self._gathered():
             self._emit(now)
+
+    def _private(self, sid: bytes, fields: dict[bytes, bytes], count: int, now: float) -> None:
+        """A private-stream entry: a message as it is, but the single events of a targeted
+        replay are gathered into batches like topic entries."""
+        msg = self._from_private(sid, fields, count)
+        if (
+            count == 1 and isinstance(msg, BatchMessage) and len(msg.members) == 1
+            and msg.options.get("replay") is True and msg.options.keys() <= _REPLAY_OPTIONS
+        ):
+            self._gathering[1].add((self.private, sid, msg.members[0], count), now)
+        else:
+            self._local.append(msg)
 
     def _member(self, stream: str, topic: str, sid: bytes, f: dict[bytes, bytes]) -> Member | None:
         """The member of a topic entry; None if this subscription skips it (acked)."""
@@ -296,7 +330,8 @@ class BatchConsumer(StreamsConsumer):
                 self.broker.release(self.queue, stream, sid)
 
     def close(self) -> None:
-        if self._gather:  # gathered, not yet a message: handed back with the prefetched
-            self._local.append(self._batch(self._gather))
-            self._gather = []
+        for g in self._gathering:  # gathered, not yet a message: handed back with the rest
+            if g.items:
+                self._local.append(self._batch(g.items, g.options))
+                g.items = []
         super().close()

@@ -417,3 +417,24 @@ def test_a_settle_redis_refuses_leaves_the_batch_pending(
     admin.close()
     assert (dl.source_id, dl.reason) == (sids[1], "retries_exhausted")
     assert handled.items() == [0]  # the other one, once
+
+
+def test_a_targeted_replay_is_delivered_in_batches(rt: Runtime) -> None:
+    sids = rt.bus.publish_batch([ev("ledger.posted", i) for i in range(25)])
+    got = Recorder()
+
+    @rt.bus.subscribe("replay-batches", topics=["ledger"], batch_size=10, batch_wait_ms=200)
+    def audit(events: list[Event], deliveries: list[Delivery]) -> None:
+        got.add([(e.data["n"], d.replay, d.entry_id) for e, d in zip(events, deliveries,
+                                                                      strict=True)])
+
+    broker = rt.broker()
+    target, topics = choose_target(rt.bus, to_sub="replay-batches")
+    assert replay(rt.bus, target, topics=topics).delivered == 25  # before the worker runs
+    rt.worker(broker)
+    wait_until(lambda: sum(len(b) for b in got.items()) == 25, DEADLINE_S, "the replay")
+    drain(rt, broker, "replay-batches", ["ledger"])
+    assert sorted(len(b) for b in got.items()) == [5, 10, 10]  # gathered like topic entries
+    assert sorted(item for b in got.items() for item in b) == [
+        (i, True, sids[i]) for i in range(25)]
+    assert rt.client.xlen(rt.bus.keys.queue("replay-batches")) == 0  # acked and deleted
