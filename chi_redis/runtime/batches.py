@@ -31,7 +31,9 @@ from .subscriptions import Delivery, Subscription
 if TYPE_CHECKING:
     from .broker import StreamsBroker
 
-__all__ = ["BatchMessage", "Member", "attempts_before", "make_batch_runner", "members_of"]
+__all__ = [
+    "BatchMessage", "BatchRunner", "Member", "attempts_before", "make_batch_runner", "members_of",
+]
 
 #: ``[topic, fields (bytes names), source stream, source entry id]``.
 Member = list[Any]
@@ -100,10 +102,25 @@ def attempts_before(options: dict[str, Any]) -> int:
 
 def make_batch_runner(broker: StreamsBroker, sub: Subscription) -> Any:
     """The actor function of batch subscription ``sub``."""
-    codec, keys, client, opts = broker.bus.codec, broker.keys, broker.client, sub.options
-    handler, wants_delivery = sub.handler, sub.wants_delivery
+    runner = BatchRunner(broker, sub)
 
     def run(*args: Any) -> None:
+        runner.run(args)
+
+    ident = sub.name.replace("-", "_").replace(".", "_")
+    run.__name__ = run.__qualname__ = f"chi_batch_subscription_{ident}"
+    run.__module__ = getattr(sub.handler, "__module__", __name__)
+    return run
+
+
+class BatchRunner:
+    """The body of a batch subscription's actor (see the module docstring)."""
+
+    def __init__(self, broker: StreamsBroker, sub: Subscription) -> None:
+        self.codec, self.keys, self.client = broker.bus.codec, broker.keys, broker.client
+        self.sub, self.opts = sub, sub.options
+
+    def run(self, args: tuple[Any, ...]) -> None:
         msg = current_message()
         batch = msg if isinstance(msg, BatchMessage) else None
         if batch is not None:
@@ -113,22 +130,22 @@ def make_batch_runner(broker: StreamsBroker, sub: Subscription) -> Any:
         replay = bool(options.get("replay"))
         retries = options.get("retries", 0)
         attempt = attempts_before(options) + (retries if isinstance(retries, int) else 0) + 1
-        events, index = decode(members, batch)
-        seen = [keys.seen(sub.name, e.id) for e in events] if opts.dedupe else None
+        events, index = self.decode(members, batch)
+        seen = [self.keys.seen(self.sub.name, e.id) for e in events] if self.opts.dedupe else None
         if seen is not None and not replay and events:
-            fresh = unseen(seen)
+            fresh = self.unseen(seen)
             events, index = [events[j] for j in fresh], [index[j] for j in fresh]
             seen = [seen[j] for j in fresh]
         if not events:
             return
         try:
-            call(events, [members[i] for i in index], attempt, replay)
+            self.call(events, [members[i] for i in index], attempt, replay)
         except BatchFailed as exc:
             named = exc.failed_ids()
             failed = [j for j, e in enumerate(events) if e.id in named] or list(range(len(events)))
             if seen is not None:
                 bad = set(failed)
-                mark_seen([k for j, k in enumerate(seen) if j not in bad])
+                self.mark_seen([k for j, k in enumerate(seen) if j not in bad])
             if batch is not None:
                 batch.fail_members([index[j] for j in failed])
             raise
@@ -137,16 +154,19 @@ def make_batch_runner(broker: StreamsBroker, sub: Subscription) -> Any:
                 batch.fail_members(index)
             raise
         if seen is not None:
-            mark_seen(seen)
+            self.mark_seen(seen)
 
-    def decode(members: list[Member], batch: BatchMessage | None) -> tuple[list[Any], list[int]]:
+    def decode(
+        self, members: list[Member], batch: BatchMessage | None
+    ) -> tuple[list[Any], list[int]]:
         """The members' events and their indexes; one that does not decode is set aside on
         the batch (raised when there is no batch message)."""
         events: list[Any] = []
         index: list[int] = []
+        decode = self.codec.decode
         for i, (topic, fields, src, src_id) in enumerate(members):
             try:
-                events.append(codec.decode(fields, topic=topic, stream=src, entry_id=src_id))
+                events.append(decode(fields, topic=topic, stream=src, entry_id=src_id))
             except DecodeError as exc:
                 if batch is None:
                     raise
@@ -155,34 +175,32 @@ def make_batch_runner(broker: StreamsBroker, sub: Subscription) -> Any:
             index.append(i)
         return events, index
 
-    def unseen(seen_keys: list[str]) -> list[int]:
+    def unseen(self, seen_keys: list[str]) -> list[int]:
         """Positions of the keys with no ``seen`` marker (events not handled yet)."""
-        pipe = client.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=False)
         for key in seen_keys:
             pipe.exists(key)
         return [j for j, found in enumerate(pipe.execute()) if not found]
 
-    def call(events: list[Any], members: list[Member], attempt: int, replay: bool) -> None:
-        if wants_delivery:
-            result = handler(events, [
+    def call(self, events: list[Any], members: list[Member], attempt: int, replay: bool) -> None:
+        """Run the handler on ``events`` (with their deliveries if it takes them)."""
+        sub = self.sub
+        if sub.wants_delivery:
+            result = sub.handler(events, [
                 Delivery(subscription=sub.name, attempt=attempt, stream=m[2], entry_id=m[3],
                          replay=replay or bool(e.metadata.get("chi_replay")))
                 for e, m in zip(events, members, strict=True)
             ])
         else:
-            result = handler(events)
+            result = sub.handler(events)
         if result is not None and inspect.isawaitable(result):
             _loop().run_until_complete(result)
 
-    def mark_seen(seen_keys: list[str]) -> None:
+    def mark_seen(self, seen_keys: list[str]) -> None:
+        """Set the ``seen`` markers of events handled (``dedupe``)."""
         if not seen_keys:
             return
-        pipe = client.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=False)
         for key in seen_keys:
-            pipe.set(key, b"1", px=opts.dedupe_ttl_ms)
+            pipe.set(key, b"1", px=self.opts.dedupe_ttl_ms)
         pipe.execute()
-
-    ident = sub.name.replace("-", "_").replace(".", "_")
-    run.__name__ = run.__qualname__ = f"chi_batch_subscription_{ident}"
-    run.__module__ = getattr(sub.handler, "__module__", __name__)
-    return run
