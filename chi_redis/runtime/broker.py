@@ -29,6 +29,8 @@ from dramatiq.errors import ConnectionClosed
 
 from ..backend.scripts import script
 from ..events.names import validate_name
+from .batch_consumer import BatchConsumer
+from .batches import make_batch_runner
 from .consumer import StreamMessage, StreamsConsumer
 from .deadletters import DLQ_MAXLEN
 from .encoder import MsgpackEncoder, encode_message
@@ -141,8 +143,9 @@ class StreamsBroker(dramatiq.Broker):
         }
         if o.time_limit_ms is not None:
             actor_options["time_limit"] = o.time_limit_ms
+        run = make_batch_runner(self, sub) if sub.batched else make_runner(self, sub)
         return dramatiq.Actor(
-            make_runner(self, sub), broker=self, actor_name=sub.name, queue_name=sub.name,
+            run, broker=self, actor_name=sub.name, queue_name=sub.name,
             priority=-sub.priority, options=actor_options,
         )
 
@@ -190,6 +193,9 @@ class StreamsBroker(dramatiq.Broker):
 
     # Dramatiq's broker interface --------------------------------------------------------
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> StreamsConsumer:
+        sub = self.subscriptions.get(queue_name)
+        if sub is not None and sub.batched:  # docs/design.md §5.10
+            return BatchConsumer(self, queue_name, self.options.prefetch or prefetch, timeout)
         return StreamsConsumer(self, queue_name, self.options.prefetch or prefetch, timeout)
 
     def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
