@@ -26,6 +26,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -83,6 +84,7 @@ class Results:
         self.lines: list[str] = []
         self.values: dict[str, float] = {}
         self.na: dict[str, str] = {}
+        self.rates: dict[str, str] = {}  # name -> the rate a latency was measured at
 
     def add(self, line: str) -> None:
         self.lines.append(line)
@@ -98,6 +100,9 @@ class Results:
             v = float(value.rstrip("x"))
         except ValueError:
             return
+        for part in parts[2:]:
+            if part.startswith("rate="):
+                self.rates[name] = part[5:]
         old = self.values.get(name)
         if old is None:
             self.values[name] = v
@@ -131,23 +136,30 @@ def _available(step: Step) -> str:
 
 
 def run_step(step: Step, port: int, smoke: bool, results: Results) -> bool:
+    """Run one step's script; its result lines go to ``results`` (and to stderr as they come,
+    so a long run shows progress)."""
     args = step.smoke if smoke else step.full
     if step.script == "bench_startup.py":
         args = [*args, "--redis-url", f"redis://127.0.0.1:{port}/0"]
     else:
         args = ["--port", str(port), *args]
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, str(HERE / step.script), *args], cwd=HERE.parent,
-                          capture_output=True, text=True, timeout=300 if smoke else 3600,
-                          check=False)
-    for line in proc.stdout.splitlines():
-        results.add(line)
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, str(HERE / step.script), *args],
+                                cwd=HERE.parent, stdout=subprocess.PIPE, stderr=err, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log(f"   {line.rstrip()}")
+            results.add(line.rstrip())
+        code = proc.wait()
+        err.seek(0)
+        stderr = err.read()
     log(f"## {step.name}: {time.monotonic() - t0:.1f} s"
-        + ("" if proc.returncode == 0 else f", FAILED (exit {proc.returncode})"))
-    if proc.returncode != 0:
-        log(proc.stderr[-4000:])
-        results.lines.append(f"# FAILED: {step.name} (exit {proc.returncode})")
-    return proc.returncode == 0
+        + ("" if code == 0 else f", FAILED (exit {code})"))
+    if code != 0:
+        log(stderr[-4000:])
+        results.lines.append(f"# FAILED: {step.name} (exit {code})")
+    return code == 0
 
 
 def machine() -> list[str]:
@@ -198,7 +210,7 @@ def main() -> int:
                     failed.append(f"{step.name} (round {rnd + 1})")
     ran = {s.name for s in steps}
     rows = [r for r in ROWS if not only or r.step in ran]
-    table = render(results.values, results.na, rows)
+    table = render(results.values, results.na, rows, results.rates)
     gaps = missing(results.values, results.na, rows) if not only else []
     print("\n".join(table))
     out = Path(args.out) if args.out else (

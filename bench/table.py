@@ -135,13 +135,16 @@ def met(target: str, value: float) -> bool | None:
     return value >= bound if target.startswith(">=") else value <= bound
 
 
-def render(values: dict[str, float], na: dict[str, str], rows: list[Row]) -> list[str]:
-    """Markdown lines of the table; a figure not measured shows ``n/a (reason)``."""
+def render(values: dict[str, float], na: dict[str, str], rows: list[Row],
+           rates: dict[str, str] | None = None) -> list[str]:
+    """Markdown lines of the table; a figure not measured shows ``n/a (reason)``; a latency
+    shows the publish rate achieved (``rates``: name -> ``"998/s"``) beside it."""
+    rates = rates or {}
     out = ["| scenario | chi-redis | baseline | ratio | target | met? |",
            "|---|---:|---:|---:|---|---|"]
     for row in rows:
-        chi = _cell(row.chi, values, na)
-        base = _cell(row.base, values, na) if row.base else ""
+        chi = _cell(row.chi, values, na, rates)
+        base = _cell(row.base, values, na, rates) if row.base else ""
         ratio, ok = NONE, None
         if row.chi in values and row.base and row.base in values and values[row.base]:
             r = values[row.chi] / values[row.base]
@@ -157,9 +160,11 @@ def render(values: dict[str, float], na: dict[str, str], rows: list[Row]) -> lis
     return out
 
 
-def _cell(name: str, values: dict[str, float], na: dict[str, str]) -> str:
+def _cell(name: str, values: dict[str, float], na: dict[str, str],
+          rates: dict[str, str]) -> str:
     if name in values:
-        return _fmt(name, values[name])
+        at = f" (at {rates[name]})" if name in rates and ".latency." in name else ""
+        return _fmt(name, values[name]) + at
     if name in na:
         return f"n/a ({na[name]})"
     return "missing"

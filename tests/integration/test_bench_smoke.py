@@ -37,7 +37,7 @@ def test_the_smoke_run_prints_every_scenario(tmp_path: Path) -> None:
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[0] == row.scenario, line
         # a figure, or "n/a (why)" when this chi-redis or machine cannot measure it
-        assert re.match(r"^([\d,.]+ ?(/s|ms|MB|B)|n/a \(.+\))$", cells[1]), line
+        assert re.match(r"^([\d,.]+ ?(/s|ms|MB|B)( \(at [\d]+/s\))?|n/a \(.+\))$", cells[1]), line
         if row.base:
             assert cells[2].startswith(f"{row.base_label}: ") and "missing" not in cells[2], line
     for peer in ("fs.e2e.single", "dramatiq.stub.process.threads8", "taskiq.process"):
