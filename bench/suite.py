@@ -209,8 +209,11 @@ def main() -> int:
                 elif not run_step(step, port, args.smoke, results):
                     failed.append(f"{step.name} (round {rnd + 1})")
     ran = {s.name for s in steps}
-    rows = [r for r in ROWS if not only or r.step in ran]
-    table = render(results.values, results.na, rows, results.rates)
+    peers = tuple(s.prints for s in steps if s.prints)
+    rows = [r for r in ROWS if not only or r.step in ran
+            or (peers and r.base and r.base.startswith(peers))]
+    table = render(results.values, results.na, rows, results.rates,
+                   absent="not run" if only else "missing")
     gaps = missing(results.values, results.na, rows) if not only else []
     print("\n".join(table))
     out = Path(args.out) if args.out else (

@@ -136,15 +136,15 @@ def met(target: str, value: float) -> bool | None:
 
 
 def render(values: dict[str, float], na: dict[str, str], rows: list[Row],
-           rates: dict[str, str] | None = None) -> list[str]:
+           rates: dict[str, str] | None = None, absent: str = "missing") -> list[str]:
     """Markdown lines of the table; a figure not measured shows ``n/a (reason)``; a latency
     shows the publish rate achieved (``rates``: name -> ``"998/s"``) beside it."""
     rates = rates or {}
     out = ["| scenario | chi-redis | baseline | ratio | target | met? |",
            "|---|---:|---:|---:|---|---|"]
     for row in rows:
-        chi = _cell(row.chi, values, na, rates)
-        base = _cell(row.base, values, na, rates) if row.base else ""
+        chi = _cell(row.chi, values, na, rates) or absent
+        base = (_cell(row.base, values, na, rates) or absent) if row.base else ""
         ratio, ok = NONE, None
         if row.chi in values and row.base and row.base in values and values[row.base]:
             r = values[row.chi] / values[row.base]
@@ -167,7 +167,7 @@ def _cell(name: str, values: dict[str, float], na: dict[str, str],
         return _fmt(name, values[name]) + at
     if name in na:
         return f"n/a ({na[name]})"
-    return "missing"
+    return ""
 
 
 def missing(values: dict[str, float], na: dict[str, str], rows: list[Row]) -> list[str]:
