@@ -7,7 +7,7 @@ script, the peers' scripts beside them), stops the server by its PID, prints the
 (``bench/table.py``) and writes the raw result lines, the machine and the table to a
 results file.
 
-  --smoke       tiny N everywhere: every scenario and every peer in about a minute (CI)
+  --smoke       tiny N everywhere: every scenario and every peer in 1-2 minutes (CI)
   --only A,B    only the steps whose name contains A or B (publish, e2e, peers.faststream,
                 peers.dramatiq, peers.taskiq, latency, replay, query, startup, outbox,
                 archive, rss)
