@@ -455,3 +455,51 @@ def test_prefetch_window_widens_for_fast_handlers_only(rt: Runtime) -> None:
     pinned.states["fast"].observe_run(0.0001)
     consumer = pinned.consume("fast", prefetch=4)
     assert consumer.prefetch == 3 and consumer._window() == 3
+
+
+
+# ack flushing ------------------------------------------------------------------------------
+def test_acks_are_flushed_while_the_consumer_waits_for_new_entries(rt: Runtime) -> None:
+    """Acks are buffered and sent with the next read: while an entry is in flight, that read
+    blocks about one handler run, not ``block_ms``, so an entry that finished on an idle
+    queue is acked at once instead of after the long BLOCK (docs/design.md §5.2)."""
+
+    @rt.bus.subscribe("prompt", types=["cart.created"])
+    def prompt(event: Event) -> None:
+        pass
+
+    long_ms = 30_000  # every bound on the BLOCK: block_ms, the Worker's timeout, maintenance
+    broker = rt.broker(block_ms=long_ms, lease_ms=20 * long_ms, reclaim_interval_ms=long_ms)
+    consumer = broker.consume("prompt", prefetch=4, timeout=long_ms)
+    rt.publish(ev(n=1))
+    first = None
+    deadline = time.monotonic() + 30
+    while first is None and time.monotonic() < deadline:
+        first = next(consumer)  # the entry is there: this read does not block long
+    assert first is not None
+    stream = rt.bus.keys.stream("cart")
+    acked = threading.Event()
+
+    def watch() -> None:
+        """Wait (10 s at most) for the entry to be acked, then wake the consumer's read."""
+        time.sleep(0.2)
+        consumer.ack(first)  # the handler finished while the consumer is in its next read
+        until = time.monotonic() + 10
+        while time.monotonic() < until and not acked.is_set():
+            info = group_info(rt.client, stream, "prompt")
+            if info is not None and info["pending"] == 0:
+                acked.set()
+            time.sleep(0.01)
+        rt.publish(ev(n=2))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    woken = None
+    deadline = time.monotonic() + 60
+    while woken is None and time.monotonic() < deadline:
+        woken = next(consumer)
+    watcher.join(30)
+    assert acked.is_set(), "the ack waited for the long BLOCK to end"
+    assert woken is not None and woken.args[1]["data"]  # the wake-up entry was read
+    consumer.ack(woken)
+    consumer.close()
