@@ -94,10 +94,25 @@ def wait_drained(r: redis.Redis, stream: str, group: str, last_id: bytes, timeou
         time.sleep(0.005)
 
 
-def wait_ready(bus: EventBus, r: redis.Redis, stream: str) -> None:
-    """Publish one warm-up event and wait until the workers acked it."""
-    sid = bus.publish(Event(type="bench.warmup", topic="bench", data=PAYLOAD)).encode()
-    wait_drained(r, stream, "bench-noop", sid, 120)
+def has_group(r: redis.Redis, stream: str, group: str) -> bool:
+    try:
+        return any(g["name"] == group.encode() for g in r.xinfo_groups(stream))
+    except redis.ResponseError:  # no stream yet
+        return False
+
+
+def wait_ready(bus: EventBus, r: redis.Redis, stream: str, group: str = "bench-noop",
+               topic: str = "bench") -> None:
+    """Wait until the workers declared ``group``, then publish one warm-up event to ``topic``
+    and wait until they acked it.  (An event published before the group exists is not
+    delivered: the group starts after it, and the workers would still be booting.)"""
+    deadline = time.monotonic() + 120
+    while not has_group(r, stream, group):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for the workers to declare {group}")
+        time.sleep(0.05)
+    sid = bus.publish(Event(type=f"{topic}.warmup", topic=topic, data=PAYLOAD)).encode()
+    wait_drained(r, stream, group, sid, 120)
 
 
 def e2e(args: object, bus: EventBus, r: redis.Redis, procs: int, threads: int, pre: bool) -> None:
@@ -203,6 +218,8 @@ def latency(args: object, bus: EventBus, r: redis.Redis, rate: int, seconds: flo
     proc = start_workers(url, 1, 4)
     try:
         wait_ready(bus, r, bus.keys.stream("bench"))
+        wait_ready(bus, r, bus.keys.stream("benchlat"), "bench-latency", "benchlat")
+        r.delete(key)  # the warm-up's latency
         total = int(rate * seconds)
         achieved = paced(
             lambda i: bus.publish(Event(type="benchlat.tick", data=PAYLOAD)), rate, seconds

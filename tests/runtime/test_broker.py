@@ -5,6 +5,7 @@ Each runs on fakeredis (7.0 + Lua) and on the real server."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from dramatiq.errors import QueueJoinTimeout
 from support import Recorder, Runtime, dlq_len, drained, group_info, stays, wait_until
 
 from chi_redis import Event
+from chi_redis.runtime.boot import FreezeHeapAtBoot
 from chi_redis.runtime.consumer import StreamsConsumer
 from chi_redis.runtime.subscriptions import Delivery
 
@@ -503,3 +505,24 @@ def test_acks_are_flushed_while_the_consumer_waits_for_new_entries(rt: Runtime) 
     assert woken is not None and woken.args[1]["data"]  # the wake-up entry was read
     consumer.ack(woken)
     consumer.close()
+
+
+def test_worker_boot_freezes_the_heap_before_consuming(rt: Runtime) -> None:
+    """FreezeHeapAtBoot (installed by chi_redis.worker): the Worker's boot collects and
+    freezes what is alive, so later full collections do not walk the boot-time heap."""
+    handled = Recorder()
+
+    @rt.bus.subscribe("frozen", types=["cart.created"])
+    def frozen(event: Event) -> None:
+        handled.add(gc.get_freeze_count())
+
+    broker = rt.broker()
+    broker.add_middleware(FreezeHeapAtBoot())
+    gc.unfreeze()
+    try:
+        rt.worker(broker)
+        rt.publish(ev(n=1))
+        wait_until(lambda: len(handled) == 1, message="handled")
+        assert handled.items()[0] > 1000  # frozen before the first message ran
+    finally:
+        gc.unfreeze()
