@@ -5,6 +5,8 @@
   chi.e2e.procs1.threads4          one `dramatiq chi_redis.worker` process x 4 threads
   chi.e2e.procs2.threads4          two worker processes x 4 threads (target: >= 14,400/s)
   chi.consume.procs2.threads4      the same, events published before the workers start
+  chi.e2e_worker_cpu_us_per_event.*  CPU (user + system) of the worker processes over the
+                                   measured window / events (steadier than events/s)
   chi.ratio.*                      each chi-redis figure / the raw baseline of the same run
   chi.baseline.latency_*_ms        raw redis-py: XADD at 1,000 events/s, a reader blocked in
                                    XREADGROUP BLOCK (publish -> read latency)
