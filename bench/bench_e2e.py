@@ -39,7 +39,13 @@ for p in (str(ROOT), str(HERE)):
 import msgspec  # noqa: E402
 import redis  # noqa: E402
 from common import base_args, measured, redis_port, report, report_na, wanted  # noqa: E402
-from workers import batch_supported, start_workers, stop_workers, wait_drained  # noqa: E402
+from workers import (  # noqa: E402
+    batch_supported,
+    start_workers,
+    stop_workers,
+    wait_drained,
+    wait_groups,
+)
 
 from chi_redis import Event, EventBus  # noqa: E402
 
@@ -85,6 +91,7 @@ def e2e(args: Any, bus: EventBus, r: redis.Redis, sc: Scenario, name: str, n: in
             with measured(r) as m:
                 wait_drained(r, stream, sc.groups, ids[-1].encode(), 600, proc)
         else:
+            wait_groups(r, stream, sc.groups, 120, proc)
             warm = bus.publish(Event(type=sc.type_of(0), topic=sc.topic, data=PAYLOAD))
             wait_drained(r, stream, sc.groups, warm.encode(), 120, proc)
             with measured(r) as m:

@@ -50,7 +50,7 @@ from common import (  # noqa: E402
     report_value,
     wanted,
 )
-from workers import start_workers, stop_workers, wait_drained  # noqa: E402
+from workers import start_workers, stop_workers, wait_drained, wait_groups  # noqa: E402
 
 from chi_redis import Event, EventBus  # noqa: E402
 
@@ -179,6 +179,7 @@ def chi_latency(args: Any, rate: int) -> tuple[list[float], float]:
     total = int(rate * args.seconds)
     proc = start_workers(url, NS, 1, 4, ["bench-latency"])
     try:
+        wait_groups(r, stream, ["bench-latency"], 120, proc)
         warm = bus.publish(Event(type="benchlat.tick", data=PAYLOAD))
         wait_drained(r, stream, ["bench-latency"], warm.encode(), 120, proc)
         r.delete(key)

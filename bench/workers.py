@@ -72,6 +72,28 @@ def drained(r: redis.Redis, stream: str, group: str, last_id: bytes) -> bool:
     return False
 
 
+def wait_groups(r: redis.Redis, stream: str, groups: list[str], timeout: float,
+                proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll until the workers created every group in ``groups`` on ``stream``.
+
+    A warm-up event published before a ``start="new"`` group exists is never delivered (the
+    group starts after it), so waiting for it to drain would pass before the workers run.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            names = {g["name"].decode() for g in r.xinfo_groups(stream)}
+        except redis.ResponseError:  # no stream yet
+            names = set()
+        if names.issuperset(groups):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the workers exited ({proc.returncode}) before their groups existed")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for the groups {groups} on {stream}")
+        time.sleep(0.01)
+
+
 def wait_drained(r: redis.Redis, stream: str, groups: list[str], last_id: bytes,
                  timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     """Poll until every group in ``groups`` drained ``stream`` up to ``last_id``."""

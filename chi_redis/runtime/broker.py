@@ -73,6 +73,9 @@ class QueueState:
     cond: threading.Condition = field(default_factory=threading.Condition)
     inflight: dict[tuple[str, bytes], None] = field(default_factory=dict)
     acks: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    #: Deliveries finished since the last flush, by outcome (``ok``, ``retried``): counted
+    #: under ``cond`` with the ack and added to ``chi_events_handled_total`` per flush.
+    handled: dict[str, int] = field(default_factory=dict)
     #: Moving average of how long a message of this queue takes to process (seconds);
     #: 0.0 until the first one finished.  Sizes the adaptive prefetch window.
     avg_run_s: float = 0.0
@@ -292,12 +295,17 @@ class StreamsBroker(dramatiq.Broker):
         return all(group_idle(self.client, s, queue_name) for s in self.streams_of(queue_name))
 
     # acking (called from worker threads) ---------------------------------------------------
-    def buffer_ack(self, queue_name: str, stream: str, entry_id: bytes) -> None:
-        """Record a finished entry; the queue's consumer flushes it with its next read."""
+    def buffer_ack(
+        self, queue_name: str, stream: str, entry_id: bytes, outcome: str | None = None
+    ) -> None:
+        """Record a finished entry; the queue's consumer flushes it with its next read
+        (and counts ``outcome``, if given, in ``chi_events_handled_total`` then)."""
         state = self.states[queue_name]
         with state.cond:
             state.inflight.pop((stream, entry_id), None)
             state.acks[stream].append(entry_id)
+            if outcome is not None:
+                state.handled[outcome] = state.handled.get(outcome, 0) + 1
             state.cond.notify()
 
     def release(self, queue_name: str, stream: str, entry_id: bytes) -> None:
