@@ -190,25 +190,40 @@ class ReplayRun:
             self._serial(self.target)
 
     def _serial(self, target: Target) -> None:
-        """Batches in order, each sent before the next; the next page is read ahead on
-        another thread meanwhile (measured: a second thread for sending only added GIL
-        contention on localhost)."""
+        """Batches in order, each sent once the one before it is in; the next batch is
+        prepared (and the next page read, on the reader thread) while one is being sent.
+
+        One sender thread keeps the order: a batch goes only after the one before it
+        succeeded, so the checkpoint each carries is exact.
+        """
         pacer = Pacer(self.opts.rate, self.stop)
-        for batch, items, ranges in self.batches():
-            if items:
-                payload = target.prepare(items)
-                pacer.wait(len(items))
-            if self._stopping():
-                raise KeyboardInterrupt  # before this batch: the checkpoint stands after the last
-            for t, (_, last) in ranges.items():
-                self.pos[t] = last
-            fields = Checkpoint.pos_fields(self.pos) if self.ckpt else {}
-            if items:
-                self._send(target, payload, items, fields)
-            elif self.ckpt:
-                self.ckpt.advance(self.pos, [])
-            if self.progress:
-                self.progress(len(batch))
+        inflight: Future[int] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="chi-replay-send") as pool:
+            try:
+                for batch, items, ranges in self.batches():
+                    if items:
+                        payload = target.prepare(items)
+                        pacer.wait(len(items))
+                    if inflight is not None:
+                        inflight.result()  # its error stops the run before this batch
+                        inflight = None
+                    if self._stopping():
+                        raise KeyboardInterrupt  # before this batch: the checkpoint stands
+                    for t, (_, last) in ranges.items():
+                        self.pos[t] = last
+                    fields = Checkpoint.pos_fields(self.pos) if self.ckpt else {}
+                    if items:
+                        inflight = pool.submit(self._send, target, payload, items, fields)
+                    elif self.ckpt:
+                        self.ckpt.advance(self.pos, [])
+                    if self.progress:
+                        self.progress(len(batch))
+                if inflight is not None:
+                    inflight.result()
+                    inflight = None
+            finally:
+                if inflight is not None:  # an error or an interrupt: let the send finish
+                    wait([inflight])
         if self.ckpt:
             self.ckpt.finish(self.pos)
 
