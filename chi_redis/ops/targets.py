@@ -197,10 +197,7 @@ class PrintTarget:
         self.out = out
 
     def prepare(self, items: list[Item]) -> tuple[bytes, int]:
-        codec = self.bus.codec
-        lines = [codec.envelope_json(t, sid, f) for t, sid, f, _ in items]
-        lines.append(b"")
-        return b"\n".join(lines), len(items)
+        return self.bus.codec.envelope_lines(items), len(items)
 
     def send(self, payload: tuple[bytes, int], ckpt_key: str, ckpt: dict[str, str]) -> int:
         self.out.write(payload[0])
