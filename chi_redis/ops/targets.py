@@ -139,25 +139,33 @@ class QueueTarget:
     def messages(self, items: list[Item], now_ms: int | None = None) -> list[bytes]:
         """:meth:`message` of each item (one timestamp for all)."""
         stamp_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        prefix, encode, join = self._id_prefix, _encode, b"".join
+        prefix, encode, join, heads = self._id_prefix, _encode, b"".join, _STR_HEADS
         out: list[bytes] = []
+        append = out.append
         tpl: _Template | None = None
         topic = ""
-        stamp = b""
+        head = mid = tail = stamp = b""
         for it in items:
             if tpl is None or it[0] != topic:
                 topic = it[0]
                 tpl = self._template(topic)
+                head, mid, tail = tpl.head, tpl.mid, tpl.tail
                 stamp = tpl.stamp + encode(stamp_ms)
-            fields = it[2]
-            out.append(join((tpl.head, encode(fields), tpl.mid, _mp_str(it[1]), tpl.tail,
-                             _mp_str(prefix + fields.get("id", b"")), stamp)))
+            fields, sid = it[2], it[1]
+            message_id = prefix + fields.get("id", b"")
+            if len(sid) < 256 and sid.isascii() and len(message_id) < 256 \
+                    and message_id.isascii():
+                append(join((head, encode(fields), mid, heads[len(sid)], sid, tail,
+                             heads[len(message_id)], message_id, stamp)))
+            else:
+                append(join((head, encode(fields), mid, _mp_str(sid), tail,
+                             _mp_str(message_id), stamp)))
         return out
 
     def prepare(self, items: list[Item]) -> tuple[bytes, bytes]:
         """The messages, concatenated, and their lengths (what ``replay_queue.lua`` takes)."""
         msgs = self.messages(items)
-        return b" ".join(str(len(m)).encode() for m in msgs), b"".join(msgs)
+        return " ".join(map(str, map(len, msgs))).encode(), b"".join(msgs)
 
     def send(self, payload: tuple[bytes, bytes], ckpt_key: str, ckpt: dict[str, str]) -> int:
         argv: list[Any] = checkpoint_argv(ckpt)
