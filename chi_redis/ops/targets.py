@@ -66,7 +66,9 @@ class _Message(msgspec.Struct):
 _MSGPACK = msgspec.msgpack.Encoder()
 _encode = _MSGPACK.encode
 #: msgpack str headers by length (fixstr, str8): ids are ASCII and short.
-_STR_HEADS = [bytes((0xA0 | n,)) for n in range(32)] + [b"\xd9" + bytes((n,)) for n in range(32, 256)]
+_STR_HEADS = [bytes((0xA0 | n,)) for n in range(32)] + [
+    b"\xd9" + bytes((n,)) for n in range(32, 256)
+]
 
 
 def _mp_str(raw: bytes) -> bytes:
