@@ -194,7 +194,8 @@ class ReplayRun:
         prepared (and the next page read, on the reader thread) while one is being sent.
 
         One sender thread keeps the order: a batch goes only after the one before it
-        succeeded, so the checkpoint each carries is exact.
+        succeeded, so the checkpoint each carries is exact.  Ordered targets (print) send
+        on this thread.
         """
         pacer = Pacer(self.opts.rate, self.stop)
         inflight: Future[int] | None = None
@@ -212,7 +213,9 @@ class ReplayRun:
                     for t, (_, last) in ranges.items():
                         self.pos[t] = last
                     fields = Checkpoint.pos_fields(self.pos) if self.ckpt else {}
-                    if items:
+                    if items and target.ordered:  # e.g. print: a write, nothing to overlap
+                        self._send(target, payload, items, fields)
+                    elif items:
                         inflight = pool.submit(self._send, target, payload, items, fields)
                     elif self.ckpt:
                         self.ckpt.advance(self.pos, [])
