@@ -160,6 +160,38 @@ def test_replayed_messages_are_exactly_what_encode_message_gives(
                                     msg.message_timestamp)
 
 
+
+@pytest.mark.parametrize("sub", ["audit", "a" * 128])
+def test_messages_with_long_or_non_ascii_ids_are_what_encode_message_gives(
+    bus: EventBus, client: redis.Redis, sub: str
+) -> None:
+    # message ids over 255 bytes and non-ASCII event ids leave the template's fast path
+    ids = ["plain-1", "évènement-2", "z" * 128]
+    sids = bus.publish_batch([Event(type="order.created", data={"i": i}, id=event_id)
+                              for i, event_id in enumerate(ids)])
+    target = QueueTarget(bus, sub)
+    stream = bus.keys.stream("order")
+    for sid in sids:
+        [(raw_sid, fields)] = client.xrange(stream, sid, sid)
+        item = ("order", raw_sid, {k.decode(): v for k, v in fields.items()}, 0)
+        assert target.message(item, 1234) == _expected(bus, sub, stream, raw_sid, fields, 1234)
+
+
+def test_a_delivery_whose_lengths_do_not_add_up_writes_nothing(
+    bus: EventBus, client: redis.Redis
+) -> None:
+    from chi_redis.backend.scripts import script
+
+    queue, ckpt = bus.keys.queue("audit"), bus.keys.checkpoint("bad")
+    run = script("replay_queue").run
+    with pytest.raises(redis.ResponseError, match="do not add up"):
+        run(client, [queue, ckpt], ["1", "pos", "1-1", "3 4", b"abcdef"])
+    assert client.exists(queue, ckpt) == 0
+    assert run(client, [queue, ckpt], ["1", "pos", "1-1", "3 3", b"abcdef"]) == 2
+    assert [f[b"m"] for _, f in client.xrange(queue)] == [b"abc", b"def"]
+    assert client.hgetall(ckpt) == {b"pos": b"1-1", b"delivered": b"2"}
+
+
 # resumable ---------------------------------------------------------------------------------------
 def _fail_after(monkeypatch: pytest.MonkeyPatch, method: str, calls: int) -> None:
     """Make QueueTarget.<method> fail from its ``calls``+1-th call on."""
