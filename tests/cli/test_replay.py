@@ -247,6 +247,36 @@ def test_interrupted_replay_resumes_without_repeating_or_skipping(
     assert len(queued(client, bus, "audit")) == total
 
 
+def test_a_failed_delivery_stops_the_batches_queued_behind_it(
+    cli: Cli, bus: EventBus, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the 6th delivery fails: the 7th, already prepared and queued behind it, must not
+    # go out, or the checkpoint would move past events that were never delivered.
+    register(bus, "audit")
+    StreamsBroker(bus, options=BrokerOptions(**FAST))
+    publish_n(bus, 200)
+    args = ("replay", "--to", "audit", "--topic", "order", "--batch-size", "10",
+            "--checkpoint", "fail-once")
+    original = QueueTarget.send
+    count = [0]
+
+    def failing_once(self: QueueTarget, *a: Any) -> Any:
+        count[0] += 1
+        if count[0] == 6:
+            time.sleep(0.5)  # the next batch is queued behind this one meanwhile
+            raise RedisUnavailableError("connection lost (injected)")
+        return original(self, *a)
+
+    with monkeypatch.context() as m:
+        m.setattr(QueueTarget, "send", failing_once)
+        r = cli(*args, ok=False)
+    assert r.exit_code == 1
+    assert queued_indexes(client, bus, "audit") == list(range(50))
+    assert int(client.hget(bus.keys.checkpoint("fail-once"), "delivered") or 0) == 50
+    cli(*args)
+    assert queued_indexes(client, bus, "audit") == list(range(200))
+
+
 def test_killed_replay_subprocess_resumes_exactly_once(
     bus: EventBus, client: redis.Redis, ns: str
 ) -> None:
