@@ -29,7 +29,7 @@ def expected(events: list[Event], lo: datetime, hi: datetime) -> list[str]:
 
 
 def test_lua_scripts_hold_the_on_time_bounds_of_streamids() -> None:
-    for name in ("publish", "replay_topic"):
+    for name in ("publish", "publish_one", "replay_topic"):
         m = re.search(r"local BEHIND, AHEAD = (\d+), (\d+)", script(name).source)
         assert m is not None, name
         assert (int(m[1]), int(m[2])) == (ON_TIME_BEHIND_MS, ON_TIME_AHEAD_MS), name

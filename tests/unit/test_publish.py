@@ -31,7 +31,7 @@ def test_publish_returns_the_stream_id_and_writes_entry_index_and_lookup(
     bus: EventBus, client: redis.Redis
 ) -> None:
     event = ev(1, metadata={"source": "test"})
-    client.script_load(script("publish").source)  # as after the first publish
+    client.script_load(script("publish_one").source)  # as after the first publish
     with CommandCounter(client) as counter:
         sid = bus.publish(event)
     assert counter.count == 1  # one round trip
@@ -199,7 +199,7 @@ def test_single_publish_retry_after_a_lost_reply_does_not_duplicate(
     client: redis.Redis, ns: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bus = EventBus(client, namespace=ns, retry=RetryPolicy(attempts=2, base_ms=1))
-    original = bus.writer.send
+    original = bus.writer.send_one  # one event: lua/publish_one.lua
     calls = {"n": 0}
 
     def flaky(keys: Any, argv: Any) -> Any:
@@ -209,7 +209,7 @@ def test_single_publish_retry_after_a_lost_reply_does_not_duplicate(
             raise rex.TimeoutError("timeout reading from socket")
         return result
 
-    monkeypatch.setattr(bus.writer, "send", flaky)
+    monkeypatch.setattr(bus.writer, "send_one", flaky)
     sid = bus.publish(ev(1))
     assert calls["n"] == 2
     assert [s.decode() for s, _ in client.xrange(bus.keys.stream("user"))] == [sid]
