@@ -182,11 +182,17 @@ class _Packing:
         self.idempotency_ttl_ms = idempotency_ttl_ms
         self.script = script("publish")
         self.one_script = script("publish_one")
-        self._topic_keys: dict[str, tuple[str, str, str, str]] = {}
+        self._topic_keys: dict[str, tuple[bytes, ...]] = {}
 
-    def pack_one(self, event: Event, idempotency_key: str | None) -> Call:
+    def pack_one(
+        self, event: Event, idempotency_key: str | None
+    ) -> tuple[list[bytes], list[bytes | int]]:
         """KEYS and ARGV of a ``lua/publish_one.lua`` call: one event, 7 arguments (8 with
-        an idempotency key), validated and encoded first."""
+        an idempotency key), validated and encoded first.
+
+        Everything is handed to redis-py as bytes (key names cached per topic): it packs
+        bytes as they are, while each str or int argument costs it a conversion.
+        """
         if not isinstance(event, Event):
             raise ValidationError(
                 f"expected an Event, got {type(event).__name__}", field="events[0]"
@@ -198,13 +204,14 @@ class _Packing:
             if len(self._topic_keys) >= 4096:
                 self._topic_keys.clear()
             k = self.keys
-            topic_keys = self._topic_keys[topic] = (
-                k.stream(topic), k.index(topic), k.ids(), k.topics()
-            )
+            names = (k.stream(topic), k.index(topic), k.ids(), k.topics())
+            topic_keys = self._topic_keys[topic] = tuple(n.encode() for n in names)
         keys = list(topic_keys)
-        argv: list[bytes | str | int] = [id_, type_, ts, ver, meta, self.codec.enc_tag, data]
+        argv: list[bytes | int] = [
+            id_.encode(), type_.encode(), b"%d" % ts, ver.encode(), meta, self.codec.enc_tag, data
+        ]
         if idempotency_key is not None:
-            keys.append(self.keys.idem(topic, _check_idempotency_key(idempotency_key)))
+            keys.append(self.keys.idem(topic, _check_idempotency_key(idempotency_key)).encode())
             argv.append(self.idempotency_ttl_ms)
         return keys, argv
 
@@ -267,8 +274,8 @@ class Writer(_Packing):
         archive: bool,
     ) -> list[str]:
         if len(events) == 1 and not archive:
-            keys, argv = self.pack_one(events[0], idempotency_keys[0] if idempotency_keys else None)
-            ids = [self.call(lambda: self.send_one(keys, argv)).decode()]
+            one = self.pack_one(events[0], idempotency_keys[0] if idempotency_keys else None)
+            ids = [self.call(lambda: self.send_one(*one)).decode()]
         else:
             keys, argv = self.pack(events, idempotency_keys, archive)
             ids = _stream_ids(self.call(lambda: self.send(keys, argv)))
@@ -307,7 +314,7 @@ class Writer(_Packing):
         """One publish-script call (one round trip), unretried and unmapped."""
         return self.script.run(self.client, keys, argv)  # type: ignore[no-any-return]
 
-    def send_one(self, keys: list[str], argv: list[Any]) -> bytes:
+    def send_one(self, keys: list[bytes], argv: list[Any]) -> bytes:
         """One ``publish_one`` call (:meth:`pack_one`; one round trip), unretried and
         unmapped; the stream id."""
         return self.one_script.run(self.client, keys, argv)  # type: ignore[no-any-return]
@@ -370,8 +377,8 @@ class AsyncWriter(_Packing):
         archive: bool,
     ) -> list[str]:
         if len(events) == 1 and not archive:
-            keys, argv = self.pack_one(events[0], idempotency_keys[0] if idempotency_keys else None)
-            sid: bytes = await self.call(lambda: self.send_one(keys, argv))
+            one = self.pack_one(events[0], idempotency_keys[0] if idempotency_keys else None)
+            sid: bytes = await self.call(lambda: self.send_one(*one))
             ids = [sid.decode()]
         else:
             keys, argv = self.pack(events, idempotency_keys, archive)
@@ -407,7 +414,7 @@ class AsyncWriter(_Packing):
         """One publish-script call (one round trip), unretried and unmapped."""
         return await self.script.arun(self.client, keys, argv)  # type: ignore[no-any-return]
 
-    async def send_one(self, keys: list[str], argv: list[Any]) -> bytes:
+    async def send_one(self, keys: list[bytes], argv: list[Any]) -> bytes:
         """As :meth:`Writer.send_one`."""
         return await self.one_script.arun(self.client, keys, argv)  # type: ignore[no-any-return]
 
