@@ -4,7 +4,8 @@ An event whose time is close to its entry's append time (within
 :data:`~chi_redis.backend.streamids.ON_TIME_BEHIND_MS` before,
 :data:`~chi_redis.backend.streamids.ON_TIME_AHEAD_MS` after) is only in the stream: the
 entries of event times ``[lo, hi]`` lie among the stream ids ``[lo - ahead, hi + behind]``
-(in ms), read in pages and filtered on their ``ts`` field.  Every other ("late") event is
+(in ms), read in pages and filtered on their ``ts`` field by ``lua/range_ts.lua``, so
+the margin never crosses the network.  Every other ("late") event is
 also in the topic's time index (docs/design.md §3.3), as is every event written before the
 index held late events only, so both sources are read, side by side, and merged: an entry
 found by both is returned once.
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from ..backend.scripts import script
 from ..backend.streamids import (
     MAX_SEQ,
     ON_TIME_AHEAD_MS,
@@ -28,7 +30,46 @@ from ..backend.streamids import (
     succ,
 )
 
-__all__ = ["EventTimeReader", "FlatEntry", "entry_ts", "event_time_pages", "fetch_flat"]
+__all__ = [
+    "EventTimeReader",
+    "FlatEntry",
+    "entry_ts",
+    "event_time_pages",
+    "fetch_flat",
+    "flat_view",
+]
+
+_NO_CAP: StreamId = (2**63, 0)
+
+
+def _scored(reply: list[Any]) -> list[tuple[bytes, int]]:
+    """A raw ``ZRANGEBYSCORE … WITHSCORES`` reply as ``(member, score µs)`` pairs: flat
+    ``[member, score, ...]`` (RESP2; Redis prints whole doubles below 2**53 in full) or
+    ``[member, score]`` pairs (RESP3)."""
+    if reply and isinstance(reply[0], list | tuple):
+        return [(m, int(float(sc))) for m, sc in reply]
+    raw = reply[1::2]
+    try:
+        scores = list(map(int, raw))
+    except ValueError:
+        scores = [int(float(x)) for x in raw]
+    return list(zip(reply[0::2], scores, strict=True))
+
+
+def flat_view(client: Any) -> Any:
+    """A client on ``client``'s connection pool whose XRANGE and ZRANGEBYSCORE replies stay
+    as Redis sent them (flat lists), which is what :func:`event_time_pages` reads."""
+    import redis
+
+    view = redis.Redis(connection_pool=client.connection_pool)
+    view.set_response_callback("XRANGE", _identity)
+    view.set_response_callback("ZRANGEBYSCORE", _identity)
+    return view
+
+
+def _identity(response: Any, **options: Any) -> Any:
+    return response
+
 
 #: One entry as ``(stream id, flat [field, value, ...] list, event time µs)``.
 FlatEntry = tuple[bytes, list[bytes], int]
@@ -55,9 +96,14 @@ def fetch_flat(raw: Any, stream: str, sids: Sequence[bytes]) -> dict[bytes, list
     """
     if not sids:
         return {}
+    got: dict[bytes, list[bytes]] = {}
+    first, last = parse_id(sids[0]), parse_id(sids[-1])
+    if first <= last:  # usual: the span holds exactly these entries, in this order
+        span = raw.xrange(stream, sids[0], sids[-1], count=len(sids))
+        if len(span) == len(sids) and all(a == b[0] for a, b in zip(sids, span, strict=True)):
+            return dict(span)
     lo, hi = min(sids, key=parse_id), max(sids, key=parse_id)
     want = set(sids)
-    got: dict[bytes, list[bytes]] = {}
     for sid, flat in raw.xrange(stream, lo, hi, count=len(sids) * 2 + 16):
         if sid in want:
             got[sid] = flat
@@ -86,6 +132,7 @@ class EventTimeReader:
         page: int = 1000, missing: Callable[[int], None] | None = None,
     ) -> None:
         self.raw, self.stream, self.index = raw, stream, index
+        self.script = script("range_ts")
         self.lo, self.hi, self.cap, self.page, self.missing = lo_us, hi_us, cap, page, missing
         start = lo_us if after is None else max(lo_us, after[0])
         self.last: tuple[int, bytes] | None = after
@@ -98,20 +145,18 @@ class EventTimeReader:
         self.b_end: StreamId = min(cap, (hi_us // 1000 + ON_TIME_BEHIND_MS, MAX_SEQ))
         self.b_done, self.b_to = start > hi_us or self.b_next > self.b_end, start - 1
 
-    def keep(self, sid: bytes, ts: int, flat: list[bytes]) -> None:
-        if self.lo <= ts <= self.hi and (self.last is None or (ts, sid) > self.last):
-            self.buf.setdefault(sid, (ts, flat))
-
     def read_index(self) -> None:
         size = self.a_size
-        rows = self.raw.zrangebyscore(
-            self.index, self.a_score, self.hi, start=0, num=size, withscores=True
-        )
+        rows = _scored(self.raw.execute_command(
+            "ZRANGEBYSCORE", self.index, self.a_score, self.hi, "WITHSCORES", "LIMIT", 0, size
+        ))
         score, member = self.a_score, self.a_member
-        fresh = [
-            (m, int(s)) for m, s in rows if member is None or int(s) != score or m > member
-        ]
-        wanted = [(m, s) for m, s in fresh if parse_id(m) <= self.cap]
+        fresh = rows
+        if member is not None:
+            fresh = [(m, s) for m, s in rows if s != score or m > member]
+        wanted = fresh
+        if self.cap < _NO_CAP:
+            wanted = [(m, s) for m, s in fresh if parse_id(m) <= self.cap]
         found = fetch_flat(self.raw, self.stream, [m for m, _ in wanted])
         # Every read is done: the state changes only now, so a failed step can be retried.
         if not fresh:
@@ -124,30 +169,34 @@ class EventTimeReader:
         self.a_score, self.a_member = fresh[-1][1], fresh[-1][0]
         if self.missing is not None and len(found) < len(wanted):
             self.missing(len(wanted) - len(found))
-        for m, s in wanted:
-            flat = found.get(m)
-            if flat is not None:
-                self.keep(m, s, flat)
+        buf, last, get = self.buf, self.last, found.get
+        for m, s in wanted:  # in [lo, hi] by the index's own bounds
+            flat = get(m)
+            if flat is not None and (last is None or (s, m) > last):
+                buf.setdefault(m, (s, flat))
         if len(rows) < size:
             self.a_done = True
         else:
             self.a_to = self.a_score - 1
 
     def read_stream(self) -> None:
-        items = self.raw.xrange(
-            self.stream, format_id(self.b_next), format_id(self.b_end), count=self.page
+        reply = self.script.run(
+            self.raw, [self.stream],
+            [format_id(self.b_next), format_id(self.b_end), self.page, self.lo, self.hi],
         )
-        for sid, flat in items:
+        n, last_sid = int(reply[0]), reply[1]
+        buf, last, lo, hi = self.buf, self.last, self.lo, self.hi
+        for sid, flat in reply[2:]:  # filtered by the script (in doubles: checked again)
             ts = entry_ts(flat)
-            if ts is not None:
-                self.keep(sid, ts, flat)
-        if len(items) < self.page:
+            if ts is not None and lo <= ts <= hi and (last is None or (ts, sid) > last):
+                buf.setdefault(sid, (ts, flat))
+        if n < self.page:
             self.b_done = True
             return
-        last = parse_id(items[-1][0])
-        self.b_next = succ(last)
-        # An unread on-time entry has an id after ``last``: its time is at least this.
-        self.b_to = (last[0] - ON_TIME_BEHIND_MS) * 1000 - 1
+        end = parse_id(last_sid)
+        self.b_next = succ(end)
+        # An unread on-time entry has an id after ``end``: its time is at least this.
+        self.b_to = (end[0] - ON_TIME_BEHIND_MS) * 1000 - 1
         self.b_done = self.b_next > self.b_end
 
     def step(self) -> list[FlatEntry] | None:
@@ -182,7 +231,7 @@ def event_time_pages(
     """Pages of a topic's entries whose event time is in ``[lo_us, hi_us]``, in
     ``(event time, stream id bytes)`` order, after the position ``after`` (exclusive).
 
-    ``raw`` is a client whose XRANGE replies stay flat lists.  Entries appended after
+    ``raw`` is a client from :func:`flat_view`.  Entries appended after
     ``cap`` are left out; index members whose entry is gone (trimmed by someone else) are
     reported to ``missing``.
     """

@@ -25,7 +25,7 @@ from typing import Any, Literal, TypeVar
 
 from ..backend.keys import Keys
 from ..backend.streamids import MAX_SEQ, StreamId, format_id, parse_id, succ
-from .eventtime import event_time_pages
+from .eventtime import event_time_pages, flat_view
 
 __all__ = [
     "By",
@@ -169,7 +169,7 @@ def index_pages(
     """
     names = _NAMES.__getitem__
     pages = event_time_pages(
-        _flat_view(client), keys.stream(topic), keys.index(topic), lo_us, hi_us,
+        flat_view(client), keys.stream(topic), keys.index(topic), lo_us, hi_us,
         cap=cap, after=after, page=page, missing=missing,
     )
     for entries in pages:
@@ -178,19 +178,6 @@ def index_pages(
             it = iter(flat)
             items.append((topic, sid, dict(zip(map(names, it), it, strict=False)), ts))
         yield items
-
-
-def _identity(response: Any, **options: Any) -> Any:
-    return response
-
-
-def _flat_view(client: Any) -> Any:
-    """A client on the same connection pool whose XRANGE replies stay flat lists."""
-    import redis
-
-    r = redis.Redis(connection_pool=client.connection_pool)
-    r.set_response_callback("XRANGE", _identity)
-    return r
 
 
 def fetch_entries(client: Any, stream: str, sids: Sequence[bytes]) -> dict[bytes, Fields]:

@@ -7,13 +7,11 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
-import redis
-
 from ..backend.scripts import script
 from ..errors import PublishError
 from ..events.event import Event
 from ..events.names import validate_name
-from .eventtime import EventTimeReader
+from .eventtime import EventTimeReader, flat_view
 from .query import check_page, check_range, sort_key, type_matcher
 
 if TYPE_CHECKING:
@@ -37,7 +35,7 @@ class RedisEventStore:
         self._keys = bus.keys
         self._page = script("page")
         self._delete = script("delete")
-        self._raw = _raw_view(bus.client)
+        self._raw = flat_view(bus.client)
 
     def __repr__(self) -> str:
         return f"RedisEventStore({self.bus!r})"
@@ -201,18 +199,3 @@ def _type_matches(match: Callable[[str], bool], flat: list[bytes]) -> bool:
     else:
         raw = dict(zip(flat[::2], flat[1::2], strict=False)).get(b"type")
     return not isinstance(raw, bytes) or match(raw.decode(errors="replace"))
-
-
-def _identity(response: Any, **options: Any) -> Any:
-    return response
-
-
-def _raw_view(client: redis.Redis) -> redis.Redis:
-    """A client on the same connection pool whose XRANGE replies stay flat lists.
-
-    redis-py turns every entry into a dict; decoding straight from the flat reply (see
-    ``Codec.decode_flat``) is what keeps time-range queries near a bare XRANGE.
-    """
-    view = redis.Redis(connection_pool=client.connection_pool)
-    view.set_response_callback("XRANGE", _identity)
-    return view
