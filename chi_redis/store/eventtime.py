@@ -4,8 +4,7 @@ An event whose time is close to its entry's append time (within
 :data:`~chi_redis.backend.streamids.ON_TIME_BEHIND_MS` before,
 :data:`~chi_redis.backend.streamids.ON_TIME_AHEAD_MS` after) is only in the stream: the
 entries of event times ``[lo, hi]`` lie among the stream ids ``[lo - ahead, hi + behind]``
-(in ms), read in pages and filtered on their ``ts`` field by ``lua/range_ts.lua``, so
-the margin never crosses the network.  Every other ("late") event is
+(in ms), read in pages and filtered on their ``ts`` field.  Every other ("late") event is
 also in the topic's time index (docs/design.md §3.3), as is every event written before the
 index held late events only, so both sources are read, side by side, and merged: an entry
 found by both is returned once.
@@ -19,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ..backend.scripts import script
 from ..backend.streamids import (
     MAX_SEQ,
     ON_TIME_AHEAD_MS,
@@ -132,7 +130,6 @@ class EventTimeReader:
         page: int = 1000, missing: Callable[[int], None] | None = None,
     ) -> None:
         self.raw, self.stream, self.index = raw, stream, index
-        self.script = script("range_ts")
         self.lo, self.hi, self.cap, self.page, self.missing = lo_us, hi_us, cap, page, missing
         start = lo_us if after is None else max(lo_us, after[0])
         self.last: tuple[int, bytes] | None = after
@@ -180,20 +177,22 @@ class EventTimeReader:
             self.a_to = self.a_score - 1
 
     def read_stream(self) -> None:
-        reply = self.script.run(
-            self.raw, [self.stream],
-            [format_id(self.b_next), format_id(self.b_end), self.page, self.lo, self.hi],
+        items = self.raw.xrange(
+            self.stream, format_id(self.b_next), format_id(self.b_end), count=self.page
         )
-        n, last_sid = int(reply[0]), reply[1]
         buf, last, lo, hi = self.buf, self.last, self.lo, self.hi
-        for sid, flat in reply[2:]:  # filtered by the script (in doubles: checked again)
-            ts = entry_ts(flat)
+        for sid, flat in items:
+            # The layout the publish scripts write has ts 3rd; any other goes the slow way.
+            try:
+                ts = int(flat[5]) if len(flat) > 5 and flat[4] == b"ts" else entry_ts(flat)
+            except ValueError:  # not an event entry: never in an event-time range
+                ts = None
             if ts is not None and lo <= ts <= hi and (last is None or (ts, sid) > last):
                 buf.setdefault(sid, (ts, flat))
-        if n < self.page:
+        if len(items) < self.page:
             self.b_done = True
             return
-        end = parse_id(last_sid)
+        end = parse_id(items[-1][0])
         self.b_next = succ(end)
         # An unread on-time entry has an id after ``end``: its time is at least this.
         self.b_to = (end[0] - ON_TIME_BEHIND_MS) * 1000 - 1
