@@ -24,7 +24,7 @@ MAX_SEQ = 2**64 - 1
 #: id's ms) or :data:`ON_TIME_AHEAD_MS` after it is "on time": found by event time through
 #: the stream, by id range.  Any other event is "late" and also goes into the topic's time
 #: index (``lua/publish.lua`` holds the same two numbers; docs/design.md §3.3).
-ON_TIME_BEHIND_MS = 500
+ON_TIME_BEHIND_MS = 100
 ON_TIME_AHEAD_MS = 50
 #: A stream id as ``(milliseconds, sequence)``: tuples order the way Redis orders ids.
 StreamId = tuple[int, int]

@@ -6,7 +6,7 @@
 --   idempotency key index, then the topic names, then per event 7 values:
 --   topic slot (1-based), id, type, ts (us), ver, meta, data
 --   (plus the 1-based index of its idempotency key, 0 for none, when ARGV[6] is '1').
--- The time index only holds "late" events: those whose event time is more than 500 ms
+-- The time index only holds "late" events: those whose event time is more than 100 ms
 -- before or 50 ms after the append time of their stream id (docs/design.md §3.3; the
 -- bounds are ON_TIME_BEHIND_MS / ON_TIME_AHEAD_MS in backend/streamids.py).  The others are
 -- found by event time through the stream itself, read by id range with that margin.
@@ -23,7 +23,7 @@ local ttl, n, nt = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local arc, enc, has_idem = ARGV[4] == '1', ARGV[5], ARGV[6] == '1'
 local per = has_idem and 8 or 7
 local base = 6 + nt
-local BEHIND, AHEAD = 500, 50
+local BEHIND, AHEAD = 100, 50
 
 -- Whether an event's time (us) is too far from its entry's append time (ms) to be found
 -- through the stream by id range: it then goes into the time index.

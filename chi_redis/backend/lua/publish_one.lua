@@ -25,7 +25,7 @@ sid = redis.call('XADD', KEYS[1], '*', 'id', id, 'type', ARGV[2], 'ts', ts, 'ver
 if idem then redis.call('SET', idem, sid, 'PX', ARGV[8]) end
 local topic = string.match(KEYS[1], '{(.*)}')
 redis.call('HSET', KEYS[3], id, topic .. ' ' .. sid)
-local BEHIND, AHEAD = 500, 50
+local BEHIND, AHEAD = 100, 50
 local d = tonumber(string.match(sid, '^(%d+)')) - math.floor(tonumber(ts) / 1000)
 if d > BEHIND or d < -AHEAD then redis.call('ZADD', KEYS[2], ts, sid) end
 redis.call('SADD', KEYS[4], topic)

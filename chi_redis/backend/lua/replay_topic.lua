@@ -7,7 +7,7 @@
 -- ARGV[1] number of checkpoint field/value pairs (0: no checkpoint), then the pairs, then
 --   per event 8 values: topic, id, type, ts(us), ver, meta, enc, data.
 -- Returns the new stream ids.
-local BEHIND, AHEAD = 500, 50
+local BEHIND, AHEAD = 100, 50
 local function late(sid, ts)
   local d = tonumber(string.match(sid, '^(%d+)')) - math.floor(tonumber(ts) / 1000)
   return d > BEHIND or d < -AHEAD
