@@ -11,7 +11,7 @@ from ..backend.scripts import script
 from ..errors import PublishError
 from ..events.event import Event
 from ..events.names import validate_name
-from .eventtime import EventTimeReader, flat_view
+from .eventtime import EventTimeReader, event_time_entries, flat_view
 from .query import check_page, check_range, sort_key, type_matcher
 
 if TYPE_CHECKING:
@@ -156,6 +156,13 @@ class RedisEventStore:
         self, topic: str, lo: int, hi: int, match: Callable[[str], bool] | None, limit: int | None
     ) -> list[Event]:
         k = self._keys
+        if limit is None:  # every match, sorted by the caller: no merge needed
+            entries: list[Entry] = self._r(partial(
+                event_time_entries, self._raw, k.stream(topic), k.index(topic), lo, hi, page=_PAGE
+            ))
+            if match is not None:
+                entries = [e for e in entries if _type_matches(match, e[1])]
+            return self._decode(topic, entries)
         out: list[Event] = []
         cutoff: int | None = None
         reader = EventTimeReader(

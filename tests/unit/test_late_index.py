@@ -16,6 +16,7 @@ import redis
 from chi_redis import Event, EventBus
 from chi_redis.backend.scripts import script
 from chi_redis.backend.streamids import ON_TIME_AHEAD_MS, ON_TIME_BEHIND_MS
+from chi_redis.store.eventtime import event_time_entries, flat_view
 from chi_redis.store.history import index_pages
 from chi_redis.store.query import sort_key
 
@@ -134,3 +135,28 @@ def test_delete_and_load_of_late_and_on_time_events(bus: EventBus, client: redis
     assert bus.store.load(late.id) is None and bus.store.load(on_time.id) is None
     lo, hi = now - timedelta(days=2), now + timedelta(days=1)
     assert bus.store.load_by_time_range(lo, hi) == []
+
+
+def test_unordered_reader_pages_both_sources_and_reads_each_entry_once(
+    bus: EventBus, client: redis.Redis
+) -> None:
+    """``event_time_entries`` (the store's path without a limit), in pages smaller than
+    each source, on late, on-time and older-layout (indexed on-time) entries alike."""
+    rnd = random.Random(11)
+    now = datetime.now(UTC)
+    events = [ev(i, now - timedelta(milliseconds=rnd.choice([0, 30, 400, 3000]) + i))
+              for i in range(120)]
+    sids = bus.publish_batch(events)
+    index = bus.keys.index("order")
+    for e, sid in list(zip(events, sids, strict=True))[::3]:  # as the older script wrote
+        client.zadd(index, {sid: e.timestamp_us})
+    raw = flat_view(client)
+    for _ in range(15):
+        a, b = sorted(rnd.choice(events).timestamp for _ in range(2))
+        lo, hi = int(a.timestamp() * 1e6), int(b.timestamp() * 1e6)
+        for page in (1, 4, 1000):
+            got = event_time_entries(
+                raw, bus.keys.stream("order"), index, lo, hi, page=page
+            )
+            ids = [bus.codec.decode_flat(f, topic="order").id for _, f in got]
+            assert sorted(ids) == sorted(expected(events, a, b)), page
