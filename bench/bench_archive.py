@@ -13,7 +13,8 @@ install_archiver`, as ``chi-redis archive run`` installs it) in a Dramatiq Worke
 ceiling: what the PostgreSQL writes cost is the gap between the two).  ``chi.archive.loop``:
 N events already in a topic, the batch archive loop (:class:`chi_redis.ops.archive_loop.
 ArchiveLoop` with ``--batch`` per read, what ``chi-redis archive run`` runs) in a thread of
-this process, timed until every row is in the table.
+this process, timed until every row is in the table.  A round runs the raw baselines,
+``store_many`` and the loop first, next to each other, then the (slow) Worker scenarios.
 
 Every scenario writes into a fresh table of the store's shape (``create_table_sql``: primary
 key and both indexes), so the raw loops pay the same index upkeep.  Ratios are the median
@@ -21,7 +22,8 @@ over rounds of chi ÷ raw COPY and ÷ raw executemany measured in the same round
 time: on a shared machine the best-of figures of different rounds drift apart twofold), with
 best ÷ best beside them (target: at least half of raw).  PostgreSQL: ``--dsn``, else
 ``CHI_DATABASE_URL``, else ``postgresql://postgres@127.0.0.1:5432/test``; the bench's tables
-are dropped after.  Output lines: ``name value k=v`` (bench/common.py).
+are dropped after.  ``--only`` selects chi-redis scenarios by name (the raw baselines run in
+every round).  Output lines: ``name value k=v`` (bench/common.py).
 """
 
 from __future__ import annotations
@@ -42,7 +44,17 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import base_args, fresh, log, make_event, measured, redis_port, report, report_value
+from common import (
+    base_args,
+    fresh,
+    log,
+    make_event,
+    measured,
+    redis_port,
+    report,
+    report_value,
+    wanted,
+)
 
 from chi_redis import Event, EventBus
 from chi_redis.store.postgres import PostgresEventStore, create_table_sql
@@ -203,13 +215,27 @@ def main() -> None:
                     ("chi.archive.store_many",
                      lambda: chi_store_many(args.dsn, table, events, args.batch)),
                 ):
+                    if name.startswith("chi.") and not wanted(args, name):
+                        continue
                     reset(args.dsn, table)
                     with measured(r) as m:
                         got = run()
                     assert got == args.n, (name, got)
                     keep(name, report(name, got, m, batch=args.batch))
+                # The loop next to the raw baselines (adjacent in time), the slow Worker after.
+                if wanted(args, "chi.archive.loop"):
+                    reset(args.dsn, table)
+                    fresh(r)
+                    bus = EventBus(r, namespace="bench")
+                    for lo in range(0, args.n, 1000):
+                        bus.publish_batch(events[lo : lo + 1000])
+                    got, m = chi_loop(args.dsn, table, bus, args.n, args.batch, r)
+                    assert got == args.n, got
+                    keep("chi.archive.loop", report("chi.archive.loop", got, m, batch=args.batch))
                 for name, dsn in (("chi.archive.worker", args.dsn),
                                   ("chi.archive.worker_nullstore", None)):
+                    if not wanted(args, name):
+                        continue
                     reset(args.dsn, table)
                     fresh(r)
                     bus = EventBus(r, namespace="bench")
@@ -218,15 +244,9 @@ def main() -> None:
                     got, m = chi_worker(dsn, table, bus, args.n, args.batch, args.threads, r)
                     assert got == args.n, got
                     keep(name, report(name, got, m, threads=args.threads, batch=args.batch))
-                reset(args.dsn, table)
-                fresh(r)
-                bus = EventBus(r, namespace="bench")
-                for lo in range(0, args.n, 1000):
-                    bus.publish_batch(events[lo : lo + 1000])
-                got, m = chi_loop(args.dsn, table, bus, args.n, args.batch, r)
-                assert got == args.n, got
-                keep("chi.archive.loop", report("chi.archive.loop", got, m, batch=args.batch))
         for chi in ("chi.archive.store_many", "chi.archive.worker", "chi.archive.loop"):
+            if chi not in rates:
+                continue
             for raw in ("copy", "executemany"):
                 per_round = [c / b for c, b in
                              zip(rates[chi], rates[f"raw.archive.{raw}"], strict=True)]

@@ -21,7 +21,7 @@ pipelined XADD, time range <= 2x raw XRANGE.
 
 Run:  .venv/bin/python bench/bench_publish.py [--rounds 3] [--range-total 1000000] [--port P]
 It FLUSHALLs its server, so without --port it starts a redis-server of its own on a free
-port (port 6379 is refused).  Beside a peers' harness: see bench/README.md (CHI_PEERS_DIR).
+port (port 6379 is refused).  `bench/run` runs it beside every other bench (bench/README.md).
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ milliseconds, ``.ratio`` names are chi-redis ÷ its baseline).  ``py_cpu`` is th
 of the bench process (all its threads) as % of one core over the measured wall time,
 ``redis_cpu`` the same for redis-server (from ``INFO cpu``).
 
-The line format, the option names (``--port``, ``--host``, ``-n``, ``--only``) and the
-baseline event are those of the peers' harness, so the benches also run beside it (see
-``bench/README.md``, ``CHI_PEERS_DIR``).  Nothing here needs that harness.
+A figure that cannot be measured prints ``<name> n/a reason=...`` (:func:`report_na`).
+Every bench takes ``--port``, ``--host``, ``-n`` and ``--only``; ``bench/run`` (``suite.py``)
+runs them all on one redis-server and prints the table (``bench/README.md``).
 """
 
 from __future__ import annotations
@@ -41,11 +41,13 @@ __all__ = [
     "fresh",
     "log",
     "make_event",
+    "make_event_dict",
     "measured",
     "own_server",
     "percentiles",
     "redis_port",
     "report",
+    "report_na",
     "report_value",
     "wanted",
 ]
@@ -75,6 +77,11 @@ def make_event(i: int, ts: float | None = None) -> BaselineEvent:
         metadata={"source": "bench", "attempt": 0},
         timestamp=time.time() if ts is None else ts,
     )
+
+
+def make_event_dict(i: int, ts: float | None = None) -> dict[str, Any]:
+    """The same event as a plain dict, for the frameworks that serialize it themselves."""
+    return msgspec.structs.asdict(make_event(i, ts))
 
 
 def base_args(description: str, default_n: int) -> argparse.ArgumentParser:
@@ -153,6 +160,11 @@ def report(name: str, n: int, m: Measure, **extra: object) -> float:
 def report_value(name: str, value: float, **extra: object) -> None:
     """Print one figure that is not a rate (a latency, a ratio, bytes)."""
     print("  ".join([f"{name} {value:.3f}"] + [f"{k}={v}" for k, v in extra.items()]), flush=True)
+
+
+def report_na(name: str, reason: str) -> None:
+    """Print that ``name`` was not measured, and why (the table shows ``n/a (reason)``)."""
+    print(f"{name} n/a  reason={reason.replace(' ', '_')}", flush=True)
 
 
 def percentiles(values_ms: list[float]) -> tuple[float, float, float]:

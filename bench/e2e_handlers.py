@@ -1,6 +1,12 @@
-"""Handlers for bench_e2e.py, loaded by ``dramatiq chi_redis.worker e2e_handlers``.
+"""Handlers for the end-to-end benches, loaded by ``dramatiq chi_redis.worker e2e_handlers``.
 
-Not a bench itself (its name does not start with ``bench_``, so no runner picks it up).
+Not a bench itself (its name does not start with ``bench_``).  Each scenario has a topic of
+its own, so a subscription never sees another scenario's events; the workers of a scenario
+listen only on its queues (``--queues``).
+
+The batch subscription needs ``batch_size`` on ``EventBus.subscribe``: on a chi-redis
+without batch subscriptions it is not registered (``BATCH`` is False) and the bench prints
+its row as not available.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from chi_redis import Event
 from chi_redis.worker import bus
 
 LATENCY_KEY = f"{bus.namespace}:bench:latency"
+FANOUT = 4
 
 
 @bus.subscribe("bench-noop", topics=["bench"], max_retries=0)
@@ -18,8 +25,40 @@ def noop(event: Event) -> None:
     """Does nothing: measures the runtime, not the handler."""
 
 
+@bus.subscribe("bench-sleep", topics=["benchslow"], max_retries=0)
+def sleep_1ms(event: Event) -> None:
+    """A handler that takes 1 ms (off the GIL, like an I/O call)."""
+    time.sleep(0.001)
+
+
+def _fan(event: Event) -> None:
+    """One of the fan-out subscriptions: does nothing."""
+
+
+for _i in range(FANOUT):
+    bus.subscribe(f"bench-fan{_i}", topics=["benchfan"], max_retries=0)(_fan)
+
+
+@bus.subscribe("bench-glob", topics=["benchglob"], types=["benchglob.k0.*"], max_retries=0)
+def glob_match(event: Event) -> None:
+    """Receives the 1 in 8 events whose type matches the glob."""
+
+
 @bus.subscribe("bench-latency", topics=["benchlat"], max_retries=0)
 def latency(event: Event) -> None:
     """Records publish→handler-start latency (ms) of each event."""
     lat_ms = (time.time() - event.timestamp.timestamp()) * 1000
     bus.client.rpush(LATENCY_KEY, f"{lat_ms:.4f}")
+
+
+def batch_noop(events: list[Event]) -> None:
+    """A batch handler that does nothing."""
+
+
+try:
+    bus.subscribe(
+        "bench-batch", topics=["benchbatch"], max_retries=0, batch_size=100, batch_wait_ms=5,
+    )(batch_noop)
+    BATCH = True
+except TypeError:  # a chi-redis without batch subscriptions
+    BATCH = False

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backend.keys import Keys
 from .errors import (
+    BatchFailed,
     BufferFullError,
     ChiError,
     ConfigError,
@@ -68,6 +69,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncEventBus",
+    "BatchFailed",
     "BufferFullError",
     "BufferedPublisher",
     "ChiError",

@@ -14,6 +14,7 @@ Every error a caller can catch subclasses :class:`ChiError`::
     │   └── RedisFullError                  ``OOM command not allowed`` (maxmemory reached)
     ├── PublishError                        a batch was written only in part
     ├── BufferFullError                     the background publisher's buffer is full
+    ├── BatchFailed                         a batch handler: these events of the batch failed
     └── NotFoundError                       an unknown subscription, event or dead letter
 
 Messages never contain a password: URLs are passed through :func:`redact_url`.
@@ -22,9 +23,11 @@ Messages never contain a password: URLs are passed through :func:`redact_url`.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
+    "BatchFailed",
     "BufferFullError",
     "ChiError",
     "ConfigError",
@@ -121,6 +124,30 @@ class PublishError(ChiError):
 
 class BufferFullError(ChiError):
     """The background publisher's buffer is full and the policy is to raise."""
+
+
+class BatchFailed(ChiError):
+    """Raised by a batch handler (``batch_size=``) when only some events of its batch failed.
+
+    ``failed`` names them, as events or event ids; the other events of the batch count as
+    handled and are acked, the failed ones are retried as a smaller batch
+    (docs/design.md §5.10).  ``cause`` is what went wrong (recorded in their dead letters
+    if they end there).  A ``failed`` that names no event of the batch fails all of it.
+    """
+
+    def __init__(
+        self, failed: Iterable[Any], cause: BaseException | None = None, message: str = ""
+    ) -> None:
+        self.failed = tuple(failed)
+        self.cause = cause
+        text = f"{len(self.failed)} event(s) of the batch failed"
+        if cause is not None:
+            text += f": {type(cause).__name__}: {cause}"
+        super().__init__(message or text)
+
+    def failed_ids(self) -> set[str]:
+        """The ids of the events named failed (an event's ``id``, or the id given)."""
+        return {str(getattr(f, "id", f)) for f in self.failed}
 
 
 class NotFoundError(ChiError):

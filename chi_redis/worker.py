@@ -26,6 +26,7 @@ import dramatiq
 from .config import broker_options_from_config, bus_from_config, load_config
 from .observe import process as _observe
 from .routing import RoutingMiddleware
+from .runtime.boot import FreezeHeapAtBoot
 from .runtime.broker import StreamsBroker
 from .runtime.encoder import MsgpackEncoder
 
@@ -59,6 +60,8 @@ broker = StreamsBroker(
     middleware=_middleware,
     options=broker_options_from_config(config),
 )
+# Full GC passes over the boot-time heap made the latency tail (chi_redis.runtime.boot).
+broker.add_middleware(FreezeHeapAtBoot())
 if config.routing.rules:
     broker.add_middleware(RoutingMiddleware(bus, config))
 if config.monitoring.health_check_enabled:  # /healthz, /readyz per worker (observe.middleware)

@@ -89,13 +89,30 @@ def map_redis_error(exc: BaseException, url: str = "", password: str | None = No
     return RedisError(f"Redis error{where}: {text}")
 
 
-def _client_options(options: dict[str, Any]) -> dict[str, Any]:
+def _driver_info(options: dict[str, Any]) -> dict[str, Any]:
+    """redis-py's CLIENT SETINFO identity (``redis-py``, its version) given explicitly.
+
+    Left to itself, redis-py looks its own version up in the installed packages' metadata
+    when it opens the first connection (a scan of site-packages: ~5 ms of every CLI run);
+    ``redis.__version__`` is the same string.  Nothing changes when the caller names one.
+    """
+    if options.keys() & {"driver_info", "lib_name", "lib_version"}:
+        return {}
+    try:
+        from redis.driver_info import DriverInfo
+    except ImportError:  # pragma: no cover - redis-py before DriverInfo: it looks it up
+        return {}
+    return {"driver_info": DriverInfo(name="redis-py", lib_version=redis.__version__)}
+
+
+def _client_options(options: dict[str, Any], retry: Any = None) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "socket_connect_timeout": 5.0,
         # Must exceed the longest XREADGROUP BLOCK we issue (docs/design.md §8).
         "socket_timeout": 10.0,
-        "retry": Retry(NoBackoff(), 0),
+        "retry": Retry(NoBackoff(), 0) if retry is None else retry,
         "health_check_interval": 30,
+        **_driver_info(options),
     }
     opts.update(options)
     return opts
@@ -123,9 +140,12 @@ def connect(url: str = DEFAULT_URL, **options: Any) -> redis.Redis:
 def connect_async(url: str = DEFAULT_URL, **options: Any) -> redis.asyncio.Redis:
     """A ``redis.asyncio`` client for ``url`` with chi-redis's connection defaults."""
     import redis.asyncio  # here, not at the top: only asyncio programs pay for it
+    from redis.asyncio.retry import Retry as AsyncRetry
 
+    # redis-py 8.2 warns when an asyncio client is given the synchronous Retry class.
     try:
-        return redis.asyncio.Redis.from_url(url, **_client_options(options))
+        opts = _client_options(options, retry=AsyncRetry(NoBackoff(), 0))
+        return redis.asyncio.Redis.from_url(url, **opts)
     except ValueError as exc:
         raise _invalid_url(url, exc) from None
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -33,7 +37,8 @@ __all__ = ["replay_cmd"]
 @click.option("--republish", is_flag=True, help="Publish again as new events (marked).")
 @click.option("--print", "print_", is_flag=True, help="Print JSON lines.")
 @click.option("--dry-run", is_flag=True, help="Count what would be replayed.")
-@click.option("--rate", metavar="N/s", help="At most N events per second.")
+@click.option("--rate", metavar="N/s",
+              help="At most N events per second (all workers together), spread evenly.")
 @click.option("--batch-size", type=click.IntRange(1, 10_000),
               help="Events per read (default: config replay.batch_size, 500).")
 @click.option("--workers", type=click.IntRange(1, 64),
@@ -51,7 +56,7 @@ def replay_cmd(
     source: str,
 ) -> None:
     """Replay a range of events into one subscription, back onto the topic, or stdout."""
-    from ..ops.replay import ReplayInterrupted, ReplayOptions, choose_target, estimate_total, replay
+    from ..ops.replay import ReplayOptions
 
     chosen = [x for x in (to_sub, republish, print_) if x]
     if len(chosen) > 1:
@@ -76,6 +81,38 @@ def replay_cmd(
         checkpoint=checkpoint,
     )
     opts.validate()
+    with _stop_on_signals() as opts.stop:
+        _run(s, opts, names, globs, lo, hi, by, to_sub, republish, print_, source)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT (Ctrl-C) and SIGTERM stop the replay before its next delivery, so the
+    checkpoint stands exactly after the last one delivered (even for ``--print``); a second
+    signal interrupts at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(s: Any, opts: Any, names: list[str], globs: list[str] | None, lo: Any, hi: Any,
+         by: By, to_sub: str | None, republish: bool, print_: bool, source: str) -> None:
+    from ..ops.replay import ReplayInterrupted, choose_target, estimate_total, replay
+
+    dry_run = opts.dry_run
     bus = s.bus()
     printing = print_ and not dry_run
     target, default_topics = choose_target(

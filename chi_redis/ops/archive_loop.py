@@ -2,20 +2,23 @@
 
 The loop reads the topic streams of consumer group ``chi-archive`` (the group the archiver
 subscription uses, so both may run side by side) with one ``XREADGROUP … COUNT n BLOCK ms``,
-decodes the entries, keeps those the archiver's ``types``/``topics`` select, stores them with
-one ``store_many`` call (one commit) and only then acknowledges the batch.  The acks go out
-pipelined in front of the next read, so a batch costs two round trips: one to Redis, one to
-the store.
+decodes the entries, keeps those the archiver's ``types``/``topics`` select and stores them
+with one ``store_many`` call (one commit) in a store thread, and acknowledges a batch only
+once it is stored.  Reading and storing overlap: while one batch is being stored, the loop
+reads and decodes the next (each read carries the acks of the batches stored since the
+last); when the store is slower than the reads, the loop reads on — up to ``GATHER``
+reads' worth — and hands all it gathered to the store thread as one batch once the store
+is free, so a lagging store gets fewer, larger commits.
 
 Crash safety (docs/design.md §14): an entry is acknowledged only after it is stored, and the
 stores write an id they already hold once.  On start the loop first re-reads its own pending
 entries (``XREADGROUP … 0``: what it read before a crash under the same consumer name), and
 every ``lease_ms / 3`` it takes over (XAUTOCLAIM) entries of other consumers of the group idle
-past the lease — a kill -9'd loop's batch, or a dead worker's messages.  An entry that does not
-decode is dead-lettered (reason ``decode``, the subscription's dead-letter stream) and acked in
-one script call; it never stops the loop.  A store error keeps the batch and retries it with a
-backoff.  :meth:`ArchiveLoop.stop` (SIGTERM in ``chi-redis archive run``) lets the current
-batch finish and be acknowledged, then the loop returns.
+past the lease — a kill -9'd loop's batches, or a dead worker's messages.  An entry that does
+not decode is dead-lettered (reason ``decode``, the subscription's dead-letter stream) and
+acked in one script call; it never stops the loop.  A store error keeps the batch and retries
+it with a backoff.  :meth:`ArchiveLoop.stop` (SIGTERM in ``chi-redis archive run``) lets the
+batches in hand be stored and acknowledged, then the loop returns.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import redis
 import redis.exceptions as rex
 
 from ..backend.scripts import script
@@ -41,6 +45,7 @@ from ..runtime.deadletters import DLQ_MAXLEN, entry_dead_letter
 from ..runtime.leases import Leases
 from ..runtime.subscriptions import Subscription, encode_record
 from .archive import ARCHIVE_SUBSCRIPTION
+from .archive_writer import ArchiveStats, StoreThread
 
 if TYPE_CHECKING:
     from ..publish.bus import EventBus
@@ -51,23 +56,21 @@ __all__ = ["ArchiveLoop", "ArchiveStats"]
 logger = logging.getLogger(__name__)
 
 _CONNECTION_ERRORS = (rex.ConnectionError, rex.TimeoutError)
-#: An entry tuple as the loop handles it: (stream, entry id, fields).
-Entry = tuple[str, bytes, dict[bytes, bytes]]
+#: An entry tuple as the loop handles it: (stream, entry id, flat [name, value, …] fields or
+#: None for an entry deleted while pending).
+Entry = tuple[str, bytes, "list[bytes] | None"]
+#: The field names of an entry as the publish script writes it, in order.
+_PUBLISHED = [b"id", b"type", b"ts", b"ver", b"meta", b"enc", b"data"]
+#: How many reads' worth of events the loop gathers for one store call while the store is busy.
+GATHER = 4
+
+
+def _identity(response: Any, **options: Any) -> Any:
+    return response
 
 
 def _archive_noop(event: Event) -> None:
     """The handler of the loop's subscription record (the loop never calls it)."""
-
-
-@dataclass
-class ArchiveStats:
-    """What one loop stored, skipped and dead-lettered so far."""
-
-    read: int = 0
-    stored: int = 0
-    skipped: int = 0
-    dead_lettered: int = 0
-    batches: int = 0
 
 
 class ArchiveLoop:
@@ -76,17 +79,25 @@ class ArchiveLoop:
     ``batch_size``: entries read per stream per round trip; ``block_ms``: how long a read
     waits for new entries; ``consumer``: this loop's consumer name in the group (give a
     restarted loop the same name and it re-reads its own pending batch at once; otherwise
-    that batch is taken over once idle past ``lease_ms``).
+    that batch is taken over once idle past ``lease_ms``).  ``switch_interval``: the
+    interpreter's thread switch interval (``sys.setswitchinterval``) while :meth:`run` runs,
+    None to leave it: the store thread, back from PostgreSQL, waits for the GIL while the
+    loop decodes, up to the interval (5 ms by default) each time (docs/benchmarks.md).
     """
 
     def __init__(
         self, bus: EventBus, store: EventStore, *, types: Sequence[str] = (),
         topics: Sequence[str] = (), batch_size: int = 500, block_ms: int = 1_000,
         lease_ms: int = 60_000, consumer: str | None = None, name: str = ARCHIVE_SUBSCRIPTION,
-        refresh_ms: int = 5_000,
+        refresh_ms: int = 5_000, switch_interval: float | None = 0.001,
     ) -> None:
         self.bus = bus
+        self.switch_interval = switch_interval
         self.client = bus.client
+        # XREADGROUP replies kept as Redis sends them (flat field lists): redis-py's dict per
+        # entry, and decoding from it, cost more than the rest of the read.
+        self._raw = redis.Redis(connection_pool=self.client.connection_pool)
+        self._raw.set_response_callback("XREADGROUP", _identity)
         self.keys = bus.keys
         self.codec = bus.codec
         self.store = store
@@ -100,6 +111,7 @@ class ArchiveLoop:
         # so `chi-redis stats` and the lag gauges show this group like any subscription.
         self.sub = Subscription(name, _archive_noop, types=tuple(types) or ("**",),
                                 topics=tuple(topics), start="earliest")
+        self._everything = self.sub.types == ("**",) and not self.sub.topics
         self.leases = Leases(self.client, name, self.consumer, lease_ms)
         self.stats = ArchiveStats()
         self._stop = threading.Event()
@@ -109,14 +121,16 @@ class ArchiveLoop:
         self._deadletter = script("deadletter")
         self._next_refresh = 0.0
         self._next_reclaim = 0.0
-        self._many: Any = getattr(store, "store_many", None)
+        self._writer = StoreThread(store, self._stop, self.stats, name)
+        self._events: list[Event] = []  # decoded, not yet handed to the store thread
+        self._held: list[Entry] = []  # their entries, acked once they are stored
 
     def __repr__(self) -> str:
         return f"ArchiveLoop({self.name!r}, consumer={self.consumer!r}, store={self.store!r})"
 
     # control ---------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Ask the loop to return after the batch in hand is stored and acknowledged."""
+        """Ask the loop to return after the batches in hand are stored and acknowledged."""
         self._stop.set()
 
     @property
@@ -126,7 +140,19 @@ class ArchiveLoop:
 
     def run(self) -> ArchiveStats:
         """Archive until :meth:`stop`; returns what was stored.  Survives Redis outages
-        and store errors (logged, retried with a backoff)."""
+        and store errors (logged, retried with a backoff).  Sets the interpreter's thread
+        switch interval to ``switch_interval`` meanwhile (see the class)."""
+        previous = sys.getswitchinterval()
+        if self.switch_interval:
+            sys.setswitchinterval(self.switch_interval)
+        try:
+            self._run()
+        finally:
+            if self.switch_interval and sys.getswitchinterval() == self.switch_interval:
+                sys.setswitchinterval(previous)
+        return self.stats
+
+    def _run(self) -> None:
         backoff = 0.1
         recovered = False
         while not self._stop.is_set():
@@ -143,11 +169,12 @@ class ArchiveLoop:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
         self.close()
-        return self.stats
 
     def start(self) -> None:
         """Create the groups, record the subscription, and store what a crash left: this
         consumer's own pending entries, then entries of dead consumers idle past the lease."""
+        self._archive([])  # what was in hand when Redis went away
+        self._flush_acks()
         self.refresh()
         while not self._stop.is_set():
             own = self._read_pending()
@@ -158,7 +185,10 @@ class ArchiveLoop:
         self.reclaim()
 
     def close(self) -> None:
-        """Send outstanding acks and leave the group's consumer list (if nothing pending)."""
+        """Wait for the batch being stored, send outstanding acks and leave the group's
+        consumer list (if nothing pending)."""
+        self._archive([])
+        self._writer.close()
         try:
             self._flush_acks()
             for stream in self._streams:
@@ -168,20 +198,28 @@ class ArchiveLoop:
 
     # one round -------------------------------------------------------------------------------
     def step(self) -> int:
-        """Read one batch (sending the previous batch's acks first), store it, queue its
-        acks; returns how many entries it read."""
+        """Read one batch (sending the queued acks first) and decode it; hand what was
+        gathered to the store thread once the batch before is stored (queueing its acks) —
+        at once if the store is free, else after reading on while it is busy; returns how
+        many entries it read."""
         now = time.monotonic()
         if now >= self._next_refresh:
             self.refresh()
         if now >= self._next_reclaim:
             self.reclaim()
         if not self._streams:
+            self._archive([])
             self._flush_acks()
             self._stop.wait(min(self.block_ms, self.refresh_ms) / 1000)
             return 0
-        entries = self._read_new()
-        if entries:
-            self._archive(entries)
+        # While a batch is being stored, do not block: with nothing new, settle that one.
+        entries = self._read_new(block=not self._writer.busy and not self._events)
+        self._prepare(entries)
+        if (entries and self._writer.storing
+                and len(self._events) < GATHER * self.batch_size):
+            return len(entries)  # the store is busy: read on, one store call for all
+        self._settle()
+        self._launch()
         return len(entries)
 
     def refresh(self) -> None:
@@ -211,17 +249,18 @@ class ArchiveLoop:
                     return
                 if not claimed:
                     break
-                self._archive([(stream, sid, f) for sid, f in claimed])
+                self._archive([(stream, sid, [x for kv in f.items() for x in kv])
+                               for sid, f in claimed])
                 self._flush_acks()
         self.leases.reap(self._streams)
         self._next_reclaim = time.monotonic() + self.leases.lease_ms / 3000
 
     # reading ---------------------------------------------------------------------------------
-    def _read_new(self) -> list[Entry]:
-        pipe = self.client.pipeline(transaction=False)
+    def _read_new(self, block: bool = True) -> list[Entry]:
+        pipe = self._raw.pipeline(transaction=False)
         acks = self._queue_acks(pipe)
         pipe.xreadgroup(self.name, self.consumer, dict.fromkeys(self._streams, ">"),
-                        count=self.batch_size, block=self.block_ms)
+                        count=self.batch_size, block=self.block_ms if block else None)
         try:
             *ack_results, read = pipe.execute(raise_on_error=False)
         except _CONNECTION_ERRORS:
@@ -231,7 +270,7 @@ class ArchiveLoop:
         return self._entries(read)
 
     def _read_pending(self) -> list[Entry]:
-        read = self.client.xreadgroup(self.name, self.consumer,
+        read = self._raw.xreadgroup(self.name, self.consumer,
                                       dict.fromkeys(self._streams, "0"), count=self.batch_size)
         # Each call restarts from "0": what the previous call returned was acked meanwhile.
         return self._entries(read)
@@ -243,7 +282,7 @@ class ArchiveLoop:
                 return []
             raise read
         out: list[Entry] = []
-        for stream, entries in read or ():
+        for stream, entries in (read.items() if isinstance(read, dict) else read or ()):
             name = stream.decode() if isinstance(stream, bytes) else str(stream)
             out.extend((name, sid, f) for sid, f in entries)
         return out
@@ -265,30 +304,47 @@ class ArchiveLoop:
 
     # storing ---------------------------------------------------------------------------------
     def _archive(self, entries: list[Entry]) -> None:
-        """Store the events of ``entries`` (retrying store errors until stopped), then
-        queue every entry's ack."""
-        events: list[Event] = []
-        done: list[Entry] = []
+        """Store what is in hand and the events of ``entries`` now (retrying store errors
+        until stopped) and queue the acks (start-up, take-over, close)."""
+        self._prepare(entries)
+        self._settle()
+        self._launch()
+        self._settle()
+
+    def _prepare(self, entries: list[Entry]) -> None:
+        """Decode ``entries`` into the gathered events; an entry with nothing to store
+        (deleted, filtered out, dead-lettered) has its ack queued at once."""
+        events, held = self._events, self._held
         for entry in entries:
             stream, sid, f = entry
-            if f is None:  # deleted from the stream while pending: nothing to store
+            event = None if f is None else self._decode(stream, sid, f)
+            if event is None:  # f None: deleted from the stream while pending
                 self._ack(stream, sid)
                 continue
-            event = self._decode(stream, sid, f)
-            if event is not None:
-                events.append(event)
-            done.append(entry)
+            events.append(event)
+            held.append(entry)
         self.stats.read += len(entries)
-        if events and not self._store(events):
-            return  # stopped while the store kept failing: the batch stays pending
-        self.stats.stored += len(events)
-        self.stats.batches += 1
-        for stream, sid, _ in done:
+
+    def _launch(self) -> None:
+        """Hand the gathered events to the store thread (nothing may be in it)."""
+        if self._events:
+            self._writer.launch(self._events, self._held)
+            self._events, self._held = [], []
+
+    def _settle(self) -> None:
+        """Wait for the batch in the store thread; queue its acks once it is stored."""
+        for stream, sid, _ in self._writer.settle():
             self._ack(stream, sid)
 
-    def _decode(self, stream: str, sid: bytes, f: dict[bytes, bytes]) -> Event | None:
+    def _decode(self, stream: str, sid: bytes, flat: list[bytes]) -> Event | None:
         topic = self._topic_of.get(stream) or self.keys.topic_from_stream(stream)
+        f: Any = flat
         try:
+            if self._everything and len(flat) == 14 and flat[0:13:2] == _PUBLISHED:
+                # Published, not an archive write ("arc"), and every event is archived.
+                return self.codec.decode_flat(flat, topic=topic, stream=stream,
+                                              entry_id=sid.decode())
+            f = dict(zip(flat[::2], flat[1::2], strict=True))
             if b"arc" in f or not self.sub.accepts(
                 EntryView(f[b"type"].decode(errors="replace"), topic, f.get(b"meta", b"{}"))
             ):
@@ -300,24 +356,6 @@ class ArchiveLoop:
                 f"undecodable entry: {exc!r}", stream=stream, entry_id=sid.decode())
             self._dead_letter(stream, sid, f, topic, err)
             return None
-
-    def _store(self, events: list[Event]) -> bool:
-        """Store ``events`` (one ``store_many`` call); False if stopped while failing."""
-        backoff = 0.2
-        while True:
-            try:
-                if self._many is not None:
-                    self._many(events)
-                else:
-                    for e in events:
-                        self.store.store(e)
-                return True
-            except Exception as exc:  # the store is down or refuses: keep the batch
-                logger.warning("archive store %r failed (%s: %s); retrying %d events in %.1fs",
-                               self.store, type(exc).__name__, exc, len(events), backoff)
-                if self._stop.wait(backoff):
-                    return False
-                backoff = min(backoff * 2, 10.0)
 
     def _dead_letter(
         self, stream: str, sid: bytes, f: Any, topic: str, exc: BaseException

@@ -110,7 +110,7 @@ class ArchiveRun(ReplayRun):
         if after_key is not None:
             lo = max(lo, after_key[0])
         topics = [t for t in self.spec["topics"] if t != ALL_TOPICS]
-        page = min(max(self.opts.batch_size, 100), 5000)
+        page = min(max(self.batch_size, 100), 5000)
         ckpt, rep = self.ckpt, self.report
         done = bool(ckpt and ckpt.done)
 
@@ -121,7 +121,7 @@ class ArchiveRun(ReplayRun):
                 if events:
                     yield archive_items(events, self.codec)
 
-        for batch in rechunk(items(), self.opts.batch_size):
+        for batch in rechunk(items(), self.batch_size):
             ranges = {ALL_TOPICS: (_position(batch[0]), _position(batch[-1]))}
             chosen = self.types.select(batch) if self.types else batch
             rep.skipped_types += len(batch) - len(chosen)

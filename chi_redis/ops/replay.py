@@ -19,6 +19,7 @@ stored in the checkpoint), so a republish never chases its own output.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,19 +59,28 @@ logger = logging.getLogger(__name__)
 # options and report ------------------------------------------------------------------------
 @dataclass
 class ReplayOptions:
-    """How to replay: batch size, rate, parallelism, dry run, checkpoint name."""
+    """How to replay: batch size, rate, parallelism, dry run, checkpoint name.
+
+    ``rate`` (events per second, all workers together) spreads deliveries evenly: batches
+    shrink to what the rate allows in 100 ms.  Setting ``stop`` (from another thread or a
+    signal handler) ends the run before its next delivery, with the checkpoint exactly
+    after the last one: it raises :class:`ReplayInterrupted` ("interrupted").
+    """
 
     batch_size: int = 500
     rate: float | None = None  # events per second
     workers: int = 1
     dry_run: bool = False
     checkpoint: str | None = None
+    stop: threading.Event | None = field(default=None, repr=False, compare=False)
 
     def validate(self) -> None:
         if not 1 <= self.batch_size <= 10_000:
             raise ValidationError("batch size must be between 1 and 10000", field="batch_size")
         if not 1 <= self.workers <= 64:
             raise ValidationError("workers must be between 1 and 64", field="workers")
+        if self.rate is not None and not self.rate > 0:
+            raise ValidationError("rate must be more than 0 events per second", field="rate")
         if self.checkpoint is not None:
             validate_name(self.checkpoint, "checkpoint")
 

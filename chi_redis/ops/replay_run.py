@@ -65,19 +65,45 @@ def _readers(
     return readers
 
 
-class _Limiter:
-    def __init__(self, rate: float | None) -> None:
+#: With a rate, a batch holds what the rate allows in this many seconds, so deliveries
+#: are spread evenly (``--rate 250``: about 25 events every 100 ms) and a checkpoint moves
+#: every ~100 ms (an interrupt loses no more than that to a rerun).
+PACE_S = 0.1
+
+
+def paced_batch_size(batch_size: int, rate: float | None) -> int:
+    """The batch size a run uses: ``batch_size``, capped to ``rate * PACE_S`` (at least 1)."""
+    if not rate:
+        return batch_size
+    return max(1, min(batch_size, round(rate * PACE_S)))
+
+
+class Pacer:
+    """Spreads deliveries at ``rate`` events per second: the first batch goes at once,
+    each later one when the time of those before it is up.
+
+    A run that falls behind (a slow target) does not catch up in a burst: no more than
+    :data:`PACE_S` of credit accumulates.  Waiting ends early when ``stop`` is set.
+    """
+
+    def __init__(self, rate: float | None, stop: threading.Event | None = None) -> None:
         self.rate = rate
-        self.start = time.monotonic()
-        self.sent = 0
+        self.stop = stop
+        self.next: float | None = None  # when the next batch may go
 
     def wait(self, n: int) -> None:
+        """Wait until ``n`` more events may be sent (the caller sends them right after)."""
         if not self.rate:
             return
-        self.sent += n
-        delay = self.start + self.sent / self.rate - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+        now = time.monotonic()
+        if self.next is None or self.next < now - PACE_S:
+            self.next = now
+        end = self.next
+        self.next += n / self.rate
+        # Short sleeps, not stop.wait(): a signal handler may set ``stop`` on this thread,
+        # and Event.set would deadlock there on the lock Event.wait holds.
+        while (left := end - time.monotonic()) > 0 and not (self.stop and self.stop.is_set()):
+            time.sleep(min(left, 0.05))
 
 
 class ReplayRun:
@@ -97,18 +123,24 @@ class ReplayRun:
         self.types = TypeFilter(spec["types"], target.types if target else ())
         self.skip_archived = target.skips_archived if target else True
         self.lock = threading.Lock()
+        self.batch_size = paced_batch_size(opts.batch_size, opts.rate)
+        self.stop = opts.stop
+
+    def _stopping(self) -> bool:
+        """Whether a stop was asked for (checked before each delivery)."""
+        return self.stop is not None and self.stop.is_set()
 
     def _missing(self, n: int) -> None:
         self.report.missing += n
 
     def batches(self) -> Iterator[tuple[list[Item], list[Item], dict[str, tuple[str, str]]]]:
         """(batch, deliverable items, topic → (first, last) position in the batch)."""
-        page = min(max(self.opts.batch_size, 100), 1000)
+        page = min(max(self.batch_size, 100), 1000)
         readers = _readers(self.bus, self.spec, self.pos, page, self._missing)
         by, rep = self.by, self.report
         done = self.ckpt.done if self.ckpt else []
         pages = prefetched(merged(readers, by, page))
-        for batch in rechunk(pages, self.opts.batch_size):
+        for batch in rechunk(pages, self.batch_size):
             ranges: dict[str, tuple[str, str]] = {}
             if len(self.spec["topics"]) == 1:
                 t = batch[0][0]
@@ -161,14 +193,17 @@ class ReplayRun:
         """Batches in order, each sent before the next; the next page is read ahead on
         another thread meanwhile (measured: a second thread for sending only added GIL
         contention on localhost)."""
-        limiter = _Limiter(self.opts.rate)
+        pacer = Pacer(self.opts.rate, self.stop)
         for batch, items, ranges in self.batches():
+            if items:
+                payload = target.prepare(items)
+                pacer.wait(len(items))
+            if self._stopping():
+                raise KeyboardInterrupt  # before this batch: the checkpoint stands after the last
             for t, (_, last) in ranges.items():
                 self.pos[t] = last
             fields = Checkpoint.pos_fields(self.pos) if self.ckpt else {}
             if items:
-                payload = target.prepare(items)
-                limiter.wait(len(items))
                 self._send(target, payload, items, fields)
             elif self.ckpt:
                 self.ckpt.advance(self.pos, [])
@@ -180,7 +215,7 @@ class ReplayRun:
     def _parallel(self, target: Target) -> None:
         """Deliver batches on ``workers`` threads; fold completed batches into ``pos``."""
         ckpt = self.ckpt
-        limiter = _Limiter(self.opts.rate)
+        pacer = Pacer(self.opts.rate, self.stop)
         folding = Folding(ckpt)
         pending: dict[Future[int], int] = {}
         error: BaseException | None = None
@@ -206,13 +241,17 @@ class ReplayRun:
         with ThreadPoolExecutor(self.opts.workers, thread_name_prefix="chi-replay") as pool:
             try:
                 for batch, items, ranges in self.batches():
+                    payload = target.prepare(items) if items else None
+                    if items:
+                        pacer.wait(len(items))
+                    if self._stopping():
+                        error = KeyboardInterrupt()  # raised once the batches sent are in
+                        break
                     for t, (_, last) in ranges.items():
                         running[t] = last
                     no = folding.start(running, recorded=bool(ckpt and items))
                     if items:
                         fields = Checkpoint.batch_fields(no, ranges) if ckpt else {}
-                        payload = target.prepare(items)
-                        limiter.wait(len(items))
                         pending[pool.submit(self._send, target, payload, items, fields)] = no
                     else:
                         folding.finished(no)

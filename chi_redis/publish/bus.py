@@ -156,17 +156,25 @@ class EventBus:
         dedupe: bool = False,
         dedupe_ttl_ms: int = 24 * 3600 * 1000,
         throws: tuple[type[BaseException], ...] = (),
+        batch_size: int | None = None,
+        batch_wait_ms: int | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register ``fn(event)`` (or ``fn(event, delivery)``, sync or async) as a subscription.
 
         The name is the consumer group and the Dramatiq queue/actor: renaming is a
         migration.  ``priority``: higher runs first when workers are saturated.
+        ``batch_size=N``: ``fn(events)`` (or ``fn(events, deliveries)``) receives a list of
+        up to N events gathered within ``batch_wait_ms`` (default 100), one Dramatiq message
+        per batch; it may raise :class:`~chi_redis.BatchFailed` naming the events that failed
+        (docs/design.md §5.10).
         """
         options = SubscriptionOptions(
             max_retries=max_retries, min_backoff_ms=min_backoff_ms, max_backoff_ms=max_backoff_ms,
             max_deliveries=max_deliveries, time_limit_ms=time_limit_ms, dedupe=dedupe,
-            dedupe_ttl_ms=dedupe_ttl_ms, throws=tuple(throws),
+            dedupe_ttl_ms=dedupe_ttl_ms, throws=tuple(throws), batch_size=batch_size,
+            batch_wait_ms=batch_wait_ms,
         )
+        options.validate()  # at the decorator, before any handler is given
 
         def register(fn: Handler) -> Handler:
             sub = Subscription(

@@ -29,6 +29,8 @@ from dramatiq.errors import ConnectionClosed
 
 from ..backend.scripts import script
 from ..events.names import validate_name
+from .batch_consumer import BatchConsumer
+from .batches import make_batch_runner
 from .consumer import StreamMessage, StreamsConsumer
 from .deadletters import DLQ_MAXLEN
 from .encoder import MsgpackEncoder, encode_message
@@ -71,6 +73,9 @@ class QueueState:
     cond: threading.Condition = field(default_factory=threading.Condition)
     inflight: dict[tuple[str, bytes], None] = field(default_factory=dict)
     acks: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    #: Deliveries finished since the last flush, by outcome (``ok``, ``retried``): counted
+    #: under ``cond`` with the ack and added to ``chi_events_handled_total`` per flush.
+    handled: dict[str, int] = field(default_factory=dict)
     #: Moving average of how long a message of this queue takes to process (seconds);
     #: 0.0 until the first one finished.  Sizes the adaptive prefetch window.
     avg_run_s: float = 0.0
@@ -141,8 +146,9 @@ class StreamsBroker(dramatiq.Broker):
         }
         if o.time_limit_ms is not None:
             actor_options["time_limit"] = o.time_limit_ms
+        run = make_batch_runner(self, sub) if sub.batched else make_runner(self, sub)
         return dramatiq.Actor(
-            make_runner(self, sub), broker=self, actor_name=sub.name, queue_name=sub.name,
+            run, broker=self, actor_name=sub.name, queue_name=sub.name,
             priority=-sub.priority, options=actor_options,
         )
 
@@ -190,6 +196,9 @@ class StreamsBroker(dramatiq.Broker):
 
     # Dramatiq's broker interface --------------------------------------------------------
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> StreamsConsumer:
+        sub = self.subscriptions.get(queue_name)
+        if sub is not None and sub.batched:  # docs/design.md §5.10
+            return BatchConsumer(self, queue_name, self.options.prefetch or prefetch, timeout)
         return StreamsConsumer(self, queue_name, self.options.prefetch or prefetch, timeout)
 
     def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
@@ -286,12 +295,17 @@ class StreamsBroker(dramatiq.Broker):
         return all(group_idle(self.client, s, queue_name) for s in self.streams_of(queue_name))
 
     # acking (called from worker threads) ---------------------------------------------------
-    def buffer_ack(self, queue_name: str, stream: str, entry_id: bytes) -> None:
-        """Record a finished entry; the queue's consumer flushes it with its next read."""
+    def buffer_ack(
+        self, queue_name: str, stream: str, entry_id: bytes, outcome: str | None = None
+    ) -> None:
+        """Record a finished entry; the queue's consumer flushes it with its next read
+        (and counts ``outcome``, if given, in ``chi_events_handled_total`` then)."""
         state = self.states[queue_name]
         with state.cond:
             state.inflight.pop((stream, entry_id), None)
             state.acks[stream].append(entry_id)
+            if outcome is not None:
+                state.handled[outcome] = state.handled.get(outcome, 0) + 1
             state.cond.notify()
 
     def release(self, queue_name: str, stream: str, entry_id: bytes) -> None:

@@ -23,7 +23,6 @@ import redis.exceptions as rex
 from dramatiq.errors import ConnectionClosed
 
 from ..backend.scripts import script
-from ..backend.streamids import parse_id
 from ..errors import DecodeError
 from ..events.filters import EntryView
 from ..observe.metrics import labelled
@@ -45,6 +44,11 @@ _REQUIRED = (b"id", b"type", b"ts", b"data")
 _REQUIRED_SET = frozenset(_REQUIRED)
 _CONNECTION_ERRORS = (rex.ConnectionError, rex.TimeoutError)
 FAST_WORK_S = 0.01
+#: While entries are in flight, a read blocks at most about two handler runs (never less than
+#: this, nor more than ``ACK_WAIT_UNKNOWN_MS`` before the first run was timed): their acks
+#: are buffered until the next read, so a long BLOCK would hold them (docs/design.md §5.2).
+ACK_WAIT_MIN_MS = 10
+ACK_WAIT_UNKNOWN_MS = 50
 _HANDLED = "chi_events_handled_total"
 
 
@@ -129,11 +133,13 @@ class StreamsConsumer(dramatiq.Consumer):
             # Its retry copy was not written: leave the entry pending for reclaim.
             self.broker.release(m.entry_queue, m.entry_stream, m.entry_id)
             return
-        self.broker.buffer_ack(m.entry_queue, m.entry_stream, m.entry_id)
+        outcome = None
         if self.sub is not None:
-            # Acked after a failure: the Retries middleware wrote a retry copy.
+            # Acked after a failure: the Retries middleware wrote a retry copy.  Counted
+            # with the ack, added to the metric when the acks are flushed.
             failed = m._exception is not None  # Dramatiq offers no public getter
-            labelled(_HANDLED, self.queue, "retried" if failed else "ok").inc()
+            outcome = "retried" if failed else "ok"
+        self.broker.buffer_ack(m.entry_queue, m.entry_stream, m.entry_id, outcome)
 
     def nack(self, message: dramatiq.MessageProxy) -> None:
         m = as_stream_message(message)
@@ -209,6 +215,9 @@ class StreamsConsumer(dramatiq.Consumer):
     def _block_ms(self, now: float) -> int | None:
         until_maint = (min(self._next_lease, self._next_reclaim) - now) * 1000
         block = min(self.opts.block_ms, self.timeout_ms, until_maint)
+        if self.state.inflight:
+            avg_ms = self.state.avg_run_s * 2000
+            block = min(block, max(ACK_WAIT_MIN_MS, avg_ms) if avg_ms else ACK_WAIT_UNKNOWN_MS)
         if self._next_due_ms > 0:
             block = min(block, self._next_due_ms)
         block = int(block)
@@ -326,7 +335,7 @@ class StreamsConsumer(dramatiq.Consumer):
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=self.queue, actor_name=self.queue, args=(topic, named), kwargs={},
             options={}, message_id=f"{self.queue}:{f[b'id'].decode(errors='replace')}",
-            message_timestamp=parse_id(sid)[0],
+            message_timestamp=int(sid.partition(b"-")[0]),
         )
         proxy = StreamMessage(message, self.queue, stream, sid, count)
         proxy.entry_fields = f

@@ -18,7 +18,7 @@ import redis.exceptions as rex
 from ..backend.scripts import script
 from ..backend.streamids import parse_id
 from ..observe.logs import RateLimiter
-from ..observe.metrics import counter
+from ..observe.metrics import counter, labelled
 
 if TYPE_CHECKING:
     from .broker import QueueState
@@ -32,6 +32,7 @@ ABANDONED = "chi-abandoned"
 #: Idle time given to handed-back entries, so the next reclaim sweep takes them at once.
 ABANDON_IDLE_MS = 10**12
 _CHUNK = 500
+_HANDLED = "chi_events_handled_total"
 #: The reclaim log line of every subscription of this process (rate-limited like the
 #: dead-letter line; the consumer's maintenance flushes the summary).
 RECLAIM_LOG = RateLimiter(logger, "reclaims", burst=20, window_s=10.0)
@@ -148,13 +149,20 @@ class AckBuffer:
         self.private = private
 
     def take(self) -> dict[str, list[bytes]]:
-        """Every buffered ack, by stream, removed from the buffer."""
+        """Every buffered ack, by stream, removed from the buffer (the outcomes counted with
+        them go to ``chi_events_handled_total``)."""
         state = self.state
         with state.cond:
+            handled = state.handled
+            if handled:
+                state.handled = {}
             if not any(state.acks.values()):
-                return {}
-            acks = {s: ids for s, ids in state.acks.items() if ids}
-            state.acks.clear()
+                acks: dict[str, list[bytes]] = {}
+            else:
+                acks = {s: ids for s, ids in state.acks.items() if ids}
+                state.acks.clear()
+        for outcome, n in handled.items():
+            labelled(_HANDLED, self.group, outcome).inc(n)
         return acks
 
     def restore(self, acks: dict[str, list[bytes]]) -> None:

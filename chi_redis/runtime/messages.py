@@ -11,7 +11,7 @@ from typing import Any
 
 import dramatiq
 
-__all__ = ["malformed"]
+__all__ = ["malformed", "malformed_batch"]
 
 #: Options Dramatiq's middleware computes with: a message must carry them as integers.
 _INT_OPTIONS = ("retries", "max_retries", "min_backoff", "max_backoff", "time_limit", "max_age")
@@ -36,4 +36,29 @@ def malformed(message: dramatiq.Message[Any], sub: str | None) -> str | None:
             isinstance(k, str) and isinstance(v, bytes) for k, v in args[1].items()
         ):
             return "a subscription's fields map names to bytes, with no keyword arguments"
+    return None
+
+
+def malformed_batch(message: dramatiq.Message[Any], sub: str) -> str | None:
+    """:func:`malformed` for the queue of a batch subscription, whose own messages take
+    either ``(topic, fields)`` (one event: a redrive, a targeted replay) or ``(members,)``,
+    each member ``[topic, fields, source stream, source entry id]`` (docs/design.md §5.10)."""
+    args = message.args
+    if message.actor_name != sub or len(args) != 1:
+        return malformed(message, sub)
+    problem = malformed(message, None)
+    if problem:
+        return problem
+    members = args[0]
+    if not isinstance(members, list | tuple) or not members:
+        return "a batch message takes a non-empty list of members"
+    for m in members:
+        if not (
+            isinstance(m, list | tuple) and len(m) == 4 and isinstance(m[0], str)
+            and isinstance(m[1], dict) and isinstance(m[2], str) and isinstance(m[3], str)
+            and all(isinstance(k, bytes | str) and isinstance(v, bytes) for k, v in m[1].items())
+        ):
+            return "a batch member is [topic, fields, source stream, source entry id]"
+    if message.kwargs:
+        return "a batch message takes no keyword arguments"
     return None

@@ -40,17 +40,28 @@ class ChiMiddleware(dramatiq.Middleware):
         _local.message = message
         _local.started = time.monotonic()
 
+    def __init__(self) -> None:
+        # Per queue: (its QueueState, whether it is a subscription); the per-message hook
+        # then makes no attribute lookup through the message proxy and no metric lookup.
+        self._queues: dict[str, tuple[Any, bool]] = {}
+
     def after_process_message(
         self, broker: Any, message: Any, *, result: Any = None, exception: Any = None
     ) -> None:
         started = getattr(_local, "started", None)
-        states = getattr(broker, "states", None)
-        if started is not None and states is not None:
+        if started is not None:
             took = time.monotonic() - started
-            states[message.queue_name].observe_run(took)
-            # The same measurement feeds the handler histogram (subscriptions only).
-            if metrics.enabled() and message.queue_name in broker.subscriptions:
-                metrics.labelled(_DURATION, message.queue_name).observe(took)
+            # The proxy's __getattr__ costs a call per attribute: read the message itself.
+            queue = getattr(message, "_message", message).queue_name
+            known = self._queues.get(queue)
+            if known is None:
+                known = self._queue(broker, queue)
+            state, is_sub = known
+            if state is not None:
+                state.observe_run(took)
+                # The same measurement feeds the handler histogram (subscriptions only).
+                if is_sub and metrics.enabled():
+                    metrics.labelled(_DURATION, queue).observe(took)
         if exception is not None:
             options = message.options
             options.setdefault("first_failure", int(time.time() * 1000))
@@ -62,6 +73,15 @@ class ChiMiddleware(dramatiq.Middleware):
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
         _local.message = None
+
+    def _queue(self, broker: Any, queue: str) -> tuple[Any, bool]:
+        states = getattr(broker, "states", None)
+        if states is None:  # another broker (tests): nothing to time
+            return (None, False)
+        known = (states[queue], queue in broker.subscriptions)
+        if known[1] or queue in getattr(broker, "queues", ()):
+            self._queues[queue] = known  # a subscription declared later is looked up again
+        return known
 
 
 def _loop() -> asyncio.AbstractEventLoop:

@@ -44,6 +44,13 @@ __all__ = [
 Handler = Callable[..., Any]
 Start = Literal["new", "earliest"] | datetime
 
+#: The largest ``batch_size`` a subscription may ask for (one Dramatiq message per batch).
+MAX_BATCH_SIZE = 10_000
+#: How long a batch waits for entries when ``batch_wait_ms`` is not given.
+DEFAULT_BATCH_WAIT_MS = 100
+#: The longest ``batch_wait_ms``.
+MAX_BATCH_WAIT_MS = 60_000
+
 
 def is_wildcard(topics: Sequence[str], types: Sequence[str]) -> bool:
     """Whether a binding reads every topic: no explicit topics and a type glob whose first
@@ -90,6 +97,15 @@ class SubscriptionOptions:
     dedupe: bool = False
     dedupe_ttl_ms: int = 24 * 3600 * 1000
     throws: tuple[type[BaseException], ...] = ()
+    #: Batch subscriptions (docs/design.md §5.10): the handler gets ``list[Event]`` of up to
+    #: ``batch_size`` events gathered within ``batch_wait_ms``; None: one event per call.
+    batch_size: int | None = None
+    batch_wait_ms: int | None = None  # None: DEFAULT_BATCH_WAIT_MS when batched
+
+    @property
+    def batch_wait(self) -> int:
+        """How long (ms) a batch waits for more entries before it is delivered as it is."""
+        return DEFAULT_BATCH_WAIT_MS if self.batch_wait_ms is None else self.batch_wait_ms
 
     def validate(self) -> None:
         for name in ("max_retries", "min_backoff_ms", "max_backoff_ms", "dedupe_ttl_ms"):
@@ -99,6 +115,28 @@ class SubscriptionOptions:
             raise ValidationError("max_deliveries must be at least 1", field="max_deliveries")
         if self.time_limit_ms is not None and self.time_limit_ms <= 0:
             raise ValidationError("time_limit_ms must be positive", field="time_limit_ms")
+        self._validate_batch()
+
+    def _validate_batch(self) -> None:
+        size, wait = self.batch_size, self.batch_wait_ms
+        if size is not None and (
+            not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_BATCH_SIZE
+        ):
+            raise ValidationError(
+                f"batch_size must be an integer from 1 to {MAX_BATCH_SIZE}, got {size!r}",
+                field="batch_size",
+            )
+        if wait is None:
+            return
+        if size is None:
+            raise ValidationError("batch_wait_ms needs batch_size", field="batch_wait_ms")
+        if not isinstance(wait, int) or isinstance(wait, bool) or not (
+            0 <= wait <= MAX_BATCH_WAIT_MS
+        ):
+            raise ValidationError(
+                f"batch_wait_ms must be an integer from 0 to {MAX_BATCH_WAIT_MS}, got {wait!r}",
+                field="batch_wait_ms",
+            )
 
 
 @dataclass
@@ -141,6 +179,11 @@ class Subscription:
         self._tests = parts
 
     @property
+    def batched(self) -> bool:
+        """Whether the handler receives batches (``batch_size`` set)."""
+        return self.options.batch_size is not None
+
+    @property
     def wildcard(self) -> bool:
         """Whether the subscription binds every topic (no explicit topics, a ``*.x`` or ``**``
         glob)."""
@@ -172,6 +215,8 @@ class Subscription:
             priority=self.priority, wildcard=self.wildcard, start=start,
             max_retries=self.options.max_retries, max_deliveries=self.options.max_deliveries,
             dedupe=self.options.dedupe, last_seen_ms=last_seen_ms,
+            batch_size=self.options.batch_size,
+            batch_wait_ms=self.options.batch_wait if self.batched else None,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -200,6 +245,8 @@ class SubscriptionRecord(msgspec.Struct, frozen=True, kw_only=True):
     max_deliveries: int | None = None
     dedupe: bool = False
     last_seen_ms: int | None = None
+    batch_size: int | None = None  # None: one event per handler call (and older records)
+    batch_wait_ms: int | None = None
 
     def bound_topics(self, known: Sequence[str] = ()) -> list[str]:
         """The topics the subscription reads, given the topics known to exist."""

@@ -47,7 +47,7 @@ from support.processes import Workers, wait_ready
 from support.runtime import FAST, Recorder, Runtime, in_process_runtime, wait_groups
 from support.waiting import stays, wait_until
 
-from chi_redis import Event
+from chi_redis import BatchFailed, Event
 from chi_redis.embedded import InProcessWorker
 from chi_redis.events.filters import all_of, metadata, not_, topic_is, type_is
 from chi_redis.ops.replay import choose_target, replay
@@ -376,3 +376,75 @@ def test_idempotent_publish_writes_once(backend: Conformance) -> None:
     broker.join("idem", timeout=int(DEADLINE_S * 1000))
     assert stays(lambda: sorted(got.items()) == [1, 2], QUIET_S)
     assert [e.data["n"] for e in backend.bus.store.load_by_topic("pay")] == [1, 2]
+
+
+# batch subscriptions (docs/design.md §5.10) -----------------------------------------------------
+def record_batches(rec: Recorder) -> Any:
+    """A batch handler that records each batch's ``data["n"]`` values."""
+
+    def handle(events: list[Event]) -> None:
+        rec.add([e.data["n"] for e in events])
+
+    return handle
+
+
+def test_batches_of_up_to_batch_size_each_event_once(backend: Conformance) -> None:
+    got = Recorder()
+    backend.bus.subscribe("batch-recv", types=["parcel.sent"], batch_size=8,
+                          batch_wait_ms=50)(record_batches(got))
+    broker = backend.broker()
+    backend.bus.publish_batch([ev("parcel.sent", i) for i in range(30)])
+    backend.run(broker)
+    wait_until(lambda: sum(len(b) for b in got.items()) == 30, DEADLINE_S, "30 events")
+    broker.join("batch-recv", timeout=int(DEADLINE_S * 1000))
+    assert stays(lambda: sum(len(b) for b in got.items()) == 30, QUIET_S)
+    assert sorted(n for b in got.items() for n in b) == list(range(30))
+    assert max(len(b) for b in got.items()) == 8
+
+
+def test_batch_poison_event_isolated_and_partial_success(backend: Conformance) -> None:
+    handled = Recorder()
+
+    @backend.bus.subscribe("batch-poison", types=["card.charged"], batch_size=8,
+                           batch_wait_ms=50, max_retries=1, min_backoff_ms=10,
+                           max_backoff_ms=30)
+    def charge(events: list[Event]) -> None:
+        if any(e.data["n"] == 5 for e in events):
+            raise ValueError("card 5 declined")
+        bad = [e for e in events if e.data["n"] == 2]
+        for e in events:
+            if e not in bad:
+                handled.add(e.data["n"])
+        if bad:
+            raise BatchFailed(bad, cause=KeyError("no card"))
+
+    broker = backend.broker()
+    events = [ev("card.charged", i) for i in range(8)]
+    sids = backend.bus.publish_batch(events)
+    backend.run(broker)
+    wait_until(lambda: len(backend.bus.dead_letters("batch-poison")) == 2, DEADLINE_S,
+               "two dead letters")
+    broker.join("batch-poison", timeout=int(DEADLINE_S * 1000))
+    assert stays(lambda: len(handled) == 6, QUIET_S)
+    assert sorted(handled.items()) == [0, 1, 3, 4, 6, 7]  # each once
+    by_event = {d.event_id: d for d in backend.bus.dead_letters("batch-poison")}
+    assert set(by_event) == {events[2].id, events[5].id}  # only the two that failed
+    poison, named = by_event[events[5].id], by_event[events[2].id]
+    assert (poison.error_type, poison.source_id) == ("ValueError", sids[5])
+    assert (named.error_type, named.source_id) == ("KeyError", sids[2])
+    assert poison.reason == named.reason == "retries_exhausted"
+
+
+@pytest.mark.needs("server_time_reclaim")
+def test_batch_reclaim_after_a_consumer_dies(backend: Conformance) -> None:
+    got = Recorder()
+    backend.bus.subscribe("batch-reclaim", types=["job.run"], batch_size=4,
+                          batch_wait_ms=50)(record_batches(got))
+    broker = backend.broker(lease_ms=900, reclaim_interval_ms=100)
+    backend.bus.publish_batch([ev("job.run", i) for i in range(10)])
+    assert backend.session.strand("batch-reclaim", "job", 6) == 6
+    backend.run(broker, threads=2)
+    wait_until(lambda: sum(len(b) for b in got.items()) == 10, DEADLINE_S,
+               "stranded and unread entries handled")
+    broker.join("batch-reclaim", timeout=int(DEADLINE_S * 1000))
+    assert stays(lambda: sorted(n for b in got.items() for n in b) == list(range(10)), QUIET_S)

@@ -39,6 +39,43 @@ def test_batches_store_each_event_once(pg: PostgresEventStore) -> None:
     assert pg.load(events[7].id).timestamp == t0 + timedelta(microseconds=7)  # type: ignore[union-attr]
 
 
+def test_a_batch_holding_an_archived_id_stores_the_rest_once_in_order(
+    pg: PostgresEventStore,
+) -> None:
+    """A batch over 32 rows is COPY-ed straight into the table; one that holds an id already
+    stored (a redelivered batch) or the same id twice fails that COPY as a whole and goes
+    the staging + ON CONFLICT way: every id once, the rest stored in batch order."""
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    events = [Event(type="order.placed", data={"n": i}, timestamp=t0 + timedelta(seconds=i))
+              for i in range(200)]
+    assert pg.store_many(events[:100]) == 100  # the direct COPY
+    assert pg.store_many(events[90:]) == 100  # ids 90..99 archived already: the fallback
+    assert pg.store_many(events[150:190]) == 0
+    twice = [Event(type="order.placed", data={"n": i}) for i in range(40)]
+    assert pg.store_many(twice + twice[:5]) == 40  # one id twice in the batch itself
+    more = [Event(type="order.placed", data={"n": i}) for i in range(60)]
+    assert pg.store_many(more) == 60  # the direct COPY again after fallbacks
+    assert pg.count() == 300
+    assert pg.load_by_topic("order", limit=400) == events + twice + more
+    assert pg.load(events[95].id) == events[95]
+
+
+def test_a_batch_the_database_refuses_writes_nothing_and_the_store_goes_on(
+    pg: PostgresEventStore,
+) -> None:
+    events = [Event(type="order.placed", data={"n": i}) for i in range(40)]
+    bad = [*events[:20], Event(type="order.placed", data={"s": "nul \x00 inside"}), *events[20:]]
+    with pytest.raises(DatabaseError):
+        pg.store_many(bad)  # JSONB refuses \u0000: the whole COPY is rolled back
+    assert pg.count() == 0
+    assert pg.store_many(events[:10]) == 10
+    with pytest.raises(DatabaseError):
+        pg.store_many(bad)  # the fallback (ids stored already) refuses it too
+    assert pg.count() == 10
+    assert pg.store_many(events) == 30
+    assert pg.load_by_topic("order", limit=100) == events
+
+
 def test_table_names_are_identifiers() -> None:
     for bad in ("events; drop table x", "1abc", "a-b", "", "a.b.c", 'x"y'):
         with pytest.raises(ValidationError):

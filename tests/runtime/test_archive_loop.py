@@ -91,6 +91,54 @@ def test_loop_stores_every_event_once_and_picks_up_new_topics(
     assert loop.stats.stored == len(first) + len(later)
 
 
+class GatedStore:
+    """A store whose ``store_many`` waits until the test opens the gate; keeps batch sizes."""
+
+    def __init__(self, inner: PostgresEventStore) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.sizes: list[int] = []
+
+    def store(self, event: Event) -> str:
+        return self.inner.store(event)
+
+    def store_many(self, events: list[Event]) -> int:
+        assert self.gate.wait(60), "the test never opened the gate"
+        self.sizes.append(len(events))
+        return self.inner.store_many(events)
+
+
+def test_loop_reads_on_while_the_store_is_busy_and_acks_only_what_is_stored(
+    real_client: redis.Redis, ns: str, pg: PostgresEventStore,
+) -> None:
+    """While a batch is being stored the loop reads and decodes the next ones (up to four
+    reads' worth, handed over as one store call), and acknowledges nothing before its
+    store call returned."""
+    bus = EventBus(real_client, namespace=ns)
+    events = [Event(type="order.placed", data={"i": i}) for i in range(1_000)]
+    bus.publish_batch(events)
+    stream = bus.keys.stream("order")
+    store = GatedStore(pg)
+    loop = ArchiveLoop(bus, store, batch_size=100, block_ms=50)  # type: ignore[arg-type]
+    before = sys.getswitchinterval()
+    with Running(loop):
+        # The first read is in the store thread; four more are read and held.
+        wait_until(lambda: loop.stats.read == 500, timeout=60)
+        time.sleep(0.3)  # nothing more may be read nor acked while the store is stuck
+        assert loop.stats.read == 500
+        assert _pending(real_client, stream) == 500
+        assert pg.count() == 0
+        assert sys.getswitchinterval() == loop.switch_interval == 0.001  # while it runs
+        store.gate.set()
+        wait_until(lambda: pg.count() >= len(events), timeout=60)
+        wait_until(lambda: _pending(real_client, stream) == 0, timeout=30)
+    assert sys.getswitchinterval() == before
+    assert store.sizes[:2] == [100, 400]
+    assert max(store.sizes) <= 400 and sum(store.sizes) == len(events)
+    assert set(_id_counts(pg.table_name).values()) == {1}
+    assert loop.stats.stored == len(events)
+
+
 def test_loop_dead_letters_an_undecodable_entry_and_goes_on(
     real_client: redis.Redis, ns: str, pg: PostgresEventStore,
 ) -> None:

@@ -5,6 +5,7 @@ Each runs on fakeredis (7.0 + Lua) and on the real server."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from dramatiq.errors import QueueJoinTimeout
 from support import Recorder, Runtime, dlq_len, drained, group_info, stays, wait_until
 
 from chi_redis import Event
+from chi_redis.runtime.boot import FreezeHeapAtBoot
 from chi_redis.runtime.consumer import StreamsConsumer
 from chi_redis.runtime.subscriptions import Delivery
 
@@ -455,3 +457,72 @@ def test_prefetch_window_widens_for_fast_handlers_only(rt: Runtime) -> None:
     pinned.states["fast"].observe_run(0.0001)
     consumer = pinned.consume("fast", prefetch=4)
     assert consumer.prefetch == 3 and consumer._window() == 3
+
+
+
+# ack flushing ------------------------------------------------------------------------------
+def test_acks_are_flushed_while_the_consumer_waits_for_new_entries(rt: Runtime) -> None:
+    """Acks are buffered and sent with the next read: while an entry is in flight, that read
+    blocks about one handler run, not ``block_ms``, so an entry that finished on an idle
+    queue is acked at once instead of after the long BLOCK (docs/design.md §5.2)."""
+
+    @rt.bus.subscribe("prompt", types=["cart.created"])
+    def prompt(event: Event) -> None:
+        pass
+
+    long_ms = 30_000  # every bound on the BLOCK: block_ms, the Worker's timeout, maintenance
+    broker = rt.broker(block_ms=long_ms, lease_ms=20 * long_ms, reclaim_interval_ms=long_ms)
+    consumer = broker.consume("prompt", prefetch=4, timeout=long_ms)
+    rt.publish(ev(n=1))
+    first = None
+    deadline = time.monotonic() + 30
+    while first is None and time.monotonic() < deadline:
+        first = next(consumer)  # the entry is there: this read does not block long
+    assert first is not None
+    stream = rt.bus.keys.stream("cart")
+    acked = threading.Event()
+
+    def watch() -> None:
+        """Wait (10 s at most) for the entry to be acked, then wake the consumer's read."""
+        time.sleep(0.2)
+        consumer.ack(first)  # the handler finished while the consumer is in its next read
+        until = time.monotonic() + 10
+        while time.monotonic() < until and not acked.is_set():
+            info = group_info(rt.client, stream, "prompt")
+            if info is not None and info["pending"] == 0:
+                acked.set()
+            time.sleep(0.01)
+        rt.publish(ev(n=2))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    woken = None
+    deadline = time.monotonic() + 60
+    while woken is None and time.monotonic() < deadline:
+        woken = next(consumer)
+    watcher.join(30)
+    assert acked.is_set(), "the ack waited for the long BLOCK to end"
+    assert woken is not None and woken.args[1]["data"]  # the wake-up entry was read
+    consumer.ack(woken)
+    consumer.close()
+
+
+def test_worker_boot_freezes_the_heap_before_consuming(rt: Runtime) -> None:
+    """FreezeHeapAtBoot (installed by chi_redis.worker): the Worker's boot collects and
+    freezes what is alive, so later full collections do not walk the boot-time heap."""
+    handled = Recorder()
+
+    @rt.bus.subscribe("frozen", types=["cart.created"])
+    def frozen(event: Event) -> None:
+        handled.add(gc.get_freeze_count())
+
+    broker = rt.broker()
+    broker.add_middleware(FreezeHeapAtBoot())
+    gc.unfreeze()
+    try:
+        rt.worker(broker)
+        rt.publish(ev(n=1))
+        wait_until(lambda: len(handled) == 1, message="handled")
+        assert handled.items()[0] > 1000  # frozen before the first message ran
+    finally:
+        gc.unfreeze()

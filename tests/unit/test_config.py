@@ -202,6 +202,10 @@ def test_an_empty_file_and_no_file_give_the_defaults(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "events:\n")) == Config()
     assert load_config() == Config()
     assert Config().redis.effective_url() == "redis://127.0.0.1:6379/0"
+    # Nothing set skips msgspec's conversion: the defaults are exactly what it gives.
+    assert msgspec.convert({"events": {}}, ConfigFile).events == Config()
+    assert msgspec.to_builtins(Config()) == msgspec.to_builtins(
+        msgspec.convert({"events": {}}, ConfigFile).events)
 
 
 def test_a_file_in_the_earlier_layout_loads_with_a_one_line_notice(tmp_path: Path) -> None:

@@ -192,3 +192,25 @@ def test_client_defaults_disable_redis_py_retries() -> None:
 def test_client_of_any_kind_is_accepted(fake_client: redis.Redis) -> None:
     bus = EventBus(fake_client, namespace="t")
     assert "redis://" in repr(bus)
+
+
+def test_client_names_redis_py_and_its_version_without_a_metadata_lookup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.metadata
+
+    import redis.utils
+
+    def no_lookup() -> str:
+        raise AssertionError("redis-py looked its version up in the package metadata")
+
+    monkeypatch.setattr(redis.utils, "get_lib_version", no_lookup)
+    conn = connect("redis://127.0.0.1:1/0").connection_pool.make_connection()
+    info = conn.driver_info
+    assert info is not None
+    assert (info.formatted_name, info.lib_version) == ("redis-py",
+                                                       importlib.metadata.version("redis"))
+    # A caller's own identity is left alone.
+    own = connect("redis://127.0.0.1:1/0", lib_name="mine", lib_version="1.0")
+    kwargs = own.connection_pool.connection_kwargs
+    assert "driver_info" not in kwargs and kwargs["lib_name"] == "mine"

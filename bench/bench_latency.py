@@ -1,0 +1,248 @@
+"""Publish → handler-start latency at a fixed rate: chi-redis, raw redis-py and FastStream.
+
+  raw.latency.<rate>.p50_ms/.p99_ms/.max_ms   redis-py XADD / a consumer process in
+                                              XREADGROUP BLOCK COUNT 100 + one XACK a batch
+  chi.latency.<rate>.*                        EventBus.publish / one `dramatiq
+                                              chi_redis.worker` process x 4 threads
+  fs.latency.<rate>.*                         FastStream broker.publish(stream=) / a
+                                              StreamSub(group, consumer, max_records=100)
+                                              subscriber process ("n/a" without faststream:
+                                              ``pip install -e '.[bench]'``)
+
+The publisher (this process) sends ``rate`` events a second for ``--seconds``, each stamped
+with ``time.time()`` when it is built; the consumer records ``time.time() - stamp`` when its
+handler starts.  The first 50 events (connection warm-up) are dropped.  The three run one
+after the other at each rate, on the same redis-server.
+
+Run:  .venv/bin/python bench/bench_latency.py [--rates 1000,5000] [--seconds 5] [--port P]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for p in (str(ROOT), str(HERE)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import msgspec  # noqa: E402
+import redis  # noqa: E402
+from common import (  # noqa: E402
+    ENCODER,
+    BaselineEvent,
+    base_args,
+    make_event,
+    make_event_dict,
+    percentiles,
+    redis_port,
+    report_na,
+    report_value,
+    wanted,
+)
+from workers import start_workers, stop_workers, wait_drained, wait_groups  # noqa: E402
+
+from chi_redis import Event, EventBus  # noqa: E402
+
+NS = "benchlat"
+STREAM, GROUP = "lat", "g"
+WARMUP = 50
+PAYLOAD = {"order_id": 1, "amount": 129.95, "sku": "SKU-0042", "qty": 3}
+
+
+def pace(rate: float, total: int) -> Iterator[int]:
+    """Yield 0..total-1, each at its slot of a ``rate`` per second schedule."""
+    t0 = time.perf_counter()
+    for i in range(total):
+        while (d := t0 + i / rate - time.perf_counter()) > 0:
+            time.sleep(d if d > 0.0002 else 0)
+        yield i
+
+
+# consumers (child processes) -------------------------------------------------------------------
+def consume_raw(args: Any, total: int, out: str) -> None:
+    r = redis.Redis(host=args.host, port=args.port)
+    decode = msgspec.json.Decoder(BaselineEvent).decode
+    lat: list[float] = []
+    print("READY", flush=True)
+    deadline = time.time() + args.seconds + 30
+    while len(lat) < total and time.time() < deadline:
+        resp = r.xreadgroup(GROUP, "c1", {STREAM: ">"}, count=100, block=1000)
+        if not resp:
+            continue
+        for _, fields in resp[0][1]:
+            lat.append((time.time() - decode(fields[b"d"]).timestamp) * 1000)
+        r.xack(STREAM, GROUP, *[mid for mid, _ in resp[0][1]])
+    Path(out).write_text(json.dumps(lat))
+
+
+def consume_fs(args: Any, total: int, out: str) -> None:
+    from faststream.redis import RedisBroker, StreamSub
+
+    async def run() -> None:
+        broker = RedisBroker(f"redis://{args.host}:{args.port}", logger=None)
+        lat: list[float] = []
+        done = asyncio.Event()
+
+        @broker.subscriber(stream=StreamSub(STREAM, group=GROUP, consumer="c1", max_records=100))
+        async def handle(event: dict[str, Any]) -> None:
+            lat.append((time.time() - event["timestamp"]) * 1000)
+            if len(lat) >= total:
+                done.set()
+
+        await broker.start()
+        print("READY", flush=True)
+        try:
+            await asyncio.wait_for(done.wait(), timeout=args.seconds + 30)
+        finally:
+            Path(out).write_text(json.dumps(lat))
+            await broker.stop()
+
+    asyncio.run(run())
+
+
+# publishers -------------------------------------------------------------------------------------
+def publish_raw(args: Any, rate: int, total: int) -> float:
+    r = redis.Redis(host=args.host, port=args.port)
+    t0 = time.perf_counter()
+    for i in pace(rate, total):
+        r.xadd(STREAM, {"d": ENCODER.encode(make_event(i))})
+    return total / (time.perf_counter() - t0)
+
+
+def publish_fs(args: Any, rate: int, total: int) -> float:
+    from faststream.redis import RedisBroker
+
+    async def run() -> float:
+        broker = RedisBroker(f"redis://{args.host}:{args.port}", logger=None)
+        await broker.connect()
+        t0 = time.perf_counter()
+        for i in range(total):
+            d = t0 + i / rate - time.perf_counter()
+            if d > 0:
+                await asyncio.sleep(d)
+            await broker.publish(make_event_dict(i), stream=STREAM)
+        achieved = total / (time.perf_counter() - t0)
+        await broker.stop()
+        return achieved
+
+    return asyncio.run(run())
+
+
+def child_latency(args: Any, impl: str, rate: int) -> tuple[list[float], float]:
+    """Run ``impl``'s consumer as a child process and publish to it; its latencies (ms)."""
+    r = redis.Redis(host=args.host, port=args.port)
+    r.delete(STREAM)
+    r.xgroup_create(STREAM, GROUP, id="$", mkstream=True)
+    total = int(rate * args.seconds)
+    fd, out = tempfile.mkstemp(suffix=".json", prefix="chi-bench-lat-")
+    os.close(fd)
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--role", "consumer", "--impl", impl, "--out", out,
+         "--port", str(args.port), "--host", args.host, "--seconds", str(args.seconds),
+         "--total", str(total)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        if child.stdout.readline().strip() != "READY":
+            raise SystemExit(f"the {impl} consumer did not start")
+        time.sleep(0.3)
+        achieved = (publish_raw if impl == "raw" else publish_fs)(args, rate, total)
+        child.wait(timeout=args.seconds + 60)
+        lat: list[float] = json.loads(Path(out).read_text() or "[]")
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        os.unlink(out)
+        r.delete(STREAM)
+    return lat, achieved
+
+
+def chi_latency(args: Any, rate: int) -> tuple[list[float], float]:
+    url = f"redis://{args.host}:{args.port}/0"
+    r = redis.Redis(host=args.host, port=args.port)
+    bus = EventBus(redis.Redis(host=args.host, port=args.port), namespace=NS)
+    key = f"{NS}:bench:latency"
+    stream = bus.keys.stream("benchlat")
+    r.delete(key, stream)
+    total = int(rate * args.seconds)
+    proc = start_workers(url, NS, 1, 4, ["bench-latency"])
+    try:
+        wait_groups(r, stream, ["bench-latency"], 120, proc)
+        warm = bus.publish(Event(type="benchlat.tick", data=PAYLOAD))
+        wait_drained(r, stream, ["bench-latency"], warm.encode(), 120, proc)
+        r.delete(key)
+        t0 = time.perf_counter()
+        for _ in pace(rate, total):
+            bus.publish(Event(type="benchlat.tick", data=PAYLOAD))
+        achieved = total / (time.perf_counter() - t0)
+        deadline = time.monotonic() + 60
+        while r.llen(key) < total and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lat = [float(x) for x in r.lrange(key, 0, -1)]
+    finally:
+        stop_workers(proc)
+    r.delete(key, stream)
+    return lat, achieved
+
+
+def report_latency(impl: str, rate: int, lat: list[float], achieved: float) -> None:
+    got = lat[WARMUP:] if len(lat) > 2 * WARMUP else lat
+    p50, p99, mx = percentiles(got)
+    for label, value in (("p50", p50), ("p99", p99), ("max", mx)):
+        report_value(f"{impl}.latency.{rate}.{label}_ms", value, rate=f"{achieved:.0f}/s",
+                     n=len(got))
+
+
+def run(args: Any) -> None:
+    for rate in [int(x) for x in args.rates.split(",") if x]:
+        for impl in ("raw", "chi", "fs"):
+            name = f"{impl}.latency.{rate}"
+            if not wanted(args, name):
+                continue
+            if impl == "fs" and not _has_faststream():
+                for label in ("p50", "p99", "max"):
+                    report_na(f"{name}.{label}_ms", "faststream not installed")
+                continue
+            lat, achieved = (chi_latency(args, rate) if impl == "chi"
+                             else child_latency(args, impl, rate))
+            report_latency(impl, rate, lat, achieved)
+
+
+def _has_faststream() -> bool:
+    try:
+        import faststream.redis  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main() -> None:
+    p = base_args(__doc__ or "", 0)
+    p.add_argument("--rates", default="1000,5000", help="events per second, comma-separated")
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--role", default="parent", choices=["parent", "consumer"])
+    p.add_argument("--impl", default="raw", choices=["raw", "fs"])
+    p.add_argument("--out", default="")
+    p.add_argument("--total", type=int, default=0)
+    args = p.parse_args()
+    if args.role == "consumer":
+        (consume_raw if args.impl == "raw" else consume_fs)(args, args.total, args.out)
+        return
+    with redis_port(args):
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
