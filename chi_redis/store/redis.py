@@ -47,10 +47,7 @@ class RedisEventStore:
 
     def _decode(self, topic: str, entries: Iterable[Entry]) -> list[Event]:
         stream = self._keys.stream(topic)
-        decode = self.bus.codec.decode_flat
-        return [
-            decode(f, topic=topic, stream=stream, entry_id=sid.decode()) for sid, f in entries
-        ]
+        return self.bus.codec.decode_flat_many(entries, topic=topic, stream=stream)
 
     def _xrange(
         self, stream: str, lo: str | bytes, hi: str | bytes, count: int | None = None
