@@ -7,10 +7,25 @@ through these helpers so that only one place knows the format.
 
 from __future__ import annotations
 
-__all__ = ["MAX_SEQ", "StreamId", "format_id", "parse_id", "pred", "succ"]
+__all__ = [
+    "MAX_SEQ",
+    "ON_TIME_AHEAD_MS",
+    "ON_TIME_BEHIND_MS",
+    "StreamId",
+    "format_id",
+    "parse_id",
+    "pred",
+    "succ",
+]
 
 #: The largest value of either part of a stream id (an unsigned 64-bit integer).
 MAX_SEQ = 2**64 - 1
+#: An event whose time is at most this many ms before its entry's append time (the stream
+#: id's ms) or :data:`ON_TIME_AHEAD_MS` after it is "on time": found by event time through
+#: the stream, by id range.  Any other event is "late" and also goes into the topic's time
+#: index (``lua/publish.lua`` holds the same two numbers; docs/design.md §3.3).
+ON_TIME_BEHIND_MS = 100
+ON_TIME_AHEAD_MS = 50
 #: A stream id as ``(milliseconds, sequence)``: tuples order the way Redis orders ids.
 StreamId = tuple[int, int]
 

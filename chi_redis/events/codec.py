@@ -143,6 +143,7 @@ class Codec:
         self._untyped_js = msgspec.json.Decoder()
         self._typed: dict[tuple[bytes, type[Any]], Any] = {}
         self._meta_cache: dict[bytes, dict[str, MetaValue]] = {}
+        self._type_names: dict[bytes, str] = {}  # raw type -> checked name (bounded)
 
     # encoding -----------------------------------------------------------------------
     def encode_parts(self, event: Event) -> tuple[str, str, int, str, bytes, bytes]:
@@ -274,6 +275,43 @@ class Codec:
             ) from None
         return self.decode(fields, topic=topic, stream=stream, entry_id=entry_id)
 
+    def decode_flat_many(
+        self, entries: Iterable[tuple[bytes, list[bytes]]], *, topic: str, stream: str = ""
+    ) -> list[Event]:
+        """:meth:`decode_flat` of many ``(stream id, flat)`` entries of one topic, which is
+        checked once; any entry not in the publish layout, or failing, goes through
+        :meth:`decode_flat` (same events, same errors)."""
+        try:
+            checked = validate_name(topic, "topic")
+        except ValueError:  # each entry's own DecodeError, as decode_flat() reports it
+            checked, layout = topic, None
+        else:
+            layout = _LAYOUT
+        build = self._build
+        out: list[Event] = []
+        append = out.append
+        for sid, flat in entries:
+            if len(flat) >= 14 and flat[0:13:2] == layout:
+                try:
+                    append(build(
+                        flat[1], flat[3], flat[5], flat[7], flat[9], flat[11], flat[13], checked,
+                        topic_checked=True,
+                    ))
+                    continue
+                except Exception:  # let decode_flat() classify the error
+                    pass
+            append(self.decode_flat(flat, topic=topic, stream=stream, entry_id=sid.decode()))
+        return out
+
+    def _type_name(self, raw: bytes) -> str:
+        name = self._type_names.get(raw)
+        if name is None:
+            name = validate_name(raw.decode(), "type")
+            if len(self._type_names) >= 1024:
+                self._type_names.clear()
+            self._type_names[raw] = name
+        return name
+
     def _build(
         self,
         raw_id: bytes,
@@ -284,10 +322,11 @@ class Codec:
         enc: bytes,
         data: bytes,
         topic: str,
+        topic_checked: bool = False,
     ) -> Event:
         if len(data) > self.max_event_bytes:
             raise ValueError(f"payload of {len(data)} bytes is over the size cap")
-        type_ = validate_name(raw_type.decode(), "type")
+        type_ = self._type_names.get(raw_type) or self._type_name(raw_type)
         event_id = raw_id.decode()
         if not 0 < len(event_id) <= 128 or not event_id.isprintable():
             raise ValueError(f"invalid event id {event_id[:60]!r}")
@@ -301,7 +340,7 @@ class Codec:
         event = _new_event()
         event.id = event_id
         event.type = type_
-        event.topic = validate_name(topic, "topic")
+        event.topic = topic if topic_checked else validate_name(topic, "topic")
         event.timestamp = _EPOCH + timedelta(0, 0, int(raw_ts))
         event.version = version
         event.metadata = self._metadata(meta)

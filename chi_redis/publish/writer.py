@@ -14,22 +14,20 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import redis.exceptions as rex
 
 from ..backend.keys import Keys
 from ..backend.scripts import script
 from ..errors import ChiError, PublishError, ValidationError
 from ..events.codec import Codec
-from ..events.event import Event, new_event_id
+from ..events.event import Event
 from ..events.names import validate_name
 from ..observe import metrics, tracing
+from .republish import checkpoint_argv, pack_republish
 
 if TYPE_CHECKING:
     import redis
     import redis.asyncio
-
-    from ..store.history import Item
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -151,45 +149,6 @@ def partial_failure(
     )
 
 
-_JSON = msgspec.json.Encoder()
-_META = msgspec.json.Decoder(dict[str, Any])
-
-
-def pack_republish(keys: Keys, items: Iterable[Item]) -> Call:
-    """KEYS (after the first three) and ARGV (after the checkpoint) of a republish call.
-
-    Each stream entry read back (:data:`chi_redis.store.history.Item`) becomes a new event
-    (new id) whose metadata carries ``chi_replay=true`` and ``chi_replay_of=<original
-    id>``; the payload is copied as stored, in its own encoding.  The layout is documented
-    in ``lua/replay_topic.lua``.
-    """
-    klist: list[str] = []
-    argv: list[bytes | str | int] = []
-    for topic, _sid, f, _ in items:
-        raw_meta = f.get("meta", b"{}")
-        try:
-            meta = _META.decode(raw_meta) if raw_meta != b"{}" else {}
-        except msgspec.DecodeError:
-            meta = {}
-        meta["chi_replay"] = True
-        meta["chi_replay_of"] = f.get("id", b"").decode(errors="replace")
-        klist += (keys.stream(topic), keys.index(topic))
-        argv += (
-            topic, new_event_id(), f.get("type", b""), f.get("ts", b"0"), f.get("ver", b"1.0"),
-            _JSON.encode(meta), f.get("enc", b"mp"), f.get("data", b""),
-        )
-    return klist, argv
-
-
-def checkpoint_argv(fields: Mapping[str, str]) -> list[bytes | str | int]:
-    """The ARGV head the replay scripts take: the number of checkpoint field/value pairs
-    (0: no checkpoint), then the pairs (``lua/replay_topic.lua``, ``lua/replay_queue.lua``)."""
-    out: list[bytes | str | int] = [str(len(fields))]
-    for k, v in fields.items():
-        out += (k, v)
-    return out
-
-
 def _stream_ids(result: Sequence[bytes]) -> list[str]:
     return [sid.decode() for sid in result]
 
@@ -222,6 +181,39 @@ class _Packing:
         self.codec = codec
         self.idempotency_ttl_ms = idempotency_ttl_ms
         self.script = script("publish")
+        self.one_script = script("publish_one")
+        self._topic_keys: dict[str, tuple[bytes, ...]] = {}
+
+    def pack_one(
+        self, event: Event, idempotency_key: str | None
+    ) -> tuple[list[bytes], list[bytes | int]]:
+        """KEYS and ARGV of a ``lua/publish_one.lua`` call: one event, 7 arguments (8 with
+        an idempotency key), validated and encoded first.
+
+        Everything is handed to redis-py as bytes (key names cached per topic): it packs
+        bytes as they are, while each str or int argument costs it a conversion.
+        """
+        if not isinstance(event, Event):
+            raise ValidationError(
+                f"expected an Event, got {type(event).__name__}", field="events[0]"
+            )
+        id_, type_, ts, ver, meta, data = self.codec.encode_parts(event)
+        topic = event.topic
+        topic_keys = self._topic_keys.get(topic)
+        if topic_keys is None:
+            if len(self._topic_keys) >= 4096:
+                self._topic_keys.clear()
+            k = self.keys
+            names = (k.stream(topic), k.index(topic), k.ids(), k.topics())
+            topic_keys = self._topic_keys[topic] = tuple(n.encode() for n in names)
+        keys = list(topic_keys)
+        argv: list[bytes | int] = [
+            id_.encode(), type_.encode(), b"%d" % ts, ver.encode(), meta, self.codec.enc_tag, data
+        ]
+        if idempotency_key is not None:
+            keys.append(self.keys.idem(topic, _check_idempotency_key(idempotency_key)).encode())
+            argv.append(self.idempotency_ttl_ms)
+        return keys, argv
 
     def pack(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None,
@@ -281,8 +273,12 @@ class Writer(_Packing):
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None,
         archive: bool,
     ) -> list[str]:
-        keys, argv = self.pack(events, idempotency_keys, archive)
-        ids = _stream_ids(self.call(lambda: self.send(keys, argv)))
+        if len(events) == 1 and not archive:
+            one = self.pack_one(events[0], idempotency_keys[0] if idempotency_keys else None)
+            ids = [self.call(lambda: self.send_one(*one)).decode()]
+        else:
+            keys, argv = self.pack(events, idempotency_keys, archive)
+            ids = _stream_ids(self.call(lambda: self.send(keys, argv)))
         if metrics.enabled() and not archive:
             count_published(_topics(events))
         return ids
@@ -317,6 +313,11 @@ class Writer(_Packing):
     def send(self, keys: list[str], argv: list[Any]) -> list[bytes]:
         """One publish-script call (one round trip), unretried and unmapped."""
         return self.script.run(self.client, keys, argv)  # type: ignore[no-any-return]
+
+    def send_one(self, keys: list[bytes], argv: list[Any]) -> bytes:
+        """One ``publish_one`` call (:meth:`pack_one`; one round trip), unretried and
+        unmapped; the stream id."""
+        return self.one_script.run(self.client, keys, argv)  # type: ignore[no-any-return]
 
     def send_pipelined(self, calls: list[Call]) -> list[list[bytes]]:
         """Several publish-script calls in one round trip, unretried and unmapped."""
@@ -375,8 +376,13 @@ class AsyncWriter(_Packing):
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None,
         archive: bool,
     ) -> list[str]:
-        keys, argv = self.pack(events, idempotency_keys, archive)
-        ids = _stream_ids(await self.call(lambda: self.send(keys, argv)))
+        if len(events) == 1 and not archive:
+            one = self.pack_one(events[0], idempotency_keys[0] if idempotency_keys else None)
+            sid: bytes = await self.call(lambda: self.send_one(*one))
+            ids = [sid.decode()]
+        else:
+            keys, argv = self.pack(events, idempotency_keys, archive)
+            ids = _stream_ids(await self.call(lambda: self.send(keys, argv)))
         if metrics.enabled() and not archive:
             count_published(_topics(events))
         return ids
@@ -407,6 +413,10 @@ class AsyncWriter(_Packing):
     async def send(self, keys: list[str], argv: list[Any]) -> list[bytes]:
         """One publish-script call (one round trip), unretried and unmapped."""
         return await self.script.arun(self.client, keys, argv)  # type: ignore[no-any-return]
+
+    async def send_one(self, keys: list[bytes], argv: list[Any]) -> bytes:
+        """As :meth:`Writer.send_one`."""
+        return await self.one_script.arun(self.client, keys, argv)  # type: ignore[no-any-return]
 
     async def send_pipelined(self, calls: list[Call]) -> list[list[bytes]]:
         """Several publish-script calls in one round trip, unretried and unmapped."""

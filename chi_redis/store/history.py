@@ -4,8 +4,9 @@ Two ways to ask for "what happened between t1 and t2" (docs/design.md §3.3):
 
 - by append time (``by="append"``): the stream ids themselves are server time in ms, so
   the range is an XRANGE, paged with an exclusive start (``(<last id>``);
-- by event time (``by="event-time"``): the topic's time index (score = event time in µs),
-  paged by a ``(score, member)`` cursor; the entries are then fetched from the stream.
+- by event time (``by="event-time"``): the stream by id range (with a margin) merged with
+  the topic's late index (score = event time in µs), paged by an ``(event time, stream id)``
+  cursor (:mod:`chi_redis.store.eventtime`).
 
 Several topics are merged into one order (stream id, or event time).  Every reader is
 resumable from a position (the last item it returned), which is what replay checkpoints.
@@ -24,6 +25,7 @@ from typing import Any, Literal, TypeVar
 
 from ..backend.keys import Keys
 from ..backend.streamids import MAX_SEQ, StreamId, format_id, parse_id, succ
+from .eventtime import event_time_pages, flat_view
 
 __all__ = [
     "By",
@@ -168,38 +170,23 @@ def index_pages(
 ) -> Iterator[list[Item]]:
     """Pages of the topic's entries whose event time is in ``[lo_us, hi_us]``.
 
-    Ordered by (event time, stream id as the index orders members: bytewise).  Entries
-    appended after ``cap`` (e.g. by this very replay) are left out; index members whose
-    entry is gone (trimmed by someone else) are reported to ``missing``.
+    Ordered by (event time, stream id as the index orders members: bytewise); read from the
+    stream by id range and from the late index (:func:`~chi_redis.store.eventtime.
+    event_time_pages`).  Entries appended after ``cap`` (e.g. by this very replay) are left
+    out; index members whose entry is gone (trimmed by someone else) are reported to
+    ``missing``.
     """
-    index = keys.index(topic)
-    entries_client = reader(client)
-    score: int = lo_us if after is None else after[0]
-    last: bytes | None = None if after is None else after[1]
-    size = page
-    while True:
-        rows = client.zrangebyscore(index, score, hi_us, start=0, num=size, withscores=True)
-        fresh = [
-            (m, int(s))
-            for m, s in rows
-            if last is None or int(s) != score or m > last
-        ]
-        if not fresh:
-            if len(rows) < size:
-                return
-            size *= 2  # a page full of ties already returned: widen it
-            continue
-        size = page
-        score, last = fresh[-1][1], fresh[-1][0]
-        wanted = [(m, s) for m, s in fresh if parse_id(m) <= cap]
-        found = fetch_entries(entries_client, keys.stream(topic), [m for m, _ in wanted])
-        items = [(topic, m, found[m], s) for m, s in wanted if m in found]
-        if missing is not None and len(items) < len(wanted):
-            missing(len(wanted) - len(items))
-        if items:
-            yield items
-        if len(rows) < size:
-            return
+    names = _NAMES.__getitem__
+    pages = event_time_pages(
+        flat_view(client), keys.stream(topic), keys.index(topic), lo_us, hi_us,
+        cap=cap, after=after, page=page, missing=missing,
+    )
+    for entries in pages:
+        items: list[Item] = []
+        for sid, flat, ts in entries:
+            it = iter(flat)
+            items.append((topic, sid, dict(zip(map(names, it), it, strict=False)), ts))
+        yield items
 
 
 def fetch_entries(client: Any, stream: str, sids: Sequence[bytes]) -> dict[bytes, Fields]:

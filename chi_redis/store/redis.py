@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import gc
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
-import redis
-
 from ..backend.scripts import script
-from ..backend.streamids import parse_id
 from ..errors import PublishError
 from ..events.event import Event
 from ..events.names import validate_name
+from .eventtime import EventTimeReader, event_time_entries, flat_view
 from .query import check_page, check_range, sort_key, type_matcher
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class RedisEventStore:
         self._keys = bus.keys
         self._page = script("page")
         self._delete = script("delete")
-        self._raw = _raw_view(bus.client)
+        self._raw = flat_view(bus.client)
 
     def __repr__(self) -> str:
         return f"RedisEventStore({self.bus!r})"
@@ -47,10 +47,7 @@ class RedisEventStore:
 
     def _decode(self, topic: str, entries: Iterable[Entry]) -> list[Event]:
         stream = self._keys.stream(topic)
-        decode = self.bus.codec.decode_flat
-        return [
-            decode(f, topic=topic, stream=stream, entry_id=sid.decode()) for sid, f in entries
-        ]
+        return self.bus.codec.decode_flat_many(entries, topic=topic, stream=stream)
 
     def _xrange(
         self, stream: str, lo: str | bytes, hi: str | bytes, count: int | None = None
@@ -149,82 +146,47 @@ class RedisEventStore:
             return []
         topics = [topic] if topic is not None else self.topics()
         events: list[Event] = []
-        for t in topics:
-            events.extend(self._range_topic(t, lo, hi, match, limit))
+        with _gc_paused():
+            for t in topics:
+                events.extend(self._range_topic(t, lo, hi, match, limit))
         events.sort(key=sort_key)
         return events if limit is None else events[:limit]
 
     def _range_topic(
         self, topic: str, lo: int, hi: int, match: Callable[[str], bool] | None, limit: int | None
     ) -> list[Event]:
-        client, index = self.bus.client, self._keys.index(topic)
+        k = self._keys
+        if limit is None:  # every match, sorted by the caller: no merge needed
+            entries: list[Entry] = self._r(partial(
+                event_time_entries, self._raw, k.stream(topic), k.index(topic), lo, hi, page=_PAGE
+            ))
+            if match is not None:
+                entries = [e for e in entries if _type_matches(match, e[1])]
+            return self._decode(topic, entries)
         out: list[Event] = []
-        offset = 0
-        cutoff: float | None = None
-
-        def fetch_page(o: int) -> list[tuple[bytes, float]]:
-            if limit is None:  # scores are only needed for the cut-off: skip parsing them
-                members = client.zrangebyscore(index, lo, hi, start=o, num=_PAGE)
-                return [(m, 0.0) for m in cast("list[bytes]", members)]
-            return cast(
-                "list[tuple[bytes, float]]",
-                client.zrangebyscore(index, lo, hi, start=o, num=_PAGE, withscores=True),
-            )
-
+        cutoff: int | None = None
+        reader = EventTimeReader(
+            self._raw, k.stream(topic), k.index(topic), lo, hi, page=_PAGE
+        )
         while True:
-            page = cast("list[tuple[bytes, float]]", self._r(partial(fetch_page, offset)))
-            if not page:
+            page = self._r(reader.step)
+            if page is None:
                 break
-            offset += len(page)
-            if cutoff is not None:  # only ties with the last kept score still matter
-                page = [p for p in page if p[1] <= cutoff]
-            entries = self._fetch(topic, [sid for sid, _ in page])
+            if not page:
+                continue
+            last_ts = page[-1][2]
+            if cutoff is not None:  # only ties with the last kept time still matter
+                page = [p for p in page if p[2] <= cutoff]
+            entries = [(sid, flat) for sid, flat, _ in page]
             if match is not None:
                 entries = [e for e in entries if _type_matches(match, e[1])]
             out.extend(self._decode(topic, entries))
             if limit is not None and cutoff is None and len(out) >= limit:
                 out.sort(key=sort_key)
                 cutoff = out[limit - 1].timestamp_us
-            if len(page) < _PAGE or (cutoff is not None and page and page[-1][1] > cutoff):
+            if cutoff is not None and last_ts > cutoff:
                 break
         return out
-
-    def _fetch(self, topic: str, sids: list[bytes]) -> list[Entry]:
-        """The entries with these stream ids (missing ones skipped), in the order given.
-
-        Events usually arrive in event-time order, so one XRANGE over the span brings them
-        all; entries out of that span (back-filled events) are fetched one by one.
-        """
-        if not sids:
-            return []
-        stream = self._keys.stream(topic)
-        if parse_id(sids[0]) <= parse_id(sids[-1]):
-            # Fast path: event time follows stream order, so the span holds exactly these.
-            span = self._xrange(stream, sids[0], sids[-1], len(sids))
-            if len(span) == len(sids) and [sid for sid, _ in span] == sids:
-                return span
-        order = list(map(parse_id, sids))
-        (lo_ms, lo_seq), (hi_ms, hi_seq) = min(order), max(order)
-        want = set(sids)
-        got: dict[bytes, list[bytes]] = {}
-        span = self._xrange(stream, f"{lo_ms}-{lo_seq}", f"{hi_ms}-{hi_seq}", len(sids) * 2 + 16)
-        for sid, fields in span:
-            if sid in want:
-                got[sid] = fields
-        missing = [s for s in sids if s not in got]
-        if missing:
-            raw = self._raw
-
-            def each() -> list[Any]:
-                pipe = raw.pipeline(transaction=False)
-                for s in missing:
-                    pipe.xrange(stream, s, s)
-                return pipe.execute()
-
-            for found in self._r(each):
-                if found:
-                    got[found[0][0]] = found[0][1]
-        return [(s, got[s]) for s in sids if s in got]
 
     def delete(self, event_id: str) -> bool:
         where = self.locate(event_id)
@@ -237,6 +199,22 @@ class RedisEventStore:
         return bool(n)
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic GC pass while a range is read and decoded: every entry and event it builds
+    stays alive, so the passes it would trigger (about one per 700 new containers, with
+    older generations re-scanned as they fill) find nothing to free, and cost a quarter of
+    a 10k-event query (docs/benchmarks.md).  Reference counting still frees garbage; GC is
+    re-enabled only if it was on."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def _type_matches(match: Callable[[str], bool], flat: list[bytes]) -> bool:
     """Whether the entry's type matches; an entry without one is kept so decoding reports it."""
     if len(flat) > 3 and flat[2] == b"type":
@@ -244,18 +222,3 @@ def _type_matches(match: Callable[[str], bool], flat: list[bytes]) -> bool:
     else:
         raw = dict(zip(flat[::2], flat[1::2], strict=False)).get(b"type")
     return not isinstance(raw, bytes) or match(raw.decode(errors="replace"))
-
-
-def _identity(response: Any, **options: Any) -> Any:
-    return response
-
-
-def _raw_view(client: redis.Redis) -> redis.Redis:
-    """A client on the same connection pool whose XRANGE replies stay flat lists.
-
-    redis-py turns every entry into a dict; decoding straight from the flat reply (see
-    ``Codec.decode_flat``) is what keeps time-range queries near a bare XRANGE.
-    """
-    view = redis.Redis(connection_pool=client.connection_pool)
-    view.set_response_callback("XRANGE", _identity)
-    return view

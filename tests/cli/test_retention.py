@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -36,11 +37,15 @@ def test_lagging_subscription_holds_back_the_trim_until_it_catches_up(
 ) -> None:
     stream = bus.keys.stream("order")
     ids = []
+    # Back-dated events: each is also in the time index (docs/design.md §3.3).
+    when = datetime.now(UTC) - timedelta(hours=1)
     for start in range(0, 10_000, 2500):
-        events = [Event(type="order.created", data={"i": i}) for i in range(start, start + 2500)]
+        events = [Event(type="order.created", data={"i": i}, timestamp=when)
+                  for i in range(start, start + 2500)]
         bus.publish_batch(events)
         ids += [e.id for e in events]
     client.xgroup_create(stream, "lagging", id="0")  # exists, nobody reading
+    assert client.zcard(bus.keys.index("order")) == 10_000
 
     [held] = cli.json_lines("retention", "apply", "--max-len", "100")
     assert held["trimmed"] == 0 and held["held_back"] == 9_900

@@ -11,31 +11,15 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
-from support import REDIS_URL, drained, stays, wait_groups, wait_until
-from support.processes import Workers, wait_ready
+from support import drained, stays, wait_groups, wait_until
+from support.processes import Workers, int_hash, wait_ready
 
 from chi_redis import Event, EventBus
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def workers(tmp_path: Path, ns: str, real_client: redis.Redis) -> Iterator[Workers]:
-    ws = Workers(tmp_path, REDIS_URL, ns)
-    try:
-        yield ws
-    finally:
-        ws.stop()
-
-
-def _hash(client: redis.Redis, key: str) -> dict[str, int]:
-    return {(k.decode() if isinstance(k, bytes) else k): int(v)
-            for k, v in client.hgetall(key).items()}
 
 
 def _ppid(pid: int) -> int:
@@ -59,13 +43,13 @@ def test_kill_9_mid_batch_the_other_worker_handles_every_entry(
     victim = w1 if _ppid(victim_pid) == w1.pid else w2
     assert _ppid(victim_pid) == victim.pid
     os.kill(victim_pid, signal.SIGKILL)  # the worker child running the batch
-    held = {eid for eid, pid in _hash(real_client, start_pid).items() if pid == victim_pid}
+    held = {eid for eid, pid in int_hash(real_client, start_pid).items() if pid == victim_pid}
     wait_until(lambda: real_client.hlen(done) == len(events), 120, interval=0.1,
                message="every event finished")
     wait_until(lambda: drained(real_client, bus, "batch-slow", ["bslow"]), 30,
                message="drained")
-    finished, finished_by = _hash(real_client, done), _hash(real_client, done_pid)
-    started = _hash(real_client, f"{ns}:t:starts")
+    finished, finished_by = int_hash(real_client, done), int_hash(real_client, done_pid)
+    started = int_hash(real_client, f"{ns}:t:starts")
     assert set(finished) == {e.id for e in events}  # nothing lost
     unfinished = {eid for eid in held if finished_by[eid] != victim_pid}
     assert len(unfinished) >= 2, "the victim died with a batch in flight"
@@ -93,13 +77,13 @@ def test_an_event_that_kills_its_worker_is_isolated_and_dead_lettered_alone(
     wait_until(lambda: real_client.xlen(bus.keys.dlq("batch-poison")) == 1, 120, interval=0.1,
                message="the poison event dead-lettered")
     good = {e.id for e in events if e is not bad}
-    wait_until(lambda: set(_hash(real_client, f"{ns}:t:done")) == good, 60, interval=0.1,
+    wait_until(lambda: set(int_hash(real_client, f"{ns}:t:done")) == good, 60, interval=0.1,
                message="the events that shared its batch handled")
     (dl,) = bus.dead_letters("batch-poison")
     assert (dl.reason, dl.event_id, dl.source_id) == ("max_deliveries", bad.id, sids[7])
     starts = f"{ns}:t:starts"
     assert int(real_client.hget(starts, bad.id) or 0) == 3  # once in the batch, twice alone
     assert stays(lambda: int(real_client.hget(starts, bad.id) or 0) == 3, 3.0)  # no loop
-    assert set(_hash(real_client, f"{ns}:t:done").values()) == {1}  # each good one once
+    assert set(int_hash(real_client, f"{ns}:t:done").values()) == {1}  # each good one once
     wait_until(lambda: drained(real_client, bus, "batch-poison", ["bpoison"]), 30,
                message="drained")

@@ -16,32 +16,17 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 import pytest
 import redis
-from support import REDIS_URL, RedisServers, drained, stays, wait_groups, wait_until
-from support.processes import Workers, wait_ready
+from support import RedisServers, drained, stays, wait_groups, wait_until
+from support.processes import Workers, int_hash, wait_ready
 
 from chi_redis import Event, EventBus
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def workers(tmp_path: Path, ns: str, real_client: redis.Redis) -> Iterator[Workers]:
-    ws = Workers(tmp_path, REDIS_URL, ns)
-    try:
-        yield ws
-    finally:
-        ws.stop()
-
-
-def _hash(client: redis.Redis, key: str) -> dict[str, int]:
-    return {(k.decode() if isinstance(k, bytes) else k): int(v)
-            for k, v in client.hgetall(key).items()}
 
 
 def test_two_worker_processes_handle_each_event_once_per_subscription(
@@ -65,7 +50,7 @@ def test_two_worker_processes_handle_each_event_once_per_subscription(
     for sub in ("load-a", "load-b"):
         wait_until(partial(drained, real_client, bus, sub, ["load"]), 30,
                    message=f"{sub}: nothing pending, lag 0")
-    a, b = _hash(real_client, done_a), _hash(real_client, done_b)
+    a, b = int_hash(real_client, done_a), int_hash(real_client, done_b)
     assert set(a) == want_a and set(b) == want_b
     assert set(a.values()) == {1} and set(b.values()) == {1}  # no duplicates
     # both processes took part
@@ -99,14 +84,14 @@ def test_kill_9_mid_handler_the_other_worker_finishes(
     assert _ppid(victim_pid) == victim.pid
     os.kill(victim_pid, signal.SIGKILL)  # the worker child running the handler
     killed_at = time.monotonic()
-    held = {eid for eid, pid in _hash(real_client, start_pid).items() if pid == victim_pid}
+    held = {eid for eid, pid in int_hash(real_client, start_pid).items() if pid == victim_pid}
     wait_until(lambda: real_client.hlen(done) == len(events), 60, interval=0.1,
                message="every event finished")
     recovered_in = time.monotonic() - killed_at
     wait_until(lambda: drained(real_client, bus, "slow", ["slow"]), 30, message="drained")
-    finished = _hash(real_client, done)
-    finished_by = _hash(real_client, done_pid)
-    started = _hash(real_client, starts)
+    finished = int_hash(real_client, done)
+    finished_by = int_hash(real_client, done_pid)
+    started = int_hash(real_client, starts)
     assert set(finished) == {e.id for e in events}  # nothing lost
     # what the victim was running when it died was redelivered to the survivor
     unfinished_by_victim = {eid for eid in held if finished_by[eid] != victim_pid}
@@ -166,7 +151,7 @@ def test_handler_slower_than_the_lease_is_not_reclaimed(
     wait_until(lambda: real_client.hlen(f"{ns}:t:done") == len(events), 90, interval=0.1,
                message="all slow handlers finished")
     wait_until(lambda: drained(real_client, bus, "slow", ["slow"]), 30, message="drained")
-    started = _hash(real_client, f"{ns}:t:starts")
+    started = int_hash(real_client, f"{ns}:t:starts")
     assert started == {e.id: 1 for e in events}  # duplicates = 0
 
 
@@ -199,8 +184,8 @@ def test_redis_restart_without_persistence_recovers_with_bounded_logs(
         for sub in ("load-a", "load-b"):
             wait_until(partial(drained, client, bus, sub, ["load"]), 30,
                        message=f"{sub} drained")
-        assert set(_hash(client, f"{ns}:t:done:load-a").values()) == {1}
-        assert {e.id for e in after} == set(_hash(client, f"{ns}:t:done:load-b"))
+        assert set(int_hash(client, f"{ns}:t:done:load-a").values()) == {1}
+        assert {e.id for e in after} == set(int_hash(client, f"{ns}:t:done:load-b"))
         time.sleep(1.0)
     finally:
         ws.stop()

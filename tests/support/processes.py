@@ -167,3 +167,9 @@ def wait_ready(*procs: WorkerProcess, timeout: float = 60) -> None:
     or does not block.)"""
     wait_until(lambda: all("is ready for action" in p.output() for p in procs), timeout,
                "worker processes ready", interval=0.1)
+
+
+def int_hash(client: Any, key: str) -> dict[str, int]:
+    """A hash of counters the test handlers write, as ``{str: int}``."""
+    return {(k.decode() if isinstance(k, bytes) else k): int(v)
+            for k, v in client.hgetall(key).items()}

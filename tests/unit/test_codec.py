@@ -241,3 +241,35 @@ def test_oversize_publish_sends_nothing_to_redis(
             bus.store.store(big)
     assert counter.count == 0
     assert keys_of(fake_client, ns) == []
+
+
+def _flat(fields: object) -> list[bytes]:
+    assert isinstance(fields, dict)
+    return [x for kv in fields.items() for x in kv]
+
+
+@pytest.mark.parametrize("name", list(GARBAGE))
+def test_decode_flat_many_reports_each_bad_entry_like_decode_flat(name: str) -> None:
+    codec, stream = Codec(), "ns:{codectest}:stream"
+    good = _flat(good_fields())
+    assert codec.decode_flat_many([(b"1-0", good)], topic="codectest")  # types now cached
+    with pytest.raises(DecodeError) as info:
+        codec.decode_flat_many(
+            [(b"1-0", good), (b"7-1", _flat(GARBAGE[name]))], topic="codectest", stream=stream
+        )
+    assert info.value.stream == stream and info.value.entry_id == "7-1"
+
+
+def test_decode_flat_many_matches_decode_flat() -> None:
+    codec = Codec()
+    events = [sample_event(type=f"codectest.kind{i % 3}", data={"i": i}) for i in range(9)]
+    events.append(sample_event(type="codectest.order.created", data=OrderCreated("o1", 5)))
+    flats = [codec.encode(e) for e in events]
+    many = codec.decode_flat_many([(f"{i}-0".encode(), _flat(entry_fields(f)))
+                                   for i, f in enumerate(flats)], topic="codectest")
+    one = [codec.decode_flat(_flat(entry_fields(f)), topic="codectest") for f in flats]
+    assert many == one and [e.id for e in many] == [e.id for e in events]
+    assert isinstance(many[-1].data, OrderCreated)
+    with pytest.raises(DecodeError):  # a bad topic name: each entry fails as decode_flat's
+        codec.decode_flat_many([(b"1-0", _flat(entry_fields(flats[0])))], topic="Bad Topic")
+    assert codec.decode_flat_many([], topic="Bad Topic") == []

@@ -6,6 +6,10 @@
 --   idempotency key index, then the topic names, then per event 7 values:
 --   topic slot (1-based), id, type, ts (us), ver, meta, data
 --   (plus the 1-based index of its idempotency key, 0 for none, when ARGV[6] is '1').
+-- The time index only holds "late" events: those whose event time is more than 100 ms
+-- before or 50 ms after the append time of their stream id (docs/design.md §3.3; the
+-- bounds are ON_TIME_BEHIND_MS / ON_TIME_AHEAD_MS in backend/streamids.py).  The others are
+-- found by event time through the stream itself, read by id range with that margin.
 -- Returns the stream id of each event.  An event id already written (a retry after a lost
 -- reply), an id seen earlier in the chunk and a live idempotency key all return the first
 -- stream id and write nothing.
@@ -19,6 +23,14 @@ local ttl, n, nt = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local arc, enc, has_idem = ARGV[4] == '1', ARGV[5], ARGV[6] == '1'
 local per = has_idem and 8 or 7
 local base = 6 + nt
+local BEHIND, AHEAD = 100, 50
+
+-- Whether an event's time (us) is too far from its entry's append time (ms) to be found
+-- through the stream by id range: it then goes into the time index.
+local function late(sid, ts)
+  local d = tonumber(string.match(sid, '^(%d+)')) - math.floor(tonumber(ts) / 1000)
+  return d > BEHIND or d < -AHEAD
+end
 
 local function xadd(stream, a, ts)
   if arc then
@@ -51,13 +63,13 @@ if n == 1 then
   sid = xadd(KEYS[1 + 2 * slot], base, ts)
   if idem then redis.call('SET', idem, sid, 'PX', ttl) end
   redis.call('HSET', ids_key, id, topic .. ' ' .. sid)
-  redis.call('ZADD', KEYS[2 + 2 * slot], ts, sid)
+  if late(sid, ts) then redis.call('ZADD', KEYS[2 + 2 * slot], ts, sid) end
   redis.call('SADD', topics_key, topic)
   return {sid}
 end
 
--- A chunk: one XADD per event; the id lookup, the indexes and the topics set are read and
--- written with one command per chunk (or per topic).
+-- A chunk: one XADD per event; the id lookup, the late indexes and the topics set are read
+-- and written with one command per chunk (or per topic).
 local SLICE = 1000 -- arguments per command: stays far below Lua's unpack limit
 
 local function sliced(cmd, key, args)
@@ -86,14 +98,15 @@ for i = 0, n - 1 do
   if not sid then
     local ts = ARGV[a + 4]
     sid = xadd(KEYS[1 + 2 * slot], a, ts)
-    local zargs = index_args[slot]
-    if not zargs then
-      zargs = {}
-      index_args[slot] = zargs
+    if not index_args[slot] then
+      index_args[slot] = {}
       used[#used + 1] = slot
     end
-    zargs[#zargs + 1] = ts
-    zargs[#zargs + 1] = sid
+    if late(sid, ts) then
+      local zargs = index_args[slot]
+      zargs[#zargs + 1] = ts
+      zargs[#zargs + 1] = sid
+    end
     id_args[#id_args + 1] = id
     id_args[#id_args + 1] = ARGV[6 + slot] .. ' ' .. sid
     if idem then redis.call('SET', idem, sid, 'PX', ttl) end
@@ -108,7 +121,7 @@ end
 if #id_args > 0 then sliced('HSET', ids_key, id_args) end
 local topic_names = {}
 for _, slot in ipairs(used) do
-  sliced('ZADD', KEYS[2 + 2 * slot], index_args[slot])
+  if #index_args[slot] > 0 then sliced('ZADD', KEYS[2 + 2 * slot], index_args[slot]) end
   topic_names[#topic_names + 1] = ARGV[6 + slot]
 end
 if #topic_names > 0 then sliced('SADD', topics_key, topic_names) end

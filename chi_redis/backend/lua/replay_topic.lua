@@ -1,11 +1,17 @@
 -- Republish replayed events onto their topics as new events (new ids, metadata marking
 -- them as replays), with the replay checkpoint in the same atomic step.  The entry layout,
--- index and id lookup are those of publish.lua.
+-- late index (only events far from their append time) and id lookup are those of
+-- publish.lua.
 -- KEYS[1] ids hash, KEYS[2] topics set, KEYS[3] checkpoint hash, then per event: stream,
 --   index.
 -- ARGV[1] number of checkpoint field/value pairs (0: no checkpoint), then the pairs, then
 --   per event 8 values: topic, id, type, ts(us), ver, meta, enc, data.
 -- Returns the new stream ids.
+local BEHIND, AHEAD = 100, 50
+local function late(sid, ts)
+  local d = tonumber(string.match(sid, '^(%d+)')) - math.floor(tonumber(ts) / 1000)
+  return d > BEHIND or d < -AHEAD
+end
 local nf = tonumber(ARGV[1])
 local a = 2 + 2 * nf
 local out = {}
@@ -14,7 +20,7 @@ while a <= #ARGV do
   local topic, id, ts = ARGV[a], ARGV[a + 1], ARGV[a + 3]
   local sid = redis.call('XADD', KEYS[k], '*', 'id', id, 'type', ARGV[a + 2], 'ts', ts,
     'ver', ARGV[a + 4], 'meta', ARGV[a + 5], 'enc', ARGV[a + 6], 'data', ARGV[a + 7])
-  redis.call('ZADD', KEYS[k + 1], ts, sid)
+  if late(sid, ts) then redis.call('ZADD', KEYS[k + 1], ts, sid) end
   redis.call('HSET', KEYS[1], id, topic .. ' ' .. sid)
   redis.call('SADD', KEYS[2], topic)
   out[#out + 1] = sid
