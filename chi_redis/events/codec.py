@@ -81,6 +81,26 @@ def iso_us(us: int) -> str:
     return f"{prefix}.{frac:06d}Z"
 
 
+_ISO_BY_RAW_SECONDS: dict[bytes, str] = {}
+
+
+def iso_us_raw(raw: bytes) -> str:
+    """:func:`iso_us` of µs given as the decimal bytes an entry's ``ts`` holds.
+
+    Cut at the seconds rather than parsed (a replay prints one per event): the same
+    string :func:`iso_us` gives, for any value ``int`` accepts.
+    """
+    if len(raw) <= 6 or not raw.isdigit():
+        return iso_us(int(raw))
+    sec = raw[:-6]
+    prefix = _ISO_BY_RAW_SECONDS.get(sec)
+    if prefix is None:
+        if len(_ISO_BY_RAW_SECONDS) > 4096:
+            _ISO_BY_RAW_SECONDS.clear()
+        prefix = _ISO_BY_RAW_SECONDS[sec] = iso_us(int(sec) * 1_000_000)[:-8]
+    return prefix + "." + raw[-6:].decode() + "Z"
+
+
 class Envelope(msgspec.Struct, omit_defaults=True):
     """The JSON envelope of an event (docs/design.md §9.6), plus its stream id."""
 
@@ -116,7 +136,9 @@ class Codec:
             if encoding == "msgpack"
             else msgspec.json.Encoder().encode
         )
-        self._json = msgspec.json.Encoder().encode
+        json_encoder = msgspec.json.Encoder()
+        self._json = json_encoder.encode
+        self._json_lines = json_encoder.encode_lines
         self._untyped_mp = msgspec.msgpack.Decoder()
         self._untyped_js = msgspec.json.Decoder()
         self._typed: dict[tuple[bytes, type[Any]], Any] = {}
@@ -338,7 +360,7 @@ class Codec:
             return Envelope(
                 f["id"].decode(), f["type"].decode(), topic, data,
                 _ANY_META_DECODER.decode(meta_raw) if meta_raw != _EMPTY_META else _NO_META,
-                iso_us(int(f["ts"])), f.get("ver", b"1.0").decode(), sid.decode(), "arc" in f,
+                iso_us_raw(f["ts"]), f.get("ver", b"1.0").decode(), sid.decode(), "arc" in f,
             )
         except (KeyError, ValueError, TypeError, OverflowError, RecursionError) as exc:
             if isinstance(exc, KeyError):
@@ -367,6 +389,12 @@ class Codec:
     def envelope_json(self, topic: str, sid: bytes, fields: Mapping[str, bytes]) -> bytes:
         """:meth:`envelope` encoded as one compact JSON object (the fast path)."""
         return self._json(self._envelope(topic, sid, fields))
+
+    def envelope_lines(self, items: Iterable[tuple[str, bytes, Mapping[str, bytes], Any]]) -> bytes:
+        """:meth:`envelope_json` of each ``(topic, stream id, fields, …)``, one line each
+        (every line ends with a newline), encoded in one call."""
+        env = self._envelope
+        return self._json_lines([env(it[0], it[1], it[2]) for it in items])
 
 
 def entry_fields(values: list[bytes], archive: bool = False) -> Fields:

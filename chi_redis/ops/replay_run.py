@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
     from .replay import ReplayOptions, ReplayReport
 
 __all__ = ["ReplayRun"]
+
+
+class _Skipped(Exception):
+    """A batch not sent because one before it failed (that error is the one raised)."""
 
 
 def _readers(
@@ -190,25 +195,56 @@ class ReplayRun:
             self._serial(self.target)
 
     def _serial(self, target: Target) -> None:
-        """Batches in order, each sent before the next; the next page is read ahead on
-        another thread meanwhile (measured: a second thread for sending only added GIL
-        contention on localhost)."""
+        """Batches in order; while one is being delivered the next is prepared and queued
+        behind it (the next page is read on the reader thread meanwhile).
+
+        One sender thread keeps the order, and a batch is sent only if every one before it
+        succeeded, so the checkpoint each carries is exact.  Ordered targets (print) send
+        on this thread.
+        """
         pacer = Pacer(self.opts.rate, self.stop)
-        for batch, items, ranges in self.batches():
-            if items:
-                payload = target.prepare(items)
-                pacer.wait(len(items))
-            if self._stopping():
-                raise KeyboardInterrupt  # before this batch: the checkpoint stands after the last
-            for t, (_, last) in ranges.items():
-                self.pos[t] = last
-            fields = Checkpoint.pos_fields(self.pos) if self.ckpt else {}
-            if items:
-                self._send(target, payload, items, fields)
-            elif self.ckpt:
-                self.ckpt.advance(self.pos, [])
-            if self.progress:
-                self.progress(len(batch))
+        pending: deque[Future[int]] = deque()
+        failed = threading.Event()
+
+        def send_in_order(payload: Any, items: list[Item], fields: dict[str, str]) -> int:
+            if failed.is_set():
+                raise _Skipped
+            try:
+                return self._send(target, payload, items, fields)
+            except BaseException:
+                failed.set()
+                raise
+
+        def settle(keep: int) -> None:  # an error of a batch sent is raised here, in order
+            while len(pending) > keep or (pending and pending[0].done()):
+                pending.popleft().result()
+
+        with ThreadPoolExecutor(1, thread_name_prefix="chi-replay-send") as pool:
+            try:
+                for batch, items, ranges in self.batches():
+                    if items:
+                        payload = target.prepare(items)
+                        pacer.wait(len(items))
+                    settle(keep=1)  # one in flight, at most one queued behind it
+                    if self._stopping():
+                        raise KeyboardInterrupt  # before this batch: the checkpoint stands
+                    for t, (_, last) in ranges.items():
+                        self.pos[t] = last
+                    fields = Checkpoint.pos_fields(self.pos) if self.ckpt else {}
+                    if items and not target.ordered:
+                        pending.append(pool.submit(send_in_order, payload, items, fields))
+                    else:
+                        settle(keep=0)  # checkpoint writes stay in order
+                        if items:
+                            self._send(target, payload, items, fields)
+                        elif self.ckpt:
+                            self.ckpt.advance(self.pos, [])
+                    if self.progress:
+                        self.progress(len(batch))
+                settle(keep=0)
+            finally:
+                failed.set()  # an error or an interrupt: nothing more goes out
+                wait(list(pending))
         if self.ckpt:
             self.ckpt.finish(self.pos)
 

@@ -74,6 +74,12 @@ def str_fields(raw: Any) -> Fields:
     return dict(zip(map(_NAMES.__getitem__, it), it, strict=False))
 
 
+#: The field names of an entry the publish script wrote (docs/design.md §3.2), as read
+#: and decoded: such an entry's names are compared at once, not decoded one by one.
+_LAYOUT = [b"id", b"type", b"ts", b"ver", b"meta", b"enc", b"data"]
+_LAYOUT_NAMES = ("id", "type", "ts", "ver", "meta", "enc", "data")
+
+
 def _parse_items(response: Any, **options: Any) -> Any:
     """XRANGE reply → Items of ``options["chi_topic"]`` (or ``(id, Fields)`` pairs)."""
     topic = options.get("chi_topic")
@@ -81,9 +87,12 @@ def _parse_items(response: Any, **options: Any) -> Any:
     if topic is None:
         return [(sid, str_fields(flat)) for sid, flat in response or ()]
     out = []
+    layout, layout_names = _LAYOUT, _LAYOUT_NAMES
     for sid, flat in response or ():
         if isinstance(flat, dict):
             out.append((topic, sid, str_fields(flat), 0))
+        elif flat[0::2] == layout:
+            out.append((topic, sid, dict(zip(layout_names, flat[1::2], strict=False)), 0))
         else:
             it = iter(flat)
             out.append((topic, sid, dict(zip(map(names, it), it, strict=False)), 0))

@@ -160,6 +160,38 @@ def test_replayed_messages_are_exactly_what_encode_message_gives(
                                     msg.message_timestamp)
 
 
+
+@pytest.mark.parametrize("sub", ["audit", "a" * 128])
+def test_messages_with_long_or_non_ascii_ids_are_what_encode_message_gives(
+    bus: EventBus, client: redis.Redis, sub: str
+) -> None:
+    # message ids over 255 bytes and non-ASCII event ids leave the template's fast path
+    ids = ["plain-1", "évènement-2", "z" * 128]
+    sids = bus.publish_batch([Event(type="order.created", data={"i": i}, id=event_id)
+                              for i, event_id in enumerate(ids)])
+    target = QueueTarget(bus, sub)
+    stream = bus.keys.stream("order")
+    for sid in sids:
+        [(raw_sid, fields)] = client.xrange(stream, sid, sid)
+        item = ("order", raw_sid, {k.decode(): v for k, v in fields.items()}, 0)
+        assert target.message(item, 1234) == _expected(bus, sub, stream, raw_sid, fields, 1234)
+
+
+def test_a_delivery_whose_lengths_do_not_add_up_writes_nothing(
+    bus: EventBus, client: redis.Redis
+) -> None:
+    from chi_redis.backend.scripts import script
+
+    queue, ckpt = bus.keys.queue("audit"), bus.keys.checkpoint("bad")
+    run = script("replay_queue").run
+    with pytest.raises(redis.ResponseError, match="do not add up"):
+        run(client, [queue, ckpt], ["1", "pos", "1-1", "3 4", b"abcdef"])
+    assert client.exists(queue, ckpt) == 0
+    assert run(client, [queue, ckpt], ["1", "pos", "1-1", "3 3", b"abcdef"]) == 2
+    assert [f[b"m"] for _, f in client.xrange(queue)] == [b"abc", b"def"]
+    assert client.hgetall(ckpt) == {b"pos": b"1-1", b"delivered": b"2"}
+
+
 # resumable ---------------------------------------------------------------------------------------
 def _fail_after(monkeypatch: pytest.MonkeyPatch, method: str, calls: int) -> None:
     """Make QueueTarget.<method> fail from its ``calls``+1-th call on."""
@@ -213,6 +245,36 @@ def test_interrupted_replay_resumes_without_repeating_or_skipping(
     again = cli(*args).stdout
     assert "is complete" in again
     assert len(queued(client, bus, "audit")) == total
+
+
+def test_a_failed_delivery_stops_the_batches_queued_behind_it(
+    cli: Cli, bus: EventBus, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the 6th delivery fails: the 7th, already prepared and queued behind it, must not
+    # go out, or the checkpoint would move past events that were never delivered.
+    register(bus, "audit")
+    StreamsBroker(bus, options=BrokerOptions(**FAST))
+    publish_n(bus, 200)
+    args = ("replay", "--to", "audit", "--topic", "order", "--batch-size", "10",
+            "--checkpoint", "fail-once")
+    original = QueueTarget.send
+    count = [0]
+
+    def failing_once(self: QueueTarget, *a: Any) -> Any:
+        count[0] += 1
+        if count[0] == 6:
+            time.sleep(0.5)  # the next batch is queued behind this one meanwhile
+            raise RedisUnavailableError("connection lost (injected)")
+        return original(self, *a)
+
+    with monkeypatch.context() as m:
+        m.setattr(QueueTarget, "send", failing_once)
+        r = cli(*args, ok=False)
+    assert r.exit_code == 1
+    assert queued_indexes(client, bus, "audit") == list(range(50))
+    assert int(client.hget(bus.keys.checkpoint("fail-once"), "delivered") or 0) == 50
+    cli(*args)
+    assert queued_indexes(client, bus, "audit") == list(range(200))
 
 
 def test_killed_replay_subprocess_resumes_exactly_once(

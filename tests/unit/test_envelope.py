@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from chi_redis import Codec, Event
-from chi_redis.events.codec import entry_fields, iso_us
+from chi_redis.events.codec import entry_fields, iso_us, iso_us_raw
 from chi_redis.store.history import Fields, str_fields
 
 WHEN = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -81,3 +81,29 @@ def test_an_entry_that_cannot_be_decoded_gives_an_error_line(
 def test_iso_us_is_utc_with_microseconds() -> None:
     assert iso_us(0) == "1970-01-01T00:00:00.000000Z"
     assert iso_us(1_714_564_800_000_001) == "2024-05-01T12:00:00.000001Z"
+
+
+@pytest.mark.parametrize("raw", [
+    b"0", b"7", b"999999", b"1000000", b"1714564800000001", b"1714564800999999",
+    b"-1", b"-1714564800000001", b"0001714564800000001", b" 1714564800000001",
+    b"+1714564800000001", b"253402300799999999",
+])
+def test_iso_us_raw_is_iso_us_of_the_parsed_value(raw: bytes) -> None:
+    assert iso_us_raw(raw) == iso_us(int(raw))
+
+
+def test_iso_us_raw_refuses_what_int_refuses() -> None:
+    for raw in (b"abc", b"17145648000000x1", b""):
+        with pytest.raises(ValueError):
+            iso_us_raw(raw)
+
+
+def test_envelope_lines_are_the_envelopes_one_per_line() -> None:
+    codec = Codec()
+    items = [("users", b"1-1", _fields(codec), 0),
+             ("users", b"1-2", _fields(codec, archive=True), 0),
+             ("users", b"1-3", _fields(codec, ts=b"abc"), 0)]
+    lines = codec.envelope_lines(items)
+    assert lines.endswith(b"\n")
+    assert lines.splitlines() == [codec.envelope_json(t, sid, f) for t, sid, f, _ in items]
+    assert codec.envelope_lines([]) == b""
