@@ -11,7 +11,6 @@ entries stay pending and are reclaimed after their lease, as for single dead let
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,13 @@ from ..backend.scripts import script
 from ..errors import BatchFailed
 from ..observe.metrics import counter
 from .batches import BatchMessage, attempts_before
-from .deadletters import DEAD_LETTER_LOG, dead_letter_fields, dead_letter_reason, encode_body
+from .deadletters import (
+    RefusedWrites,
+    dead_letter_fields,
+    dead_letter_reason,
+    encode_body,
+    log_dead_letter,
+)
 from .encoder import encode_message
 
 if TYPE_CHECKING:
@@ -33,7 +38,6 @@ __all__ = ["BatchSettler", "halves"]
 logger = logging.getLogger(__name__)
 
 CONNECTION_ERRORS = (rex.ConnectionError, rex.TimeoutError)
-WARN_EVERY_S = 10.0
 _HANDLED = "chi_events_handled_total"
 
 
@@ -62,9 +66,7 @@ class BatchSettler:
         self.dlq = broker.keys.dlq(queue)
         self.maxlen = broker.options.dlq_maxlen
         self._script = script("batch_settle")
-        self._lock = threading.Lock()
-        self._refused = 0
-        self._warned_at = float("-inf")
+        self._refused = RefusedWrites("Redis refused to settle %d failed batch(es) of %s")
 
     def settle(
         self, m: BatchMessage, *, poison: list[int], parts: list[list[int]],
@@ -84,7 +86,7 @@ class BatchSettler:
         except CONNECTION_ERRORS:
             raise
         except rex.RedisError as e:  # OOM, READONLY, NOPERM: left to the lease
-            self._refused_write(e)
+            self._refused.note(self.queue, e)
             written = 0
         finally:
             for stream, sid, _ in m.entries:
@@ -150,29 +152,7 @@ class BatchSettler:
         for fields, dl_id in zip(letters, written, strict=False):
             counter("chi_dead_lettered_total").labels(self.queue, fields["reason"]).inc()
             counter(_HANDLED).labels(self.queue, "dead_lettered").inc()
-            if DEAD_LETTER_LOG.allow():
-                logger.warning(
-                    "dead-lettered event %s of %s as %s (entry %s of %s): %s; see `chi-redis"
-                    " dlq show %s %s`", fields["event_id"] or "-", self.queue, _text(dl_id),
-                    fields["src_id"], fields["src"], fields["reason"], self.queue, _text(dl_id),
-                    extra={"subscription": self.queue, "topic": fields["topic"],
-                           "stream": fields["src"], "event_id": fields["event_id"],
-                           "type": fields["type"], "reason": fields["reason"]},
-                )
-
-    def _refused_write(self, exc: BaseException) -> None:
-        """Log, at most every ``WARN_EVERY_S``, that batches were left to the lease."""
-        with self._lock:
-            self._refused += 1
-            now = time.monotonic()
-            if now - self._warned_at < WARN_EVERY_S:
-                return
-            count, self._refused, self._warned_at = self._refused, 0, now
-        logger.warning(
-            "Redis refused to settle %d failed batch(es) of %s (%s: %s); their entries stay"
-            " pending and are tried again once the lease expires", count, self.queue,
-            type(exc).__name__, exc,
-        )
+            log_dead_letter(self.queue, fields["src"], fields["src_id"], fields, dl_id)
 
 
 def _text(value: Any) -> str:

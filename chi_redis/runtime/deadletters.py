@@ -46,11 +46,13 @@ __all__ = [
     "DLQ_MAXLEN",
     "DeadLetter",
     "DeadLetterWriter",
+    "RefusedWrites",
     "dead_letter_fields",
     "dead_letter_reason",
     "decode_body",
     "encode_body",
     "entry_dead_letter",
+    "log_dead_letter",
     "message_dead_letter",
     "redact",
 ]
@@ -216,9 +218,7 @@ class DeadLetterWriter:
         self.keys = broker.keys
         self.maxlen = broker.options.dlq_maxlen
         self._script = script("deadletter")
-        self._lock = threading.Lock()
-        self._refused = 0
-        self._warned_at = float("-inf")
+        self._refused = RefusedWrites("Redis refused %d dead letter(s) of %s")
 
     def reason(self, message: dramatiq.MessageProxy, exc: BaseException | None) -> str:
         """Why Dramatiq gave up on ``message`` (see :func:`dead_letter_reason`)."""
@@ -274,7 +274,7 @@ class DeadLetterWriter:
         except CONNECTION_ERRORS:
             raise  # still in flight: the caller retries
         except rex.RedisError as exc:  # OOM, READONLY, NOPERM, any error reply
-            self._refused_write(queue, exc)
+            self._refused.note(queue, exc)
             self.broker.release(queue, stream, sid)
             return
         self.broker.release(queue, stream, sid)
@@ -284,34 +284,49 @@ class DeadLetterWriter:
                 counter("chi_events_handled_total").labels(queue, "dead_lettered").inc()
             if tracing.enabled():
                 tracing.dead_lettered(queue, _event_meta(fields), fields)
-            if DEAD_LETTER_LOG.allow():  # one line each, a bounded number under a storm
-                self._log(queue, stream, sid, fields, written)
+            log_dead_letter(queue, stream, sid, fields, written)
 
-    @staticmethod
-    def _log(queue: str, stream: str, sid: bytes, fields: dict[str, Any], written: Any) -> None:
-        dl_id = written.decode() if isinstance(written, bytes) else str(written)
-        # The dead letter's own id first: it is what `chi-redis dlq show` takes.
-        logger.warning(
-            "dead-lettered event %s of %s as %s (entry %s of %s): %s; see `chi-redis dlq"
-            " show %s %s`", fields["event_id"] or "-", queue, dl_id,
-            sid.decode(errors="replace"), stream, fields["reason"], queue, dl_id,
-            extra={"subscription": queue, "topic": fields["topic"], "stream": stream,
-                   "event_id": fields["event_id"], "type": fields["type"],
-                   "reason": fields["reason"]},
-        )
 
-    def _refused_write(self, queue: str, exc: BaseException) -> None:
-        """Log, at most every ``WARN_EVERY_S``, that dead letters were left to the lease."""
+def log_dead_letter(
+    queue: str, stream: str, sid: bytes | str, fields: dict[str, Any], written: Any
+) -> None:
+    """One log line for a dead letter just written (``written``: its id), a bounded number
+    of them under a storm."""
+    if not DEAD_LETTER_LOG.allow():
+        return
+    dl_id = written.decode() if isinstance(written, bytes) else str(written)
+    src = sid.decode(errors="replace") if isinstance(sid, bytes) else sid
+    # The dead letter's own id first: it is what `chi-redis dlq show` takes.
+    logger.warning(
+        "dead-lettered event %s of %s as %s (entry %s of %s): %s; see `chi-redis dlq"
+        " show %s %s`", fields["event_id"] or "-", queue, dl_id,
+        src, stream, fields["reason"], queue, dl_id,
+        extra={"subscription": queue, "topic": fields["topic"], "stream": stream,
+               "event_id": fields["event_id"], "type": fields["type"],
+               "reason": fields["reason"]},
+    )
+
+
+class RefusedWrites:
+    """Counts writes Redis refused (OOM, NOPERM, ...) and logs them at most every
+    ``WARN_EVERY_S``: the entries stay pending and come back after the lease.  ``what``
+    starts the line and takes the count and the queue (``"Redis refused %d ... of %s"``)."""
+
+    def __init__(self, what: str) -> None:
+        self.line = what + (" (%s: %s); their entries stay pending and are tried again once"
+                            " the lease expires")
+        self._lock = threading.Lock()
+        self._count = 0
+        self._warned_at = float("-inf")
+
+    def note(self, queue: str, exc: BaseException) -> None:
         with self._lock:
-            self._refused += 1
+            self._count += 1
             now = time.monotonic()
             if now - self._warned_at < WARN_EVERY_S:
                 return
-            count, self._refused, self._warned_at = self._refused, 0, now
-        logger.warning(
-            "Redis refused %d dead letter(s) of %s (%s: %s); their entries stay pending and are"
-            " tried again once the lease expires", count, queue, type(exc).__name__, exc,
-        )
+            count, self._count, self._warned_at = self._count, 0, now
+        logger.warning(self.line, count, queue, type(exc).__name__, exc)
 
 
 def _event_meta(fields: dict[str, Any]) -> bytes | None:

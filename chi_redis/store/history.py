@@ -31,7 +31,6 @@ __all__ = [
     "By",
     "Fields",
     "Item",
-    "fetch_entries",
     "index_pages",
     "item_pos",
     "merged",
@@ -187,32 +186,6 @@ def index_pages(
             it = iter(flat)
             items.append((topic, sid, dict(zip(map(names, it), it, strict=False)), ts))
         yield items
-
-
-def fetch_entries(client: Any, stream: str, sids: Sequence[bytes]) -> dict[bytes, Fields]:
-    """The entries with these stream ids (missing ones left out); ``client`` from
-    :func:`reader`.
-
-    Events mostly arrive in event-time order, so one XRANGE over the span brings them all;
-    entries out of the span (back-filled events) are fetched one by one, pipelined.
-    """
-    if not sids:
-        return {}
-    lo, hi = min(sids, key=parse_id), max(sids, key=parse_id)
-    want = set(sids)
-    got: dict[bytes, Fields] = {}
-    for sid, fields in client.xrange(stream, lo, hi, count=len(sids) * 2 + 16):
-        if sid in want:
-            got[sid] = fields
-    rest = [s for s in sids if s not in got]
-    if rest:
-        pipe = client.pipeline(transaction=False)
-        for s in rest:
-            pipe.xrange(stream, s, s)
-        for found in pipe.execute():
-            if found:
-                got[found[0][0]] = found[0][1]
-    return got
 
 
 def merged(readers: Sequence[Iterator[list[Item]]], by: By, page: int) -> Iterator[list[Item]]:
