@@ -26,9 +26,10 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..events.event import Event
+from .archive_writer import store_isolating
 
 if TYPE_CHECKING:
     from ..publish.bus import EventBus
@@ -53,7 +54,8 @@ class BatchWriter:
 
     :meth:`write` returns once the event is stored (or raises what the store raised), so
     the caller may acknowledge it.  Stores without ``store_many`` get one ``store`` call per
-    event.
+    event.  An event the store refuses for its data fails only its own ``write`` (the
+    batch is split until it stands alone), never the events batched with it.
     """
 
     def __init__(self, store: EventStore, batch_size: int = 500) -> None:
@@ -81,12 +83,8 @@ class BatchWriter:
                 except queue.Empty:
                     break
             try:
-                many: Any = getattr(self.store, "store_many", None)
-                if many is not None:
-                    many([p.event for p in batch])
-                else:
-                    for p in batch:
-                        self.store.store(p.event)
+                for i, exc in store_isolating(self.store, [p.event for p in batch]):
+                    batch[i].error = exc  # refused for its data: its own handler fails
             except BaseException as exc:  # handed to every waiting thread
                 for p in batch:
                     p.error = exc

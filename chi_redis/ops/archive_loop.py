@@ -16,9 +16,11 @@ entries (``XREADGROUP … 0``: what it read before a crash under the same consum
 every ``lease_ms / 3`` it takes over (XAUTOCLAIM) entries of other consumers of the group idle
 past the lease — a kill -9'd loop's batches, or a dead worker's messages.  An entry that does
 not decode is dead-lettered (reason ``decode``, the subscription's dead-letter stream) and
-acked in one script call; it never stops the loop.  A store error keeps the batch and retries
-it with a backoff.  :meth:`ArchiveLoop.stop` (SIGTERM in ``chi-redis archive run``) lets the
-batches in hand be stored and acknowledged, then the loop returns.
+acked in one script call; it never stops the loop.  So is an event the store refuses for its
+data (reason ``store``; the rest of its batch is stored).  Any other store error keeps the
+batch and retries it with a backoff.  :meth:`ArchiveLoop.stop` (SIGTERM in
+``chi-redis archive run``) lets the batches in hand be stored and acknowledged, then the loop
+returns.
 """
 
 from __future__ import annotations
@@ -332,9 +334,14 @@ class ArchiveLoop:
             self._events, self._held = [], []
 
     def _settle(self) -> None:
-        """Wait for the batch in the store thread; queue its acks once it is stored."""
-        for stream, sid, _ in self._writer.settle():
+        """Wait for the batch in the store thread; queue its acks once it is stored, and
+        dead-letter (and ack) the events the store refused for their data."""
+        stored, refused = self._writer.settle()
+        for stream, sid, _ in stored:
             self._ack(stream, sid)
+        for (stream, sid, f), exc in refused:
+            topic = self._topic_of.get(stream) or self.keys.topic_from_stream(stream)
+            self._dead_letter(stream, sid, f, topic, exc, reason="store")
 
     def _decode(self, stream: str, sid: bytes, flat: list[bytes]) -> Event | None:
         topic = self._topic_of.get(stream) or self.keys.topic_from_stream(stream)
@@ -358,20 +365,24 @@ class ArchiveLoop:
             return None
 
     def _dead_letter(
-        self, stream: str, sid: bytes, f: Any, topic: str, exc: BaseException
+        self, stream: str, sid: bytes, f: Any, topic: str, exc: BaseException,
+        reason: str = "decode",
     ) -> None:
         """XACK the entry and XADD its dead letter in one script call (at most once)."""
+        if isinstance(f, list) and len(f) % 2 == 0:
+            f = dict(zip(f[::2], f[1::2], strict=True))
         fields = entry_dead_letter(sub=self.name, stream=stream, sid=sid, fields=f,
-                                   reason="decode", count=1, topic=topic, exc=exc)
+                                   reason=reason, count=1, topic=topic, exc=exc)
         argv: list[Any] = [self.name, sid, "0", DLQ_MAXLEN]
         for k, v in fields.items():
             argv += (k, v)
         written = self._deadletter.run(self.client, [stream, self.keys.dlq(self.name)], argv)
         self.stats.dead_lettered += 1
         if written:
-            counter("chi_dead_lettered_total").labels(self.name, "decode").inc()
-        logger.warning("archive loop dead-lettered undecodable entry %s of %s: %s",
-                       sid.decode(errors="replace"), stream, exc)
+            counter("chi_dead_lettered_total").labels(self.name, reason).inc()
+        what = "undecodable entry" if reason == "decode" else "entry the store refuses"
+        logger.warning("archive loop dead-lettered %s %s of %s: %s",
+                       what, sid.decode(errors="replace"), stream, exc)
 
     # acks ------------------------------------------------------------------------------------
     def _ack(self, stream: str, sid: bytes) -> None:

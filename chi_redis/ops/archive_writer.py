@@ -4,6 +4,12 @@
 its own, while the loop reads and decodes the next batch; a store error keeps the batch and
 retries it with a backoff until the loop stops.  The loop acknowledges a batch's entries
 only once :meth:`StoreThread.settle` says it is stored.
+
+A poison event — one the store refuses for its data (``data_error`` on the exception, as
+:class:`~chi_redis.store.postgres.DatabaseError` says of a ``\\u0000`` in JSONB) — would
+fail its whole batch on every retry.  :func:`store_isolating` splits such a batch in halves
+until the refused events stand alone, stores the rest, and hands the refused ones back to
+be dead-lettered; any other error (the store is down) fails the call, to be retried whole.
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ if TYPE_CHECKING:
     from ..events.event import Event
     from ..store import EventStore
 
-__all__ = ["ArchiveStats", "StoreThread"]
+__all__ = ["ArchiveStats", "StoreThread", "refuses_data", "store_isolating"]
 
 logger = logging.getLogger(__name__)
+
+#: The events of a batch the store refused for their data: (index in the batch, error).
+Refused = list[tuple[int, BaseException]]
 
 
 @dataclass
@@ -32,6 +41,34 @@ class ArchiveStats:
     skipped: int = 0
     dead_lettered: int = 0
     batches: int = 0
+
+
+def refuses_data(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store refused the events themselves (retrying cannot help)."""
+    return bool(getattr(exc, "data_error", False))
+
+
+def store_isolating(store: EventStore, events: list[Event]) -> list[tuple[int, BaseException]]:
+    """Store ``events`` (``store_many`` when the store has it), isolating the events the
+    store refuses for their data: returns their indexes in ``events`` with the error, all
+    the others stored.  Raises what is not a data error (nothing is known stored then;
+    the stores write an id they hold once, so the caller retries the whole list)."""
+    many: Any = getattr(store, "store_many", None)
+    try:
+        if many is not None:
+            many(events)
+        else:
+            for e in events:
+                store.store(e)
+        return []
+    except Exception as exc:
+        if not refuses_data(exc):
+            raise
+        if len(events) == 1:
+            return [(0, exc)]
+    mid = len(events) // 2
+    head = store_isolating(store, events[:mid])
+    return head + [(i + mid, e) for i, e in store_isolating(store, events[mid:])]
 
 
 class StoreThread:
@@ -47,9 +84,8 @@ class StoreThread:
         self.stats = stats
         self.name = name
         self._stop = stop
-        self._many: Any = getattr(store, "store_many", None)
         self._pool: ThreadPoolExecutor | None = None
-        self._inflight: tuple[Future[bool], list[Any]] | None = None
+        self._inflight: tuple[Future[Refused | None], list[Any]] | None = None
 
     @property
     def busy(self) -> bool:
@@ -68,14 +104,23 @@ class StoreThread:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-store")
         self._inflight = (self._pool.submit(self._store, events), held)
 
-    def settle(self) -> list[Any]:
-        """Wait for the batch in the thread: its ``held`` list once stored, ``[]`` when
-        none was in the thread or the loop stopped while its store kept failing."""
+    def settle(self) -> tuple[list[Any], list[tuple[Any, BaseException]]]:
+        """Wait for the batch in the thread: the ``held`` items of the events stored, and
+        those of the events the store refused for their data, each with its error (to be
+        dead-lettered); ``([], [])`` when none was in the thread or the loop stopped while
+        its store kept failing."""
         if self._inflight is None:
-            return []
+            return [], []
         done, held = self._inflight
         self._inflight = None
-        return held if done.result() else []
+        refused = done.result()
+        if refused is None:
+            return [], []
+        if not refused:
+            return held, []
+        bad = dict(refused)
+        return ([h for i, h in enumerate(held) if i not in bad],
+                [(held[i], exc) for i, exc in refused])
 
     def close(self) -> None:
         """Wait for the batch in the thread and end the thread."""
@@ -84,22 +129,19 @@ class StoreThread:
             self._pool.shutdown()
             self._pool = None
 
-    def _store(self, events: list[Event]) -> bool:
-        """Store ``events`` (in the thread); False if stopped while failing."""
+    def _store(self, events: list[Event]) -> Refused | None:
+        """Store ``events`` (in the thread); the refused ones' indexes and errors, None if
+        stopped while failing."""
         backoff = 0.2
         while True:
             try:
-                if self._many is not None:
-                    self._many(events)
-                else:
-                    for e in events:
-                        self.store.store(e)
-                self.stats.stored += len(events)
+                refused = store_isolating(self.store, events)
+                self.stats.stored += len(events) - len(refused)
                 self.stats.batches += 1
-                return True
-            except Exception as exc:  # the store is down or refuses: keep the batch
+                return refused
+            except Exception as exc:  # the store is down: keep the batch
                 logger.warning("archive store %r failed (%s: %s); retrying %d events in %.1fs",
                                self.store, type(exc).__name__, exc, len(events), backoff)
                 if self._stop.wait(backoff):
-                    return False
+                    return None
                 backoff = min(backoff * 2, 10.0)

@@ -56,7 +56,17 @@ CREATE INDEX IF NOT EXISTS {time_index} ON {table} (timestamp, id);
 
 
 class DatabaseError(ChiError):
-    """The database refused or could not run a store operation (the DSN is never shown)."""
+    """The database refused or could not run a store operation (the DSN is never shown).
+
+    ``data_error``: the database refused the rows themselves (SQLSTATE class 22, a data
+    exception such as a ``\\u0000`` in JSONB, or 23, an integrity constraint other than a
+    duplicate id): the same rows fail again however often they are retried.  Every other
+    error (connection lost, table missing, no privilege) is the database's and may pass.
+    """
+
+    def __init__(self, message: str, *, data_error: bool = False) -> None:
+        super().__init__(message)
+        self.data_error = data_error
 
 
 def validate_table_name(table_name: str) -> list[str]:
@@ -85,8 +95,10 @@ class PostgresEventStore:
     """EventStore over one PostgreSQL table; same contract as :class:`~chi_redis.store.EventStore`.
 
     ``dsn`` is a libpq connection string or URL (never printed).  One connection, in
-    autocommit mode, shared under a lock: the store is thread-safe.  Call :meth:`init` once
-    (or run :func:`create_table_sql` in a migration) before storing.
+    autocommit mode, shared under a lock: the store is thread-safe.  A connection the server
+    dropped (a restart, ``pg_terminate_backend``) fails the call that finds it broken with a
+    :class:`DatabaseError`; the next call connects again.  Call :meth:`init` once (or run
+    :func:`create_table_sql` in a migration) before storing.
     """
 
     def __init__(self, dsn: str, table_name: str = "events", *, codec: Codec | None = None,
@@ -99,22 +111,37 @@ class PostgresEventStore:
         self._sql = sql
         self._codec = codec or Codec("json")
         self._lock = threading.Lock()
-        try:
-            self._conn: psycopg.Connection[Any] = psycopg.connect(
-                dsn, autocommit=True, connect_timeout=max(1, int(connect_timeout)))
-        except psycopg.Error as exc:
-            raise DatabaseError(f"cannot connect to the database: {type(exc).__name__}"
-                                f" ({_first_line(exc)})") from None
+        self._connect_args = (dsn, max(1, int(connect_timeout)))
+        self._psycopg = psycopg
         self._psycopg_error = psycopg.Error
         self._unique_violation = psycopg.errors.UniqueViolation
+        self._conn = self._connect()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        dsn, timeout = self._connect_args
+        try:
+            conn = self._psycopg.connect(dsn, autocommit=True, connect_timeout=timeout)
+        except self._psycopg_error as exc:
+            raise DatabaseError(f"cannot connect to the database: {type(exc).__name__}"
+                                f" ({_first_line(exc)})") from None
         self._staging = False  # the store_many staging table exists on this connection
         self._copy_cursor: psycopg.Cursor[Any] | None = None
+        self._closed = False
+        return conn
+
+    def _live(self) -> psycopg.Connection[Any]:
+        """The connection, connected again if the server dropped it (under the lock)."""
+        if self._conn.broken and not self._closed:
+            self._conn.close()
+            self._conn = self._connect()
+        return self._conn
 
     def __repr__(self) -> str:
         return f"PostgresEventStore(table_name={self.table_name!r})"
 
     def close(self) -> None:
         """Close the connection."""
+        self._closed = True
         self._conn.close()
 
     def __enter__(self) -> PostgresEventStore:
@@ -130,10 +157,10 @@ class PostgresEventStore:
     def _run(self, query: Any, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
-                cur = self._conn.execute(query, params)
+                cur = self._live().execute(query, params)
                 return cur.fetchall() if cur.description else []
             except self._psycopg_error as exc:
-                raise DatabaseError(f"{type(exc).__name__}: {_first_line(exc)}") from None
+                raise _database_error(exc) from None
 
     def _select(self, where: str, params: Sequence[Any], tail: str) -> list[Event]:
         query = self._q(
@@ -209,13 +236,14 @@ class PostgresEventStore:
         rows = [self._copy_row(e) for e in batch]
         with self._lock:
             try:
+                self._live()
                 try:
                     return self._copy(self._table, rows)
                 except self._unique_violation:
                     pass  # an id of the batch is stored already: nothing of it was written
                 return self._copy_staged(rows)
             except self._psycopg_error as exc:
-                raise DatabaseError(f"{type(exc).__name__}: {_first_line(exc)}") from None
+                raise _database_error(exc) from None
 
     def _copy(self, table: Any, rows: list[tuple[Any, ...]]) -> int:
         """``COPY`` ``rows`` into ``table`` in binary format (under the lock); returns the
@@ -372,6 +400,12 @@ _URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)[^@]*@", re.IGNORECA
 def redact_dsn(dsn: str) -> str:
     """``dsn`` with its password replaced by ``***`` (URL or ``key=value`` form)."""
     return _URL_PASSWORD.sub(r"\1***@", _KV_PASSWORD.sub(r"\1***", dsn))
+
+
+def _database_error(exc: BaseException) -> DatabaseError:
+    state = str(getattr(exc, "sqlstate", "") or "")
+    return DatabaseError(f"{type(exc).__name__}: {_first_line(exc)}",
+                         data_error=state[:2] in ("22", "23") and state != "23505")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
-from support import free_port
+from support import free_port, wait_until
 from support.postgres import require_postgres, unique_table
 
 from chi_redis import Event, ValidationError
@@ -74,6 +75,42 @@ def test_a_batch_the_database_refuses_writes_nothing_and_the_store_goes_on(
     assert pg.count() == 10
     assert pg.store_many(events) == 30
     assert pg.load_by_topic("order", limit=100) == events
+
+
+def test_errors_say_whether_the_data_or_the_database_is_at_fault(
+    pg: PostgresEventStore,
+) -> None:
+    poison = Event(type="order.placed", data={"s": "nul \x00 inside"})
+    for batch in ([poison], [poison] * 40):  # INSERT from arrays, and COPY
+        with pytest.raises(DatabaseError) as refused:
+            pg.store_many(batch)
+        assert refused.value.data_error
+    with pytest.raises(DatabaseError) as refused:
+        pg.store(poison)
+    assert refused.value.data_error
+    pg.drop()
+    with pytest.raises(DatabaseError) as missing:
+        pg.store_many([Event(type="order.placed", data={})])
+    assert not missing.value.data_error  # no table: the database's fault, not the event's
+    pg.init()
+
+
+def test_a_connection_the_server_dropped_is_made_again(pg: PostgresEventStore) -> None:
+    pg.store(Event(type="order.placed", data={"n": 0}))
+    with psycopg.connect(require_postgres(), autocommit=True) as admin:
+        pids = [r[0] for r in admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+            " AND query LIKE %s", (f"%{pg.table_name}%",)).fetchall()]
+        assert len(pids) == 1
+        admin.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
+        wait_until(lambda: not admin.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pids[0],)).fetchall(), timeout=30)
+    events = [Event(type="order.placed", data={"n": i}) for i in range(1, 41)]
+    with pytest.raises(DatabaseError) as dropped:
+        pg.store_many(events)  # finds the connection gone
+    assert not dropped.value.data_error
+    assert pg.store_many(events) == 40  # connected again
+    assert pg.count() == 41
 
 
 def test_table_names_are_identifiers() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
-from support import REDIS_URL, wait_until
+from support import REDIS_URL, stays, wait_until
 from support.postgres import require_postgres, unique_table
 from support.processes import ROOT, TESTS, clean_env
 
@@ -270,3 +270,53 @@ def test_archive_run_killed_with_sigkill_mid_stream_stores_each_event_once(
     counts = _id_counts(pg.table_name)
     assert set(counts) == {e.id for e in events}  # nothing lost
     assert set(counts.values()) == {1}  # nothing twice
+
+
+def test_loop_dead_letters_an_event_the_store_refuses_and_stores_the_rest(
+    real_client: redis.Redis, ns: str, pg: PostgresEventStore,
+) -> None:
+    """A ``\\u0000`` in a JSON string is refused by JSONB: the batch holding it is split
+    until it stands alone, the rest of the batch is stored, and it alone is dead-lettered
+    (reason ``store``) and acked, once; in a large batch (COPY) and a small one (INSERT)."""
+    bus = EventBus(real_client, namespace=ns)
+    stream = bus.keys.stream("order")
+    good = [Event(type="order.placed", data={"i": i}) for i in range(300)]
+    poison = [Event(type="order.placed", data={"s": f"nul \x00 {i}"}) for i in range(2)]
+    bus.publish_batch([*good[:150], poison[0], *good[150:]])  # one read of 100, one of 300
+    loop = ArchiveLoop(bus, pg, batch_size=100, block_ms=50)
+    with Running(loop):
+        wait_until(lambda: pg.count() >= len(good), timeout=60)
+        wait_until(lambda: _pending(real_client, stream) == 0, timeout=30)
+        bus.publish_batch([Event(type="order.placed", data={"j": 0}), poison[1]])
+        wait_until(lambda: pg.count() >= len(good) + 1, timeout=60)
+        wait_until(lambda: _pending(real_client, stream) == 0, timeout=30)
+        assert loop.stats.dead_lettered == 2
+    assert set(_id_counts(pg.table_name).values()) == {1}
+    assert pg.count() == len(good) + 1
+    letters = bus.dead_letters(ARCHIVE_SUBSCRIPTION)
+    assert [(d.event_id, d.reason, d.type, d.topic) for d in letters] == [
+        (p.id, "store", "order.placed", "order") for p in poison]
+    assert letters[0].error_type == "DatabaseError" and "Unicode" in letters[0].error
+    assert letters[0].body  # the entry's fields: redrivable
+
+
+def test_loop_keeps_retrying_while_the_store_itself_fails_and_dead_letters_nothing(
+    real_client: redis.Redis, ns: str, pg: PostgresEventStore,
+) -> None:
+    """A store error that is not about the data (the table is gone) keeps the batch:
+    nothing is acked or dead-lettered, and once the table is back everything is stored."""
+    bus = EventBus(real_client, namespace=ns)
+    stream = bus.keys.stream("order")
+    pg.drop()
+    events = [Event(type="order.placed", data={"i": i}) for i in range(40)]
+    bus.publish_batch(events)
+    loop = ArchiveLoop(bus, pg, batch_size=100, block_ms=50)
+    with Running(loop):
+        wait_until(lambda: loop.stats.read == len(events), timeout=60)
+        assert stays(lambda: _pending(real_client, stream) == len(events), 1.0)
+        assert loop.stats.dead_lettered == 0
+        pg.init()
+        wait_until(lambda: pg.count() == len(events), timeout=60)
+        wait_until(lambda: _pending(real_client, stream) == 0, timeout=30)
+    assert loop.stats.dead_lettered == 0
+    assert real_client.xlen(bus.keys.dlq(ARCHIVE_SUBSCRIPTION)) == 0

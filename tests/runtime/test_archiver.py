@@ -20,7 +20,7 @@ from support.postgres import require_postgres, unique_table
 from support.processes import Workers, wait_ready
 
 from chi_redis import Event, EventBus
-from chi_redis.ops.archive import ARCHIVE_SUBSCRIPTION, install_archiver
+from chi_redis.ops.archive import ARCHIVE_SUBSCRIPTION, BatchWriter, install_archiver
 from chi_redis.store.postgres import PostgresEventStore
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
@@ -35,6 +35,34 @@ def pg() -> Iterator[PostgresEventStore]:
     finally:
         store.drop()
         store.close()
+
+
+def test_batch_writer_fails_only_the_event_the_store_refuses(pg: PostgresEventStore) -> None:
+    """Events written together from many threads share a ``store_many`` batch; the one
+    JSONB refuses (a ``\\u0000``) fails its own write, the others are stored."""
+    writer = BatchWriter(pg, batch_size=500)
+    gate = threading.Event()
+    events = [Event(type="order.placed", data={"i": i}) for i in range(20)]
+    events[7] = Event(type="order.placed", data={"s": "nul \x00"})
+    errors: dict[int, BaseException] = {}
+
+    def write(i: int) -> None:
+        gate.wait()
+        try:
+            writer.write(events[i])
+        except Exception as exc:
+            errors[i] = exc
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(len(events))]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert list(errors) == [7]
+    assert getattr(errors[7], "data_error", False)
+    assert pg.count() == len(events) - 1
+    assert pg.load(events[7].id) is None and pg.load(events[8].id) == events[8]
 
 
 def test_archiver_stores_each_event_once_across_a_worker_restart(
