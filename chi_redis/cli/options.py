@@ -177,11 +177,15 @@ def _fixable(exc: ChiError, secrets: list[str]) -> click.ClickException:
     text = str(exc)
     if isinstance(exc, RedisUnavailableError):
         text = f"{text.rstrip('.')}; {UNREACHABLE_HINT}"
-    return click.ClickException(_one_line(text, secrets))
+    out = click.ClickException(_one_line(text, secrets))
+    # The error's own exit code (130: a replay stopped by Ctrl-C); a class variable in click.
+    out.exit_code = getattr(exc, "exit_code", 1)  # type: ignore[misc]
+    return out
 
 
 class ChiGroup(click.Group):
-    """A click group that turns user-fixable errors into one clean line and exit code 1."""
+    """A click group that turns user-fixable errors into one clean line and exit code 1
+    (or the error's own ``exit_code``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         if ctx.parent is not None:

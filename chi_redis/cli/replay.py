@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigError
+from ..errors import ChiError, ConfigError
 from ..ops.timeparse import parse_rate
 from ..store.history import By
 from .options import (
@@ -81,21 +81,34 @@ def replay_cmd(
         checkpoint=checkpoint,
     )
     opts.validate()
-    with _stop_on_signals() as opts.stop:
-        _run(s, opts, names, globs, lo, hi, by, to_sub, republish, print_, source)
+    with _stop_on_signals() as stop:
+        opts.stop = stop
+        try:
+            _run(s, opts, names, globs, lo, hi, by, to_sub, republish, print_, source)
+        except ChiError as exc:
+            if stop.signum:  # the shell's convention: 128 + the signal (130 for Ctrl-C)
+                exc.exit_code = 128 + stop.signum  # type: ignore[attr-defined]
+            raise
+
+
+class _SignalStop(threading.Event):
+    """Set by the first SIGINT/SIGTERM; ``signum`` says which."""
+
+    signum = 0
 
 
 @contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
+def _stop_on_signals() -> Iterator[_SignalStop]:
     """SIGINT (Ctrl-C) and SIGTERM stop the replay before its next delivery, so the
     checkpoint stands exactly after the last one delivered (even for ``--print``); a second
-    signal interrupts at once."""
-    stop = threading.Event()
+    signal interrupts at once.  The command then exits with 128 + the signal's number."""
+    stop = _SignalStop()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
 
     def on_signal(signum: int, frame: Any) -> None:
+        stop.signum = stop.signum or signum
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
