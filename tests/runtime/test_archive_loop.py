@@ -124,9 +124,9 @@ def test_loop_reads_on_while_the_store_is_busy_and_acks_only_what_is_stored(
     with Running(loop):
         # The first read is in the store thread; four more are read and held.
         wait_until(lambda: loop.stats.read == 500, timeout=60)
-        time.sleep(0.3)  # nothing more may be read nor acked while the store is stuck
-        assert loop.stats.read == 500
-        assert _pending(real_client, stream) == 500
+        # Nothing more may be read nor acked while the store is stuck.
+        assert stays(lambda: loop.stats.read == 500
+                     and _pending(real_client, stream) == 500, 0.3)
         assert pg.count() == 0
         assert sys.getswitchinterval() == loop.switch_interval == 0.001  # while it runs
         store.gate.set()

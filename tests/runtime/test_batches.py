@@ -381,10 +381,7 @@ def test_a_settle_redis_refuses_leaves_the_batch_pending(
     caplog.set_level(logging.WARNING)
     server = redis_servers.start()
     admin = server.client()
-    admin.acl_setuser("worker", enabled=True, passwords=["+pw"], keys=["*"],
-                      channels=["*"], commands=["+@all", "-xadd"])
-    worker_client = redis.Redis(host="127.0.0.1", port=server.port, username="worker",
-                                password="pw", socket_timeout=10)
+    worker_client = server.user_client("worker", denied=("xadd",))
     rt = Runtime(EventBus(worker_client, namespace=ns), "real")
     runs, handled = Recorder(), Recorder()
     try:
@@ -405,7 +402,7 @@ def test_a_settle_redis_refuses_leaves_the_batch_pending(
         assert dlq_len(admin, rt.bus, "doomed-batch") == 0
         assert admin.xpending(stream, "doomed-batch")["pending"] >= 1
         assert any("Redis refused to settle" in r.getMessage() for r in caplog.records)
-        admin.acl_setuser("worker", enabled=True, commands=["+xadd"])
+        server.allow("worker", "xadd")
         wait_until(lambda: dlq_len(admin, rt.bus, "doomed-batch") == 1, DEADLINE_S,
                    "the dead letter")
         wait_until(lambda: admin.xpending(stream, "doomed-batch")["pending"] == 0, DEADLINE_S,

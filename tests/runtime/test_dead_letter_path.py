@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -115,13 +116,11 @@ def test_dead_letter_refused_by_redis_keeps_the_entry_pending(
     server = redis_servers.start()
     admin = server.client()
     # The worker's user may not XADD: every dead letter (and retry copy) is refused.
-    admin.acl_setuser("worker", enabled=True, passwords=["+pw"], keys=["*"],
-                      channels=["*"], commands=["+@all", "-xadd"])
-    worker_client = redis.Redis(host="127.0.0.1", port=server.port, username="worker",
-                                password="pw", socket_timeout=10)
+    worker_client = server.user_client("worker", denied=("xadd",))
     runtime = Runtime(EventBus(worker_client, namespace=ns), "real")
     try:
-        _refused_dead_letter(runtime, EventBus(admin, namespace=ns), admin, caplog)
+        _refused_dead_letter(runtime, EventBus(admin, namespace=ns), admin, caplog,
+                             lambda: server.allow("worker", "xadd"))
     finally:
         runtime.stop()
         worker_client.close()
@@ -130,7 +129,8 @@ def test_dead_letter_refused_by_redis_keeps_the_entry_pending(
 
 
 def _refused_dead_letter(
-    rt: Runtime, publisher: EventBus, admin: redis.Redis, caplog: pytest.LogCaptureFixture
+    rt: Runtime, publisher: EventBus, admin: redis.Redis, caplog: pytest.LogCaptureFixture,
+    allow_xadd: Callable[[], None],
 ) -> None:
     runs = Recorder()
 
@@ -150,9 +150,7 @@ def _refused_dead_letter(
     assert refused and all(r.levelno == logging.WARNING for r in refused)
     assert len(refused) < len(runs) or len(refused) == 1, "rate-limited"
 
-    # enabled=True: redis-py's acl_setuser sends "off" unless told, which would disable the
-    # user for every new connection of the worker's pool.
-    admin.acl_setuser("worker", enabled=True, commands=["+xadd"])
+    allow_xadd()
     wait_until(lambda: dlq_len(admin, rt.bus, "doomed") == 1, 60, message="the dead letter")
     wait_until(lambda: _pending(admin, stream, "doomed") == 0, 30, message="acked")
     (dl,) = publisher.dead_letters("doomed")

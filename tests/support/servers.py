@@ -78,6 +78,21 @@ class RedisServer:
         options: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 2, **kwargs}
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, **options)
 
+    def user_client(self, user: str, *, denied: tuple[str, ...] = (),
+                    **kwargs: Any) -> redis.Redis:
+        """A client of ACL user ``user`` (created now, password ``pw``) who may run every
+        command but ``denied`` (e.g. ``("xadd",)``: writes the worker's scripts refuse)."""
+        self.client().acl_setuser(user, enabled=True, passwords=["+pw"], keys=["*"],
+                                  channels=["*"],
+                                  commands=["+@all", *(f"-{c}" for c in denied)])
+        return redis.Redis(host="127.0.0.1", port=self.port, username=user, password="pw",
+                           socket_timeout=10, **kwargs)
+
+    def allow(self, user: str, *commands: str) -> None:
+        """Give ``user`` back ``commands``.  ``enabled=True``: redis-py's ``acl_setuser``
+        sends ``off`` unless told, which would disable the user for new connections."""
+        self.client().acl_setuser(user, enabled=True, commands=[f"+{c}" for c in commands])
+
     def start(self) -> RedisServer:
         """Start it (again, on the same port) and wait until it answers PING."""
         assert not self.alive(), "already running"
