@@ -102,7 +102,8 @@ def apply_routing(bus: EventBus, config: Config) -> list[str]:
             max_retries=_pick(rule.max_retries, retry.max_retries),
             min_backoff_ms=_pick(rule.min_backoff_ms, retry.min_backoff_ms),
             max_backoff_ms=_pick(rule.max_backoff_ms, retry.max_backoff_ms),
-            max_deliveries=rule.max_deliveries, **_binding(rule),
+            max_deliveries=rule.max_deliveries, batch_size=rule.batch_size,
+            batch_wait_ms=rule.batch_wait_ms, **_binding(rule),
         )(fn)
         made.append(name)
     return made

@@ -148,6 +148,8 @@ def _check_rule(rule: RuleConfig, path: str) -> None:
             raise _at(f"{path}.handler", f"handler {rule.handler!r} is not a valid subscription"
                       " name (lowercase letters, digits, '.', '_', '-'): give the rule a `name`"
                       ) from None
+    if rule.batch_wait_ms is not None and rule.batch_size is None:
+        raise _at(f"{path}.batch_wait_ms", "`batch_wait_ms` needs `batch_size`")
     f, fpath = rule.filter, f"{path}.filter"
     if f.type == "all":
         if f.values or f.key is not None:

@@ -245,6 +245,9 @@ class RuleConfig(_Section):
     max_backoff_ms: NonNegative | None = None
     max_deliveries: Positive | None = None
     start: Literal["new", "earliest"] = "new"
+    # A batch subscription: the handler receives a list of up to batch_size events.
+    batch_size: Annotated[int, Meta(ge=1, le=10_000)] | None = None
+    batch_wait_ms: Annotated[int, Meta(ge=0, le=60_000)] | None = None
 
 
 class RoutingConfig(_Section):

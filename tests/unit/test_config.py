@@ -155,6 +155,10 @@ MALFORMED = [
      "$.events.routing.rules[0].filter.key", "key"),
     ("events:\n  routing:\n    rules:\n      - handler: h\n        filter: {type: topic}\n",
      "$.events.routing.rules[0].filter.values", "values"),
+    ("events:\n  routing:\n    rules:\n      - handler: h\n        filter: {type: all}\n"
+     "        batch_size: 10001\n", "$.events.routing.rules[0].batch_size", "<= 10000"),
+    ("events:\n  routing:\n    rules:\n      - handler: h\n        filter: {type: all}\n"
+     "        batch_wait_ms: 5\n", "$.events.routing.rules[0].batch_wait_ms", "batch_size"),
     ("events:\n  routing:\n    rules:\n      - handler: h\n"
      "        filter: {type: pattern, values: ['us*r.x']}\n",
      "$.events.routing.rules[0].filter.values[0]", "us*r.x"),

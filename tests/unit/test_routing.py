@@ -13,6 +13,11 @@ from chi_redis.config import load_config
 from chi_redis.errors import ConfigError
 from chi_redis.events.filters import EntryView
 from chi_redis.routing import apply_routing, resolve_handler
+from chi_redis.runtime.subscriptions import (
+    DEFAULT_BATCH_WAIT_MS,
+    MAX_BATCH_SIZE,
+    MAX_BATCH_WAIT_MS,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -95,6 +100,30 @@ def test_rule_options_name_retry_and_metadata_filters(bus: EventBus, tmp_path: P
     assert exact.options.max_retries == 5  # the worker.retry default
     assert exact.accepts(EntryView("user.created", "user"))
     assert not exact.accepts(EntryView("user.created2", "user"))
+
+
+def test_a_rule_with_batch_size_makes_a_batch_subscription(
+    bus: EventBus, tmp_path: Path
+) -> None:
+    rules = """\
+      - handler: h
+        name: batched
+        filter: {type: topic, values: [order]}
+        batch_size: 50
+        batch_wait_ms: 20
+      - handler: h
+        name: waits-default
+        filter: {type: topic, values: [order]}
+        batch_size: 10000
+"""
+    bus.handler("h")(lambda events: None)
+    assert apply_routing(bus, config(tmp_path, rules)) == [  # type: ignore[arg-type]
+        "batched", "waits-default"]
+    batched, default = bus.subscriptions["batched"], bus.subscriptions["waits-default"]
+    assert (batched.options.batch_size, batched.options.batch_wait) == (50, 20)
+    assert (default.options.batch_size, default.options.batch_wait) == (
+        MAX_BATCH_SIZE, DEFAULT_BATCH_WAIT_MS)
+    assert MAX_BATCH_WAIT_MS == 60_000  # the config's bound for batch_wait_ms
 
 
 def test_an_unknown_handler_lists_the_known_ones(bus: EventBus, tmp_path: Path) -> None:
