@@ -25,7 +25,6 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -65,16 +64,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 _JSON = msgspec.json.Encoder()
 
 
-@dataclass
 class Settings:
-    """The connection options after every source was consulted."""
+    """The connection options after every source was consulted.
 
-    url: str | None = None
-    namespace: str | None = None
-    json: bool = False
-    config_path: str | None = None
-    _config: Config | None = None
-    _bus: EventBus | None = None
+    A plain class rather than a dataclass: every command builds one, and a dataclass
+    compiles its generated methods when this module is imported.
+    """
+
+    def __init__(
+        self, url: str | None = None, namespace: str | None = None, json: bool = False,
+        config_path: str | None = None,
+    ) -> None:
+        self.url = url
+        self.namespace = namespace
+        self.json = json
+        self.config_path = config_path
+        self._config: Config | None = None
+        self._bus: EventBus | None = None
 
     @property
     def config(self) -> Config:

@@ -10,9 +10,9 @@ and dead letters.  Round trips do not grow with the number of topics or subscrip
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import redis.exceptions as rex
 
 from ..backend.streamids import parse_id
@@ -24,9 +24,11 @@ if TYPE_CHECKING:
 
 __all__ = ["GroupStats", "Stats", "SubscriptionStats", "TopicStats", "collect", "collect_groups"]
 
+# Plain mutable msgspec structs, not dataclasses: a dataclass compiles its generated
+# methods when its module is imported, which `chi-redis stats` would pay on every run.
 
-@dataclass
-class TopicStats:
+
+class TopicStats(msgspec.Struct):
     topic: str
     length: int = 0
     first_id: str | None = None
@@ -37,12 +39,11 @@ class TopicStats:
     groups: int = 0
 
 
-@dataclass
-class SubscriptionStats:
+class SubscriptionStats(msgspec.Struct):
     name: str
     registered: bool = False
     last_seen_ms: int | None = None
-    topics: list[str] = field(default_factory=list)
+    topics: list[str] = msgspec.field(default_factory=list)
     lag: int | None = 0
     pending: int = 0
     oldest_pending_age_s: float | None = None
@@ -52,8 +53,7 @@ class SubscriptionStats:
     dead_letters: int = 0
 
 
-@dataclass
-class GroupStats:
+class GroupStats(msgspec.Struct):
     """One consumer group of a subscription: on a topic stream, or (topic None) its queue."""
 
     subscription: str
@@ -62,14 +62,15 @@ class GroupStats:
     pending: int
 
 
-@dataclass
-class Stats:
+class Stats(msgspec.Struct):
     server_time_ms: int
     topics: list[TopicStats]
     subscriptions: list[SubscriptionStats]
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain dicts and lists all the way down, fields in declaration order."""
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
 
 
 def _s(v: Any) -> str:

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import click
@@ -30,6 +31,26 @@ COMMAND_MODULES = {
     "chi_redis.cli.retention", "chi_redis.cli.stats", "chi_redis.cli.subscriptions",
     "chi_redis.cli.worker", "chi_redis.cli.health", "chi_redis.cli.metrics",
 }
+
+
+#: Packages no part of ``chi-redis stats`` uses: the worker's, the exporter's, the config
+#: file formats', the databases', the embedded bus's.
+STATS_NEVER = ("dramatiq", "prometheus_client", "yaml", "psycopg", "psycopg_pool",
+               "fakeredis", "lupa", "uvloop")
+
+
+def _packages(modules: set[str], names: tuple[str, ...]) -> set[str]:
+    return {m.split(".")[0] for m in modules} & set(names)
+
+
+def _modules_of_import(module: str) -> set[str]:
+    """``sys.modules`` after ``import MODULE`` alone, in a fresh interpreter."""
+    code = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        env=clean_env(), check=True,
+    )
+    return set(json.loads(done.stdout))
 
 
 def _modules_after(*argv: str) -> dict[str, Any]:
@@ -68,12 +89,40 @@ def test_help_imports_no_command_module() -> None:
     assert "chi_redis.ops.replay" not in loaded and "chi_redis.ops.stats" not in loaded
 
 
+@pytest.mark.redis
 def test_a_command_imports_its_own_module_only(ns: str) -> None:
     got = _modules_after("stats", "--redis-url", REDIS_URL, "--namespace", ns)
     assert got["code"] == 0, got["stdout"]
     loaded = set(got["modules"])
     assert loaded & COMMAND_MODULES == {"chi_redis.cli.stats"}
     assert "chi_redis.ops.stats" in loaded and "chi_redis.ops.replay" not in loaded
+
+
+@pytest.mark.redis
+def test_stats_imports_only_what_it_uses(ns: str) -> None:
+    got = _modules_after("stats", "--redis-url", REDIS_URL, "--namespace", ns)
+    assert got["code"] == 0 and "SUBSCRIPTION" in got["stdout"], got["stdout"]
+    loaded = set(got["modules"])
+    assert not _packages(loaded, STATS_NEVER)
+    # Of the runtime and observability modules, only what the bus itself is made of.
+    used = {"chi_redis.runtime.subscriptions", "chi_redis.observe.logs",
+            "chi_redis.observe.metrics", "chi_redis.observe.tracing"}
+    assert {m for m in loaded if m.startswith(("chi_redis.runtime.", "chi_redis.observe."))} \
+        <= used
+    # redis-py 8 imports opentelemetry.sdk.metrics (and psutil under it) by itself whenever
+    # the OpenTelemetry SDK is installed; stats (tracing off) must add nothing to that.
+    by_redis = _modules_of_import("redis")
+    otel = {m for m in loaded if m.split(".")[0] in ("opentelemetry", "psutil")}
+    assert otel <= by_redis, sorted(otel - by_redis)
+
+
+def test_the_module_check_sees_a_command_that_does_import_one(tmp_path: Path) -> None:
+    # The check above looks at the right thing: reading a YAML file does import yaml.
+    path = tmp_path / "chi.yaml"
+    path.write_text("events:\n  namespace: lazy-check\n")
+    got = _modules_after("config", "check", str(path))
+    assert got["code"] == 0, got["stdout"]
+    assert _packages(set(got["modules"]), STATS_NEVER) == {"yaml"}
 
 
 @pytest.mark.parametrize("name", EVERY_COMMAND)
