@@ -66,7 +66,9 @@ def run_case(args: Any, r: redis.Redis, name: str, stub: bool, threads: int, n: 
     left = 0 if stub else broker.do_qsize(QUEUE)
     worker.stop()
     broker.close()
-    report(name, n, m, threads=threads, left=left)
+    # Messages per CPU-second of this process (the Worker: the messages were sent before).
+    per_cpu = f"{n / m.py_cpu:.0f}" if m.py_cpu else "nan"
+    report(name, n, m, threads=threads, left=left, per_cpu_s=per_cpu)
 
 
 def main() -> None:
