@@ -15,8 +15,10 @@
 
 Rates are events published per second, first publish to last ack (fan-out: deliveries, 4
 per event); ``workers_cpu`` is the CPU of every worker process together (% of one core) and
-``per_cpu_s`` the deliveries per CPU-second of the workers.  Workers are real Dramatiq CLI processes (``bench/workers.py``); the baselines
-run in this process against the same redis-server.  Stock Dramatiq, FastStream and taskiq
+``per_cpu_s`` the deliveries per CPU-second of the workers (also printed as a line of its own,
+``<name>.per_cpu_s``, which the table compares with StubBroker's).  Workers are real Dramatiq CLI
+processes (``bench/workers.py``); the baselines run in this process against the same
+redis-server.  Stock Dramatiq, FastStream and taskiq
 run in ``bench/peer_*.py``; ``bench/run`` prints them side by side.
 
 Run:  .venv/bin/python bench/bench_e2e.py [-n 50000] [--port P]
@@ -39,7 +41,15 @@ for p in (str(ROOT), str(HERE)):
 
 import msgspec  # noqa: E402
 import redis  # noqa: E402
-from common import base_args, measured, redis_port, report, report_na, wanted  # noqa: E402
+from common import (  # noqa: E402
+    base_args,
+    measured,
+    redis_port,
+    report,
+    report_na,
+    report_value,
+    wanted,
+)
 from workers import (  # noqa: E402
     batch_supported,
     cpu_seconds,
@@ -111,6 +121,10 @@ def e2e(args: Any, bus: EventBus, r: redis.Redis, sc: Scenario, name: str, n: in
     per_cpu = f"{deliveries / workers_cpu:.0f}" if workers_cpu else "nan"
     report(name, deliveries, m, events=n, procs=procs, threads=4, workers_cpu=cpu,
            per_cpu_s=per_cpu)
+    if workers_cpu > 0:
+        report_value(f"{name}.per_cpu_s", deliveries / workers_cpu, procs=procs)
+    else:
+        report_na(f"{name}.per_cpu_s", "no worker CPU time measured")
     r.delete(stream)
 
 
