@@ -14,8 +14,11 @@
   chi.baseline.raw_glob1of8         raw: read every entry, match the type, decode the 1 in 8
 
 Rates are events published per second, first publish to last ack (fan-out: deliveries, 4
-per event).  Workers are real Dramatiq CLI processes (``bench/workers.py``); the baselines
-run in this process against the same redis-server.  Stock Dramatiq, FastStream and taskiq
+per event); ``workers_cpu`` is the CPU of every worker process together (% of one core) and
+``per_cpu_s`` the deliveries per CPU-second of the workers (also printed as a line of its own,
+``<name>.per_cpu_s``, which the table compares with StubBroker's).  Workers are real Dramatiq CLI
+processes (``bench/workers.py``); the baselines run in this process against the same
+redis-server.  Stock Dramatiq, FastStream and taskiq
 run in ``bench/peer_*.py``; ``bench/run`` prints them side by side.
 
 Run:  .venv/bin/python bench/bench_e2e.py [-n 50000] [--port P]
@@ -38,9 +41,18 @@ for p in (str(ROOT), str(HERE)):
 
 import msgspec  # noqa: E402
 import redis  # noqa: E402
-from common import base_args, measured, redis_port, report, report_na, wanted  # noqa: E402
+from common import (  # noqa: E402
+    base_args,
+    measured,
+    redis_port,
+    report,
+    report_na,
+    report_value,
+    wanted,
+)
 from workers import (  # noqa: E402
     batch_supported,
+    cpu_seconds,
     start_workers,
     stop_workers,
     wait_drained,
@@ -88,19 +100,31 @@ def e2e(args: Any, bus: EventBus, r: redis.Redis, sc: Scenario, name: str, n: in
     proc = start_workers(url, NS, procs, 4, sc.groups)
     try:
         if pre:
+            cpu0 = cpu_seconds(proc.pid)
             with measured(r) as m:
                 wait_drained(r, stream, sc.groups, ids[-1].encode(), 600, proc)
         else:
             wait_groups(r, stream, sc.groups, 120, proc)
             warm = bus.publish(Event(type=sc.type_of(0), topic=sc.topic, data=PAYLOAD))
             wait_drained(r, stream, sc.groups, warm.encode(), 120, proc)
+            cpu0 = cpu_seconds(proc.pid)
             with measured(r) as m:
                 ids = bus.publish_batch(events, chunk_size=1000)
                 wait_drained(r, stream, sc.groups, ids[-1].encode(), 600, proc)
+        workers_cpu = cpu_seconds(proc.pid) - cpu0
     finally:
         stop_workers(proc)
     deliveries = n * len(sc.groups) if sc is FANOUT else n
-    report(name, deliveries, m, events=n, procs=procs, threads=4)
+    # Worker CPU: every worker process together, % of one core over the wall time, and
+    # deliveries per CPU-second of the workers (compare StubBroker's, bench/peer_dramatiq.py).
+    cpu = f"{100 * workers_cpu / m.wall:.0f}%" if m.wall else "nan"
+    per_cpu = f"{deliveries / workers_cpu:.0f}" if workers_cpu else "nan"
+    report(name, deliveries, m, events=n, procs=procs, threads=4, workers_cpu=cpu,
+           per_cpu_s=per_cpu)
+    if workers_cpu > 0:
+        report_value(f"{name}.per_cpu_s", deliveries / workers_cpu, procs=procs)
+    else:
+        report_na(f"{name}.per_cpu_s", "no worker CPU time measured")
     r.delete(stream)
 
 

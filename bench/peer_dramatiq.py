@@ -28,7 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dramatiq
 import redis
-from common import base_args, fresh, make_event_dict, measured, redis_port, report, wanted
+from common import (
+    base_args,
+    fresh,
+    make_event_dict,
+    measured,
+    redis_port,
+    report,
+    report_na,
+    report_value,
+    wanted,
+)
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
@@ -66,7 +76,13 @@ def run_case(args: Any, r: redis.Redis, name: str, stub: bool, threads: int, n: 
     left = 0 if stub else broker.do_qsize(QUEUE)
     worker.stop()
     broker.close()
-    report(name, n, m, threads=threads, left=left)
+    # Messages per CPU-second of this process (the Worker: the messages were sent before).
+    per_cpu = f"{n / m.py_cpu:.0f}" if m.py_cpu else "nan"
+    report(name, n, m, threads=threads, left=left, per_cpu_s=per_cpu)
+    if stub and m.py_cpu > 0:
+        report_value(f"{name}.per_cpu_s", n / m.py_cpu, threads=threads)
+    elif stub:
+        report_na(f"{name}.per_cpu_s", "no CPU time measured")
 
 
 def main() -> None:

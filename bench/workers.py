@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import redis
 
 HERE = Path(__file__).resolve().parent
@@ -23,6 +24,7 @@ ROOT = HERE.parent
 
 __all__ = [
     "batch_supported",
+    "cpu_seconds",
     "drained",
     "start_workers",
     "stop_workers",
@@ -52,6 +54,24 @@ def start_workers(url: str, namespace: str, processes: int, threads: int,
          "--processes", str(processes), "--threads", str(threads), "--queues", *queues],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by the dramatiq master ``pid`` and every
+    process under it (the worker processes it forked)."""
+    try:
+        master = psutil.Process(pid)
+        procs = [master, *master.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
 
 
 def stop_workers(proc: subprocess.Popen[bytes]) -> None:

@@ -37,9 +37,9 @@ from ..events.filters import EntryView
 from ..observe.metrics import labelled
 from .batch_settle import CONNECTION_ERRORS, BatchSettler, halves
 from .batches import BatchMessage, Member, members_of
-from .consumer import StreamMessage, StreamsConsumer, as_stream_message
+from .consumer import StreamsConsumer
 from .encoder import decode_message
-from .messages import malformed_batch
+from .messages import StreamMessage, as_stream_message, malformed_batch
 
 if TYPE_CHECKING:
     from .broker import StreamsBroker

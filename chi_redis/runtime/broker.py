@@ -34,6 +34,7 @@ from .batches import make_batch_runner
 from .consumer import StreamMessage, StreamsConsumer
 from .deadletters import DLQ_MAXLEN
 from .encoder import MsgpackEncoder, encode_message
+from .hooks import HookFilter, lighter
 from .runner import ChiMiddleware, make_runner
 from .subscriptions import Subscription, encode_record
 
@@ -85,11 +86,13 @@ class QueueState:
         self.avg_run_s = seconds if avg == 0.0 else avg * 0.9 + seconds * 0.1
 
 
-class StreamsBroker(dramatiq.Broker):
+class StreamsBroker(HookFilter):
     """A Dramatiq broker over Redis Streams, built around an :class:`~chi_redis.EventBus`.
 
     Creating it installs the msgspec encoder process-wide (``dramatiq.set_encoder``) and
-    attaches it to the bus, which then declares its subscriptions as actors here.
+    attaches it to the bus, which then declares its subscriptions as actors here.  Its
+    middleware signals call only the middleware implementing them, and Dramatiq's Pipelines
+    is replaced by an equivalent that returns at once outside a pipeline (:mod:`.hooks`).
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class StreamsBroker(dramatiq.Broker):
         options: BrokerOptions | None = None,
     ) -> None:
         super().__init__(middleware=middleware)
+        self.middleware[:] = lighter(self.middleware)
         self.bus = bus
         self.client = bus.client
         self.keys = bus.keys

@@ -31,7 +31,7 @@ from .deadletters import flush_log as flush_dead_letter_log
 from .encoder import decode_message
 from .leases import AckBuffer, Leases
 from .leases import flush_log as flush_reclaim_log
-from .messages import malformed
+from .messages import StreamMessage, as_stream_message, malformed, topic_message
 
 if TYPE_CHECKING:
     from .broker import StreamsBroker
@@ -50,35 +50,6 @@ FAST_WORK_S = 0.01
 ACK_WAIT_MIN_MS = 10
 ACK_WAIT_UNKNOWN_MS = 50
 _HANDLED = "chi_events_handled_total"
-
-
-class StreamMessage(dramatiq.MessageProxy):
-    """A message proxy that knows the stream entry to ack; prints no payload."""
-
-    def __init__(
-        self, message: dramatiq.Message[Any], queue: str, stream: str, entry_id: bytes,
-        deliveries: int,
-    ) -> None:
-        super().__init__(message)
-        self.entry_queue = queue
-        self.entry_stream = stream
-        self.entry_id = entry_id
-        self.deliveries = deliveries
-        # Set when a retry copy of this message could not be written: the entry is then
-        # left pending (not acked) so that the lease expires and it is reclaimed.
-        self.keep_pending = False
-        # The topic entry's fields as read (bytes keys), so the runner need not rebuild them.
-        self.entry_fields: dict[bytes, bytes] | None = None
-
-    def __str__(self) -> str:
-        return f"{self._message.actor_name}({self._message.message_id})"
-
-
-def as_stream_message(message: dramatiq.MessageProxy) -> StreamMessage:
-    """``message`` as the StreamMessage this broker made (Dramatiq hands it back to us)."""
-    if not isinstance(message, StreamMessage):
-        raise TypeError(f"not a message of a StreamsBroker: {type(message).__name__}")
-    return message
 
 
 class StreamsConsumer(dramatiq.Consumer):
@@ -332,10 +303,9 @@ class StreamsConsumer(dramatiq.Consumer):
         except UnicodeDecodeError:
             raise DecodeError("a field name is not UTF-8", stream=stream,
                               entry_id=sid.decode()) from None
-        message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=self.queue, actor_name=self.queue, args=(topic, named), kwargs={},
-            options={}, message_id=f"{self.queue}:{f[b'id'].decode(errors='replace')}",
-            message_timestamp=int(sid.partition(b"-")[0]),
+        message = topic_message(
+            self.queue, (topic, named), f"{self.queue}:{f[b'id'].decode(errors='replace')}",
+            int(sid.partition(b"-")[0]),
         )
         proxy = StreamMessage(message, self.queue, stream, sid, count)
         proxy.entry_fields = f

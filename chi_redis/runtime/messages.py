@@ -1,17 +1,95 @@
-"""The shape check of the queue messages a consumer reads from a private stream.
+"""The messages a consumer hands to Dramatiq's Worker, and the shape check of the queue
+messages it reads from a private stream.
 
-A message there was written by anyone with access to Redis; Dramatiq's middleware and the
-subscription runner assume the types checked here, and a message that breaks them would
-fail on every attempt (or crash the middleware), so the consumer dead-letters it at once.
+:class:`StreamMessage` is the proxy of one stream entry; :func:`topic_message` builds the
+message of a topic entry.  Both save per-message work the Worker would otherwise repeat: the
+proxy carries the message's fields itself (Dramatiq's proxy forwards each read through a
+Python ``__getattr__`` call, and the Worker and its middleware read a dozen per message), and
+a topic message is built without the frozen dataclass's ``__init__`` (one
+``object.__setattr__`` per field).
+
+A message in a private stream was written by anyone with access to Redis; Dramatiq's
+middleware and the subscription runner assume the types checked here, and a message that
+breaks them would fail on every attempt (or crash the middleware), so the consumer
+dead-letters it at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import dramatiq
 
-__all__ = ["malformed", "malformed_batch"]
+__all__ = ["StreamMessage", "as_stream_message", "malformed", "malformed_batch", "topic_message"]
+
+_FIELDS = ("queue_name", "actor_name", "args", "kwargs", "options", "message_id",
+           "message_timestamp")
+#: Whether Dramatiq's Message is still the plain dataclass of these fields (checked once):
+#: if a release changes it, messages are built by its constructor again.
+_PLAIN = tuple(f.name for f in dataclasses.fields(dramatiq.Message)) == _FIELDS and all(
+    f.init and not f.name.startswith("_") for f in dataclasses.fields(dramatiq.Message)
+)
+_new = object.__new__
+_set = object.__setattr__
+
+
+def topic_message(
+    queue: str, args: tuple[Any, ...], message_id: str, timestamp: int
+) -> dramatiq.Message[Any]:
+    """``dramatiq.Message(queue, queue, args, {}, {}, message_id, timestamp)``, equal to it
+    field for field, built at a third of the cost (``args`` must be a tuple)."""
+    if not _PLAIN:
+        return dramatiq.Message(
+            queue_name=queue, actor_name=queue, args=args, kwargs={}, options={},
+            message_id=message_id, message_timestamp=timestamp,
+        )
+    message: dramatiq.Message[Any] = _new(dramatiq.Message)
+    _set(message, "__dict__", {
+        "queue_name": queue, "actor_name": queue, "args": args, "kwargs": {}, "options": {},
+        "message_id": message_id, "message_timestamp": timestamp,
+    })
+    return message
+
+
+class StreamMessage(dramatiq.MessageProxy):
+    """A message proxy that knows the stream entry to ack; prints no payload.
+
+    The message's fields are set on the proxy itself (the message is frozen, ``options`` is
+    the same dict), so reading them costs no ``__getattr__`` call.
+    """
+
+    def __init__(
+        self, message: dramatiq.Message[Any], queue: str, stream: str, entry_id: bytes,
+        deliveries: int,
+    ) -> None:
+        super().__init__(message)
+        self.queue_name = message.queue_name
+        self.actor_name = message.actor_name
+        self.args = message.args
+        self.kwargs = message.kwargs
+        self.options = message.options
+        self.message_id = message.message_id
+        self.message_timestamp = message.message_timestamp
+        self.entry_queue = queue
+        self.entry_stream = stream
+        self.entry_id = entry_id
+        self.deliveries = deliveries
+        # Set when a retry copy of this message could not be written: the entry is then
+        # left pending (not acked) so that the lease expires and it is reclaimed.
+        self.keep_pending = False
+        # The topic entry's fields as read (bytes keys), so the runner need not rebuild them.
+        self.entry_fields: dict[bytes, bytes] | None = None
+
+    def __str__(self) -> str:
+        return f"{self.actor_name}({self.message_id})"
+
+
+def as_stream_message(message: dramatiq.MessageProxy) -> StreamMessage:
+    """``message`` as the StreamMessage this broker made (Dramatiq hands it back to us)."""
+    if not isinstance(message, StreamMessage):
+        raise TypeError(f"not a message of a StreamsBroker: {type(message).__name__}")
+    return message
 
 #: Options Dramatiq's middleware computes with: a message must carry them as integers.
 _INT_OPTIONS = ("retries", "max_retries", "min_backoff", "max_backoff", "time_limit", "max_age")
