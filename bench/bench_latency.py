@@ -19,6 +19,9 @@ with ``time.time()`` when it is built, just before it is sent; the consumer reco
 are dropped.  The three run one after the other at each rate, on the same redis-server.
 Each figure carries the rate achieved (``rate=``); below 95 % of the offered rate it also
 says ``invalid=rate`` and the table marks the row invalid (its latencies are queueing).
+``consumed=`` is the rate the consumer kept (events ÷ (publishing time + the latency of the
+last event handled)); below 95 % of the offered rate the line says ``queueing=consumer``:
+that consumer could not keep up, and its figures are its backlog, not a latency.
 
 Run:  .venv/bin/python bench/bench_latency.py [--rates 1000,5000] [--seconds 5] [--port P]
 """
@@ -237,10 +240,16 @@ def chi_latency(args: Any, rate: int) -> tuple[list[float], float]:
 
 def report_latency(impl: str, rate: int, lat: list[float], achieved: float) -> None:
     got = lat[WARMUP:] if len(lat) > 2 * WARMUP else lat
+    # The last event handled was published about when publishing ended: the consumer kept
+    # len(lat) events in (publishing time + that event's latency).
+    consumed = len(lat) / (len(lat) / achieved + (lat[-1] / 1000 if lat else 0.0))
     p50, p99, mx = percentiles(got)
-    extra: dict[str, object] = {"rate": f"{achieved:.0f}/s", "n": len(got)}
+    extra: dict[str, object] = {"rate": f"{achieved:.0f}/s", "consumed": f"{consumed:.0f}/s",
+                                "n": len(got)}
     if achieved < VALID_SHARE * rate:
         extra["invalid"] = "rate"  # the publisher fell behind: these latencies are queueing
+    elif consumed < VALID_SHARE * rate:
+        extra["queueing"] = "consumer"  # the consumer could not keep up with the rate
     for label, value in (("p50", p50), ("p99", p99), ("max", mx)):
         report_value(f"{impl}.latency.{rate}.{label}_ms", value, **extra)
 
