@@ -157,10 +157,26 @@ def render(values: dict[str, float], na: dict[str, str], rows: list[Row],
             ok = met(row.target, values[row.chi])
         target = row.target and (f"{row.target} ms" if row.absolute else f"{row.target}x")
         verdict = {True: "met", False: "**missed**", None: NONE}[ok]
+        if any(_short(n, rates) for n in (row.chi, row.base) if n):
+            verdict = "**invalid** (rate < 95 %)"
         label = f"{row.base_label}: {base}" if row.base else ""
         out.append(f"| {row.scenario} | {chi} | {label} | {ratio} | {target or NONE} |"
                    f" {verdict} |")
     return out
+
+
+def _short(name: str, rates: dict[str, str]) -> bool:
+    """Whether the latency ``name`` (``….latency.<rate>.…``) was measured at less than 95 % of
+    its offered rate: its publisher fell behind, so its figures are queueing, not latency."""
+    parts = name.split(".")
+    if "latency" not in parts or name not in rates:
+        return False
+    try:
+        offered = float(parts[parts.index("latency") + 1])
+        achieved = float(rates[name].removesuffix("/s"))
+    except (IndexError, ValueError):
+        return False
+    return achieved < 0.95 * offered
 
 
 def _cell(name: str, values: dict[str, float], na: dict[str, str],

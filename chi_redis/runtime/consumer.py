@@ -13,6 +13,7 @@ crashes the loop.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -50,6 +51,8 @@ FAST_WORK_S = 0.01
 ACK_WAIT_MIN_MS = 10
 ACK_WAIT_UNKNOWN_MS = 50
 _HANDLED = "chi_events_handled_total"
+#: After a read found the workers idle, how long to wait for one to take its first message.
+HAND_OFF_WAIT_S = 0.001
 
 
 class StreamsConsumer(dramatiq.Consumer):
@@ -80,6 +83,7 @@ class StreamsConsumer(dramatiq.Consumer):
         self.dead_letters = DeadLetterWriter(broker)
         self.acks = AckBuffer(self.state, queue, self.private)
         self._next_due_ms = 0
+        self._hand_off = False
         self._warned_at = 0.0
         self._sweeps = 0
         try:
@@ -155,6 +159,9 @@ class StreamsConsumer(dramatiq.Consumer):
     def _next(self) -> StreamMessage | None:
         if self._local:
             return self._local.popleft()
+        if self._hand_off:
+            self._hand_off = False
+            self._let_worker_start()
         now = time.monotonic()
         if now >= min(self._next_lease, self._next_reclaim, self._next_registry):
             self._maintain(now)
@@ -173,6 +180,17 @@ class StreamsConsumer(dramatiq.Consumer):
             return None
         self._read(free, now)
         return self._local.popleft() if self._local else None
+
+    def _let_worker_start(self) -> None:
+        """Wait, GIL released, at most ``HAND_OFF_WAIT_S`` for a worker thread to take a
+        message off Dramatiq's work queue: building the next read (≈100 µs of Python) made
+        the worker just woken wait for the GIL (docs/benchmarks.md, latency)."""
+        work: Any = getattr(threading.current_thread(), "work_queue", None)
+        taken = getattr(work, "not_full", None)  # notified by every get() of a queue.Queue
+        if taken is not None:
+            with taken:
+                if work._qsize():  # not qsize(): it takes the lock held here
+                    taken.wait(HAND_OFF_WAIT_S)
 
     def _window(self) -> int:
         """How many entries this queue may hold: the prefetch, widened for fast handlers
@@ -209,6 +227,7 @@ class StreamsConsumer(dramatiq.Consumer):
             self.acks.restore(acks)
             raise
         *ack_results, promoted, read = results
+        idle = not self.state.inflight
         self.acks.check(ack_results)
         if isinstance(promoted, rex.NoScriptError):
             self.client.script_load(self._promote.source)
@@ -220,6 +239,7 @@ class StreamsConsumer(dramatiq.Consumer):
             return
         for stream, entries in read or ():
             self._handle(stream.decode() if isinstance(stream, bytes) else stream, entries)
+        self._hand_off = idle and bool(self._local)
 
     def _read_error(self, exc: Exception) -> None:
         text = str(exc)
