@@ -65,10 +65,6 @@ class ReplayOptions:
     shrink to what the rate allows in 100 ms.  Setting ``stop`` (from another thread or a
     signal handler) ends the run before its next delivery, with the checkpoint exactly
     after the last one: it raises :class:`ReplayInterrupted` ("interrupted").
-    ``switch_interval``: the interpreter's thread switch interval (``sys.setswitchinterval``)
-    while batches are delivered, None to leave it: the reader, the sender and the thread
-    that prepares batches hand work to each other, and each waits for the GIL up to the
-    interval (5 ms by default) every time (docs/benchmarks.md).
     """
 
     batch_size: int = 500
@@ -77,7 +73,6 @@ class ReplayOptions:
     dry_run: bool = False
     checkpoint: str | None = None
     stop: threading.Event | None = field(default=None, repr=False, compare=False)
-    switch_interval: float | None = 0.001
 
     def validate(self) -> None:
         if not 1 <= self.batch_size <= 10_000:
@@ -88,9 +83,6 @@ class ReplayOptions:
             raise ValidationError("rate must be more than 0 events per second", field="rate")
         if self.checkpoint is not None:
             validate_name(self.checkpoint, "checkpoint")
-        if self.switch_interval is not None and not self.switch_interval > 0:
-            raise ValidationError("switch interval must be more than 0 seconds",
-                                  field="switch_interval")
 
 
 @dataclass

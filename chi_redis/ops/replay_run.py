@@ -8,7 +8,6 @@ the target allows it (completed batches are then folded into the checkpoint in o
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections import deque
@@ -190,17 +189,10 @@ class ReplayRun:
                 if self.progress:
                     self.progress(len(batch))
             return
-        previous, interval = sys.getswitchinterval(), self.opts.switch_interval
-        if interval:
-            sys.setswitchinterval(interval)
-        try:
-            if self.opts.workers > 1 and not self.target.ordered:
-                self._parallel(self.target)
-            else:
-                self._serial(self.target)
-        finally:
-            if interval and sys.getswitchinterval() == interval:
-                sys.setswitchinterval(previous)
+        if self.opts.workers > 1 and not self.target.ordered:
+            self._parallel(self.target)
+        else:
+            self._serial(self.target)
 
     def _serial(self, target: Target) -> None:
         """Batches in order; while one is being delivered the next is prepared and queued
