@@ -14,14 +14,14 @@ pipeline costs one round trip, and a second only after the server lost the scrip
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import redis.exceptions as rex
 
-__all__ = ["Call", "Script", "script"]
+__all__ = ["Call", "Script", "bulk", "script"]
 
 #: KEYS and ARGV of one script call.
 Call = tuple[Sequence[Any], Sequence[Any]]
@@ -50,6 +50,36 @@ class Script:
             return client.evalsha(self.sha, len(keys), *keys, *argv)
         except rex.NoScriptError:
             return client.eval(self.source, len(keys), *keys, *argv)
+
+    def run_framed(
+        self, client: Any, keys: Sequence[Any], argv: Sequence[Any], framed: bytes, count: int
+    ) -> Any:
+        """:meth:`run` with ``count`` more arguments after ``argv``, given already framed as
+        the protocol's bulk strings (:func:`bulk`): many arguments cost the client one
+        ``bytes``, not one redis-py encoding step each.
+
+        One connection of ``client``'s pool, used as redis-py uses one (dropped after an
+        error).  NOSCRIPT means nothing ran: the script is loaded and the call sent again.
+        """
+        pool = client.connection_pool
+        conn = pool.get_connection()
+        try:
+            for attempt in (1, 2):
+                head = [b"EVALSHA", self.sha.encode(), len(keys), *keys, *argv]
+                conn.send_packed_command(
+                    [b"*%d\r\n" % (len(head) + count), bulk(map(_arg, head)), framed]
+                )
+                try:
+                    return conn.read_response()
+                except rex.NoScriptError:
+                    if attempt == 2:
+                        raise
+                    client.script_load(self.source)
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
 
     async def arun(self, client: Any, keys: Sequence[Any], argv: Sequence[Any]) -> Any:
         """:meth:`run` on a ``redis.asyncio`` client."""
@@ -91,6 +121,17 @@ class Script:
         for keys, argv in calls:
             pipe.evalsha(self.sha, len(keys), *keys, *argv)
         return pipe
+
+
+def _arg(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return (value if isinstance(value, str) else str(value)).encode()
+
+
+def bulk(values: Iterable[bytes]) -> bytes:
+    """``values`` framed as the protocol's bulk strings, one after the other."""
+    return b"".join([b"$%d\r\n%b\r\n" % (len(v), v) for v in values])
 
 
 def _missing(results: Sequence[Any]) -> list[int]:

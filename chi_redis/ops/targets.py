@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from ..backend.scripts import script
+from ..backend.scripts import bulk, script
 from ..events.names import validate_name
 from ..publish.writer import Call, checkpoint_argv, pack_republish
 from ..store.history import Item
@@ -164,16 +164,17 @@ class QueueTarget:
                              _mp_str(message_id), stamp)))
         return out
 
-    def prepare(self, items: list[Item]) -> tuple[bytes, bytes]:
-        """The messages, concatenated, and their lengths (what ``replay_queue.lua`` takes)."""
+    def prepare(self, items: list[Item]) -> tuple[bytes, int]:
+        """The messages framed as the script's arguments (``replay_queue.lua``), and how
+        many."""
         msgs = self.messages(items)
-        return " ".join(map(str, map(len, msgs))).encode(), b"".join(msgs)
+        return bulk(msgs), len(msgs)
 
-    def send(self, payload: tuple[bytes, bytes], ckpt_key: str, ckpt: dict[str, str]) -> int:
-        argv: list[Any] = checkpoint_argv(ckpt)
-        argv += payload
+    def send(self, payload: tuple[bytes, int], ckpt_key: str, ckpt: dict[str, str]) -> int:
         keys = [self.queue, ckpt_key or self.queue]
-        return int(self.bus.call_once(partial(self._script.run, self.bus.client, keys, argv)))
+        run = partial(self._script.run_framed, self.bus.client, keys, checkpoint_argv(ckpt),
+                      *payload)
+        return int(self.bus.call_once(run))
 
 
 class RepublishTarget:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import dramatiq
 
 from ..errors import BatchFailed, DecodeError
+from ..events.batchdecode import decode_members
 from .consumer import StreamMessage
 from .runner import current_message
 from .subscriptions import Delivery, Subscription
@@ -161,6 +162,10 @@ class BatchRunner:
     ) -> tuple[list[Any], list[int]]:
         """The members' events and their indexes; one that does not decode is set aside on
         the batch (raised when there is no batch message)."""
+        try:  # the whole batch in one pass; one by one when any member is not as expected
+            return decode_members(self.codec, members), list(range(len(members)))
+        except Exception:
+            pass
         events: list[Any] = []
         index: list[int] = []
         decode = self.codec.decode

@@ -177,21 +177,6 @@ def test_messages_with_long_or_non_ascii_ids_are_what_encode_message_gives(
         assert target.message(item, 1234) == _expected(bus, sub, stream, raw_sid, fields, 1234)
 
 
-def test_a_delivery_whose_lengths_do_not_add_up_writes_nothing(
-    bus: EventBus, client: redis.Redis
-) -> None:
-    from chi_redis.backend.scripts import script
-
-    queue, ckpt = bus.keys.queue("audit"), bus.keys.checkpoint("bad")
-    run = script("replay_queue").run
-    with pytest.raises(redis.ResponseError, match="do not add up"):
-        run(client, [queue, ckpt], ["1", "pos", "1-1", "3 4", b"abcdef"])
-    assert client.exists(queue, ckpt) == 0
-    assert run(client, [queue, ckpt], ["1", "pos", "1-1", "3 3", b"abcdef"]) == 2
-    assert [f[b"m"] for _, f in client.xrange(queue)] == [b"abc", b"def"]
-    assert client.hgetall(ckpt) == {b"pos": b"1-1", b"delivered": b"2"}
-
-
 # resumable ---------------------------------------------------------------------------------------
 def _fail_after(monkeypatch: pytest.MonkeyPatch, method: str, calls: int) -> None:
     """Make QueueTarget.<method> fail from its ``calls``+1-th call on."""
