@@ -1,4 +1,5 @@
-"""The script runner: EVALSHA with its NOSCRIPT fallback, sync, asyncio and pipelined.
+"""The script runner: EVALSHA with its NOSCRIPT fallback, sync, asyncio, pipelined and
+sent straight on a pool connection (``run_direct``).
 
 Every test starts from an empty script cache (``SCRIPT FLUSH``) on fakeredis and on a
 redis-server of its own (flushing the shared server's cache would only slow the others).
@@ -17,8 +18,9 @@ import redis
 import redis.asyncio
 import redis.exceptions as rex
 from support.servers import RedisServer
+from support.waiting import wait_until
 
-from chi_redis.backend.scripts import Script, script
+from chi_redis.backend.scripts import Script, direct_pool, script
 
 INCR = Script(
     "test_incr",
@@ -165,3 +167,61 @@ def test_packaged_scripts_load_once_and_match_their_sha(client: redis.Redis) -> 
     assert publish is script("publish")  # loaded once per process
     assert publish.sha == publish.sha.lower() and len(publish.sha) == 40
     assert client.script_load(publish.source) == publish.sha
+
+
+# run_direct: the single publish's call, past redis-py's command layers -------------------
+SLOW_INCR = Script(
+    "test_slow_incr",  # INCRBY, then hold the server for 2 s
+    "local n = redis.call('INCRBY', KEYS[1], ARGV[1])\n"
+    "local t0 = redis.call('TIME')\n"
+    "repeat local t = redis.call('TIME')\n"
+    "until (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > 2000000\n"
+    "return n",
+)
+
+
+def plain_client(backend: Backend, **options: Any) -> redis.Redis:
+    if backend.real is None:
+        pytest.skip("run_direct needs a plain redis.Redis (fakeredis takes Script.run)")
+    return backend.real.client(**options)
+
+
+def test_direct_pool_only_for_a_plain_pooled_bytes_client(backend: Backend) -> None:
+    assert direct_pool(fakeredis.FakeRedis(server=fakeredis.FakeServer())) is None
+    plain = plain_client(backend)
+    assert direct_pool(plain) is plain.connection_pool
+    assert direct_pool(plain_client(backend, decode_responses=True)) is None
+    assert direct_pool(plain_client(backend, single_connection_client=True)) is None
+
+
+def test_run_direct_falls_back_to_eval_and_keeps_its_connection(
+    backend: Backend, client: redis.Redis, ns: str
+) -> None:
+    direct = plain_client(backend)
+    pool, key = direct_pool(direct), f"{ns}:n".encode()
+    assert not cached(client, INCR)
+    first = direct.client_id()
+    assert INCR.run_direct(direct, pool, [key], [b"2"]) == 2  # NOSCRIPT, then EVAL
+    assert cached(client, INCR)
+    assert INCR.run_direct(direct, pool, [key], [b"3"]) == 5
+    with pytest.raises(rex.ResponseError, match="boom"):
+        INCR.run_direct(direct, pool, [key], [b"fail"])
+    client.script_flush()
+    assert INCR.run_direct(direct, pool, [key], [b"1"]) == 6
+    assert int(client.get(key) or 0) == 6  # each call ran exactly once
+    assert direct.client_id() == first  # error replies kept the one connection
+
+
+def test_run_direct_drops_a_connection_whose_reply_timed_out(
+    backend: Backend, client: redis.Redis, ns: str
+) -> None:
+    """A reply read too late must never answer the next call: the connection goes."""
+    direct = plain_client(backend, socket_timeout=0.2)
+    pool, key = direct_pool(direct), f"{ns}:n".encode()
+    client.script_load(SLOW_INCR.source)
+    first = direct.client_id()
+    with pytest.raises(rex.TimeoutError):
+        SLOW_INCR.run_direct(direct, pool, [key], [b"5"])
+    wait_until(lambda: client.ping(), message="the slow script has finished")
+    assert INCR.run_direct(direct, pool, [key], [b"1"]) == 6  # not the slow call's 5
+    assert direct.client_id() != first
