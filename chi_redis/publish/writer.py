@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import redis.exceptions as rex
 
 from ..backend.keys import Keys
-from ..backend.scripts import direct_pool, script
+from ..backend.scripts import direct_connection, script
 from ..errors import ChiError, PublishError, ValidationError
 from ..events.codec import Codec
 from ..events.event import Event
@@ -211,7 +211,7 @@ class Writer(_Packing):
         self.call = call
         self.call_once = call_once
         self.republish_script = script("replay_topic")
-        self._pool = direct_pool(client)
+        self._direct = direct_connection(client)
 
     def write(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None = None,
@@ -277,10 +277,10 @@ class Writer(_Packing):
     def send_one(self, keys: list[bytes], argv: list[bytes]) -> bytes:
         """One ``publish_one`` call (:meth:`pack_one`; one round trip), unretried and
         unmapped; the stream id.  Sent past redis-py's command layers when the client
-        allows it (:func:`~chi_redis.backend.scripts.direct_pool`)."""
-        if self._pool is not None:
+        allows it (:func:`~chi_redis.backend.scripts.direct_connection`)."""
+        if self._direct is not None:
             return self.one_script.run_direct(  # type: ignore[no-any-return]
-                self.client, self._pool, keys, argv
+                self.client, self._direct, keys, argv
             )
         return self.one_script.run(self.client, keys, argv)  # type: ignore[no-any-return]
 
