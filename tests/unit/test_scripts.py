@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
+import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -294,3 +296,28 @@ def test_the_kept_connection_goes_back_to_the_pool_when_dropped(
     assert one.ping()
     one.delete(f"{ns}:n")
     one.close()
+
+
+def test_a_forked_child_never_uses_the_parents_kept_connection(
+    backend: Backend, client: redis.Redis, ns: str
+) -> None:
+    plain = plain_client(backend)
+    direct, key = direct_connection(plain), f"{ns}:n".encode()
+    assert direct is not None
+    client.script_load(INCR.source)
+    assert INCR.run_direct(plain, direct, [key], [b"1"]) == 1  # the parent's kept connection
+    pid = os.fork()
+    if pid == 0:  # the child: its calls must get replies of its own, in order
+        code = 1
+        try:
+            got = [INCR.run_direct(plain, direct, [key], [b"1000"]) for _ in range(50)]
+            steps = [b - a for a, b in itertools.pairwise(got)]
+            code = 0 if all(d >= 1000 and d % 1000 == 0 for d in steps) else 2
+        finally:
+            os._exit(code)
+    parent = [INCR.run_direct(plain, direct, [key], [b"1"]) for _ in range(50)]
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The parent's i-th call is its (i + 2)-th increment of 1; the child adds 1000s.
+    assert [r % 1000 for r in parent] == [i + 2 for i in range(50)]
+    assert int(client.get(key) or 0) == 1 + 50 + 50 * 1000
