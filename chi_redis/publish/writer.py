@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 import redis.exceptions as rex
 
 from ..backend.keys import Keys
-from ..backend.scripts import script
+from ..backend.scripts import direct_connection, script
 from ..errors import ChiError, PublishError, ValidationError
 from ..events.codec import Codec
 from ..events.event import Event
 from ..events.names import validate_name
 from ..observe import metrics, tracing
 from .republish import checkpoint_argv, pack_republish
+from .single import OnePacking, check_idempotency_key, count_one
 
 if TYPE_CHECKING:
     import redis
@@ -52,15 +53,6 @@ _BUS_OPTIONS = ("encoding", "max_event_bytes", "idempotency_ttl_ms", "retry")
 def split_bus_options(options: dict[str, Any]) -> dict[str, Any]:
     """Pop the bus's own options out of ``options``; what stays goes to the redis client."""
     return {k: options.pop(k) for k in _BUS_OPTIONS if k in options}
-
-
-def _check_idempotency_key(idem: object) -> str:
-    if not isinstance(idem, str) or not idem or len(idem) > 256 or not idem.isprintable():
-        raise ValidationError(
-            "idempotency key must be a printable string of 1-256 characters",
-            field="idempotency_key",
-        )
-    return idem
 
 
 def pack(
@@ -102,7 +94,7 @@ def pack(
             if idem is None:
                 body.append(0)
             else:
-                idem_keys.append(keys.idem(topic, _check_idempotency_key(idem)))
+                idem_keys.append(keys.idem(topic, check_idempotency_key(idem)))
                 body.append(len(idem_keys))
     klist = [keys.ids(), keys.topics(), *topic_keys, *idem_keys]
     head: list[bytes | str | int] = [
@@ -172,48 +164,13 @@ def _topics(events: Sequence[Event], start: int = 0, stop: int | None = None) ->
     return (events[i].topic for i in range(start, len(events) if stop is None else stop))
 
 
-class _Packing:
-    """What both writers share: the layout, the chunking into round trips, and which events
-    a failed round trip leaves to look up."""
+class _Packing(OnePacking):
+    """What both writers share: the layout (one event: :class:`OnePacking`), the chunking
+    into round trips, and which events a failed round trip leaves to look up."""
 
     def __init__(self, keys: Keys, codec: Codec, idempotency_ttl_ms: int) -> None:
-        self.keys = keys
-        self.codec = codec
-        self.idempotency_ttl_ms = idempotency_ttl_ms
+        super().__init__(keys, codec, idempotency_ttl_ms)
         self.script = script("publish")
-        self.one_script = script("publish_one")
-        self._topic_keys: dict[str, tuple[bytes, ...]] = {}
-
-    def pack_one(
-        self, event: Event, idempotency_key: str | None
-    ) -> tuple[list[bytes], list[bytes | int]]:
-        """KEYS and ARGV of a ``lua/publish_one.lua`` call: one event, 7 arguments (8 with
-        an idempotency key), validated and encoded first.
-
-        Everything is handed to redis-py as bytes (key names cached per topic): it packs
-        bytes as they are, while each str or int argument costs it a conversion.
-        """
-        if not isinstance(event, Event):
-            raise ValidationError(
-                f"expected an Event, got {type(event).__name__}", field="events[0]"
-            )
-        id_, type_, ts, ver, meta, data = self.codec.encode_parts(event)
-        topic = event.topic
-        topic_keys = self._topic_keys.get(topic)
-        if topic_keys is None:
-            if len(self._topic_keys) >= 4096:
-                self._topic_keys.clear()
-            k = self.keys
-            names = (k.stream(topic), k.index(topic), k.ids(), k.topics())
-            topic_keys = self._topic_keys[topic] = tuple(n.encode() for n in names)
-        keys = list(topic_keys)
-        argv: list[bytes | int] = [
-            id_.encode(), type_.encode(), b"%d" % ts, ver.encode(), meta, self.codec.enc_tag, data
-        ]
-        if idempotency_key is not None:
-            keys.append(self.keys.idem(topic, _check_idempotency_key(idempotency_key)).encode())
-            argv.append(self.idempotency_ttl_ms)
-        return keys, argv
 
     def pack(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None,
@@ -254,6 +211,7 @@ class Writer(_Packing):
         self.call = call
         self.call_once = call_once
         self.republish_script = script("replay_topic")
+        self._direct = direct_connection(client)
 
     def write(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None = None,
@@ -274,11 +232,13 @@ class Writer(_Packing):
         archive: bool,
     ) -> list[str]:
         if len(events) == 1 and not archive:
-            one = self.pack_one(events[0], idempotency_keys[0] if idempotency_keys else None)
-            ids = [self.call(lambda: self.send_one(*one)).decode()]
-        else:
-            keys, argv = self.pack(events, idempotency_keys, archive)
-            ids = _stream_ids(self.call(lambda: self.send(keys, argv)))
+            event = events[0]
+            one = self.pack_one(event, idempotency_keys[0] if idempotency_keys else None)
+            sid: bytes = self.call(lambda: self.send_one(*one))
+            count_one(event.topic)
+            return [sid.decode()]
+        keys, argv = self.pack(events, idempotency_keys, archive)
+        ids = _stream_ids(self.call(lambda: self.send(keys, argv)))
         if metrics.enabled() and not archive:
             count_published(_topics(events))
         return ids
@@ -314,9 +274,14 @@ class Writer(_Packing):
         """One publish-script call (one round trip), unretried and unmapped."""
         return self.script.run(self.client, keys, argv)  # type: ignore[no-any-return]
 
-    def send_one(self, keys: list[bytes], argv: list[Any]) -> bytes:
+    def send_one(self, keys: list[bytes], argv: list[bytes]) -> bytes:
         """One ``publish_one`` call (:meth:`pack_one`; one round trip), unretried and
-        unmapped; the stream id."""
+        unmapped; the stream id.  Sent past redis-py's command layers when the client
+        allows it (:func:`~chi_redis.backend.scripts.direct_connection`)."""
+        if self._direct is not None:
+            return self.one_script.run_direct(  # type: ignore[no-any-return]
+                self.client, self._direct, keys, argv
+            )
         return self.one_script.run(self.client, keys, argv)  # type: ignore[no-any-return]
 
     def send_pipelined(self, calls: list[Call]) -> list[list[bytes]]:
@@ -377,12 +342,13 @@ class AsyncWriter(_Packing):
         archive: bool,
     ) -> list[str]:
         if len(events) == 1 and not archive:
-            one = self.pack_one(events[0], idempotency_keys[0] if idempotency_keys else None)
+            event = events[0]
+            one = self.pack_one(event, idempotency_keys[0] if idempotency_keys else None)
             sid: bytes = await self.call(lambda: self.send_one(*one))
-            ids = [sid.decode()]
-        else:
-            keys, argv = self.pack(events, idempotency_keys, archive)
-            ids = _stream_ids(await self.call(lambda: self.send(keys, argv)))
+            count_one(event.topic)
+            return [sid.decode()]
+        keys, argv = self.pack(events, idempotency_keys, archive)
+        ids = _stream_ids(await self.call(lambda: self.send(keys, argv)))
         if metrics.enabled() and not archive:
             count_published(_topics(events))
         return ids
@@ -414,7 +380,7 @@ class AsyncWriter(_Packing):
         """One publish-script call (one round trip), unretried and unmapped."""
         return await self.script.arun(self.client, keys, argv)  # type: ignore[no-any-return]
 
-    async def send_one(self, keys: list[bytes], argv: list[Any]) -> bytes:
+    async def send_one(self, keys: list[bytes], argv: list[bytes]) -> bytes:
         """As :meth:`Writer.send_one`."""
         return await self.one_script.arun(self.client, keys, argv)  # type: ignore[no-any-return]
 

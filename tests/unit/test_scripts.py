@@ -1,4 +1,5 @@
-"""The script runner: EVALSHA with its NOSCRIPT fallback, sync, asyncio and pipelined.
+"""The script runner: EVALSHA with its NOSCRIPT fallback, sync, asyncio, pipelined and
+sent straight on a pool connection (``run_direct``).
 
 Every test starts from an empty script cache (``SCRIPT FLUSH``) on fakeredis and on a
 redis-server of its own (flushing the shared server's cache would only slow the others).
@@ -7,6 +8,9 @@ redis-server of its own (flushing the shared server's cache would only slow the 
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +21,9 @@ import redis
 import redis.asyncio
 import redis.exceptions as rex
 from support.servers import RedisServer
+from support.waiting import wait_until
 
-from chi_redis.backend.scripts import Script, script
+from chi_redis.backend.scripts import Script, direct_connection, script
 
 INCR = Script(
     "test_incr",
@@ -165,3 +170,153 @@ def test_packaged_scripts_load_once_and_match_their_sha(client: redis.Redis) -> 
     assert publish is script("publish")  # loaded once per process
     assert publish.sha == publish.sha.lower() and len(publish.sha) == 40
     assert client.script_load(publish.source) == publish.sha
+
+
+# run_direct: the single publish's call, past redis-py's command layers -------------------
+SLOW_INCR = Script(
+    "test_slow_incr",  # INCRBY, then hold the server for 2 s
+    "local n = redis.call('INCRBY', KEYS[1], ARGV[1])\n"
+    "local t0 = redis.call('TIME')\n"
+    "repeat local t = redis.call('TIME')\n"
+    "until (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > 2000000\n"
+    "return n",
+)
+
+
+def plain_client(backend: Backend, **options: Any) -> redis.Redis:
+    if backend.real is None:
+        pytest.skip("run_direct needs a plain redis.Redis (fakeredis takes Script.run)")
+    return backend.real.client(**options)
+
+
+def conn_ids(client: redis.Redis, name: str) -> set[int]:
+    """The server's ids of the connections named ``name``."""
+    return {int(c["id"]) for c in client.client_list() if c.get("name") == name}
+
+
+def test_direct_connection_only_for_a_plain_pooled_bytes_client(backend: Backend) -> None:
+    assert direct_connection(fakeredis.FakeRedis(server=fakeredis.FakeServer())) is None
+    plain = plain_client(backend)
+    direct = direct_connection(plain)
+    assert direct is not None and direct.pool is plain.connection_pool
+    assert direct_connection(plain_client(backend, decode_responses=True)) is None
+    assert direct_connection(plain_client(backend, single_connection_client=True)) is None
+
+
+def test_run_direct_falls_back_to_eval_and_keeps_its_connection(
+    backend: Backend, client: redis.Redis, ns: str
+) -> None:
+    plain = plain_client(backend, client_name=f"{ns}-direct")
+    direct, key = direct_connection(plain), f"{ns}:n".encode()
+    assert direct is not None and not cached(client, INCR)
+    assert INCR.run_direct(plain, direct, [key], [b"2"]) == 2  # NOSCRIPT, then EVAL
+    assert cached(client, INCR)
+    kept = conn_ids(client, f"{ns}-direct")
+    assert INCR.run_direct(plain, direct, [key], [b"3"]) == 5
+    with pytest.raises(rex.ResponseError, match="boom"):
+        INCR.run_direct(plain, direct, [key], [b"fail"])
+    client.script_flush()
+    assert INCR.run_direct(plain, direct, [key], [b"1"]) == 6
+    assert int(client.get(key) or 0) == 6  # each call ran exactly once
+    assert conn_ids(client, f"{ns}-direct") == kept  # no connection was replaced
+
+
+def test_run_direct_drops_a_connection_whose_reply_timed_out(
+    backend: Backend, client: redis.Redis, ns: str
+) -> None:
+    """A reply read too late must never answer the next call: the connection goes."""
+    plain = plain_client(backend, socket_timeout=0.2, client_name=f"{ns}-direct")
+    direct, key = direct_connection(plain), f"{ns}:n".encode()
+    assert direct is not None
+    client.script_load(SLOW_INCR.source)
+    with pytest.raises(rex.TimeoutError):
+        SLOW_INCR.run_direct(plain, direct, [key], [b"5"])
+    wait_until(lambda: client.ping(), message="the slow script has finished")
+    wait_until(lambda: not conn_ids(client, f"{ns}-direct"), message="connection dropped")
+    assert INCR.run_direct(plain, direct, [key], [b"1"]) == 6  # not the slow call's 5
+
+
+def test_run_direct_reconnects_the_kept_connection_after_the_server_closed_it(
+    backend: Backend, client: redis.Redis, ns: str
+) -> None:
+    plain = plain_client(backend, client_name=f"{ns}-direct")
+    direct, key = direct_connection(plain), f"{ns}:n".encode()
+    assert direct is not None
+    client.script_load(INCR.source)
+    assert INCR.run_direct(plain, direct, [key], [b"1"]) == 1
+    (old,) = conn_ids(client, f"{ns}-direct")
+    client.client_kill_filter(_id=old)
+    direct.IDLE_CHECK_S = 0.0  # idle long enough to be checked before use: no error
+    assert INCR.run_direct(plain, direct, [key], [b"1"]) == 2
+    (new,) = conn_ids(client, f"{ns}-direct")
+    assert new != old
+    client.client_kill_filter(_id=new)
+    direct.IDLE_CHECK_S = 3600.0  # used just now: not checked, the call sees the close...
+    with pytest.raises(rex.ConnectionError):
+        INCR.run_direct(plain, direct, [key], [b"1"])
+    assert INCR.run_direct(plain, direct, [key], [b"1"]) == 3  # ...and the next reconnects
+
+
+def test_run_direct_from_threads_at_once_each_reply_to_its_own_call(
+    backend: Backend, client: redis.Redis, ns: str
+) -> None:
+    plain = plain_client(backend)
+    direct, key = direct_connection(plain), f"{ns}:n".encode()
+    assert direct is not None
+    client.script_load(INCR.source)
+    replies: list[int] = []
+
+    def calls() -> None:
+        for _ in range(300):
+            replies.append(INCR.run_direct(plain, direct, [key], [b"1"]))
+
+    threads = [threading.Thread(target=calls) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(replies) == list(range(1, 1201))  # no reply crossed to another call
+
+
+def test_the_kept_connection_goes_back_to_the_pool_when_dropped(
+    backend: Backend, ns: str
+) -> None:
+    plain = plain_client(backend)  # (for the skip on fakeredis)
+    pool = redis.BlockingConnectionPool(port=plain.connection_pool.connection_kwargs["port"],
+                                        max_connections=1, timeout=0.5)
+    one = redis.Redis(connection_pool=pool)
+    direct = direct_connection(one)
+    assert direct is not None
+    assert INCR.run_direct(one, direct, [f"{ns}:n".encode()], [b"1"]) == 1
+    with pytest.raises(rex.ConnectionError):  # the only connection is kept
+        one.ping()
+    del direct
+    gc.collect()
+    assert one.ping()
+    one.delete(f"{ns}:n")
+    one.close()
+
+
+def test_a_forked_child_never_uses_the_parents_kept_connection(
+    backend: Backend, client: redis.Redis, ns: str
+) -> None:
+    plain = plain_client(backend)
+    direct, key = direct_connection(plain), f"{ns}:n".encode()
+    assert direct is not None
+    client.script_load(INCR.source)
+    assert INCR.run_direct(plain, direct, [key], [b"1"]) == 1  # the parent's kept connection
+    pid = os.fork()
+    if pid == 0:  # the child: its calls must get replies of its own, in order
+        code = 1
+        try:
+            got = [INCR.run_direct(plain, direct, [key], [b"1000"]) for _ in range(50)]
+            code = 0 if [g // 1000 for g in got] == list(range(1, 51)) else 2
+        finally:
+            os._exit(code)
+    parent = [INCR.run_direct(plain, direct, [key], [b"1"]) for _ in range(50)]
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The key is 1 + (the parent's increments of 1) + 1000 * (the child's increments): each
+    # reply shows whose call it answers (the child's i-th: i + 1 thousands, above).
+    assert [r % 1000 for r in parent] == [i + 2 for i in range(50)]
+    assert int(client.get(key) or 0) == 1 + 50 + 50 * 1000
