@@ -183,87 +183,110 @@ SLOW_INCR = Script(
 )
 
 
-def plain_client(backend: Backend, **options: Any) -> redis.Redis:
-    if backend.real is None:
-        pytest.skip("run_direct needs a plain redis.Redis (fakeredis takes Script.run)")
-    return backend.real.client(**options)
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A server of its own: run_direct needs a plain redis.Redis (fakeredis takes
+    Script.run), and some tests close or kill its connections."""
+    own = RedisServer(Path(tmp_path_factory.mktemp("direct"))).start()
+    try:
+        yield own
+    finally:
+        own.stop()
 
 
-def conn_ids(client: redis.Redis, name: str) -> set[int]:
+@pytest.fixture
+def admin(server: RedisServer, ns: str) -> Iterator[redis.Redis]:
+    """A client of ``server`` that has forgotten every script."""
+    c = server.client()
+    c.script_flush()
+    yield c
+    c.close()
+
+
+def plain_client(server: RedisServer, **options: Any) -> redis.Redis:
+    return server.client(**options)
+
+
+def conn_ids(admin: redis.Redis, name: str) -> set[int]:
     """The server's ids of the connections named ``name``."""
-    return {int(c["id"]) for c in client.client_list() if c.get("name") == name}
+    return {int(c["id"]) for c in admin.client_list() if c.get("name") == name}
 
 
-def test_direct_connection_only_for_a_plain_pooled_bytes_client(backend: Backend) -> None:
+@pytest.mark.redis
+def test_direct_connection_only_for_a_plain_pooled_bytes_client(server: RedisServer) -> None:
     assert direct_connection(fakeredis.FakeRedis(server=fakeredis.FakeServer())) is None
-    plain = plain_client(backend)
+    plain = plain_client(server)
     direct = direct_connection(plain)
     assert direct is not None and direct.pool is plain.connection_pool
-    assert direct_connection(plain_client(backend, decode_responses=True)) is None
-    assert direct_connection(plain_client(backend, single_connection_client=True)) is None
+    assert direct_connection(plain_client(server, decode_responses=True)) is None
+    assert direct_connection(plain_client(server, single_connection_client=True)) is None
 
 
+@pytest.mark.redis
 def test_run_direct_falls_back_to_eval_and_keeps_its_connection(
-    backend: Backend, client: redis.Redis, ns: str
+    server: RedisServer, admin: redis.Redis, ns: str
 ) -> None:
-    plain = plain_client(backend, client_name=f"{ns}-direct")
+    plain = plain_client(server, client_name=f"{ns}-direct")
     direct, key = direct_connection(plain), f"{ns}:n".encode()
-    assert direct is not None and not cached(client, INCR)
+    assert direct is not None and not cached(admin, INCR)
     assert INCR.run_direct(plain, direct, [key], [b"2"]) == 2  # NOSCRIPT, then EVAL
-    assert cached(client, INCR)
-    kept = conn_ids(client, f"{ns}-direct")
+    assert cached(admin, INCR)
+    kept = conn_ids(admin, f"{ns}-direct")
     assert INCR.run_direct(plain, direct, [key], [b"3"]) == 5
     with pytest.raises(rex.ResponseError, match="boom"):
         INCR.run_direct(plain, direct, [key], [b"fail"])
-    client.script_flush()
+    admin.script_flush()
     assert INCR.run_direct(plain, direct, [key], [b"1"]) == 6
-    assert int(client.get(key) or 0) == 6  # each call ran exactly once
-    assert conn_ids(client, f"{ns}-direct") == kept  # no connection was replaced
+    assert int(admin.get(key) or 0) == 6  # each call ran exactly once
+    assert conn_ids(admin, f"{ns}-direct") == kept  # no connection was replaced
 
 
+@pytest.mark.redis
 def test_run_direct_drops_a_connection_whose_reply_timed_out(
-    backend: Backend, client: redis.Redis, ns: str
+    server: RedisServer, admin: redis.Redis, ns: str
 ) -> None:
     """A reply read too late must never answer the next call: the connection goes."""
-    plain = plain_client(backend, socket_timeout=0.2, client_name=f"{ns}-direct")
+    plain = plain_client(server, socket_timeout=0.2, client_name=f"{ns}-direct")
     direct, key = direct_connection(plain), f"{ns}:n".encode()
     assert direct is not None
-    client.script_load(SLOW_INCR.source)
+    admin.script_load(SLOW_INCR.source)
     with pytest.raises(rex.TimeoutError):
         SLOW_INCR.run_direct(plain, direct, [key], [b"5"])
-    wait_until(lambda: client.ping(), message="the slow script has finished")
-    wait_until(lambda: not conn_ids(client, f"{ns}-direct"), message="connection dropped")
+    wait_until(lambda: admin.ping(), message="the slow script has finished")
+    wait_until(lambda: not conn_ids(admin, f"{ns}-direct"), message="connection dropped")
     assert INCR.run_direct(plain, direct, [key], [b"1"]) == 6  # not the slow call's 5
 
 
+@pytest.mark.redis
 def test_run_direct_reconnects_the_kept_connection_after_the_server_closed_it(
-    backend: Backend, client: redis.Redis, ns: str
+    server: RedisServer, admin: redis.Redis, ns: str
 ) -> None:
-    plain = plain_client(backend, client_name=f"{ns}-direct")
+    plain = plain_client(server, client_name=f"{ns}-direct")
     direct, key = direct_connection(plain), f"{ns}:n".encode()
     assert direct is not None
-    client.script_load(INCR.source)
+    admin.script_load(INCR.source)
     assert INCR.run_direct(plain, direct, [key], [b"1"]) == 1
-    (old,) = conn_ids(client, f"{ns}-direct")
-    client.client_kill_filter(_id=old)
+    (old,) = conn_ids(admin, f"{ns}-direct")
+    admin.client_kill_filter(_id=old)
     direct.IDLE_CHECK_S = 0.0  # idle long enough to be checked before use: no error
     assert INCR.run_direct(plain, direct, [key], [b"1"]) == 2
-    (new,) = conn_ids(client, f"{ns}-direct")
+    (new,) = conn_ids(admin, f"{ns}-direct")
     assert new != old
-    client.client_kill_filter(_id=new)
+    admin.client_kill_filter(_id=new)
     direct.IDLE_CHECK_S = 3600.0  # used just now: not checked, the call sees the close...
     with pytest.raises(rex.ConnectionError):
         INCR.run_direct(plain, direct, [key], [b"1"])
     assert INCR.run_direct(plain, direct, [key], [b"1"]) == 3  # ...and the next reconnects
 
 
+@pytest.mark.redis
 def test_run_direct_from_threads_at_once_each_reply_to_its_own_call(
-    backend: Backend, client: redis.Redis, ns: str
+    server: RedisServer, admin: redis.Redis, ns: str
 ) -> None:
-    plain = plain_client(backend)
+    plain = plain_client(server)
     direct, key = direct_connection(plain), f"{ns}:n".encode()
     assert direct is not None
-    client.script_load(INCR.source)
+    admin.script_load(INCR.source)
     replies: list[int] = []
 
     def calls() -> None:
@@ -278,10 +301,11 @@ def test_run_direct_from_threads_at_once_each_reply_to_its_own_call(
     assert sorted(replies) == list(range(1, 1201))  # no reply crossed to another call
 
 
+@pytest.mark.redis
 def test_the_kept_connection_goes_back_to_the_pool_when_dropped(
-    backend: Backend, ns: str
+    server: RedisServer, ns: str
 ) -> None:
-    plain = plain_client(backend)  # (for the skip on fakeredis)
+    plain = plain_client(server)
     pool = redis.BlockingConnectionPool(port=plain.connection_pool.connection_kwargs["port"],
                                         max_connections=1, timeout=0.5)
     one = redis.Redis(connection_pool=pool)
@@ -297,13 +321,14 @@ def test_the_kept_connection_goes_back_to_the_pool_when_dropped(
     one.close()
 
 
+@pytest.mark.redis
 def test_a_forked_child_never_uses_the_parents_kept_connection(
-    backend: Backend, client: redis.Redis, ns: str
+    server: RedisServer, admin: redis.Redis, ns: str
 ) -> None:
-    plain = plain_client(backend)
+    plain = plain_client(server)
     direct, key = direct_connection(plain), f"{ns}:n".encode()
     assert direct is not None
-    client.script_load(INCR.source)
+    admin.script_load(INCR.source)
     assert INCR.run_direct(plain, direct, [key], [b"1"]) == 1  # the parent's kept connection
     pid = os.fork()
     if pid == 0:  # the child: its calls must get replies of its own, in order
@@ -319,4 +344,4 @@ def test_a_forked_child_never_uses_the_parents_kept_connection(
     # The key is 1 + (the parent's increments of 1) + 1000 * (the child's increments): each
     # reply shows whose call it answers (the child's i-th: i + 1 thousands, above).
     assert [r % 1000 for r in parent] == [i + 2 for i in range(50)]
-    assert int(client.get(key) or 0) == 1 + 50 + 50 * 1000
+    assert int(admin.get(key) or 0) == 1 + 50 + 50 * 1000
