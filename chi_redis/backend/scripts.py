@@ -34,6 +34,9 @@ import hiredis
 import redis
 import redis.exceptions as rex
 
+#: The smallest pool :func:`direct_connection` keeps a connection of (one connection held
+#: for good by each writer must not starve a pool sized for the application's threads).
+_MIN_POOL = 64
 _pack: Any = hiredis.pack_command  # (its stubs type the argument as a 1-tuple)
 
 __all__ = ["Call", "DirectConnection", "Script", "bulk", "direct_connection", "script"]
@@ -260,14 +263,19 @@ def direct_connection(client: Any) -> DirectConnection | None:
     redis-py.
 
     Only a plain ``redis.Redis`` (not a subclass that may route or instrument commands)
-    with no dedicated connection and its replies as bytes: a single-connection client, a
-    cluster client or an asyncio client take the :meth:`Script.run` path.
+    with no dedicated connection and its replies as bytes, on a plain ``ConnectionPool`` of
+    at least ``_MIN_POOL`` connections (the default has 2**31): a single-connection client,
+    a cluster or asyncio client, or a blocking or small pool, take the :meth:`Script.run`
+    path.
     """
     if type(client) is not redis.Redis or client.connection is not None:
         return None
     if client.get_encoder().decode_responses:
         return None
-    return DirectConnection(client.connection_pool)
+    pool = client.connection_pool
+    if type(pool) is not redis.ConnectionPool or pool.max_connections < _MIN_POOL:
+        return None  # a blocking or small pool: keeping a connection would starve others
+    return DirectConnection(pool)
 
 
 @cache

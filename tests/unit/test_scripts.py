@@ -23,7 +23,7 @@ import redis.exceptions as rex
 from support.servers import RedisServer
 from support.waiting import wait_until
 
-from chi_redis.backend.scripts import Script, direct_connection, script
+from chi_redis.backend.scripts import DirectConnection, Script, direct_connection, script
 
 INCR = Script(
     "test_incr",
@@ -220,6 +220,10 @@ def test_direct_connection_only_for_a_plain_pooled_bytes_client(server: RedisSer
     assert direct is not None and direct.pool is plain.connection_pool
     assert direct_connection(plain_client(server, decode_responses=True)) is None
     assert direct_connection(plain_client(server, single_connection_client=True)) is None
+    small = redis.ConnectionPool(host="127.0.0.1", port=server.port, max_connections=8)
+    assert direct_connection(redis.Redis(connection_pool=small)) is None
+    blocking = redis.BlockingConnectionPool(host="127.0.0.1", port=server.port)
+    assert direct_connection(redis.Redis(connection_pool=blocking)) is None
 
 
 @pytest.mark.redis
@@ -309,8 +313,8 @@ def test_the_kept_connection_goes_back_to_the_pool_when_dropped(
     pool = redis.BlockingConnectionPool(port=plain.connection_pool.connection_kwargs["port"],
                                         max_connections=1, timeout=0.5)
     one = redis.Redis(connection_pool=pool)
-    direct = direct_connection(one)
-    assert direct is not None
+    assert direct_connection(one) is None  # it would starve such a pool: not chosen
+    direct = DirectConnection(pool)  # made anyway, to watch the connection come back
     assert INCR.run_direct(one, direct, [f"{ns}:n".encode()], [b"1"]) == 1
     with pytest.raises(rex.ConnectionError):  # the only connection is kept
         one.ping()
