@@ -285,7 +285,12 @@ class Writer(_Packing):
         return self.one_script.run(self.client, keys, argv)  # type: ignore[no-any-return]
 
     def send_pipelined(self, calls: list[Call]) -> list[list[bytes]]:
-        """Several publish-script calls in one round trip, unretried and unmapped."""
+        """Several publish-script calls in one round trip, unretried and unmapped; packed
+        by hiredis and sent past redis-py's pipeline when the client allows it."""
+        if self._direct is not None:
+            s = self.script
+            packed = [s.packed(keys, argv) for keys, argv in calls]
+            return s.run_pipelined_direct(self.client, self._direct, packed)
         return self.script.run_pipelined(self.client, calls)
 
     def republish(
