@@ -16,6 +16,8 @@ reads the reply itself, skipping redis-py's command layers (per-argument encodin
 retry wrapper, reply callbacks, the pool's checkout and release): about half of the
 client's CPU per call.  Only for a plain ``redis.Redis`` on a connection pool
 (:func:`direct_connection`); anything else goes through :meth:`Script.run`.
+:meth:`Script.run_pipelined_direct` is ``publish_batch``'s twin of it: the chunks of a round
+trip, each packed by :meth:`Script.packed`, written at once on that connection.
 """
 
 from __future__ import annotations
