@@ -16,6 +16,8 @@ reads the reply itself, skipping redis-py's command layers (per-argument encodin
 retry wrapper, reply callbacks, the pool's checkout and release): about half of the
 client's CPU per call.  Only for a plain ``redis.Redis`` on a connection pool
 (:func:`direct_connection`); anything else goes through :meth:`Script.run`.
+:meth:`Script.run_pipelined_direct` is ``publish_batch``'s twin of it: the chunks of a round
+trip, each packed by :meth:`Script.packed`, written at once on that connection.
 """
 
 from __future__ import annotations
@@ -130,6 +132,44 @@ class Script:
             direct.release(conn, held)
         return client.eval(self.source, len(keys), *keys, *argv)
 
+    def packed(self, keys: Sequence[Any], argv: Sequence[Any]) -> bytes:
+        """One call's EVALSHA as the protocol's bytes, for :meth:`run_pipelined_direct`;
+        keys and arguments may be bytes, str or int (framed by hiredis, in C)."""
+        command: bytes = _pack((b"EVALSHA", self.sha_bytes, len(keys), *keys, *argv))
+        return command
+
+    def run_pipelined_direct(
+        self, client: Any, direct: DirectConnection, packed: Sequence[bytes]
+    ) -> list[Any]:
+        """:meth:`run_pipelined` for calls packed by :meth:`packed`: all written at once on
+        a connection of ``direct`` (``direct_connection(client)``), then one reply read per
+        call, without redis-py's pipeline (its per-argument encoding, command stack and
+        reply callbacks).
+
+        Calls refused with NOSCRIPT did not run: the script is loaded on the same connection
+        and only those are sent again, so no call runs twice.  The first other error reply
+        is raised after every reply was read.  A connection that failed in any other way
+        (a timeout, a reset) is disconnected and the error raised as redis-py's, for the
+        caller's retry policy: the calls may or may not have run.
+        """
+        conn, held = direct.acquire()
+        try:
+            results = _exchange(conn, packed)
+            missing = _missing(results)
+            if missing:
+                conn.send_packed_command([_pack((b"SCRIPT", b"LOAD", self.source))])
+                conn.read_response()
+                _splice(results, missing, _exchange(conn, [packed[i] for i in missing]))
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            reconnect = getattr(conn, "should_reconnect", None)  # redis-py >= 8
+            if reconnect is not None and reconnect():
+                conn.disconnect()
+            direct.release(conn, held)
+        return _raise_first_error(results)
+
     async def arun(self, client: Any, keys: Sequence[Any], argv: Sequence[Any]) -> Any:
         """:meth:`run` on a ``redis.asyncio`` client."""
         try:
@@ -170,6 +210,20 @@ class Script:
         for keys, argv in calls:
             pipe.evalsha(self.sha, len(keys), *keys, *argv)
         return pipe
+
+
+def _exchange(conn: Any, packed: Sequence[bytes]) -> list[Any]:
+    """Write ``packed`` commands on ``conn``, then read one reply each (error replies as
+    exceptions in the list, so every reply is read and the connection stays in step)."""
+    conn.send_packed_command(packed)
+    results: list[Any] = []
+    read = conn.read_response
+    for _ in range(len(packed)):
+        try:
+            results.append(read())
+        except rex.ResponseError as exc:
+            results.append(exc)
+    return results
 
 
 def _arg(value: Any) -> bytes:

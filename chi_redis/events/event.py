@@ -25,6 +25,7 @@ import msgspec
 import uuid_utils
 
 from ..errors import ValidationError
+from .names import _VALID as _VALID_NAMES
 from .names import default_topic, validate_name
 
 __all__ = ["Event", "MetaValue", "event_type", "new_event_id", "registered_type"]
@@ -60,21 +61,46 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=False):
     version: str = "1.0"
 
     def __post_init__(self) -> None:
-        if not self.type:
+        # Runs for every event built: names already checked, a UTC timestamp and plain
+        # metadata values take the short way; anything else gets the full check.
+        type_ = self.type
+        if not type_:
             registered = _TYPES_BY_CLASS.get(type(self.data))
             if registered is None:
                 raise ValidationError("event type is required", field="type")
             self.type, topic = registered
             if not self.topic:
                 self.topic = topic
-        validate_name(self.type, "type")
-        if not self.topic:
-            self.topic = _DEFAULT_TOPICS.get(self.type) or default_topic(self.type)
-        else:
-            validate_name(self.topic, "topic")
-        if not isinstance(self.id, str) or not 0 < len(self.id) <= 128 or not self.id.isprintable():
-            raise ValidationError(f"invalid event id {self.id!r}", field="id")
+            type_ = self.type
+        if type(type_) is not str or type_ not in _VALID_NAMES:
+            validate_name(type_, "type")
+        topic = self.topic
+        if not topic:
+            default = _DEFAULT_TOPICS.get(type_) or _TOPIC_OF.get(type_)
+            if default is None:
+                if len(_TOPIC_OF) >= 4096:
+                    _TOPIC_OF.clear()
+                default = _TOPIC_OF[type_] = default_topic(type_)
+            self.topic = default
+        elif type(topic) is not str or topic not in _VALID_NAMES:
+            validate_name(topic, "topic")
+        id_ = self.id
+        if not isinstance(id_, str) or not 0 < len(id_) <= 128 or not id_.isprintable():
+            raise ValidationError(f"invalid event id {id_!r}", field="id")
         ts = self.timestamp
+        if type(ts) is not datetime or ts.tzinfo is not UTC:
+            self._check_timestamp(ts)
+        version = self.version
+        if not isinstance(version, str) or not version:
+            raise ValidationError("version must be a non-empty string", field="version")
+        metadata = self.metadata
+        if not isinstance(metadata, dict):
+            raise ValidationError("metadata must be a dict", field="metadata")
+        for key, value in metadata.items():
+            if type(key) is not str or type(value) not in _PLAIN_META:
+                _check_meta(key, value)
+
+    def _check_timestamp(self, ts: object) -> None:
         if not isinstance(ts, datetime):
             raise ValidationError("timestamp must be a datetime", field="timestamp")
         if ts.tzinfo is not UTC:
@@ -84,22 +110,6 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=False):
                     "timestamp must be timezone-aware (use datetime.now(UTC))", field="timestamp"
                 )
             self.timestamp = ts.astimezone(UTC)
-        if not isinstance(self.version, str) or not self.version:
-            raise ValidationError("version must be a non-empty string", field="version")
-        if not isinstance(self.metadata, dict):
-            raise ValidationError("metadata must be a dict", field="metadata")
-        for key, value in self.metadata.items():
-            # Non-finite floats would be written as JSON null and make the entry undecodable.
-            if (
-                not isinstance(key, str)
-                or not isinstance(value, str | int | float | bool)
-                or (isinstance(value, float) and not math.isfinite(value))
-            ):
-                raise ValidationError(
-                    f"metadata {key!r}: keys must be str and values str, int, finite float"
-                    " or bool",
-                    field="metadata",
-                )
 
     @classmethod
     def of(cls, payload: Any, **fields: Any) -> Event:
@@ -120,6 +130,22 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=False):
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Metadata value types that need no further check (floats must be finite, and a subclass
+#: of str or int may be anything).
+_PLAIN_META = frozenset({str, int, bool})
+
+
+def _check_meta(key: object, value: object) -> None:
+    # Non-finite floats would be written as JSON null and make the entry undecodable.
+    if (
+        not isinstance(key, str)
+        or not isinstance(value, str | int | float | bool)
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
+        raise ValidationError(
+            f"metadata {key!r}: keys must be str and values str, int, finite float or bool",
+            field="metadata",
+        )
 
 
 def _to_us(ts: datetime) -> int:
@@ -132,6 +158,8 @@ def _to_us(ts: datetime) -> int:
 _CLASSES_BY_TYPE: dict[str, type[Any]] = {}
 _TYPES_BY_CLASS: dict[type[Any], tuple[str, str]] = {}
 _DEFAULT_TOPICS: dict[str, str] = {}
+#: Default topics of unregistered types already seen (bounded).
+_TOPIC_OF: dict[str, str] = {}
 
 
 def event_type(type_: str, *, topic: str | None = None) -> Callable[[T], T]:

@@ -10,8 +10,10 @@ only the I/O differs.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import redis.exceptions as rex
@@ -153,15 +155,15 @@ def count_published(topics: Iterable[str]) -> None:
     topic of a batch, so the cost is per call, not per event."""
     if not metrics.enabled():
         return
-    per: dict[str, int] = {}
-    for topic in topics:
-        per[topic] = per.get(topic, 0) + 1
-    for topic, n in per.items():
+    for topic, n in Counter(topics).items():
         metrics.labelled(_PUBLISHED, topic).inc(n)
 
 
+_TOPIC = attrgetter("topic")
+
+
 def _topics(events: Sequence[Event], start: int = 0, stop: int | None = None) -> Iterable[str]:
-    return (events[i].topic for i in range(start, len(events) if stop is None else stop))
+    return map(_TOPIC, events[start:stop])
 
 
 class _Packing(OnePacking):
@@ -285,7 +287,12 @@ class Writer(_Packing):
         return self.one_script.run(self.client, keys, argv)  # type: ignore[no-any-return]
 
     def send_pipelined(self, calls: list[Call]) -> list[list[bytes]]:
-        """Several publish-script calls in one round trip, unretried and unmapped."""
+        """Several publish-script calls in one round trip, unretried and unmapped; packed
+        by hiredis and sent past redis-py's pipeline when the client allows it."""
+        if self._direct is not None:
+            s = self.script
+            packed = [s.packed(keys, argv) for keys, argv in calls]
+            return s.run_pipelined_direct(self.client, self._direct, packed)
         return self.script.run_pipelined(self.client, calls)
 
     def republish(

@@ -158,3 +158,31 @@ def test_a_tag_cannot_be_registered_to_two_classes() -> None:
 
     assert "already registered" in str(info.value)
     assert registered_type("evtest.user.created") is UserCreated
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"type": "User.Created"}, "type"),
+        ({"type": ["user.created"]}, "type"),
+        ({"type": "user.created", "topic": "Users"}, "topic"),
+        ({"type": "user.created", "topic": ("users",)}, "topic"),
+    ],
+    ids=repr,
+)
+def test_invalid_names_are_errors_every_time(fields: dict[str, object], field: str) -> None:
+    Event(type="user.created", topic="users")  # valid names, now known to be valid
+    for _ in range(2):  # an invalid name is never remembered as checked
+        with pytest.raises(ValidationError) as info:
+            Event(**fields)  # type: ignore[arg-type]
+        assert info.value.field == field
+
+
+class LoudFloat(float):
+    pass
+
+
+def test_metadata_of_a_subclass_gets_the_full_check() -> None:
+    with pytest.raises(ValidationError):
+        Event(type="user.created", metadata={"a": LoudFloat("nan")})
+    assert Event(type="user.created", metadata={"a": LoudFloat(2.5)}).metadata == {"a": 2.5}

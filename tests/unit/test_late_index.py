@@ -160,3 +160,30 @@ def test_unordered_reader_pages_both_sources_and_reads_each_entry_once(
             )
             ids = [bus.codec.decode_flat(f, topic="order").id for _, f in got]
             assert sorted(ids) == sorted(expected(events, a, b)), page
+
+
+def test_a_chunk_indexes_exactly_its_late_events_per_topic(
+    bus: EventBus, client: redis.Redis
+) -> None:
+    """The chunk script settles lateness per topic from its first and last stream ids: a
+    topic all on time makes no ZADD, a late event among on-time ones of another topic is
+    indexed alone, and events the chunk did not write (already written, repeated) are not
+    indexed again."""
+    now = datetime.now(UTC)
+    known = Event(type="audit.seen", data={}, timestamp=now - timedelta(hours=1))
+    bus.publish(known)
+    on_time = [Event(type="cart.added", data={"i": i}) for i in range(30)]
+    mixed = [ev(i, datetime.now(UTC)) for i in range(30)]
+    mixed[7] = ev(7, now - timedelta(seconds=5))
+    mixed[19] = ev(19, now + timedelta(seconds=5))
+    batch = [e for pair in zip(on_time, mixed, strict=True) for e in pair]
+    batch += [mixed[7], known]  # repeated in the chunk, written before
+    sids = bus.publish_batch(batch, chunk_size=len(batch))
+    assert client.zcard(bus.keys.index("cart")) == 0
+    assert client.zcard(bus.keys.index("audit")) == 1  # by its own publish only
+    index = bus.keys.index("order")
+    want = {sid for e, sid in zip(batch, sids, strict=True)
+            if e.topic == "order" and _late(sid, e.timestamp_us)}
+    assert {s.decode() for s in client.zrange(index, 0, -1)} == want
+    assert {sids[15], sids[39]} <= want  # mixed[7] and mixed[19]
+    assert sids[-2] == sids[15] and client.xlen(bus.keys.stream("order")) == 30

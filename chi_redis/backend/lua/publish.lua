@@ -87,7 +87,12 @@ local event_ids = {}
 for i = 0, n - 1 do event_ids[i + 1] = ARGV[base + i * per + 2] end
 local known = sliced('HMGET', ids_key, event_ids)
 
-local out, seen, index_args, id_args, used = {}, {}, {}, {}, {}
+-- Which written events are late is settled per topic once the chunk is written: stream ids
+-- only grow within a stream, so when every event time of a topic is on time for both its
+-- first and its last stream id of the chunk, none is late (the common case: one number
+-- compared per event); otherwise each of its events is checked.
+local out, seen, id_args, used, written = {}, {}, {}, {}, {}
+local first_sid, last_sid, lo_ts, hi_ts = {}, {}, {}, {}
 for i = 0, n - 1 do
   local a = base + i * per
   local slot, id, idem = tonumber(ARGV[a + 1]), ARGV[a + 2], idem_key(a)
@@ -98,15 +103,18 @@ for i = 0, n - 1 do
   if not sid then
     local ts = ARGV[a + 4]
     sid = xadd(KEYS[1 + 2 * slot], a, ts)
-    if not index_args[slot] then
-      index_args[slot] = {}
+    local t = tonumber(ts)
+    local lo = lo_ts[slot]
+    if not lo then
+      lo_ts[slot], hi_ts[slot], first_sid[slot] = t, t, sid
       used[#used + 1] = slot
+    elseif t < lo then
+      lo_ts[slot] = t
+    elseif t > hi_ts[slot] then
+      hi_ts[slot] = t
     end
-    if late(sid, ts) then
-      local zargs = index_args[slot]
-      zargs[#zargs + 1] = ts
-      zargs[#zargs + 1] = sid
-    end
+    last_sid[slot] = sid
+    written[#written + 1] = i
     id_args[#id_args + 1] = id
     id_args[#id_args + 1] = ARGV[6 + slot] .. ' ' .. sid
     if idem then redis.call('SET', idem, sid, 'PX', ttl) end
@@ -119,9 +127,29 @@ end
 
 -- The id lookup first: should a later command fail, a retry still finds these events.
 if #id_args > 0 then sliced('HSET', ids_key, id_args) end
+local index_args, check = {}, false
+for _, slot in ipairs(used) do
+  local first = tonumber(string.match(first_sid[slot], '^(%d+)'))
+  local last = tonumber(string.match(last_sid[slot], '^(%d+)'))
+  if lo_ts[slot] < (last - BEHIND) * 1000 or hi_ts[slot] >= (first + AHEAD + 1) * 1000 then
+    index_args[slot] = {}
+    check = true
+  end
+end
+if check then
+  for _, i in ipairs(written) do
+    local a = base + i * per
+    local zargs = index_args[tonumber(ARGV[a + 1])]
+    if zargs and late(out[i + 1], ARGV[a + 4]) then
+      zargs[#zargs + 1] = ARGV[a + 4]
+      zargs[#zargs + 1] = out[i + 1]
+    end
+  end
+end
 local topic_names = {}
 for _, slot in ipairs(used) do
-  if #index_args[slot] > 0 then sliced('ZADD', KEYS[2 + 2 * slot], index_args[slot]) end
+  local zargs = index_args[slot]
+  if zargs and #zargs > 0 then sliced('ZADD', KEYS[2 + 2 * slot], zargs) end
   topic_names[#topic_names + 1] = ARGV[6 + slot]
 end
 if #topic_names > 0 then sliced('SADD', topics_key, topic_names) end
