@@ -5,7 +5,8 @@
   chi.e2e.procs1.threads4           one `dramatiq chi_redis.worker` process x 4 threads, no-op
   chi.e2e.procs2.threads4           two worker processes x 4 threads, no-op
   chi.e2e.sleep1ms.procs{1,2}.threads4   the same with a handler that takes 1 ms
-  chi.consume.procs2.threads4       events published before the workers start
+  chi.consume.procs2.threads4       events published before the workers start, timed
+                                    from their first read (their boot is not consuming)
   chi.e2e.batch.procs{1,2}.threads4 a batch subscription (batch_size=100): "n/a" on a
                                     chi-redis without batch subscriptions
   chi.e2e.fanout4.procs2.threads4   4 subscriptions on one topic, each handles every event
@@ -16,7 +17,9 @@
 Rates are events published per second, first publish to last ack (fan-out: deliveries, 4
 per event); ``workers_cpu`` is the CPU of every worker process together (% of one core) and
 ``per_cpu_s`` the deliveries per CPU-second of the workers (also printed as a line of its own,
-``<name>.per_cpu_s``, which the table compares with StubBroker's).  Workers are real Dramatiq CLI
+``<name>.per_cpu_s``, which the table compares with StubBroker's); ``workers_runq`` the time
+their threads were runnable but waited for a CPU (the kernel's run queue, all threads
+summed, % of the wall time; "nan" without Linux's schedstat).  Workers are real Dramatiq CLI
 processes (``bench/workers.py``); the baselines run in this process against the same
 redis-server.  Stock Dramatiq, FastStream and taskiq
 run in ``bench/peer_*.py``; ``bench/run`` prints them side by side.
@@ -53,10 +56,12 @@ from common import (  # noqa: E402
 from workers import (  # noqa: E402
     batch_supported,
     cpu_seconds,
+    run_delay_seconds,
     start_workers,
     stop_workers,
     wait_drained,
     wait_groups,
+    wait_reading,
 )
 
 from chi_redis import Event, EventBus  # noqa: E402
@@ -100,27 +105,33 @@ def e2e(args: Any, bus: EventBus, r: redis.Redis, sc: Scenario, name: str, n: in
     proc = start_workers(url, NS, procs, 4, sc.groups)
     try:
         if pre:
-            cpu0 = cpu_seconds(proc.pid)
+            # From the workers' first read: their boot (imports, fork) is not consuming.
+            wait_reading(r, stream, sc.groups, 120, proc)
+            cpu0, delay0 = cpu_seconds(proc.pid), run_delay_seconds(proc.pid)
             with measured(r) as m:
                 wait_drained(r, stream, sc.groups, ids[-1].encode(), 600, proc)
         else:
             wait_groups(r, stream, sc.groups, 120, proc)
             warm = bus.publish(Event(type=sc.type_of(0), topic=sc.topic, data=PAYLOAD))
             wait_drained(r, stream, sc.groups, warm.encode(), 120, proc)
-            cpu0 = cpu_seconds(proc.pid)
+            cpu0, delay0 = cpu_seconds(proc.pid), run_delay_seconds(proc.pid)
             with measured(r) as m:
                 ids = bus.publish_batch(events, chunk_size=1000)
                 wait_drained(r, stream, sc.groups, ids[-1].encode(), 600, proc)
         workers_cpu = cpu_seconds(proc.pid) - cpu0
+        delay1 = run_delay_seconds(proc.pid)
     finally:
         stop_workers(proc)
     deliveries = n * len(sc.groups) if sc is FANOUT else n
     # Worker CPU: every worker process together, % of one core over the wall time, and
     # deliveries per CPU-second of the workers (compare StubBroker's, bench/peer_dramatiq.py).
     cpu = f"{100 * workers_cpu / m.wall:.0f}%" if m.wall else "nan"
+    # Runnable but not running: every worker thread's wait for a CPU, % of the wall time.
+    runq = (f"{100 * (delay1 - delay0) / m.wall:.0f}%"
+            if m.wall and delay0 is not None and delay1 is not None else "nan")
     per_cpu = f"{deliveries / workers_cpu:.0f}" if workers_cpu else "nan"
     report(name, deliveries, m, events=n, procs=procs, threads=4, workers_cpu=cpu,
-           per_cpu_s=per_cpu)
+           workers_runq=runq, per_cpu_s=per_cpu)
     if workers_cpu > 0:
         report_value(f"{name}.per_cpu_s", deliveries / workers_cpu, procs=procs)
     else:

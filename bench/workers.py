@@ -26,9 +26,11 @@ __all__ = [
     "batch_supported",
     "cpu_seconds",
     "drained",
+    "run_delay_seconds",
     "start_workers",
     "stop_workers",
     "wait_drained",
+    "wait_reading",
 ]
 
 
@@ -74,6 +76,33 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def run_delay_seconds(pid: int) -> float | None:
+    """Seconds the threads of the dramatiq master ``pid`` and of every process under it
+    spent runnable but waiting for a CPU (the run queue, ``/proc/<pid>/task/*/schedstat``):
+    time a worker is not running without waiting on anything.  None where the kernel does
+    not say (not Linux, or no schedstat)."""
+    try:
+        master = psutil.Process(pid)
+        pids = [pid, *(p.pid for p in master.children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0
+    for p in pids:
+        tasks = Path(f"/proc/{p}/task")
+        try:
+            threads = list(tasks.iterdir())
+        except OSError:
+            if not tasks.parent.parent.is_dir():
+                return None  # no /proc
+            continue  # the process exited
+        for t in threads:
+            try:
+                total += int((t / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return total / 1e9
+
+
 def stop_workers(proc: subprocess.Popen[bytes]) -> None:
     """Kill the workers' process group (ours: started by :func:`start_workers`).
 
@@ -112,6 +141,23 @@ def wait_groups(r: redis.Redis, stream: str, groups: list[str], timeout: float,
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out waiting for the groups {groups} on {stream}")
         time.sleep(0.01)
+
+
+def wait_reading(r: redis.Redis, stream: str, groups: list[str], timeout: float,
+                 proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll until every group in ``groups``, created on an empty ``stream``, read an entry
+    (its last-delivered id moved): the workers booted and consume."""
+    deadline = time.monotonic() + timeout
+    while True:
+        read = {g["name"].decode() for g in r.xinfo_groups(stream)
+                if g["last-delivered-id"] != b"0-0"}
+        if read.issuperset(groups):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the workers exited ({proc.returncode}) before they read")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {groups} to read {stream}")
+        time.sleep(0.002)
 
 
 def wait_drained(r: redis.Redis, stream: str, groups: list[str], last_id: bytes,

@@ -35,7 +35,7 @@ class _Worker(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_def
     max_deliveries: int = 5
     block_ms: int = 1_000
     prefetch: int | None = None
-    max_prefetch: int = 128
+    max_prefetch: int = 512
     metrics_port: int | None = None
 
 

@@ -206,7 +206,7 @@ class WorkerConfig(_Section):
     max_deliveries: Positive = 5
     block_ms: Positive = 1_000
     prefetch: Positive | None = None
-    max_prefetch: Positive = 128
+    max_prefetch: Positive = 512
     retry: RetryConfig = field(default_factory=RetryConfig)
 
 

@@ -75,6 +75,8 @@ class _Gathering:
 class BatchConsumer(StreamsConsumer):
     """Consumes the queue of a batch subscription."""
 
+    READ_AHEAD = False  # entries gather into batches here: one read at a time
+
     def __init__(self, broker: StreamsBroker, queue: str, prefetch: int, timeout: int) -> None:
         super().__init__(broker, queue, prefetch, timeout)
         sub = self.sub

@@ -58,7 +58,7 @@ class BrokerOptions:
     #: With ``prefetch`` unset, a queue whose handlers are fast may hold up to this many
     #: entries (about 10 ms of work per prefetch slot), so one read round trip feeds many
     #: messages; slow handlers keep the Worker's prefetch, so no worker hoards slow work.
-    max_prefetch: int = 128
+    max_prefetch: int = 512
     dlq_maxlen: int = DLQ_MAXLEN
     registry_refresh_ms: int = 60_000
 

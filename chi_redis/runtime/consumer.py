@@ -12,6 +12,7 @@ crashes the loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -33,6 +34,7 @@ from .encoder import decode_message
 from .leases import AckBuffer, Leases
 from .leases import flush_log as flush_reclaim_log
 from .messages import StreamMessage, as_stream_message, malformed, topic_message
+from .readahead import ReadAhead
 
 if TYPE_CHECKING:
     from .broker import StreamsBroker
@@ -59,6 +61,8 @@ class StreamsConsumer(dramatiq.Consumer):
     """Consumes one queue (a subscription or a plain task queue).  Not thread-safe except
     for ``ack``/``nack``, which worker threads call and which touch only broker state."""
 
+    READ_AHEAD = True  #: send the next read once a read returned a backlog (_read_ahead)
+
     def __init__(self, broker: StreamsBroker, queue: str, prefetch: int, timeout: int) -> None:
         self.broker = broker
         self.client = broker.client
@@ -84,6 +88,7 @@ class StreamsConsumer(dramatiq.Consumer):
         self.acks = AckBuffer(self.state, queue, self.private)
         self._next_due_ms = 0
         self._hand_off = False
+        self.ahead = ReadAhead(self.acks)
         self._warned_at = 0.0
         self._sweeps = 0
         try:
@@ -139,12 +144,13 @@ class StreamsConsumer(dramatiq.Consumer):
         except _CONNECTION_ERRORS as e:
             raise ConnectionClosed(e) from None  # type: ignore[no-untyped-call]
         finally:
-            # Either handed back or, if Redis is unreachable, left pending: the lease of
-            # entries we no longer track expires and any worker reclaims them.
+            # Handed back or (Redis unreachable) left pending: their lease expires, reclaimed.
             for m in msgs:
                 self.broker.release(m.entry_queue, m.entry_stream, m.entry_id)
 
     def close(self) -> None:
+        with contextlib.suppress(rex.RedisError):  # else pending: its lease expires
+            self._take_ahead(again=False)  # what it read is this consumer's: hand it back
         local, self._local = list(self._local), deque()
         try:
             if local:
@@ -162,6 +168,10 @@ class StreamsConsumer(dramatiq.Consumer):
         if self._hand_off:
             self._hand_off = False
             self._let_worker_start()
+        if self.ahead:
+            self._take_ahead()
+            if self._local:
+                return self._local.popleft()
         now = time.monotonic()
         if now >= min(self._next_lease, self._next_reclaim, self._next_registry):
             self._maintain(now)
@@ -171,13 +181,14 @@ class StreamsConsumer(dramatiq.Consumer):
         low_water = max(1, window // 2)
         free = window - len(self.state.inflight)
         if free < low_water:
-            # Read again only when half the prefetch window is free: refilling one slot
-            # per ack would cost a round trip per message.  Buffered acks go out with
-            # that read (or with the next maintenance, well within the lease).
+            # Read when half the window is free (not a round trip per ack); buffered acks
+            # go out with that read (or the next maintenance, well within the lease).
             with self.state.cond:
                 if window - len(self.state.inflight) < low_water:
                     self.state.cond.wait(timeout=min(self.timeout_ms, 200) / 1000)
             return None
+        if self.READ_AHEAD and window > self.prefetch:
+            free = min(free, window - low_water)  # fast handlers: room for a read ahead
         self._read(free, now)
         return self._local.popleft() if self._local else None
 
@@ -212,7 +223,7 @@ class StreamsConsumer(dramatiq.Consumer):
         block = int(block)
         return block if block >= 1 else None
 
-    def _read(self, free: int, now: float) -> None:
+    def _read_pipe(self, free: int, now: float) -> tuple[Any, dict[str, list[bytes]]]:
         acks = self.acks.take()
         pipe = self.client.pipeline(transaction=False)
         self.acks.queue(pipe, acks)
@@ -221,11 +232,36 @@ class StreamsConsumer(dramatiq.Consumer):
             self.queue, self.name, dict.fromkeys(self._streams, ">"), count=free,
             block=self._block_ms(now),
         )
+        return pipe, acks
+
+    def _read(self, free: int, now: float) -> None:
+        pipe, acks = self._read_pipe(free, now)
         try:
             results = pipe.execute(raise_on_error=False)
         except _CONNECTION_ERRORS:
             self.acks.restore(acks)
             raise
+        self._absorb(results)
+        self._read_ahead(now)
+
+    def _read_ahead(self, now: float) -> None:
+        """After a read that returned half the window, send the next now: Redis answers while
+        the workers run this one's entries (the window bounds both); not if maintenance is due."""
+        window = self._window()
+        low_water = max(1, window // 2)
+        free = window - len(self.state.inflight)
+        if (self.READ_AHEAD and len(self._local) >= low_water and free >= low_water
+                and now < min(self._next_lease, self._next_reclaim, self._next_registry)):
+            self.ahead.send(*self._read_pipe(free, now))
+
+    def _take_ahead(self, again: bool = True) -> None:
+        """Take the entries of the read sent ahead (if any), and maybe send the next."""
+        if self.ahead:
+            self._absorb(self.ahead.replies())
+            if again:
+                self._read_ahead(time.monotonic())
+
+    def _absorb(self, results: list[Any]) -> None:
         *ack_results, promoted, read = results
         idle = not self.state.inflight
         self.acks.check(ack_results)
