@@ -20,6 +20,7 @@ import pytest
 import redis
 import redis.asyncio
 import redis.exceptions as rex
+from support.scripts import conn_ids, slow_incr
 from support.servers import RedisServer
 from support.waiting import wait_until
 
@@ -173,110 +174,80 @@ def test_packaged_scripts_load_once_and_match_their_sha(client: redis.Redis) -> 
 
 
 # run_direct: the single publish's call, past redis-py's command layers -------------------
-SLOW_INCR = Script(
-    "test_slow_incr",  # INCRBY, then hold the server for 2 s
-    "local n = redis.call('INCRBY', KEYS[1], ARGV[1])\n"
-    "local t0 = redis.call('TIME')\n"
-    "repeat local t = redis.call('TIME')\n"
-    "until (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > 2000000\n"
-    "return n",
-)
+SLOW_INCR = slow_incr("test_slow_incr")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A server of its own: run_direct needs a plain redis.Redis (fakeredis takes
-    Script.run), and some tests close or kill its connections."""
-    own = RedisServer(Path(tmp_path_factory.mktemp("direct"))).start()
-    try:
-        yield own
-    finally:
-        own.stop()
-
-
-@pytest.fixture
-def admin(server: RedisServer, ns: str) -> Iterator[redis.Redis]:
-    """A client of ``server`` that has forgotten every script."""
-    c = server.client()
-    c.script_flush()
-    yield c
-    c.close()
-
-
-def plain_client(server: RedisServer, **options: Any) -> redis.Redis:
-    return server.client(**options)
-
-
-def conn_ids(admin: redis.Redis, name: str) -> set[int]:
-    """The server's ids of the connections named ``name``."""
-    return {int(c["id"]) for c in admin.client_list() if c.get("name") == name}
+def plain_client(script_server: RedisServer, **options: Any) -> redis.Redis:
+    return script_server.client(**options)
 
 
 @pytest.mark.redis
-def test_direct_connection_only_for_a_plain_pooled_bytes_client(server: RedisServer) -> None:
+def test_direct_connection_only_for_a_plain_pooled_bytes_client(
+    script_server: RedisServer,
+) -> None:
     assert direct_connection(fakeredis.FakeRedis(server=fakeredis.FakeServer())) is None
-    plain = plain_client(server)
+    plain = plain_client(script_server)
     direct = direct_connection(plain)
     assert direct is not None and direct.pool is plain.connection_pool
-    assert direct_connection(plain_client(server, decode_responses=True)) is None
-    assert direct_connection(plain_client(server, single_connection_client=True)) is None
-    small = redis.ConnectionPool(host="127.0.0.1", port=server.port, max_connections=8)
+    assert direct_connection(plain_client(script_server, decode_responses=True)) is None
+    assert direct_connection(plain_client(script_server, single_connection_client=True)) is None
+    small = redis.ConnectionPool(host="127.0.0.1", port=script_server.port, max_connections=8)
     assert direct_connection(redis.Redis(connection_pool=small)) is None
-    blocking = redis.BlockingConnectionPool(host="127.0.0.1", port=server.port)
+    blocking = redis.BlockingConnectionPool(host="127.0.0.1", port=script_server.port)
     assert direct_connection(redis.Redis(connection_pool=blocking)) is None
 
 
 @pytest.mark.redis
 def test_run_direct_falls_back_to_eval_and_keeps_its_connection(
-    server: RedisServer, admin: redis.Redis, ns: str
+    script_server: RedisServer, script_admin: redis.Redis, ns: str
 ) -> None:
-    plain = plain_client(server, client_name=f"{ns}-direct")
+    plain = plain_client(script_server, client_name=f"{ns}-direct")
     direct, key = direct_connection(plain), f"{ns}:n".encode()
-    assert direct is not None and not cached(admin, INCR)
+    assert direct is not None and not cached(script_admin, INCR)
     assert INCR.run_direct(plain, direct, [key], [b"2"]) == 2  # NOSCRIPT, then EVAL
-    assert cached(admin, INCR)
-    kept = conn_ids(admin, f"{ns}-direct")
+    assert cached(script_admin, INCR)
+    kept = conn_ids(script_admin, f"{ns}-direct")
     assert INCR.run_direct(plain, direct, [key], [b"3"]) == 5
     with pytest.raises(rex.ResponseError, match="boom"):
         INCR.run_direct(plain, direct, [key], [b"fail"])
-    admin.script_flush()
+    script_admin.script_flush()
     assert INCR.run_direct(plain, direct, [key], [b"1"]) == 6
-    assert int(admin.get(key) or 0) == 6  # each call ran exactly once
-    assert conn_ids(admin, f"{ns}-direct") == kept  # no connection was replaced
+    assert int(script_admin.get(key) or 0) == 6  # each call ran exactly once
+    assert conn_ids(script_admin, f"{ns}-direct") == kept  # no connection was replaced
 
 
 @pytest.mark.redis
 def test_run_direct_drops_a_connection_whose_reply_timed_out(
-    server: RedisServer, admin: redis.Redis, ns: str
+    script_server: RedisServer, script_admin: redis.Redis, ns: str
 ) -> None:
     """A reply read too late must never answer the next call: the connection goes."""
-    plain = plain_client(server, socket_timeout=0.2, client_name=f"{ns}-direct")
+    plain = plain_client(script_server, socket_timeout=0.2, client_name=f"{ns}-direct")
     direct, key = direct_connection(plain), f"{ns}:n".encode()
     assert direct is not None
-    admin.script_load(SLOW_INCR.source)
+    script_admin.script_load(SLOW_INCR.source)
     with pytest.raises(rex.TimeoutError):
         SLOW_INCR.run_direct(plain, direct, [key], [b"5"])
-    wait_until(lambda: admin.ping(), message="the slow script has finished")
-    wait_until(lambda: not conn_ids(admin, f"{ns}-direct"), message="connection dropped")
+    wait_until(lambda: script_admin.ping(), message="the slow script has finished")
+    wait_until(lambda: not conn_ids(script_admin, f"{ns}-direct"), message="connection dropped")
     assert INCR.run_direct(plain, direct, [key], [b"1"]) == 6  # not the slow call's 5
 
 
 @pytest.mark.redis
 def test_run_direct_reconnects_the_kept_connection_after_the_server_closed_it(
-    server: RedisServer, admin: redis.Redis, ns: str
+    script_server: RedisServer, script_admin: redis.Redis, ns: str
 ) -> None:
-    plain = plain_client(server, client_name=f"{ns}-direct")
+    plain = plain_client(script_server, client_name=f"{ns}-direct")
     direct, key = direct_connection(plain), f"{ns}:n".encode()
     assert direct is not None
-    admin.script_load(INCR.source)
+    script_admin.script_load(INCR.source)
     assert INCR.run_direct(plain, direct, [key], [b"1"]) == 1
-    (old,) = conn_ids(admin, f"{ns}-direct")
-    admin.client_kill_filter(_id=old)
+    (old,) = conn_ids(script_admin, f"{ns}-direct")
+    script_admin.client_kill_filter(_id=old)
     direct.IDLE_CHECK_S = 0.0  # idle long enough to be checked before use: no error
     assert INCR.run_direct(plain, direct, [key], [b"1"]) == 2
-    (new,) = conn_ids(admin, f"{ns}-direct")
+    (new,) = conn_ids(script_admin, f"{ns}-direct")
     assert new != old
-    admin.client_kill_filter(_id=new)
+    script_admin.client_kill_filter(_id=new)
     direct.IDLE_CHECK_S = 3600.0  # used just now: not checked, the call sees the close...
     with pytest.raises(rex.ConnectionError):
         INCR.run_direct(plain, direct, [key], [b"1"])
@@ -285,12 +256,12 @@ def test_run_direct_reconnects_the_kept_connection_after_the_server_closed_it(
 
 @pytest.mark.redis
 def test_run_direct_from_threads_at_once_each_reply_to_its_own_call(
-    server: RedisServer, admin: redis.Redis, ns: str
+    script_server: RedisServer, script_admin: redis.Redis, ns: str
 ) -> None:
-    plain = plain_client(server)
+    plain = plain_client(script_server)
     direct, key = direct_connection(plain), f"{ns}:n".encode()
     assert direct is not None
-    admin.script_load(INCR.source)
+    script_admin.script_load(INCR.source)
     replies: list[int] = []
 
     def calls() -> None:
@@ -307,9 +278,9 @@ def test_run_direct_from_threads_at_once_each_reply_to_its_own_call(
 
 @pytest.mark.redis
 def test_the_kept_connection_goes_back_to_the_pool_when_dropped(
-    server: RedisServer, ns: str
+    script_server: RedisServer, ns: str
 ) -> None:
-    plain = plain_client(server)
+    plain = plain_client(script_server)
     pool = redis.BlockingConnectionPool(port=plain.connection_pool.connection_kwargs["port"],
                                         max_connections=1, timeout=0.5)
     one = redis.Redis(connection_pool=pool)
@@ -327,12 +298,12 @@ def test_the_kept_connection_goes_back_to_the_pool_when_dropped(
 
 @pytest.mark.redis
 def test_a_forked_child_never_uses_the_parents_kept_connection(
-    server: RedisServer, admin: redis.Redis, ns: str
+    script_server: RedisServer, script_admin: redis.Redis, ns: str
 ) -> None:
-    plain = plain_client(server)
+    plain = plain_client(script_server)
     direct, key = direct_connection(plain), f"{ns}:n".encode()
     assert direct is not None
-    admin.script_load(INCR.source)
+    script_admin.script_load(INCR.source)
     assert INCR.run_direct(plain, direct, [key], [b"1"]) == 1  # the parent's kept connection
     pid = os.fork()
     if pid == 0:  # the child: its calls must get replies of its own, in order
@@ -348,4 +319,4 @@ def test_a_forked_child_never_uses_the_parents_kept_connection(
     # The key is 1 + (the parent's increments of 1) + 1000 * (the child's increments): each
     # reply shows whose call it answers (the child's i-th: i + 1 thousands, above).
     assert [r % 1000 for r in parent] == [i + 2 for i in range(50)]
-    assert int(admin.get(key) or 0) == 1 + 50 + 50 * 1000
+    assert int(script_admin.get(key) or 0) == 1 + 50 + 50 * 1000
