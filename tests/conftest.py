@@ -33,8 +33,21 @@ from support.servers import RedisServers, connect_real_redis, redis_url
 pytest_plugins = ["pytester"]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true",
+                     help="run only the slow reliability tier (tests marked soak): "
+                          "scripts/reliability-soak")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     check_collection(items)
+    # The slow tier is its own command: without --soak its tests are deselected (not
+    # skipped), with it only they run.
+    soak = config.getoption("--soak")
+    keep = [i for i in items if (i.get_closest_marker("soak") is not None) == soak]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
 
 
 @pytest.fixture

@@ -14,7 +14,10 @@ it is imported as ``support``).
 - :mod:`support.processes`: ``WorkerProcess``, ``Workers``, ``worker_env``, ``clean_env``,
   ``wait_ready``, ``ROOT``, ``TESTS``;
 - :mod:`support.markers`: the checks that keep the ``redis`` marker true;
-- :mod:`support.backends`: the backends of the runtime conformance suite.
+- :mod:`support.backends`: the backends of the runtime conformance suite;
+- :mod:`support.history`: ``History`` (the reliability checker: lost, unexpected, duplicated,
+  recovered), ``record_start`` / ``record_commit`` for handlers in any process;
+- :mod:`support.figures`: ``record`` (a case's figures as JSON under ``.artifacts/reliability``).
 """
 
 from __future__ import annotations
