@@ -3,6 +3,7 @@ handler logs written by other processes, including one killed right after its wr
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,8 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.figures import record
 from support.history import History, Verdict, record_commit, record_start
-from support.processes import TESTS
+from support.processes import ROOT, TESTS
 
 
 def test_clean_history_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,3 +82,26 @@ def test_a_line_written_before_kill_9_is_kept(tmp_path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
     history = History(tmp_path)
     assert history.commits() == {f"k{i}": 1 for i in range(200)}
+
+
+def test_recorded_figures_reach_the_report_table(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHI_RELIABILITY_ARTIFACTS", str(tmp_path))
+    history = History(tmp_path / "history")
+    history.invoke("e1")
+    history.ok("e1")
+    path = record("f0_example", **history.check().figures(), redeliver_s=1.23456,
+                  dead_letters={"decode_error": 2})
+    assert json.loads(path.read_text())["lost"] == 1
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "reliability-report")],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.splitlines()[0].startswith("| case | lost | unexpected |")
+    row = next(line for line in out.splitlines() if line.startswith("| f0_example"))
+    assert row.startswith("| f0_example | 1 | 0 | 0 | 0 |")
+    assert "dead_letters decode_error 2" in row and "redeliver_s 1.23" in row
+
+
+def test_report_without_figures_says_so(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "reliability-report"),
+                           str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "no figures" in proc.stderr
