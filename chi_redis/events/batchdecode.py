@@ -14,7 +14,8 @@ from typing import Any
 import msgspec
 
 from .codec import _EMPTY_META, Codec, _new_event
-from .event import Event, registered_type
+from .event import Event
+from .flatdecode import payload_kind
 from .names import validate_name
 
 __all__ = ["decode_members"]
@@ -25,20 +26,6 @@ __all__ = ["decode_members"]
 # ``_TIMES_UNTIL`` (2096); other event times go the one-by-one way.
 _TIMES_DECODER = msgspec.json.Decoder(list[datetime], strict=False)
 _TIMES_UNTIL = b"4000000000000000"
-
-
-def _kind(codec: Codec, raw_type: bytes, tag: bytes) -> tuple[str, Any]:
-    """The checked type name and the payload decoder of entries of this type and encoding
-    (what :meth:`Codec.decode_data` would pick for each)."""
-    type_ = codec._type_names.get(raw_type) or codec._type_name(raw_type)
-    cls = registered_type(type_)
-    if cls is not None:
-        return type_, codec._decoder(tag, cls).decode
-    if tag == b"mp":
-        return type_, codec._untyped_mp.decode
-    if tag == b"js":
-        return type_, codec._untyped_js.decode
-    raise ValueError(f"unknown payload encoding {tag!r}")
 
 
 def decode_members(codec: Codec, members: Sequence[Sequence[Any]]) -> list[Event]:
@@ -72,7 +59,7 @@ def decode_members(codec: Codec, members: Sequence[Sequence[Any]]) -> list[Event
         kind = (f[b"type"], f.get(b"enc", b"mp"))
         known = kinds.get(kind)
         if known is None:
-            known = kinds[kind] = _kind(codec, *kind)
+            known = kinds[kind] = payload_kind(codec, *kind)
         type_, decode = known
         event_id = f[b"id"].decode()
         if not 0 < len(event_id) <= 128 or not event_id.isprintable():

@@ -16,6 +16,7 @@ so a reader resumes after any ``(time, stream id)`` it returned.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from operator import itemgetter
 from typing import Any
 
 from ..backend.streamids import (
@@ -93,14 +94,22 @@ def fetch_flat(raw: Any, stream: str, sids: Sequence[bytes]) -> dict[bytes, list
     stream order, so one XRANGE over their span brings them all; the others are fetched
     one by one, pipelined.
     """
+    return dict(_fetch(raw, stream, sids))
+
+
+def _fetch(raw: Any, stream: str, sids: Sequence[bytes]) -> list[tuple[bytes, list[bytes]]]:
+    """:func:`fetch_flat`'s entries as ``(stream id, flat)`` pairs, in no particular order
+    (the usual span comes back as Redis sent it)."""
     if not sids:
-        return {}
+        return []
     got: dict[bytes, list[bytes]] = {}
     first, last = parse_id(sids[0]), parse_id(sids[-1])
     if first <= last:  # usual: the span holds exactly these entries, in this order
-        span = raw.xrange(stream, sids[0], sids[-1], count=len(sids))
-        if len(span) == len(sids) and all(a == b[0] for a, b in zip(sids, span, strict=True)):
-            return dict(span)
+        span: list[tuple[bytes, list[bytes]]] = raw.xrange(
+            stream, sids[0], sids[-1], count=len(sids)
+        )
+        if list(map(itemgetter(0), span)) == list(sids):
+            return span
     lo, hi = min(sids, key=parse_id), max(sids, key=parse_id)
     want = set(sids)
     for sid, flat in raw.xrange(stream, lo, hi, count=len(sids) * 2 + 16):
@@ -114,7 +123,7 @@ def fetch_flat(raw: Any, stream: str, sids: Sequence[bytes]) -> dict[bytes, list
         for found in pipe.execute():
             if found:
                 got[found[0][0]] = found[0][1]
-    return got
+    return list(got.items())
 
 
 def _in_range(items: list[Any], lo: int, hi: int) -> list[tuple[bytes, list[bytes]]]:
@@ -155,7 +164,7 @@ def event_time_entries(
     late: list[tuple[bytes, list[bytes]]] = []
     offset = 0
     while members:
-        late += fetch_flat(raw, stream, members).items()
+        late += _fetch(raw, stream, members)
         if len(members) < page:
             break
         offset += page
