@@ -32,7 +32,9 @@ import msgspec
 
 from ..errors import DecodeError, PayloadTooLargeError, ValidationError
 from .event import Event, MetaValue, _to_us, registered_type
+from .names import _VALID as _VALID_NAMES
 from .names import validate_name
+from .nesting import MAX_DEPTH, check_depth
 
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "Codec", "Encoding", "Envelope", "iso_us"]
 
@@ -154,19 +156,28 @@ class Codec:
         """
         try:
             data = self._encode(event.data)
-        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            # What consumers would refuse (:mod:`.nesting`) is not published.
+            if len(data) > MAX_DEPTH:
+                check_depth(self.enc_tag, data)
+        except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
             raise ValidationError(f"event data cannot be encoded: {exc}", field="data") from None
         metadata = event.metadata
         if metadata:
             try:
                 meta = self._json(metadata)
-            except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            except (TypeError, ValueError, OverflowError, RecursionError,
+                    msgspec.EncodeError) as exc:
                 raise ValidationError(
                     f"metadata cannot be encoded: {exc}", field="metadata"
                 ) from None
         else:
             meta = _EMPTY_META
         id_, type_, version = event.id, event.type, event.version
+        # Checked when the Event was built, but its fields can be reassigned since: the
+        # names become Redis keys (a set lookup each when valid, docs/design.md §4.2).
+        if type_ not in _VALID_NAMES or event.topic not in _VALID_NAMES:
+            validate_name(type_, "type")
+            validate_name(event.topic, "topic")
         size = len(data) + len(meta) + len(id_) + len(type_) + len(version) + 32
         if size > self.max_event_bytes or not (id_.isascii() and version.isascii()):
             size += len(id_.encode()) - len(id_) + len(version.encode()) - len(version)
@@ -193,14 +204,18 @@ class Codec:
         return dec
 
     def decode_data(self, tag: bytes, raw: bytes, event_type: str) -> Any:
-        """Decode a payload: to the registered class of ``event_type`` if any."""
+        """Decode a payload: to the registered class of ``event_type`` if any.
+
+        Raises ``msgspec.DecodeError`` for a payload nested too deeply (:mod:`.nesting`)."""
         cls = registered_type(event_type)
         if cls is not None:
+            check_depth(tag, raw)
             return self._decoder(tag, cls).decode(raw)
         return self.decode_untyped(tag, raw)
 
     def decode_untyped(self, tag: bytes, raw: bytes) -> Any:
         """Decode a payload to plain Python values (dicts, lists, str, numbers)."""
+        check_depth(tag, raw)
         if tag == b"mp":
             return self._untyped_mp.decode(raw)
         if tag == b"js":
@@ -357,6 +372,7 @@ class Codec:
                 raise ValueError(f"payload of {len(raw)} bytes is over the size cap")
             data = self.decode_untyped(f.get("enc", b"mp"), raw)
             meta_raw = f.get("meta", _EMPTY_META)
+            check_depth(b"js", meta_raw)
             return Envelope(
                 f["id"].decode(), f["type"].decode(), topic, data,
                 _ANY_META_DECODER.decode(meta_raw) if meta_raw != _EMPTY_META else _NO_META,

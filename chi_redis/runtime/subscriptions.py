@@ -29,6 +29,7 @@ from ..errors import ValidationError
 from ..events.event import Event
 from ..events.filters import EntryView, Filter, topic_is, type_is
 from ..events.names import validate_glob, validate_name
+from ..events.nesting import check_depth
 
 __all__ = [
     "Delivery",
@@ -281,6 +282,7 @@ def decode_record(name: str, raw: bytes | str | None) -> SubscriptionRecord:
 
 def _salvage(raw: bytes | str) -> SubscriptionRecord:
     try:
+        check_depth(b"js", raw if isinstance(raw, bytes) else raw.encode())
         value = _ANY.decode(raw)
     except msgspec.DecodeError:
         return SubscriptionRecord()
