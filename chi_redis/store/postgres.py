@@ -165,7 +165,7 @@ class PostgresEventStore:
     def _select(self, where: str, params: Sequence[Any], tail: str) -> list[Event]:
         query = self._q(
             # {t}: a sql.Identifier; where and tail: fixed SQL with %s parameters
-            "SELECT id, type, topic, data::text, metadata::text,"  # nosec B608
+            "SELECT id, type, topic, data::text, metadata::text,"  # fixed SQL  # nosec B608
             " (extract(epoch FROM timestamp) * 1000000)::bigint, version, seq"
             f" FROM {{t}} WHERE {where} {tail}")
         return [self._event(r) for r in self._run(query, params)]
