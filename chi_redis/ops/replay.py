@@ -29,7 +29,7 @@ import redis.exceptions as rex
 
 from ..backend.streamids import format_id, parse_id
 from ..errors import ChiError, ValidationError
-from ..events.names import validate_name
+from ..events.names import validate_glob, validate_name
 from ..store.history import By
 from .checkpoint import Checkpoint
 from .registry import registered
@@ -264,6 +264,7 @@ def replay(
     opts = options or ReplayOptions()
     opts.validate()
     topics = sorted({validate_name(t, "topic") for t in topics})
+    types = [validate_glob(g, "types") for g in types or ()]  # before any Redis command
     if target is None:
         opts.dry_run = True
     spec, gaps = plan(bus, topics, by, since, until)
