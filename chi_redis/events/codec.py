@@ -31,6 +31,7 @@ from typing import Any, Literal
 import msgspec
 
 from ..errors import DecodeError, PayloadTooLargeError, ValidationError
+from ..limits import MAX_EVENT_BYTES, check_limit
 from .event import Event, MetaValue, _to_us, registered_type
 from .names import _VALID as _VALID_NAMES
 from .names import validate_name
@@ -128,8 +129,7 @@ class Codec:
     ) -> None:
         if encoding not in _ENC_TAG:
             raise ValidationError(f"unknown encoding {encoding!r}", field="encoding")
-        if max_event_bytes <= 0:
-            raise ValidationError("max_event_bytes must be positive", field="max_event_bytes")
+        check_limit(max_event_bytes, "max_event_bytes", 1, MAX_EVENT_BYTES)
         self.encoding = encoding
         self.enc_tag = _ENC_TAG[encoding]
         self.max_event_bytes = max_event_bytes
