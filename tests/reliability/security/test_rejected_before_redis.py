@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +24,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.hostile import INVALID_NAMES
+from support.processes import clean_env
 from support.servers import RedisServer
 
 from chi_redis import (
@@ -346,3 +349,24 @@ def test_cli_publish_of_an_oversized_event_exits_1_naming_the_sizes(
     assert code == 1, output[:500]
     assert f"over the limit of {LIMIT} bytes" in output and "'orders'" in output
     assert "Traceback" not in output and len(output) < 1000
+
+
+def test_cli_publish_subprocess_of_an_oversized_event_exits_1(
+    commands: Commands, server: RedisServer, tmp_path: Path
+) -> None:
+    config = tmp_path / "chi.yaml"
+    config.write_text(f"events:\n  bus:\n    max_event_bytes: {LIMIT}\n")
+    chi = Path(sys.executable).parent / "chi-redis"
+    runs: list[subprocess.CompletedProcess[str]] = []
+
+    def publish() -> None:
+        runs.append(subprocess.run(
+            [str(chi), "--redis-url", server.url, "--namespace", "sec", "--config", str(config),
+             "publish", "orders", "orders.created", "-"], input='"' + "x" * (10 << 20) + '"',
+            capture_output=True, text=True, timeout=120, check=False, env=clean_env()))
+
+    assert commands.sent_by(publish) == 0
+    done = runs[0]
+    assert done.returncode == 1, (done.returncode, done.stderr[-1000:])
+    assert f"over the limit of {LIMIT} bytes" in done.stderr and "'orders'" in done.stderr
+    assert "Traceback" not in done.stderr and not done.stdout
