@@ -370,3 +370,13 @@ def test_cli_publish_subprocess_of_an_oversized_event_exits_1(
     assert done.returncode == 1, (done.returncode, done.stderr[-1000:])
     assert f"over the limit of {LIMIT} bytes" in done.stderr and "'orders'" in done.stderr
     assert "Traceback" not in done.stderr and not done.stdout
+
+
+def test_the_outbox_refuses_a_reassigned_topic_before_writing_a_row() -> None:
+    # The outbox writes to the database, not Redis; the relay later publishes the row's
+    # topic, so the name is checked when the row is made.
+    from chi_redis.outbox.schema import encode_rows
+
+    with pytest.raises(InvalidNameError):
+        encode_rows([_reassigned("topic", "orders\r\nFLUSHALL")])
+    assert len(encode_rows([Event(type="orders.created")])) == 1
