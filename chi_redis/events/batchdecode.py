@@ -16,7 +16,6 @@ import msgspec
 from .codec import _EMPTY_META, Codec, _new_event
 from .event import Event, registered_type
 from .names import validate_name
-from .nesting import check_depth
 
 __all__ = ["decode_members"]
 
@@ -92,7 +91,6 @@ def decode_members(codec: Codec, members: Sequence[Sequence[Any]]) -> list[Event
         event.version = version
         meta = f.get(b"meta", _EMPTY_META)
         event.metadata = {} if meta == _EMPTY_META else metadata(meta)
-        check_depth(kind[1], data)
-        event.data = decode(data)
+        event.data = decode(data)  # depth-checked (.nesting.DepthChecked)
         append(event)
     return out

@@ -35,7 +35,7 @@ from ..limits import MAX_EVENT_BYTES, check_limit
 from .event import Event, MetaValue, _to_us, registered_type
 from .names import _VALID as _VALID_NAMES
 from .names import validate_name
-from .nesting import MAX_DEPTH, check_depth
+from .nesting import MAX_DEPTH, DepthChecked, check_depth
 
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "Codec", "Encoding", "Envelope", "iso_us"]
 
@@ -141,8 +141,9 @@ class Codec:
         json_encoder = msgspec.json.Encoder()
         self._json = json_encoder.encode
         self._json_lines = json_encoder.encode_lines
-        self._untyped_mp = msgspec.msgpack.Decoder()
-        self._untyped_js = msgspec.json.Decoder()
+        # Payload decoders check the nesting before msgspec recurses (.nesting).
+        self._untyped_mp = DepthChecked(msgspec.msgpack.Decoder(), b"mp")
+        self._untyped_js = DepthChecked(msgspec.json.Decoder(), b"js")
         self._typed: dict[tuple[bytes, type[Any]], Any] = {}
         self._meta_cache: dict[bytes, dict[str, MetaValue]] = {}
         self._type_names: dict[bytes, str] = {}  # raw type -> checked name (bounded)
@@ -200,7 +201,7 @@ class Codec:
         dec = self._typed.get(key)
         if dec is None:
             mod = msgspec.msgpack if tag == b"mp" else msgspec.json
-            dec = self._typed[key] = mod.Decoder(cls)
+            dec = self._typed[key] = DepthChecked(mod.Decoder(cls), tag)
         return dec
 
     def decode_data(self, tag: bytes, raw: bytes, event_type: str) -> Any:
@@ -209,13 +210,11 @@ class Codec:
         Raises ``msgspec.DecodeError`` for a payload nested too deeply (:mod:`.nesting`)."""
         cls = registered_type(event_type)
         if cls is not None:
-            check_depth(tag, raw)
             return self._decoder(tag, cls).decode(raw)
         return self.decode_untyped(tag, raw)
 
     def decode_untyped(self, tag: bytes, raw: bytes) -> Any:
         """Decode a payload to plain Python values (dicts, lists, str, numbers)."""
-        check_depth(tag, raw)
         if tag == b"mp":
             return self._untyped_mp.decode(raw)
         if tag == b"js":

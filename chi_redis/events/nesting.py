@@ -17,10 +17,11 @@ recursion, to find its real depth.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import msgspec
 
-__all__ = ["MAX_DEPTH", "check_depth", "json_depth_ok", "msgpack_depth_ok"]
+__all__ = ["MAX_DEPTH", "DepthChecked", "check_depth", "json_depth_ok", "msgpack_depth_ok"]
 
 #: Arrays and maps nested deeper than this are refused, in either encoding.
 MAX_DEPTH = 256
@@ -118,3 +119,23 @@ def check_depth(tag: bytes, raw: bytes, limit: int = MAX_DEPTH) -> None:
             json_depth_ok(raw, limit)
     elif tag == b"mp" and len(raw.translate(None, _NOT_CONTAINER)) > limit:
         msgpack_depth_ok(raw, limit)
+
+
+class DepthChecked:
+    """A msgspec decoder whose :meth:`decode` checks the nesting first (:func:`check_depth`).
+
+    The codec hands these out as its payload decoders, so every path that decodes entries
+    (one by one, batch members, whole query pages) gets the check without repeating it.
+    """
+
+    __slots__ = ("_decode", "limit", "tag")
+
+    def __init__(self, decoder: Any, tag: bytes, limit: int = MAX_DEPTH) -> None:
+        self._decode = decoder.decode
+        self.tag = tag
+        self.limit = limit
+
+    def decode(self, raw: bytes) -> Any:
+        if len(raw) > self.limit:
+            check_depth(self.tag, raw, self.limit)
+        return self._decode(raw)

@@ -235,6 +235,16 @@ def run():
             out[name] = "DecodeError: " + exc.reason
         env = codec.envelope("hostile", b"1-0", {k.decode(): v for k, v in f.items()})
         out[name + " envelope"] = "error" if "error" in env else "decoded"
+    flat = [x for kv in cases["mp"].items() for x in kv]
+    try:
+        codec.decode_flat_many([(b"1-0", flat)], topic="hostile")
+    except DecodeError:
+        out["query page"] = "DecodeError"
+    from chi_redis.events.batchdecode import decode_members
+    try:
+        decode_members(codec, [["hostile", cases["js"]]])
+    except ValueError:
+        out["batch members"] = "ValueError"
     try:
         MsgpackEncoder().decode(b"\\x91" * DEEP + b"\\xc0")
     except dramatiq.DecodeError:
@@ -261,6 +271,7 @@ def test_deep_nesting_on_a_small_thread_stack_does_not_crash_the_process() -> No
         assert out[name + " envelope"] == "error", out
     assert "nested too deeply" in out["mp"] and "nested too deeply" in out["js"]
     assert out["dramatiq message"] == "DecodeError" and out["queue message"] == "ValueError"
+    assert out["query page"] == "DecodeError" and out["batch members"] == "ValueError"
 
 
 def test_encoding_refuses_what_decoding_would_refuse() -> None:
