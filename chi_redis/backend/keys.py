@@ -3,14 +3,31 @@
 All keys of one topic share the hash tag ``{<topic>}`` and all keys of one subscription
 share ``{<sub>}``, so the multi-key scripts of a topic (or a subscription) stay in one
 Redis Cluster slot.  Names are validated before they get here, so no key can contain
-glob characters, braces, colons or whitespace from user input.
+glob characters, braces, colons or whitespace from user input.  The two free-text parts,
+idempotency keys and event ids (any printable text), go in as they are when made of plain
+characters (:data:`SAFE_PART`: what UUIDs and usual keys are made of) and as ``#`` plus
+their SHA-256 otherwise, so that no key holds ``*?[]{}``, a backslash or a space either.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 from ..events.names import validate_name
 
-__all__ = ["Keys"]
+__all__ = ["SAFE_PART", "Keys", "key_part"]
+
+#: Free text kept as it is in a key name; anything else is hashed (:func:`key_part`).
+SAFE_PART = re.compile(r"[A-Za-z0-9._:@/+=-]{1,256}")
+
+
+def key_part(text: str) -> str:
+    """``text`` if it is made of :data:`SAFE_PART` characters, else ``#<sha256 hex>``
+    (``#`` is never in a kept part, so the two forms cannot collide)."""
+    if SAFE_PART.fullmatch(text):
+        return text
+    return "#" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class Keys:
@@ -35,7 +52,7 @@ class Keys:
 
     def idem(self, topic: str, key: str) -> str:
         """A producer idempotency key (scoped per topic)."""
-        return f"{self.ns}:{{{topic}}}:idem:{key}"
+        return f"{self.ns}:{{{topic}}}:idem:{key_part(key)}"
 
     def ids(self) -> str:
         """Hash: event id → ``<topic> <stream id>``, so ``load(id)`` finds an event."""
@@ -68,7 +85,7 @@ class Keys:
 
     def seen(self, sub: str, event_id: str) -> str:
         """Dedupe marker: this event id already succeeded for this subscription."""
-        return f"{self.ns}:q:{{{sub}}}:seen:{event_id}"
+        return f"{self.ns}:q:{{{sub}}}:seen:{key_part(event_id)}"
 
     def checkpoint(self, name: str) -> str:
         """A replay checkpoint."""

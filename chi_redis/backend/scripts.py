@@ -55,7 +55,9 @@ class Script:
     def __init__(self, name: str, source: str) -> None:
         self.name = name
         self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        # EVALSHA names a script by its SHA1 (https://redis.io/docs/latest/commands/evalsha/):
+        # an identifier, not a security measure.
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
         self.sha_bytes = self.sha.encode()
 
     def __repr__(self) -> str:

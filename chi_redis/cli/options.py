@@ -145,7 +145,8 @@ def _store(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     if param.name == "redis_url":
         s.url = value
     elif param.name == "namespace":
-        s.namespace = value
+        with usage_errors():  # "" (an unset shell variable) must not mean the default
+            s.namespace = validate_name(value, "namespace")
     elif param.name == "json_output":
         s.json = True
     elif param.name == "config_path":
@@ -309,15 +310,25 @@ def usage_errors() -> Iterator[None]:
 
 
 def split_topics(values: Iterable[str]) -> list[str]:
-    """``--topic a,b --topic c`` → ``["a", "b", "c"]`` (validated, sorted, no duplicates)."""
+    """``--topic a,b --topic c`` → ``["a", "b", "c"]`` (validated, sorted, no duplicates).
+
+    A value that names no topic at all (``--topic ""``, from an unset shell variable) is an
+    error, not "every topic"."""
     with usage_errors():
+        for v in values:
+            if not v.strip(","):
+                validate_name(v, "topic")
         return sorted({validate_name(t, "topic") for v in values for t in v.split(",") if t})
 
 
 def split_globs(values: Iterable[str]) -> list[str]:
-    """``--types a.*,b.c --types d`` → ``["a.*", "b.c", "d"]`` (validated)."""
+    """``--types a.*,b.c --types d`` → ``["a.*", "b.c", "d"]`` (validated; a value naming
+    no glob at all is an error, as in :func:`split_topics`)."""
     out = [g.strip() for v in values for g in v.split(",") if g.strip()]
     with usage_errors():
+        for v in values:
+            if not v.replace(",", "").strip():
+                validate_glob(v)
         for g in out:
             validate_glob(g)
     return out

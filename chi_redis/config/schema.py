@@ -115,11 +115,11 @@ class BusConfig(_Section):
     """``events.bus``: which bus, its publishers, its workers."""
 
     type: BusType = "redis"
-    buffer_size: Positive = 10_000  # BufferedPublisher capacity (max_buffer)
+    buffer_size: Annotated[int, Meta(ge=1, le=10_000_000)] = 10_000  # BufferedPublisher max_buffer
     worker_count: Positive | None = None  # worker threads; None: Dramatiq's own default (8)
     encoding: Literal["msgpack", "json"] = "msgpack"
-    max_event_bytes: Positive = 1 << 20
-    idempotency_ttl_ms: Positive = 24 * 3600 * 1000
+    max_event_bytes: Annotated[int, Meta(ge=1, le=512 << 20)] = 1 << 20  # chi_redis.limits
+    idempotency_ttl_ms: Annotated[int, Meta(ge=1, le=365 * 24 * 3600 * 1000)] = 24 * 3600 * 1000
     redis: RedisConfig = field(default_factory=RedisConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     rabbitmq: RabbitMQConfig = field(default_factory=RabbitMQConfig)
@@ -201,12 +201,13 @@ class RetryConfig(_Section):
 class WorkerConfig(_Section):
     """``events.worker``: the broker's settings."""
 
-    lease_ms: Positive = 60_000
-    reclaim_interval_ms: Positive = 5_000
-    max_deliveries: Positive = 5
-    block_ms: Positive = 1_000
-    prefetch: Positive | None = None
-    max_prefetch: Positive = 512
+    # Bounds: chi_redis.limits (BrokerOptions checks them again).
+    lease_ms: Annotated[int, Meta(ge=1, le=7 * 24 * 3600 * 1000)] = 60_000
+    reclaim_interval_ms: Annotated[int, Meta(ge=1, le=24 * 3600 * 1000)] = 5_000
+    max_deliveries: Annotated[int, Meta(ge=1, le=1_000_000)] = 5
+    block_ms: Annotated[int, Meta(ge=1, le=3_600_000)] = 1_000
+    prefetch: Annotated[int, Meta(ge=1, le=10_000)] | None = None
+    max_prefetch: Annotated[int, Meta(ge=1, le=10_000)] = 512
     retry: RetryConfig = field(default_factory=RetryConfig)
 
 

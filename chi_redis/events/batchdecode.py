@@ -78,6 +78,6 @@ def decode_members(codec: Codec, members: Sequence[Sequence[Any]]) -> list[Event
         event.version = version
         meta = f.get(b"meta", _EMPTY_META)
         event.metadata = {} if meta == _EMPTY_META else metadata(meta)
-        event.data = decode(data)
+        event.data = decode(data)  # depth-checked (.nesting.DepthChecked)
         append(event)
     return out

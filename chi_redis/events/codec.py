@@ -31,9 +31,12 @@ from typing import Any, Literal
 import msgspec
 
 from ..errors import DecodeError, PayloadTooLargeError, ValidationError
+from ..limits import MAX_EVENT_BYTES, check_limit
 from .event import Event, MetaValue, _to_us, registered_type
 from .flatdecode import decode_columns
+from .names import _VALID as _VALID_NAMES
 from .names import validate_name
+from .nesting import MAX_DEPTH, DepthChecked, check_depth
 
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "Codec", "Encoding", "Envelope", "iso_us"]
 
@@ -129,8 +132,7 @@ class Codec:
     ) -> None:
         if encoding not in _ENC_TAG:
             raise ValidationError(f"unknown encoding {encoding!r}", field="encoding")
-        if max_event_bytes <= 0:
-            raise ValidationError("max_event_bytes must be positive", field="max_event_bytes")
+        check_limit(max_event_bytes, "max_event_bytes", 1, MAX_EVENT_BYTES)
         self.encoding = encoding
         self.enc_tag = _ENC_TAG[encoding]
         self.max_event_bytes = max_event_bytes
@@ -142,8 +144,9 @@ class Codec:
         json_encoder = msgspec.json.Encoder()
         self._json = json_encoder.encode
         self._json_lines = json_encoder.encode_lines
-        self._untyped_mp = msgspec.msgpack.Decoder()
-        self._untyped_js = msgspec.json.Decoder()
+        # Payload decoders check the nesting before msgspec recurses (.nesting).
+        self._untyped_mp = DepthChecked(msgspec.msgpack.Decoder(), b"mp")
+        self._untyped_js = DepthChecked(msgspec.json.Decoder(), b"js")
         self._typed: dict[tuple[bytes, type[Any]], Any] = {}
         self._meta_cache: dict[bytes, dict[str, MetaValue]] = {}
         self._type_names: dict[bytes, str] = {}  # raw type -> checked name (bounded)
@@ -157,19 +160,28 @@ class Codec:
         """
         try:
             data = self._encode(event.data)
-        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            # What consumers would refuse (:mod:`.nesting`) is not published.
+            if len(data) > MAX_DEPTH:
+                check_depth(self.enc_tag, data)
+        except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
             raise ValidationError(f"event data cannot be encoded: {exc}", field="data") from None
         metadata = event.metadata
         if metadata:
             try:
                 meta = self._json(metadata)
-            except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            except (TypeError, ValueError, OverflowError, RecursionError,
+                    msgspec.EncodeError) as exc:
                 raise ValidationError(
                     f"metadata cannot be encoded: {exc}", field="metadata"
                 ) from None
         else:
             meta = _EMPTY_META
         id_, type_, version = event.id, event.type, event.version
+        # Checked when the Event was built, but its fields can be reassigned since: the
+        # names become Redis keys (a set lookup each when valid, docs/design.md §4.2).
+        if type_ not in _VALID_NAMES or event.topic not in _VALID_NAMES:
+            validate_name(type_, "type")
+            validate_name(event.topic, "topic")
         size = len(data) + len(meta) + len(id_) + len(type_) + len(version) + 32
         if size > self.max_event_bytes or not (id_.isascii() and version.isascii()):
             size += len(id_.encode()) - len(id_) + len(version.encode()) - len(version)
@@ -192,11 +204,13 @@ class Codec:
         dec = self._typed.get(key)
         if dec is None:
             mod = msgspec.msgpack if tag == b"mp" else msgspec.json
-            dec = self._typed[key] = mod.Decoder(cls)
+            dec = self._typed[key] = DepthChecked(mod.Decoder(cls), tag)
         return dec
 
     def decode_data(self, tag: bytes, raw: bytes, event_type: str) -> Any:
-        """Decode a payload: to the registered class of ``event_type`` if any."""
+        """Decode a payload: to the registered class of ``event_type`` if any.
+
+        Raises ``msgspec.DecodeError`` for a payload nested too deeply (:mod:`.nesting`)."""
         cls = registered_type(event_type)
         if cls is not None:
             return self._decoder(tag, cls).decode(raw)
@@ -369,6 +383,7 @@ class Codec:
                 raise ValueError(f"payload of {len(raw)} bytes is over the size cap")
             data = self.decode_untyped(f.get("enc", b"mp"), raw)
             meta_raw = f.get("meta", _EMPTY_META)
+            check_depth(b"js", meta_raw)
             return Envelope(
                 f["id"].decode(), f["type"].decode(), topic, data,
                 _ANY_META_DECODER.decode(meta_raw) if meta_raw != _EMPTY_META else _NO_META,

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from .names import compile_glob, validate_name
+from .nesting import check_depth
 
 __all__ = [
     "EntryView",
@@ -45,7 +46,9 @@ class EntryView:
     def metadata(self) -> dict[str, Any]:
         if self._meta is None:
             try:
-                self._meta = _META.decode(self._raw_meta) if self._raw_meta != b"{}" else {}
+                raw = self._raw_meta
+                check_depth(b"js", raw)
+                self._meta = _META.decode(raw) if raw != b"{}" else {}
             except msgspec.DecodeError:
                 self._meta = {}
         return self._meta

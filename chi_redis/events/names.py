@@ -34,17 +34,20 @@ def validate_name(value: object, field: str = "name") -> str:
     if isinstance(value, str) and value in _VALID:  # (lists etc. are unhashable)
         return value
     if not isinstance(value, str) or _NAME.fullmatch(value) is None:
-        shown = repr(value)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
         raise InvalidNameError(
-            f"invalid {field} {shown}: must be 1-128 characters of lowercase letters, digits,"
-            " '.', '_' or '-', starting with a letter or digit",
+            f"invalid {field} {_shown(value)}: must be 1-128 characters of lowercase letters,"
+            " digits, '.', '_' or '-', starting with a letter or digit",
             field=field,
         )
     if len(_VALID) < 100_000:
         _VALID.add(value)
     return value
+
+
+def _shown(value: object) -> str:
+    """``repr(value)`` cut to 60 characters: a 1 MB name is not echoed back."""
+    shown = repr(value) if not isinstance(value, str) else repr(value[:60])
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def default_topic(event_type: str) -> str:
@@ -55,12 +58,12 @@ def default_topic(event_type: str) -> str:
 def validate_glob(pattern: object, field: str = "types") -> str:
     """Validate a type glob: dot-separated segments, each a name part, ``*`` or ``**``."""
     if not isinstance(pattern, str) or not pattern or len(pattern) > 128:
-        raise InvalidNameError(f"invalid {field} pattern {pattern!r}", field=field)
+        raise InvalidNameError(f"invalid {field} pattern {_shown(pattern)}", field=field)
     if "*" not in pattern:
         return validate_name(pattern, field)
     if not all(_GLOB_SEGMENT.fullmatch(seg) for seg in pattern.split(".")):
         raise InvalidNameError(
-            f"invalid {field} pattern {pattern!r}: '*' (one segment) and '**' (any number of"
+            f"invalid {field} pattern {_shown(pattern)}: '*' (one segment) and '**' (any number of"
             " segments) must stand for whole dot-separated segments (user.*, *.created, user.**)",
             field=field,
         )

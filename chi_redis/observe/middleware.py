@@ -34,7 +34,10 @@ DEFAULT_HEALTH_PORT = 9181
 class HealthMiddleware(dramatiq.Middleware):
     """Serves ``/healthz`` and ``/readyz`` of this worker process on ``host:port``."""
 
-    def __init__(self, port: int = DEFAULT_HEALTH_PORT, host: str = "0.0.0.0") -> None:
+    def __init__(
+        self, port: int = DEFAULT_HEALTH_PORT,
+        host: str = "0.0.0.0",  # probes (kubelet, compose) reach the pod IP  # nosec B104
+    ) -> None:
         self.port = port
         self.host = host
         self.server: HealthServer | None = None

@@ -20,6 +20,7 @@ import dramatiq
 from ..backend.scripts import script
 from ..errors import ChiError, NotFoundError
 from ..events.names import validate_name
+from ..limits import MAX_COUNT, check_limit
 from ..runtime.deadletters import DeadLetter, decode_body
 from ..runtime.encoder import decode_message, encode_message
 
@@ -67,6 +68,7 @@ def list_dead_letters(
 ) -> list[DeadLetter]:
     """Dead letters of ``sub``, oldest first (``after`` is an exclusive entry-id cursor)."""
     validate_name(sub, "subscription")
+    check_limit(count, "count", 1, MAX_COUNT)
     key = bus.keys.dlq(sub)
     client = bus.client
     if ids is not None:

@@ -29,7 +29,8 @@ import redis.exceptions as rex
 
 from ..backend.streamids import format_id, parse_id
 from ..errors import ChiError, ValidationError
-from ..events.names import validate_name
+from ..events.names import validate_glob, validate_name
+from ..limits import MAX_COUNT, check_limit
 from ..store.history import By
 from .checkpoint import Checkpoint
 from .registry import registered
@@ -75,10 +76,8 @@ class ReplayOptions:
     stop: threading.Event | None = field(default=None, repr=False, compare=False)
 
     def validate(self) -> None:
-        if not 1 <= self.batch_size <= 10_000:
-            raise ValidationError("batch size must be between 1 and 10000", field="batch_size")
-        if not 1 <= self.workers <= 64:
-            raise ValidationError("workers must be between 1 and 64", field="workers")
+        check_limit(self.batch_size, "batch_size", 1, MAX_COUNT)  # the COUNT of each read
+        check_limit(self.workers, "workers", 1, 64)
         if self.rate is not None and not self.rate > 0:
             raise ValidationError("rate must be more than 0 events per second", field="rate")
         if self.checkpoint is not None:
@@ -264,6 +263,7 @@ def replay(
     opts = options or ReplayOptions()
     opts.validate()
     topics = sorted({validate_name(t, "topic") for t in topics})
+    types = [validate_glob(g, "types") for g in types or ()]  # before any Redis command
     if target is None:
         opts.dry_run = True
     spec, gaps = plan(bus, topics, by, since, until)

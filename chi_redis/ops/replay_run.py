@@ -177,7 +177,8 @@ class ReplayRun:
         with self.lock:
             self.report.delivered += len(items)
             if len(self.spec["topics"]) == 1:
-                per[items[0][0]] = per.get(items[0][0], 0) + len(items)
+                if items:  # a page whose events are all of other types counts none
+                    per[items[0][0]] = per.get(items[0][0], 0) + len(items)
                 return
             for it in items:
                 per[it[0]] = per.get(it[0], 0) + 1

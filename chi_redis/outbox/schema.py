@@ -97,7 +97,7 @@ def insert_sql(table: str, dialect: Dialect) -> str:
     """The parametrised INSERT of one row (``%s`` for psycopg, ``?`` for sqlite3)."""
     mark = "%s" if dialect == "postgres" else "?"
     cols = ", ".join(COLUMNS)
-    return (f"INSERT INTO {check_table(table)} ({cols}) "
+    return (f"INSERT INTO {check_table(table)} ({cols}) "  # checked name  # nosec B608
             f"VALUES ({', '.join([mark] * len(COLUMNS))})")
 
 

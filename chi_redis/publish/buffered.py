@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from ..errors import BufferFullError, ChiError, PublishError, ValidationError
 from ..events.event import Event
+from ..limits import MAX_CHUNK, check_limit
 from ..observe.metrics import counter
 from .aio import AsyncEventBus
 
@@ -61,10 +62,8 @@ class BufferedPublisher:
         on_error: ErrorCallback | None = None,
         flush_interval_ms: int = 5,
     ) -> None:
-        if max_buffer <= 0:
-            raise ValidationError("max_buffer must be positive", field="max_buffer")
-        if batch_size <= 0:
-            raise ValidationError("batch_size must be positive", field="batch_size")
+        check_limit(max_buffer, "max_buffer", 1, 10_000_000)
+        check_limit(batch_size, "batch_size", 1, MAX_CHUNK)
         if on_full not in ("block", "raise"):
             raise ValidationError("on_full must be 'block' or 'raise'", field="on_full")
         if block_timeout_s < 0 or flush_interval_ms < 0:

@@ -12,6 +12,7 @@ import msgspec
 
 from ..backend.keys import Keys
 from ..events.event import new_event_id
+from ..events.nesting import check_depth
 
 if TYPE_CHECKING:
     from ..store.history import Item
@@ -37,6 +38,7 @@ def pack_republish(keys: Keys, items: Iterable[Item]) -> Call:
     for topic, _sid, f, _ in items:
         raw_meta = f.get("meta", b"{}")
         try:
+            check_depth(b"js", raw_meta)
             meta = _META.decode(raw_meta) if raw_meta != b"{}" else {}
         except msgspec.DecodeError:
             meta = {}

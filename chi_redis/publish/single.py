@@ -13,6 +13,7 @@ from ..backend.scripts import script
 from ..errors import ValidationError
 from ..events.codec import Codec
 from ..events.event import Event
+from ..limits import MAX_TTL_MS, check_limit
 from ..observe import metrics
 
 __all__ = ["OnePacking", "check_idempotency_key", "count_one"]
@@ -43,7 +44,8 @@ class OnePacking:
     def __init__(self, keys: Keys, codec: Codec, idempotency_ttl_ms: int) -> None:
         self.keys = keys
         self.codec = codec
-        self.idempotency_ttl_ms = idempotency_ttl_ms
+        self.idempotency_ttl_ms = check_limit(idempotency_ttl_ms, "idempotency_ttl_ms", 1,
+                                              MAX_TTL_MS)
         self.one_script = script("publish_one")
         self._ttl = b"%d" % idempotency_ttl_ms
         self._topic_keys: dict[str, tuple[bytes, ...]] = {}

@@ -24,6 +24,7 @@ from ..errors import ChiError, PublishError, ValidationError
 from ..events.codec import Codec
 from ..events.event import Event
 from ..events.names import validate_name
+from ..limits import MAX_CHUNK, check_limit
 from ..observe import metrics, tracing
 from .republish import checkpoint_argv, pack_republish
 from .single import OnePacking, check_idempotency_key, count_one
@@ -183,8 +184,7 @@ class _Packing(OnePacking):
 
     def rounds(self, events: list[Event], chunk_size: int, archive: bool) -> list[list[Call]]:
         """Every chunk packed (so nothing is sent if one is invalid), grouped per round trip."""
-        if chunk_size <= 0:
-            raise ValueError("chunk_size must be positive")
+        check_limit(chunk_size, "chunk_size", 1, MAX_CHUNK)
         calls = [
             self.pack(events[i : i + chunk_size], None, archive)
             for i in range(0, len(events), chunk_size)

@@ -29,6 +29,7 @@ from dramatiq.errors import ConnectionClosed
 
 from ..backend.scripts import script
 from ..events.names import validate_name
+from ..limits import DAY_MS, MAX_COUNT, MAX_DLQ_LEN, check_limit
 from .batch_consumer import BatchConsumer
 from .batches import make_batch_runner
 from .consumer import StreamMessage, StreamsConsumer
@@ -61,6 +62,17 @@ class BrokerOptions:
     max_prefetch: int = 512
     dlq_maxlen: int = DLQ_MAXLEN
     registry_refresh_ms: int = 60_000
+
+    def __post_init__(self) -> None:
+        # Each sizes a Redis command (chi_redis.limits): BLOCK 0 would wait forever, a
+        # MAXLEN of 0 keep no dead letter, a COUNT of millions stall the server.
+        for name, hi in (("lease_ms", 7 * DAY_MS), ("reclaim_interval_ms", DAY_MS),
+                         ("max_deliveries", 1_000_000), ("block_ms", 3_600_000),
+                         ("max_prefetch", MAX_COUNT), ("dlq_maxlen", MAX_DLQ_LEN),
+                         ("registry_refresh_ms", DAY_MS)):
+            check_limit(getattr(self, name), name, 1, hi)
+        if self.prefetch is not None:
+            check_limit(self.prefetch, "prefetch", 1, MAX_COUNT)
 
 
 @dataclass

@@ -12,6 +12,8 @@ from typing import Any
 import dramatiq
 import msgspec
 
+from ..events.nesting import check_depth
+
 __all__ = ["MsgpackEncoder", "decode_message", "encode_message"]
 
 _ENC = msgspec.msgpack.Encoder()
@@ -41,6 +43,7 @@ class MsgpackEncoder(dramatiq.Encoder):
 
     def decode(self, data: bytes) -> dict[str, Any]:
         try:
+            check_depth(b"mp", data)
             return _DEC.decode(data)
         except RecursionError:
             raise dramatiq.DecodeError(  # type: ignore[no-untyped-call]
@@ -58,6 +61,7 @@ def encode_message(message: Any) -> bytes:
 def decode_message(data: bytes) -> dramatiq.Message[Any]:
     """Decode bytes written by :func:`encode_message`; raises ValueError when malformed."""
     try:
+        check_depth(b"mp", data)
         fields = _DEC.decode(data)
         fields["args"] = tuple(fields["args"])
         return dramatiq.Message(**{f: fields[f] for f in _FIELDS if f in fields})

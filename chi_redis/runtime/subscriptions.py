@@ -29,6 +29,8 @@ from ..errors import ValidationError
 from ..events.event import Event
 from ..events.filters import EntryView, Filter, topic_is, type_is
 from ..events.names import validate_glob, validate_name
+from ..events.nesting import check_depth
+from ..limits import MAX_TTL_MS, check_limit
 
 __all__ = [
     "Delivery",
@@ -108,9 +110,11 @@ class SubscriptionOptions:
         return DEFAULT_BATCH_WAIT_MS if self.batch_wait_ms is None else self.batch_wait_ms
 
     def validate(self) -> None:
-        for name in ("max_retries", "min_backoff_ms", "max_backoff_ms", "dedupe_ttl_ms"):
+        for name in ("max_retries", "min_backoff_ms", "max_backoff_ms"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValidationError(f"{name} must be a non-negative integer", field=name)
+        # The dedupe marker's TTL (SET PX): 0 is refused by Redis at the first success.
+        check_limit(self.dedupe_ttl_ms, "dedupe_ttl_ms", 1, MAX_TTL_MS)
         if self.max_deliveries is not None and self.max_deliveries < 1:
             raise ValidationError("max_deliveries must be at least 1", field="max_deliveries")
         if self.time_limit_ms is not None and self.time_limit_ms <= 0:
@@ -281,6 +285,7 @@ def decode_record(name: str, raw: bytes | str | None) -> SubscriptionRecord:
 
 def _salvage(raw: bytes | str) -> SubscriptionRecord:
     try:
+        check_depth(b"js", raw if isinstance(raw, bytes) else raw.encode())
         value = _ANY.decode(raw)
     except msgspec.DecodeError:
         return SubscriptionRecord()

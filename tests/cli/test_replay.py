@@ -428,3 +428,12 @@ def test_progress_bar_only_on_a_terminal_and_never_over_printed_events(
     assert "replaying" in out and "replayed 50 events" in out
     printed = cli("replay", "--print", "--topic", "order").stdout
     assert "replaying" not in printed and len(printed.splitlines()) == 50
+
+
+def test_dry_run_whose_types_match_nothing_in_a_page_counts_zero(cli: Cli, bus: EventBus) -> None:
+    # One topic, every event of the page filtered out by --types: counted as none (this
+    # used to raise IndexError in the per-topic count).
+    bus.publish_batch([Event(type="order.placed", data={"i": i}) for i in range(3)])
+    report = json.loads(cli("--json", "replay", "--dry-run", "--topic", "order", "--types",
+                            "order.none").stdout)
+    assert report["delivered"] == 0, report

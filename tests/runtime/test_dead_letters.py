@@ -36,6 +36,9 @@ def test_garbage_entries_are_dead_lettered_and_the_worker_keeps_going(
         rt.client.xadd(stream, {"foo": "bar"}),  # none of the envelope fields
         rt.client.xadd(stream, {**valid, "data": b"\xc1\xc1 not msgpack"}),
         rt.client.xadd(stream, {**valid, "data": b"\x91" * 100_000 + b"\xc0"}),  # too deep
+        rt.client.xadd(stream, {**valid, "enc": "js", "data": b"[" * 100_000 + b"]" * 100_000}),
+        rt.client.xadd(stream, {**valid, "data": b"\xc6\xff\xff\xff\xff"}),  # bin32: 4 GB
+        rt.client.xadd(stream, {**valid, "data": b"\xdd\xff\xff\xff\xff\x01"}),  # 4G items
         rt.client.xadd(stream, {**valid, "ts": "yesterday", "data": b"\x80"}),
         rt.client.xadd(stream, {**valid, "meta": b"\xff{", "data": b"\x80"}),
     ]
@@ -47,6 +50,7 @@ def test_garbage_entries_are_dead_lettered_and_the_worker_keeps_going(
     letters = rt.bus.dead_letters("robust")
     assert sorted(dl.source_id for dl in letters) == sorted(
         b.decode() if isinstance(b, bytes) else b for b in bad)
+    assert sum("nested too deeply" in dl.error for dl in letters) == 2, letters
     for dl in letters:
         assert dl.reason == "decode", dl
         assert dl.error_type == "DecodeError", dl
