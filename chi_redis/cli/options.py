@@ -103,7 +103,10 @@ class Settings:
         out = [p for p in (os.environ.get("CHI_REDIS_PASSWORD"),) if p]
         if self._config is not None:
             urls.append(self._config.redis.url)
-            out += [p for p in (self._config.redis.password,) if p]
+            try:  # the password file's too (it was read when the bus connected)
+                out += [p for p in (self._config.redis.secret(),) if p]
+            except ChiError:
+                pass
         for u in urls:
             try:
                 p = urlsplit(u).password if u else None

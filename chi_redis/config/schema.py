@@ -58,6 +58,7 @@ class RedisConfig(_Section):
     address: str | None = None  # host:port (default 127.0.0.1:6379)
     username: str | None = None
     password: str = ""
+    password_file: str | None = None  # a file holding the password (excludes password)
     db: NonNegative = 0
     tls: bool = False
     tls_ca_file: str | None = None
@@ -79,14 +80,31 @@ class RedisConfig(_Section):
         user = f"{self.username}@" if self.username else ""
         return f"{scheme}://{user}{self.address or '127.0.0.1:6379'}/{self.db}"
 
+    def secret(self) -> str:
+        """The password: ``password``, else the first line of ``password_file``."""
+        if self.password or not self.password_file:
+            return self.password
+        from ..errors import ConfigError
+
+        try:
+            with open(self.password_file) as f:
+                secret = f.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"cannot read bus.redis.password_file {self.password_file!r}:"
+                              f" {exc.strerror}") from None
+        if not secret:
+            raise ConfigError(f"bus.redis.password_file {self.password_file!r} is empty")
+        return secret
+
     def client_options(self, url: str) -> dict[str, Any]:
         """redis-py options for a client of ``url`` (a password in ``url`` wins)."""
         opts: dict[str, Any] = {
             "socket_timeout": self.socket_timeout_s,
             "socket_connect_timeout": self.socket_connect_timeout_s,
         }
-        if self.password:
-            opts["password"] = self.password
+        password = self.secret()
+        if password:
+            opts["password"] = password
         if url.startswith("rediss://"):
             opts["ssl_cert_reqs"] = "required" if self.tls_verify else "none"
             for key, value in (("ssl_ca_certs", self.tls_ca_file),
