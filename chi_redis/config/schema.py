@@ -9,6 +9,7 @@ routing rules) are in :mod:`chi_redis.config.checks`.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -47,8 +48,29 @@ FilterType = Literal["topic", "type", "pattern", "metadata", "all"]
 MetaValue = str | int | float | bool
 
 
+_SECRET_FIELDS = frozenset({"password"})
+_URL_FIELDS = frozenset({"url", "dsn"})
+_KV_PASSWORD = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def _shown(name: str, value: Any) -> Any:
+    """A field's value as ``repr`` shows it: passwords masked, URL/DSN credentials redacted."""
+    if name in _SECRET_FIELDS and value:
+        return "***"
+    if name in _URL_FIELDS and isinstance(value, str):
+        from ..errors import redact_url
+
+        return _KV_PASSWORD.sub(r"\1***", redact_url(value))
+    return value
+
+
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """A section of the file: unknown keys are errors."""
+    """A section of the file: unknown keys are errors.  ``repr`` shows no secret (a
+    config is printed in logs and tracebacks; ``msgspec.to_builtins`` still has them)."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={_shown(n, getattr(self, n))!r}" for n in self.__struct_fields__)
+        return f"{type(self).__name__}({fields})"
 
 
 class RedisConfig(_Section):
