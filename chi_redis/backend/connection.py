@@ -42,6 +42,7 @@ __all__ = ["DEFAULT_URL", "RetryPolicy", "connect", "connect_async", "map_redis_
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 
@@ -161,10 +162,10 @@ def _invalid_url(url: str, exc: Exception) -> RedisUnavailableError:
     return RedisUnavailableError(f"invalid Redis URL {redact_url(url)!r}: {detail}")
 
 
-def _warn_unverified(client: Any, url: str) -> Any:
+def _warn_unverified(client: C, url: str) -> C:
     """Log a WARNING when a TLS client does not verify the server's certificate or name
     (``tls_verify: false``, ``?ssl_cert_reqs=none``, ``?ssl_check_hostname=false``)."""
-    pool = client.connection_pool
+    pool: Any = client.connection_pool  # type: ignore[attr-defined]
     if "SSL" not in pool.connection_class.__name__:
         return client
     kw = pool.connection_kwargs

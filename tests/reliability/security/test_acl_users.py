@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 import redis
 from click.testing import CliRunner
-from support import drained, dlq_len, wait_until
+from support import dlq_len, drained, wait_until
 from support.processes import ROOT, WorkerProcess, wait_ready, worker_env
 from support.servers import RedisServer
 
@@ -256,8 +256,8 @@ def test_each_user_is_refused_what_is_not_its_job(acl_server: RedisServer, user:
     refused: list[tuple[Any, ...]] = [
         ("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "requirepass"), ("KEYS", "*"),
         ("DEBUG", "SLEEP", "0"), ("ACL", "LIST"), ("SHUTDOWN",), ("CLIENT", "KILL", "ID", "1"),
-        ("GET", "other:key"), ("SET", "other:key", "1"), ("XADD", "other:{t}:stream", "*", "a", "b"),
-        ("XADD", "chi2:{t}:stream", "*", "a", "b"),
+        ("GET", "other:key"), ("SET", "other:key", "1"),
+        ("XADD", "other:{t}:stream", "*", "a", "b"), ("XADD", "chi2:{t}:stream", "*", "a", "b"),
         ("EVAL", "return redis.call('SET', 'other:key', '1')", "0"),
         ("EVALSHA", script("publish_one").sha, "4", "other:{t}:stream", "other:{t}:ts",
          "other:ids", "other:topics", "i", "t", "1", "1", "{}", "mp", "d"),

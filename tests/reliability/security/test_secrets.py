@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 import redis
-from click.testing import CliRunner
 from support import in_process_runtime, wait_until
 from support.exporter import Exporter, get
 from support.processes import ROOT, clean_env
@@ -30,7 +29,6 @@ from support.servers import RedisServer, RedisServers
 
 from chi_redis import ChiError, Event, EventBus, RedisAuthError
 from chi_redis.backend.connection import connect
-from chi_redis.cli.main import cli
 from chi_redis.config import bus_from_config, load_config
 
 pytestmark = pytest.mark.redis
