@@ -192,3 +192,14 @@ def _family(pid: int) -> list[int]:
         return [pid, *(k.pid for k in kids)] if kids and "dramatiq" in cmd else []
 
     return wait_until(grown, 60, "the worker's processes", interval=0.05)  # type: ignore[no-any-return]
+
+
+def test_a_worker_with_a_wrong_password_stops_at_once_saying_why(server: RedisServer) -> None:
+    out = subprocess.run(
+        [CHI, "worker", "reliability.security.proc_tls", "--processes", "1", "--threads", "1"],
+        env=clean_env(CHI_REDIS_URL=server.url, CHI_REDIS_PASSWORD=WRONG,
+                      PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}"),
+        cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0, out
+    assert "authentication failed at redis://127.0.0.1" in out.stdout + out.stderr, out
+    clean(out.stdout, out.stderr)
