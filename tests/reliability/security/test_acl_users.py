@@ -224,7 +224,8 @@ def _operate(server: RedisServer) -> dict[str, tuple[int, str]]:
     for args in ("dlq list acl-one", "dlq redrive acl-one --all", "dlq purge acl-batch --yes",
                  "replay --topic acl --to acl-one", "replay --topic acl --republish"
                  " --checkpoint acl-cp", "stats", "subscriptions list",
-                 "retention apply --max-len 100", "events list --topic acl", "doctor"):
+                 "retention apply --max-len 100", "events list --topic acl",
+                 "tail acl --from -1d --count 1", "doctor"):
         r = runner.invoke(cli, shlex.split(args), env=env)
         out[args] = (r.exit_code, r.output)
     bus = EventBus(user_client(server, "chi-operator"), namespace=NS)
@@ -247,6 +248,7 @@ def test_the_operator_user_runs_the_cli(job: Job) -> None:
     assert "redriven " in job.cli["dlq redrive acl-one --all"][1]
     assert "replayed " in job.cli["replay --topic acl --to acl-one"][1]
     assert "acl-one" in job.cli["subscriptions list"][1]
+    assert "acl." in job.cli["tail acl --from -1d --count 1"][1]
     doctor = job.cli["doctor"][1]  # CONFIG GET is not granted: doctor reads INFO instead
     assert "OK    version" in doctor and "maxmemory-policy noeviction" in doctor, doctor
     assert "CONFIG GET is not allowed (NOPERM)" in doctor, doctor
@@ -258,6 +260,7 @@ def test_each_user_is_refused_what_is_not_its_job(acl_server: RedisServer, user:
     refused: list[tuple[Any, ...]] = [
         ("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "requirepass"), ("KEYS", "*"),
         ("DEBUG", "SLEEP", "0"), ("ACL", "LIST"), ("SHUTDOWN",), ("CLIENT", "KILL", "ID", "1"),
+        ("MONITOR",),
         ("GET", "other:key"), ("SET", "other:key", "1"),
         ("XADD", "other:{t}:stream", "*", "a", "b"), ("XADD", "chi2:{t}:stream", "*", "a", "b"),
         ("EVAL", "return redis.call('SET', 'other:key', '1')", "0"),
