@@ -4,6 +4,7 @@ redis-py retries every command ten times on timeouts by default; a retried XADD 
 lost reply duplicates the event.  chi-redis turns that off (``Retry(NoBackoff(), 0)``) and
 retries itself under :class:`RetryPolicy`, only where a retry is safe: the publish script
 skips an event id that is already written, so re-sending it cannot duplicate it.
+Failed authentication and a failed TLS handshake are never retried (docs/security.md).
 """
 
 from __future__ import annotations
