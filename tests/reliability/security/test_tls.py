@@ -12,6 +12,7 @@ only, with a certificate for ``localhost`` signed by a CA this module makes with
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from click.testing import CliRunner
 from support import wait_until
 from support.processes import WorkerProcess, clean_env, wait_ready, worker_env
 from support.servers import RedisServer
+from support.skips import skip_or_fail
 
 from chi_redis import Event, EventBus, RedisTLSError, RedisUnavailableError
 from chi_redis.backend.connection import connect
@@ -49,6 +51,8 @@ def _ca(d: Path, name: str) -> None:
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``ca.pem`` (signed the server's certificate, for ``localhost`` only) and
     ``other-ca.pem`` (a CA that signed nothing of this server)."""
+    if shutil.which("openssl") is None:
+        skip_or_fail("no openssl to make the test CA with")
     d = tmp_path_factory.mktemp("certs")
     _ca(d, "ca")
     _ca(d, "other-ca")
