@@ -25,6 +25,7 @@ from .errors import (
     RedisAuthError,
     RedisError,
     RedisFullError,
+    RedisTLSError,
     RedisUnavailableError,
     ValidationError,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "RedisError",
     "RedisEventStore",
     "RedisFullError",
+    "RedisTLSError",
     "RedisUnavailableError",
     "RetryPolicy",
     "ValidationError",

@@ -10,7 +10,8 @@ Every error a caller can catch subclasses :class:`ChiError`::
     ├── DecodeError                         a stream entry that cannot be decoded
     ├── RedisError                          Redis said no or could not be reached
     │   ├── RedisUnavailableError           connection refused, timed out, reset
-    │   ├── RedisAuthError                  wrong or missing credentials
+    │   ├── RedisAuthError                  wrong or missing credentials, a disabled user
+    │   ├── RedisTLSError                   the TLS handshake failed (certificate, host name)
     │   └── RedisFullError                  ``OOM command not allowed`` (maxmemory reached)
     ├── PublishError                        a batch was written only in part
     ├── BufferFullError                     the background publisher's buffer is full
@@ -39,6 +40,7 @@ __all__ = [
     "RedisAuthError",
     "RedisError",
     "RedisFullError",
+    "RedisTLSError",
     "RedisUnavailableError",
     "ValidationError",
     "redact_url",
@@ -100,6 +102,12 @@ class RedisUnavailableError(RedisError):
 
 class RedisAuthError(RedisError):
     """Redis rejected the credentials (or none were given)."""
+
+
+class RedisTLSError(RedisError):
+    """The TLS handshake failed: the server's certificate is not trusted (wrong or missing
+    CA) or not valid for the host name connected to.  Not retried: it fails the same way
+    every time."""
 
 
 class RedisFullError(RedisError):

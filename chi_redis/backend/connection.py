@@ -4,6 +4,7 @@ redis-py retries every command ten times on timeouts by default; a retried XADD 
 lost reply duplicates the event.  chi-redis turns that off (``Retry(NoBackoff(), 0)``) and
 retries itself under :class:`RetryPolicy`, only where a retry is safe: the publish script
 skips an event id that is already written, so re-sending it cannot duplicate it.
+Failed authentication and a failed TLS handshake are never retried (docs/security.md).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,6 +28,7 @@ from ..errors import (
     RedisAuthError,
     RedisError,
     RedisFullError,
+    RedisTLSError,
     RedisUnavailableError,
     redact_url,
     scrub,
@@ -40,6 +43,7 @@ __all__ = ["DEFAULT_URL", "RetryPolicy", "connect", "connect_async", "map_redis_
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 
@@ -63,6 +67,32 @@ class RetryPolicy(msgspec.Struct, frozen=True):
 
 
 _TRANSIENT = (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError)
+_CERT_DETAIL = re.compile(r"certificate verify failed: (.*?)\.? \(_ssl")
+
+
+def _tls_failure(text: str) -> bool:
+    """Whether a connection error is a failed TLS handshake (redis-py keeps only its text)."""
+    return "[SSL" in text or "certificate verify failed" in text
+
+
+def _tls_error(text: str, where: str) -> RedisTLSError:
+    m = _CERT_DETAIL.search(text)
+    detail = m.group(1) if m else " ".join(text.split())
+    if "mismatch" in detail or "not valid for" in detail:
+        return RedisTLSError(f"TLS: the server's certificate{where} is not valid for the host"
+                             f" name connected to ({detail}); connect by a name it was issued for")
+    if m:
+        return RedisTLSError(f"TLS: cannot verify the server's certificate{where} ({detail});"
+                             " give the CA that signed it: bus.redis.tls_ca_file,"
+                             " CHI_REDIS_TLS_CA_FILE or ?ssl_ca_certs=PATH in the URL")
+    return RedisTLSError(f"TLS handshake failed{where}: {detail}")
+
+
+def _plaintext_hint(text: str, url: str) -> str:
+    """A plain ``redis://`` connection the server drops at once may have reached a TLS port."""
+    if url.startswith("redis://") and ("reset by peer" in text or "closed by server" in text):
+        return "; if the server speaks TLS only, use rediss://"
+    return ""
 
 
 def map_redis_error(exc: BaseException, url: str = "", password: str | None = None) -> ChiError:
@@ -74,7 +104,8 @@ def map_redis_error(exc: BaseException, url: str = "", password: str | None = No
     ):
         if "NOAUTH" in text or "HELLO must be called" in text or "Authentication required" in text:
             return RedisAuthError(f"no credentials supplied{where}: the server requires a password")
-        return RedisAuthError(f"authentication failed{where}: {text}")
+        return RedisAuthError(f"authentication failed{where}: {text} (check the user name and"
+                              " password: CHI_REDIS_PASSWORD, CHI_REDIS_PASSWORD_FILE)")
     if isinstance(exc, rex.NoPermissionError):
         return RedisAuthError(f"permission denied{where}: {text}")
     if isinstance(exc, rex.OutOfMemoryError) or (
@@ -84,8 +115,11 @@ def map_redis_error(exc: BaseException, url: str = "", password: str | None = No
             f"Redis refused the write{where}: maxmemory reached ({text}); trim with"
             " `chi-redis retention apply` or raise maxmemory"
         )
+    if isinstance(exc, rex.ConnectionError) and _tls_failure(text):
+        return _tls_error(text, where)
     if isinstance(exc, _TRANSIENT):
-        return RedisUnavailableError(f"cannot reach Redis{where}: {text}")
+        hint = _plaintext_hint(text, url)
+        return RedisUnavailableError(f"cannot reach Redis{where}: {text}{hint}")
     return RedisError(f"Redis error{where}: {text}")
 
 
@@ -129,12 +163,28 @@ def _invalid_url(url: str, exc: Exception) -> RedisUnavailableError:
     return RedisUnavailableError(f"invalid Redis URL {redact_url(url)!r}: {detail}")
 
 
+def _warn_unverified(client: C, url: str) -> C:
+    """Log a WARNING when a TLS client does not verify the server's certificate or name
+    (``tls_verify: false``, ``?ssl_cert_reqs=none``, ``?ssl_check_hostname=false``)."""
+    pool: Any = client.connection_pool  # type: ignore[attr-defined]
+    if "SSL" not in pool.connection_class.__name__:
+        return client
+    kw = pool.connection_kwargs
+    if "ssl_cert_reqs" in kw and kw["ssl_cert_reqs"] in (None, "none", 0):
+        logger.warning("TLS certificate verification is OFF for %s: anyone on the path can"
+                       " pose as the server", redact_url(url))
+    elif kw.get("ssl_check_hostname") is False:
+        logger.warning("TLS host name verification is OFF for %s", redact_url(url))
+    return client
+
+
 def connect(url: str = DEFAULT_URL, **options: Any) -> redis.Redis:
     """A redis-py client for ``url`` with chi-redis's connection defaults."""
     try:
-        return redis.Redis.from_url(url, **_client_options(options))
+        client = redis.Redis.from_url(url, **_client_options(options))
     except ValueError as exc:
         raise _invalid_url(url, exc) from None
+    return _warn_unverified(client, url)
 
 
 def connect_async(url: str = DEFAULT_URL, **options: Any) -> redis.asyncio.Redis:
@@ -145,9 +195,10 @@ def connect_async(url: str = DEFAULT_URL, **options: Any) -> redis.asyncio.Redis
     # redis-py 8.2 warns when an asyncio client is given the synchronous Retry class.
     try:
         opts = _client_options(options, retry=AsyncRetry(NoBackoff(), 0))
-        return redis.asyncio.Redis.from_url(url, **opts)
+        client = redis.asyncio.Redis.from_url(url, **opts)
     except ValueError as exc:
         raise _invalid_url(url, exc) from None
+    return _warn_unverified(client, url)
 
 
 def client_url(client: Any) -> tuple[str, str | None]:
@@ -173,6 +224,8 @@ def call_with_retry(
         except rex.AuthenticationError as exc:
             raise map_redis_error(exc, url, password) from None
         except _TRANSIENT as exc:
+            if _tls_failure(str(exc)):  # the same every time: no retry
+                raise map_redis_error(exc, url, password) from None
             if delays is None:
                 delays = policy.delays()
             if attempt >= len(delays):
@@ -198,6 +251,8 @@ async def acall_with_retry(
         except rex.AuthenticationError as exc:
             raise map_redis_error(exc, url, password) from None
         except _TRANSIENT as exc:
+            if _tls_failure(str(exc)):  # the same every time: no retry
+                raise map_redis_error(exc, url, password) from None
             if delays is None:
                 delays = policy.delays()
             if attempt >= len(delays):

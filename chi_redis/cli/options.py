@@ -21,6 +21,7 @@ option values are split by :func:`split_topics` and :func:`split_globs`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -103,7 +104,8 @@ class Settings:
         out = [p for p in (os.environ.get("CHI_REDIS_PASSWORD"),) if p]
         if self._config is not None:
             urls.append(self._config.redis.url)
-            out += [p for p in (self._config.redis.password,) if p]
+            with contextlib.suppress(ChiError):  # the password file's, read when connecting
+                out += [p for p in (self._config.redis.secret(),) if p]
         for u in urls:
             try:
                 p = urlsplit(u).password if u else None

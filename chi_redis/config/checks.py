@@ -79,6 +79,9 @@ def check(config: Config) -> None:
 
 def _check_redis(config: Config) -> None:
     r = config.bus.redis
+    if r.password and r.password_file:
+        raise _at("bus.redis", "`password` and `password_file` exclude each other: give one"
+                  " (CHI_REDIS_PASSWORD, CHI_REDIS_PASSWORD_FILE)")
     if r.url is not None:
         given = [k for k in ("address", "username") if getattr(r, k) is not None]
         given += ["db"] if r.db else []

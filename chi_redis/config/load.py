@@ -31,6 +31,8 @@ ENV_VARS: dict[str, tuple[tuple[str, ...], type]] = {
     "CHI_BUS_TYPE": (("bus", "type"), str),
     "CHI_REDIS_URL": (("bus", "redis", "url"), str),
     "CHI_REDIS_PASSWORD": (("bus", "redis", "password"), str),
+    "CHI_REDIS_PASSWORD_FILE": (("bus", "redis", "password_file"), str),
+    "CHI_REDIS_TLS_CA_FILE": (("bus", "redis", "tls_ca_file"), str),
     "CHI_BUFFER_SIZE": (("bus", "buffer_size"), int),
     "CHI_WORKER_COUNT": (("bus", "worker_count"), int),
     "CHI_MAX_EVENT_BYTES": (("bus", "max_event_bytes"), int),

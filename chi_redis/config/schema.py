@@ -9,6 +9,7 @@ routing rules) are in :mod:`chi_redis.config.checks`.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -47,8 +48,29 @@ FilterType = Literal["topic", "type", "pattern", "metadata", "all"]
 MetaValue = str | int | float | bool
 
 
+_SECRET_FIELDS = frozenset({"password"})
+_URL_FIELDS = frozenset({"url", "dsn"})
+_KV_PASSWORD = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def _shown(name: str, value: Any) -> Any:
+    """A field's value as ``repr`` shows it: passwords masked, URL/DSN credentials redacted."""
+    if name in _SECRET_FIELDS and value:
+        return "***"
+    if name in _URL_FIELDS and isinstance(value, str):
+        from ..errors import redact_url
+
+        return _KV_PASSWORD.sub(r"\1***", redact_url(value))
+    return value
+
+
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """A section of the file: unknown keys are errors."""
+    """A section of the file: unknown keys are errors.  ``repr`` shows no secret (a
+    config is printed in logs and tracebacks; ``msgspec.to_builtins`` still has them)."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={_shown(n, getattr(self, n))!r}" for n in self.__struct_fields__)
+        return f"{type(self).__name__}({fields})"
 
 
 class RedisConfig(_Section):
@@ -58,6 +80,7 @@ class RedisConfig(_Section):
     address: str | None = None  # host:port (default 127.0.0.1:6379)
     username: str | None = None
     password: str = ""
+    password_file: str | None = None  # a file holding the password (excludes password)
     db: NonNegative = 0
     tls: bool = False
     tls_ca_file: str | None = None
@@ -79,14 +102,31 @@ class RedisConfig(_Section):
         user = f"{self.username}@" if self.username else ""
         return f"{scheme}://{user}{self.address or '127.0.0.1:6379'}/{self.db}"
 
+    def secret(self) -> str:
+        """The password: ``password``, else the first line of ``password_file``."""
+        if self.password or not self.password_file:
+            return self.password
+        from ..errors import ConfigError
+
+        try:
+            with open(self.password_file) as f:
+                secret = f.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"cannot read bus.redis.password_file {self.password_file!r}:"
+                              f" {exc.strerror}") from None
+        if not secret:
+            raise ConfigError(f"bus.redis.password_file {self.password_file!r} is empty")
+        return secret
+
     def client_options(self, url: str) -> dict[str, Any]:
         """redis-py options for a client of ``url`` (a password in ``url`` wins)."""
         opts: dict[str, Any] = {
             "socket_timeout": self.socket_timeout_s,
             "socket_connect_timeout": self.socket_connect_timeout_s,
         }
-        if self.password:
-            opts["password"] = self.password
+        password = self.secret()
+        if password:
+            opts["password"] = password
         if url.startswith("rediss://"):
             opts["ssl_cert_reqs"] = "required" if self.tls_verify else "none"
             for key, value in (("ssl_ca_certs", self.tls_ca_file),

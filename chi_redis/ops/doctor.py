@@ -54,6 +54,11 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def _refusal(exc: Exception) -> str:
+    # redis-py drops the NOPERM prefix of the message when it raises NoPermissionError
+    return "NOPERM" if isinstance(exc, rex.NoPermissionError) else _s(exc).split(" ", 1)[0]
+
+
 def _config(client: Any, findings: list[Finding]) -> dict[str, str]:
     """``appendonly`` and ``maxmemory*`` from CONFIG GET, else from INFO."""
     try:
@@ -64,7 +69,7 @@ def _config(client: Any, findings: list[Finding]) -> dict[str, str]:
     except rex.ResponseError as exc:  # NOPERM, or CONFIG renamed / disabled
         findings.append(Finding(
             "config", "info",
-            f"CONFIG GET is not allowed ({_s(exc).split(' ', 1)[0]}): read INFO instead",
+            f"CONFIG GET is not allowed ({_refusal(exc)}): read INFO instead",
         ))
     info = client.info("persistence") | client.info("memory")
     return {

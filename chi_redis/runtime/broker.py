@@ -197,13 +197,24 @@ class StreamsBroker(HookFilter):
                 return False
             raise
         except (rex.ConnectionError, rex.TimeoutError) as exc:
-            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+            raise self._closed(exc) from None
 
     def _call(self, fn: Any) -> Any:
         try:
             return fn()
         except (rex.ConnectionError, rex.TimeoutError) as exc:
-            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+            raise self._closed(exc) from None
+
+    def _closed(self, exc: Exception) -> ConnectionClosed:
+        """Dramatiq's ConnectionClosed, saying what went wrong as chi-redis's errors do
+        (``authentication failed at redis://…``, ``TLS: …``; never the password)."""
+        from ..backend.connection import client_url, map_redis_error
+
+        try:
+            url, password = client_url(self.client)
+        except Exception:  # a client without a connection pool's settings (fakeredis…)
+            url, password = "", None
+        return ConnectionClosed(map_redis_error(exc, url, password))  # type: ignore[no-untyped-call]
 
     def topics(self) -> list[str]:
         """Every topic published to so far (the registry set); raises redis-py errors."""
