@@ -1,6 +1,6 @@
 """Buses over other brokers: ``bus.type: rabbitmq`` and ``bus.type: kafka``.
 
-The same events (:class:`~chi_redis.events.Event`, the same codec and size limits), the same
+The same events (:class:`~chi_redis.Event`, the same codec and size limits), the same
 handler API as :class:`~chi_redis.EventBus` (``@bus.subscribe(name, types=…, topics=…)``),
 the same retry-with-backoff and dead-letter behaviour, over a broker other than Redis.
 Queries and replay stay on the event store (Redis or the archive): a bridge only carries
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from ..events import Event
+from ..events.event import Event
 
 __all__ = ["Bus", "BusWorker"]
 
