@@ -40,6 +40,7 @@ __all__ = [
     "RedisError",
     "RedisFullError",
     "RedisUnavailableError",
+    "RedeliveryRefusedError",
     "ValidationError",
     "redact_url",
 ]
@@ -152,6 +153,11 @@ class BatchFailed(ChiError):
 
 class NotFoundError(ChiError):
     """An unknown subscription, event or dead letter."""
+
+
+class RedeliveryRefusedError(ChiError):
+    """A rewind would hand a subscription entries it already handled (its side effects
+    would run again) and ``force`` was not given."""
 
 
 # The password part runs to the *last* "@" of the URL-like token, so a password holding
