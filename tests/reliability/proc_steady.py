@@ -3,7 +3,8 @@
 Imported by ``dramatiq chi_redis.worker reliability.proc_steady``.  ``CHI_TEST_SUBS`` (comma
 separated, default ``fast``) says which subscriptions of topic ``steady`` this process runs:
 
-- ``fast``: logs start and commit in the history (``CHI_TEST_HISTORY``), nothing else;
+- ``fast``: logs start and commit in the history (``CHI_TEST_HISTORY``), with
+  ``CHI_TEST_WORK_MS`` (default 0) of work between them;
 - ``slow``: sleeps ``CHI_TEST_SLOW_MS`` (default 50) per event and counts it in Redis
   (``<ns>:t:slow``), no history: a lagging group that is never expected to catch up.
 
@@ -24,6 +25,7 @@ _client = bus.client
 _ns = bus.namespace
 _subs = set(os.environ.get("CHI_TEST_SUBS", "fast").split(","))
 _slow_s = int(os.environ.get("CHI_TEST_SLOW_MS", "50")) / 1000
+_work_s = int(os.environ.get("CHI_TEST_WORK_MS", "0")) / 1000
 
 if "fast" in _subs:
 
@@ -31,6 +33,8 @@ if "fast" in _subs:
                    dedupe=os.environ.get("CHI_TEST_DEDUPE") == "1")
     def fast(event: Event) -> None:
         record_start(event.id)
+        if _work_s:
+            time.sleep(_work_s)
         record_commit(event.id)
 
 if "slow" in _subs:
