@@ -36,11 +36,11 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PublishError",
+    "RedeliveryRefusedError",
     "RedisAuthError",
     "RedisError",
     "RedisFullError",
     "RedisUnavailableError",
-    "RedeliveryRefusedError",
     "ValidationError",
     "redact_url",
 ]
