@@ -12,12 +12,14 @@ under a running relay, three relays sharing 30 000 rows, the lag gauge (tests/ob
 from __future__ import annotations
 
 import itertools
+import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 import redis
@@ -197,11 +199,14 @@ def test_f7c_relay_killed_after_publish_before_mark_no_duplicate_effects(
     try:
         with in_process_runtime(bus, monkeypatch) as rt:
             rt.worker(rt.broker())
-            # The hook exits the relay (os._exit(137), no cleanup: what kill -9 leaves)
-            # after its first batch's XADDs and before the UPDATE's COMMIT.
+            # The hook stops the relay (SIGSTOP) after its first batch's XADDs and before
+            # the UPDATE's COMMIT; there it gets kill -9.
             crashing = relays.start(pg.dsn, table, "--once", "--batch-size", "300",
-                                    **{CRASH_AFTER_PUBLISH_ENV: "1"})
-            assert crashing.proc.wait(timeout=60) == 137, crashing.output()
+                                    **{CRASH_AFTER_PUBLISH_ENV: "stop"})
+            wait_until(lambda: psutil.Process(crashing.proc.pid).status() ==
+                       psutil.STATUS_STOPPED, 60, "the relay stopped between XADD and mark")
+            crashing.proc.send_signal(signal.SIGKILL)
+            assert crashing.proc.wait(timeout=60) == -signal.SIGKILL
             first = bus.client.xlen(bus.keys.stream("ledger"))
             assert first == 300 and unpublished(pg.dsn, table) == 1000
             again = relays.start(pg.dsn, table, "--once", "--batch-size", "300")
