@@ -128,3 +128,11 @@ def slope_per_s(series: list[tuple[float, int]]) -> float:
     mv = sum(v for _, v in series) / n
     var = sum((t - mt) ** 2 for t, _ in series)
     return sum((t - mt) * (v - mv) for t, v in series) / var if var else 0.0
+
+
+def thin(series: list[tuple[float, int]], points: int = 10) -> list[tuple[float, int]]:
+    """At most ``points`` samples of ``series``, evenly spread (for the figures' table)."""
+    if len(series) <= points:
+        return series
+    step = (len(series) - 1) / (points - 1)
+    return [series[round(i * step)] for i in range(points)]

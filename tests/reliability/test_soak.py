@@ -34,7 +34,7 @@ from support.servers import RedisServer, RedisServers
 from chi_redis import EventBus
 from chi_redis.ops.retention import Policy, trim_topic
 
-from .steady import Sampler, SteadyProducer, slope_per_s
+from .steady import Sampler, SteadyProducer, slope_per_s, thin
 
 pytestmark = [pytest.mark.redis, pytest.mark.soak]
 
@@ -241,17 +241,17 @@ def test_soak_at_a_steady_rate_keeps_the_lag_flat(
         workers.stop()
     verdict = history.check()
     # The backlog: entries not yet read plus those read and not yet acked.
-    lag = [(t, n + p) for (t, n), (_t, p) in zip(samples.lag["fast"], samples.pending["fast"],
-                                                  strict=True)]
-    warm = lag[len(lag) // 10:]
-    slope = slope_per_s(warm)
+    backlog = [(t, n + p) for (t, n), (_t, p) in zip(
+        samples.lag["fast"], samples.pending["fast"], strict=True)]
+    slope = slope_per_s(backlog[len(backlog) // 10:])  # after warm-up
+    rss_growth = flat_after_warmup(samples.rss)
     record("soak-steady-rate", **verdict.figures(), seconds=seconds, rate=rate,
-           sample_interval_s=interval, lag_peak=samples.peak(lag),
-           lag_slope_per_s=round(slope, 4), rss_growth_after_warmup=round(
-               flat_after_warmup(samples.rss), 4), lag_curve=lag, trimmed=retention.trimmed)
+           sample_interval_s=interval, backlog_peak=samples.peak(backlog),
+           backlog_slope_per_s=round(slope, 4), rss_growth_after_warmup=round(rss_growth, 4),
+           backlog_curve=thin(backlog), trimmed=retention.trimmed)
     verdict.assert_nothing_lost()
     # Flat: a trend of less than 1 % of the rate per second would take 100 s to add one
     # second of backlog; a peak below two seconds of publishing.
-    assert abs(slope) < rate * 0.01, (slope, lag)
-    assert samples.peak(lag) < rate * 2, lag
-    assert flat_after_warmup(samples.rss) < 0.10, samples.rss
+    assert abs(slope) < rate * 0.01, (slope, backlog)
+    assert samples.peak(backlog) < rate * 2, backlog
+    assert rss_growth < 0.10, samples.rss
