@@ -37,6 +37,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PublishError",
+    "RedeliveryRefusedError",
     "RedisAuthError",
     "RedisError",
     "RedisFullError",
@@ -160,6 +161,11 @@ class BatchFailed(ChiError):
 
 class NotFoundError(ChiError):
     """An unknown subscription, event or dead letter."""
+
+
+class RedeliveryRefusedError(ChiError):
+    """A rewind would hand a subscription entries it already handled (its side effects
+    would run again) and ``force`` was not given."""
 
 
 # The password part runs to the *last* "@" of the URL-like token, so a password holding

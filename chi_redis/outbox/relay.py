@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -43,7 +44,8 @@ __all__ = ["CRASH_AFTER_PUBLISH_ENV", "OutboxError", "OutboxStats", "Relay", "ds
 logger = logging.getLogger("chi_redis.outbox")
 
 #: Test hook: ``1`` makes the relay process exit (``os._exit(137)``, like ``kill -9``) right
-#: after it published its first batch and before it marked it.
+#: after it published its first batch and before it marked it; ``stop`` makes it stop
+#: itself there (SIGSTOP), for the test to ``kill -9`` it.
 CRASH_AFTER_PUBLISH_ENV = "CHI_OUTBOX_CRASH_AFTER_PUBLISH"
 _META = msgspec.json.Decoder(dict[str, MetaValue])
 _SLICE_S = 0.2  # longest uninterrupted wait: a stop request is seen this fast
@@ -103,7 +105,7 @@ class Relay:
         self._conn: psycopg.Connection[Any] | None = None
         self._listen: psycopg.Connection[Any] | None = None
         self._stop = threading.Event()
-        self._crash = os.environ.get(CRASH_AFTER_PUBLISH_ENV) == "1"
+        self._crash = os.environ.get(CRASH_AFTER_PUBLISH_ENV, "")
         # The table name is check_table()'d (a lower-case identifier), values are parameters.
         t = self.table
         cols = "seq, id, topic, type, ts, version, metadata, enc, data"
@@ -170,7 +172,7 @@ class Relay:
                 events = [self._event(r) for r in rows]
                 self.bus.writer.write(events, [f"outbox:{e.id}" for e in events])
                 if self._crash:
-                    os._exit(137)
+                    _crash_hook(self._crash)
                 conn.execute(self._mark, ([r[0] for r in rows],))
         except psycopg.Error as exc:
             self._discard(conn)
@@ -305,6 +307,14 @@ class Relay:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
         return self.published - start
+
+
+def _crash_hook(how: str) -> None:
+    """The test hook between publish and mark (``CRASH_AFTER_PUBLISH_ENV``)."""
+    if how == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    elif how == "1":
+        os._exit(137)
 
 
 def _log_error(exc: ChiError) -> None:
