@@ -26,6 +26,7 @@ from chi_redis import EventBus
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from support.cluster import LocalCluster
 from support.keys import delete_namespace
 from support.markers import REAL, check_collection, require_redis_marker
 from support.servers import RedisServers, connect_real_redis, redis_url
@@ -91,6 +92,16 @@ def client(request: pytest.FixtureRequest) -> redis.Redis:
 def bus(client: redis.Redis, ns: str) -> EventBus:
     """An EventBus in this test's namespace, on fakeredis and on the real server."""
     return EventBus(client, namespace=ns)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A local Redis Cluster (3 masters + 3 replicas) shared by the session's tests."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -179,12 +179,32 @@ def _warn_unverified(client: C, url: str) -> C:
 
 
 def connect(url: str = DEFAULT_URL, **options: Any) -> redis.Redis:
-    """A redis-py client for ``url`` with chi-redis's connection defaults."""
+    """A redis-py client for ``url`` with chi-redis's connection defaults.
+
+    When the server at ``url`` runs in cluster mode (``INFO cluster``: ``cluster_enabled:1``)
+    the client is a ``RedisCluster`` that discovers the other nodes and follows MOVED/ASK:
+    any node's URL reaches the whole cluster (docs/design.md §3.6).
+    """
+    opts = _client_options(options)
     try:
-        client = redis.Redis.from_url(url, **_client_options(options))
+        client = redis.Redis.from_url(url, **opts)
     except ValueError as exc:
         raise _invalid_url(url, exc) from None
+    if is_cluster_server(client):
+        client.close()
+        from .cluster import cluster_client
+
+        return cluster_client(url, opts)  # type: ignore[return-value]
     return _warn_unverified(client, url)
+
+
+def is_cluster_server(client: redis.Redis) -> bool:
+    """Whether ``client``'s server runs in cluster mode; False when it cannot be asked (the
+    error then surfaces on the first real command, as it would without this probe)."""
+    try:
+        return bool(client.info("cluster").get("cluster_enabled") == 1)
+    except (rex.RedisError, OSError):
+        return False
 
 
 def connect_async(url: str = DEFAULT_URL, **options: Any) -> redis.asyncio.Redis:
@@ -203,7 +223,13 @@ def connect_async(url: str = DEFAULT_URL, **options: Any) -> redis.asyncio.Redis
 
 def client_url(client: Any) -> tuple[str, str | None]:
     """A display URL (no password) and the password of a redis-py client, for error text."""
-    kw = client.connection_pool.connection_kwargs
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:  # a RedisCluster: the node it was given
+        node = client.get_default_node()
+        pool = node.redis_connection.connection_pool
+        kw = pool.connection_kwargs
+        return f"redis://{node.host}:{node.port}/0", kw.get("password")
+    kw = pool.connection_kwargs
     host = kw.get("host", kw.get("path", "?"))
     port = kw.get("port")
     ssl = kw.get("ssl") or "ssl" in str(client.connection_pool.connection_class).lower()

@@ -54,12 +54,20 @@ class Keys:
         """A producer idempotency key (scoped per topic)."""
         return f"{self.ns}:{{{topic}}}:idem:{key_part(key)}"
 
-    def ids(self) -> str:
-        """Hash: event id → ``<topic> <stream id>``, so ``load(id)`` finds an event."""
+    def ids(self, topic: str) -> str:
+        """Hash of the topic: event id → ``<topic> <stream id>``, so ``load(id)`` finds an
+        event (one hash per topic: it is written in the publish script, in the topic's slot;
+        ``load`` asks every topic's)."""
+        return f"{self.ns}:{{{topic}}}:ids"
+
+    def legacy_ids(self) -> str:
+        """The one id hash of every topic that the earlier layout kept (``chi-redis
+        migrate`` moves it into :meth:`ids`)."""
         return f"{self.ns}:ids"
 
     def topics(self) -> str:
-        """Set of every topic ever published to."""
+        """Set of every topic ever published to (written by the publisher before a topic's
+        first event, outside the publish script: it is in no topic's slot)."""
         return f"{self.ns}:topics"
 
     def topic_from_stream(self, key: str) -> str:

@@ -122,7 +122,7 @@ def trim_topic(bus: EventBus, topic: str, policy: Policy, *, chunk: int = CHUNK)
     if policy.max_age_ms is not None:
         age_bound = f"{max(_server_ms(bus) - policy.max_age_ms, 0)}-0"
     max_len = -1 if policy.max_len is None else policy.max_len
-    keys = [k.stream(topic), k.index(topic), k.ids()]
+    keys = [k.stream(topic), k.index(topic), k.ids(topic)]
     trim, argv = script("trim"), [age_bound, max_len, chunk]
     while True:
         n, _last, reason, holder, bound = bus.call(partial(trim.run, bus.client, keys, argv))

@@ -66,7 +66,7 @@ class OnePacking:
             if len(self._topic_keys) >= _MAX_CACHED_TOPICS:
                 self._topic_keys.clear()
             k = self.keys
-            names = (k.stream(topic), k.index(topic), k.ids(), k.topics())
+            names = (k.stream(topic), k.index(topic), k.ids(topic))
             topic_keys = self._topic_keys[topic] = tuple(n.encode() for n in names)
         keys = list(topic_keys)
         argv = [

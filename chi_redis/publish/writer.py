@@ -18,16 +18,19 @@ from typing import TYPE_CHECKING, Any
 
 import redis.exceptions as rex
 
+from ..backend.cluster import is_cluster
 from ..backend.keys import Keys
 from ..backend.scripts import direct_connection, script
-from ..errors import ChiError, PublishError, ValidationError
+from ..errors import ChiError, PublishError
 from ..events.codec import Codec
 from ..events.event import Event
 from ..events.names import validate_name
 from ..limits import MAX_CHUNK, check_limit
 from ..observe import metrics, tracing
+from .packing import pack
 from .republish import checkpoint_argv, pack_republish
-from .single import OnePacking, check_idempotency_key, count_one
+from .single import OnePacking, count_one
+from .slots import CLUSTER_CALLS_PER_ROUND_TRIP, id_lookups, new_topics, topic_runs
 
 if TYPE_CHECKING:
     import redis
@@ -56,60 +59,6 @@ _BUS_OPTIONS = ("encoding", "max_event_bytes", "idempotency_ttl_ms", "retry")
 def split_bus_options(options: dict[str, Any]) -> dict[str, Any]:
     """Pop the bus's own options out of ``options``; what stays goes to the redis client."""
     return {k: options.pop(k) for k in _BUS_OPTIONS if k in options}
-
-
-def pack(
-    keys: Keys,
-    codec: Codec,
-    events: Sequence[Event],
-    idempotency_keys: Sequence[str | None] | None,
-    ttl_ms: int,
-    archive: bool = False,
-) -> Call:
-    """KEYS and ARGV of one publish-script call for ``events`` (validated and encoded first).
-
-    Raises before anything is sent: nothing of an invalid chunk reaches Redis.  The layout
-    is documented in ``lua/publish.lua``: each topic's keys are passed once per chunk and
-    each event costs seven arguments, so packing stays cheap in Python and in Redis.
-    """
-    slots: dict[str, int] = {}
-    topic_keys: list[str] = []
-    topic_names: list[str] = []
-    idem_keys: list[str] = []
-    body: list[bytes | str | int] = []
-    parts = codec.encode_parts
-    with_idem = bool(idempotency_keys) and any(k is not None for k in idempotency_keys or ())
-    for i, event in enumerate(events):
-        if not isinstance(event, Event):
-            raise ValidationError(
-                f"expected an Event, got {type(event).__name__}", field=f"events[{i}]"
-            )
-        topic = event.topic
-        slot = slots.get(topic)
-        if slot is None:
-            slot = slots[topic] = len(topic_names) + 1
-            topic_names.append(topic)
-            topic_keys += (keys.stream(topic), keys.index(topic))
-        body.append(slot)
-        body += parts(event)
-        if with_idem:
-            idem = idempotency_keys[i] if idempotency_keys else None
-            if idem is None:
-                body.append(0)
-            else:
-                idem_keys.append(keys.idem(topic, check_idempotency_key(idem)))
-                body.append(len(idem_keys))
-    klist = [keys.ids(), keys.topics(), *topic_keys, *idem_keys]
-    head: list[bytes | str | int] = [
-        ttl_ms,
-        len(events),
-        len(topic_names),
-        b"1" if archive else b"0",
-        codec.enc_tag,
-        b"1" if with_idem else b"0",
-        *topic_names,
-    ]
-    return klist, head + body
 
 
 def check_topic(topic: str) -> str:
@@ -174,6 +123,10 @@ class _Packing(OnePacking):
     def __init__(self, keys: Keys, codec: Codec, idempotency_ttl_ms: int) -> None:
         super().__init__(keys, codec, idempotency_ttl_ms)
         self.script = script("publish")
+        #: Whether each script call holds one topic only (a cluster: one slot per call).
+        self.per_topic = False
+        #: Topics known to be in the topics set (added before a topic's first event).
+        self.registered: set[str] = set()
 
     def pack(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None,
@@ -182,19 +135,37 @@ class _Packing(OnePacking):
         return pack(self.keys, self.codec, events, idempotency_keys, self.idempotency_ttl_ms,
                     archive)
 
+    def pack_runs(
+        self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None,
+        archive: bool,
+    ) -> list[Call]:
+        """:meth:`pack` of ``events`` (one call), or on a cluster of each run of one topic."""
+        if not self.per_topic:
+            return [self.pack(events, idempotency_keys, archive)]
+        calls, start = [], 0
+        for run in topic_runs(events, len(events)):
+            idem = idempotency_keys[start:start + len(run)] if idempotency_keys else None
+            calls.append(self.pack(run, idem, archive))
+            start += len(run)
+        return calls
+
     def rounds(self, events: list[Event], chunk_size: int, archive: bool) -> list[list[Call]]:
         """Every chunk packed (so nothing is sent if one is invalid), grouped per round trip."""
         check_limit(chunk_size, "chunk_size", 1, MAX_CHUNK)
-        calls = [
-            self.pack(events[i : i + chunk_size], None, archive)
-            for i in range(0, len(events), chunk_size)
-        ]
-        per = CHUNKS_PER_ROUND_TRIP
+        if self.per_topic:  # a cluster: one topic (one slot) per script call
+            calls = [self.pack(run, None, archive) for run in topic_runs(events, chunk_size)]
+            per = CLUSTER_CALLS_PER_ROUND_TRIP
+        else:
+            calls = [
+                self.pack(events[i : i + chunk_size], None, archive)
+                for i in range(0, len(events), chunk_size)
+            ]
+            per = CHUNKS_PER_ROUND_TRIP
         return [calls[i : i + per] for i in range(0, len(calls), per)]
 
-    def unwritten(self, events: list[Event], out: list[str]) -> list[str]:
-        """Ids of the events after the ``len(out)`` known written (to ask the id lookup)."""
-        return [events[i].id for i in range(len(out), len(events))]
+    def unwritten(self, events: list[Event], out: list[str]) -> list[Event]:
+        """The events after the ``len(out)`` known written (to ask the id lookup)."""
+        return events[len(out):]
 
 
 class Writer(_Packing):
@@ -214,6 +185,15 @@ class Writer(_Packing):
         self.call_once = call_once
         self.republish_script = script("replay_topic")
         self._direct = direct_connection(client)
+        self.per_topic = is_cluster(client)
+
+    def register(self, topics: Iterable[str]) -> None:
+        """Add the topics not added yet by this writer to the topics set (one round trip,
+        before their first events: a reader of the set never misses a written topic)."""
+        fresh = new_topics(self.registered, topics)
+        if fresh:
+            self.call(lambda: self.client.sadd(self.keys.topics(), *fresh))
+            self.registered.update(fresh)
 
     def write(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None = None,
@@ -236,11 +216,16 @@ class Writer(_Packing):
         if len(events) == 1 and not archive:
             event = events[0]
             one = self.pack_one(event, idempotency_keys[0] if idempotency_keys else None)
+            if event.topic not in self.registered:
+                self.register((event.topic,))
             sid: bytes = self.call(lambda: self.send_one(*one))
             count_one(event.topic)
             return [sid.decode()]
-        keys, argv = self.pack(events, idempotency_keys, archive)
-        ids = _stream_ids(self.call(lambda: self.send(keys, argv)))
+        calls = self.pack_runs(events, idempotency_keys, archive)
+        self.register(_topics(events))
+        ids = []
+        for keys, argv in calls:
+            ids += _stream_ids(self.call(lambda k=keys, a=argv: self.send(k, a)))
         if metrics.enabled() and not archive:
             count_published(_topics(events))
         return ids
@@ -260,7 +245,9 @@ class Writer(_Packing):
 
     def _write_batch(self, events: list[Event], chunk_size: int, archive: bool) -> list[str]:
         out: list[str] = []
-        for group in self.rounds(events, chunk_size, archive):
+        rounds = self.rounds(events, chunk_size, archive)
+        self.register(_topics(events))
+        for group in rounds:
             try:
                 results = self.call(partial(self.send_pipelined, group))
             except ChiError as exc:
@@ -304,8 +291,9 @@ class Writer(_Packing):
         Never retried: after a lost reply a retry would write the events twice, and the
         checkpoint tells a rerun where the replay really stopped.
         """
-        k = self.keys
-        keys = [k.ids(), k.topics(), checkpoint_key or k.ids(), *packed[0]]
+        self.register(str(t) for t in packed[1][0::8])
+        keys = [checkpoint_key or (packed[0][0] if packed[0] else self.keys.topics()),
+                *packed[0]]
         argv = [*checkpoint_argv(checkpoint or {}), *packed[1]]
         s = self.republish_script
         ids = _stream_ids(self.call_once(lambda: s.run(self.client, keys, argv)))
@@ -318,7 +306,8 @@ class Writer(_Packing):
         found: list[bytes | str | None] | None = None
         # Some events of the failed chunks may have been written: ask the id lookup.
         with contextlib.suppress(rex.RedisError):
-            found = self.client.hmget(self.keys.ids(), rest) if rest else []
+            pipe = self.client.pipeline(transaction=False)
+            found = id_lookups(pipe, self.keys, rest).execute() if rest else []
         return partial_failure(events, out, found, exc)
 
 
@@ -333,6 +322,14 @@ class AsyncWriter(_Packing):
         super().__init__(keys, codec, idempotency_ttl_ms)
         self.client = client
         self.call = call
+        self.per_topic = is_cluster(client)
+
+    async def register(self, topics: Iterable[str]) -> None:
+        """As :meth:`Writer.register`."""
+        fresh = new_topics(self.registered, topics)
+        if fresh:
+            await self.call(lambda: self.client.sadd(self.keys.topics(), *fresh))
+            self.registered.update(fresh)
 
     async def write(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None = None,
@@ -351,11 +348,16 @@ class AsyncWriter(_Packing):
         if len(events) == 1 and not archive:
             event = events[0]
             one = self.pack_one(event, idempotency_keys[0] if idempotency_keys else None)
+            if event.topic not in self.registered:
+                await self.register((event.topic,))
             sid: bytes = await self.call(lambda: self.send_one(*one))
             count_one(event.topic)
             return [sid.decode()]
-        keys, argv = self.pack(events, idempotency_keys, archive)
-        ids = _stream_ids(await self.call(lambda: self.send(keys, argv)))
+        calls = self.pack_runs(events, idempotency_keys, archive)
+        await self.register(_topics(events))
+        ids = []
+        for keys, argv in calls:
+            ids += _stream_ids(await self.call(lambda k=keys, a=argv: self.send(k, a)))
         if metrics.enabled() and not archive:
             count_published(_topics(events))
         return ids
@@ -371,7 +373,9 @@ class AsyncWriter(_Packing):
 
     async def _write_batch(self, events: list[Event], chunk_size: int, archive: bool) -> list[str]:
         out: list[str] = []
-        for group in self.rounds(events, chunk_size, archive):
+        rounds = self.rounds(events, chunk_size, archive)
+        await self.register(_topics(events))
+        for group in rounds:
             try:
                 results = await self.call(partial(self.send_pipelined, group))
             except ChiError as exc:
@@ -399,5 +403,6 @@ class AsyncWriter(_Packing):
         rest = self.unwritten(events, out)
         found: list[bytes | str | None] | None = None
         with contextlib.suppress(rex.RedisError, OSError):
-            found = await self.client.hmget(self.keys.ids(), rest) if rest else []
+            pipe = self.client.pipeline(transaction=False)
+            found = await id_lookups(pipe, self.keys, rest).execute() if rest else []
         return partial_failure(events, out, found, exc)

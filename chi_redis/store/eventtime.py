@@ -61,6 +61,10 @@ def flat_view(client: Any) -> Any:
     as Redis sent them (flat lists), which is what :func:`event_time_pages` reads."""
     import redis
 
+    from ..backend.cluster import ClusterFlatView, is_cluster
+
+    if is_cluster(client):
+        return ClusterFlatView(client)
     view = redis.Redis(connection_pool=client.connection_pool)
     view.set_response_callback("XRANGE", _identity)
     view.set_response_callback("ZRANGEBYSCORE", _identity)

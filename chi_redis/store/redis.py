@@ -71,12 +71,26 @@ class RedisEventStore:
             raise exc.cause from None
 
     def locate(self, event_id: str) -> tuple[str, str] | None:
-        """``(topic, stream id)`` of an event, or None."""
-        raw = self._r(lambda: self.bus.client.hget(self._keys.ids(), event_id))
-        if raw is None:
+        """``(topic, stream id)`` of an event, or None.
+
+        Each topic keeps its own id hash (in its slot): every topic's is asked, in one
+        pipelined round trip (per cluster node).
+        """
+        names = self.topics()
+        if not names:
             return None
-        topic, sid = raw.decode().split(" ", 1)
-        return topic, sid
+
+        def ask() -> list[Any]:
+            pipe = self.bus.client.pipeline(transaction=False)
+            for t in names:
+                pipe.hget(self._keys.ids(t), event_id)
+            return pipe.execute()
+
+        for raw in self._r(ask):
+            if raw is not None:
+                topic, sid = raw.decode().split(" ", 1)
+                return topic, sid
+        return None
 
     def topics_with_entry(self, stream_id: str, topics: Iterable[str] | None = None) -> list[str]:
         """The topics (of ``topics``, default all) whose stream holds entry ``stream_id``.
@@ -194,7 +208,7 @@ class RedisEventStore:
             return False
         topic, sid = where
         k = self._keys
-        keys = [k.stream(topic), k.index(topic), k.ids()]
+        keys = [k.stream(topic), k.index(topic), k.ids(topic)]
         n = self._r(partial(self._delete.run, self.bus.client, keys, [sid, event_id]))
         return bool(n)
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import pytest
 
 # Fixtures that talk to the shared server at 6379 or start a redis-server of their own.
-REAL_SERVER_FIXTURES = frozenset({"real_client", "redis_servers", "cli"})
+REAL_SERVER_FIXTURES = frozenset({"real_client", "redis_servers", "redis_cluster", "cli"})
 
 
 def has_redis_marker(item: pytest.Item) -> bool:

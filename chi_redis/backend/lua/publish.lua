@@ -1,6 +1,7 @@
 -- Publish a chunk of events atomically, in one round trip.
--- KEYS: [1] ids hash, [2] topics set, then stream and index of each topic of the chunk
---   (2 keys per topic), then the idempotency keys of the chunk (if any).
+-- KEYS: stream, index and ids hash of each topic of the chunk (3 keys per topic), then
+--   the idempotency keys of the chunk (if any).  On a cluster a chunk holds one topic, so
+--   every key is in its slot; the topics set is written by the publisher, outside.
 -- ARGV: [1] idempotency TTL (ms), [2] number of events, [3] number of topics, [4] arc
 --   ('1': archive writes), [5] payload encoding tag, [6] '1' when events carry an
 --   idempotency key index, then the topic names, then per event 7 values:
@@ -18,7 +19,6 @@
 -- refuses the call before it changes anything (scripts are OOM-checked at their first
 -- write), and never half-way through.
 local unpack = unpack or table.unpack
-local ids_key, topics_key = KEYS[1], KEYS[2]
 local ttl, n, nt = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local arc, enc, has_idem = ARGV[4] == '1', ARGV[5], ARGV[6] == '1'
 local per = has_idem and 8 or 7
@@ -42,7 +42,7 @@ local function xadd(stream, a, ts)
 end
 
 local function idem_key(a)
-  if has_idem and ARGV[a + 8] ~= '0' then return KEYS[2 + 2 * nt + tonumber(ARGV[a + 8])] end
+  if has_idem and ARGV[a + 8] ~= '0' then return KEYS[3 * nt + tonumber(ARGV[a + 8])] end
   return false
 end
 
@@ -52,7 +52,7 @@ if n == 1 then
   local sid = false
   if idem then sid = redis.call('GET', idem) end
   if not sid then
-    local known = redis.call('HGET', ids_key, id)
+    local known = redis.call('HGET', KEYS[3 * slot], id)
     if known then sid = string.match(known, ' (.*)$') end
   end
   if sid then
@@ -60,16 +60,15 @@ if n == 1 then
     return {sid}
   end
   local topic, ts = ARGV[6 + slot], ARGV[base + 4]
-  sid = xadd(KEYS[1 + 2 * slot], base, ts)
+  sid = xadd(KEYS[3 * slot - 2], base, ts)
   if idem then redis.call('SET', idem, sid, 'PX', ttl) end
-  redis.call('HSET', ids_key, id, topic .. ' ' .. sid)
-  if late(sid, ts) then redis.call('ZADD', KEYS[2 + 2 * slot], ts, sid) end
-  redis.call('SADD', topics_key, topic)
+  redis.call('HSET', KEYS[3 * slot], id, topic .. ' ' .. sid)
+  if late(sid, ts) then redis.call('ZADD', KEYS[3 * slot - 1], ts, sid) end
   return {sid}
 end
 
--- A chunk: one XADD per event; the id lookup, the late indexes and the topics set are read
--- and written with one command per chunk (or per topic).
+-- A chunk: one XADD per event; the id lookups and the late indexes are read and written
+-- with one command per topic.
 local SLICE = 1000 -- arguments per command: stays far below Lua's unpack limit
 
 local function sliced(cmd, key, args)
@@ -83,9 +82,20 @@ local function sliced(cmd, key, args)
   return out
 end
 
-local event_ids = {}
-for i = 0, n - 1 do event_ids[i + 1] = ARGV[base + i * per + 2] end
-local known = sliced('HMGET', ids_key, event_ids)
+local per_slot, at = {}, {}
+for i = 0, n - 1 do
+  local slot = tonumber(ARGV[base + i * per + 1])
+  local list = per_slot[slot]
+  if not list then list = {}; per_slot[slot] = list end
+  list[#list + 1] = ARGV[base + i * per + 2]
+  at[i + 1] = #list
+end
+local found = {}
+for slot, list in pairs(per_slot) do found[slot] = sliced('HMGET', KEYS[3 * slot], list) end
+local known = {}
+for i = 0, n - 1 do
+  known[i + 1] = found[tonumber(ARGV[base + i * per + 1])][at[i + 1]]
+end
 
 -- Which written events are late is settled per topic once the chunk is written: stream ids
 -- only grow within a stream, so when every event time of a topic is on time for both its
@@ -102,7 +112,7 @@ for i = 0, n - 1 do
   if not sid and known[i + 1] then sid = string.match(known[i + 1], ' (.*)$') end
   if not sid then
     local ts = ARGV[a + 4]
-    sid = xadd(KEYS[1 + 2 * slot], a, ts)
+    sid = xadd(KEYS[3 * slot - 2], a, ts)
     local t = tonumber(ts)
     local lo = lo_ts[slot]
     if not lo then
@@ -115,8 +125,10 @@ for i = 0, n - 1 do
     end
     last_sid[slot] = sid
     written[#written + 1] = i
-    id_args[#id_args + 1] = id
-    id_args[#id_args + 1] = ARGV[6 + slot] .. ' ' .. sid
+    local hargs = id_args[slot]
+    if not hargs then hargs = {}; id_args[slot] = hargs end
+    hargs[#hargs + 1] = id
+    hargs[#hargs + 1] = ARGV[6 + slot] .. ' ' .. sid
     if idem then redis.call('SET', idem, sid, 'PX', ttl) end
   elseif idem and redis.call('EXISTS', idem) == 0 then
     redis.call('SET', idem, sid, 'PX', ttl)
@@ -126,7 +138,7 @@ for i = 0, n - 1 do
 end
 
 -- The id lookup first: should a later command fail, a retry still finds these events.
-if #id_args > 0 then sliced('HSET', ids_key, id_args) end
+for _, slot in ipairs(used) do sliced('HSET', KEYS[3 * slot], id_args[slot]) end
 local index_args, check = {}, false
 for _, slot in ipairs(used) do
   local first = tonumber(string.match(first_sid[slot], '^(%d+)'))
@@ -146,11 +158,8 @@ if check then
     end
   end
 end
-local topic_names = {}
 for _, slot in ipairs(used) do
   local zargs = index_args[slot]
-  if zargs and #zargs > 0 then sliced('ZADD', KEYS[2 + 2 * slot], zargs) end
-  topic_names[#topic_names + 1] = ARGV[6 + slot]
+  if zargs and #zargs > 0 then sliced('ZADD', KEYS[3 * slot - 1], zargs) end
 end
-if #topic_names > 0 then sliced('SADD', topics_key, topic_names) end
 return out

@@ -1,15 +1,15 @@
 -- Publish one event (EventBus.publish): publish.lua's single-event path with the fewest
 -- arguments, since each argument costs on both sides of the round trip.
--- KEYS: [1] the topic's stream, [2] its time index, [3] ids hash, [4] topics set,
---   [5] the idempotency key (only when one is given).
+-- KEYS: [1] the topic's stream, [2] its time index, [3] its ids hash,
+--   [4] the idempotency key (only when one is given).  All in the topic's slot.
 -- ARGV: [1] id, [2] type, [3] ts (us), [4] ver, [5] meta, [6] payload encoding tag,
---   [7] data, [8] idempotency TTL (ms; only with KEYS[5]).
+--   [7] data, [8] idempotency TTL (ms; only with KEYS[4]).
 -- Returns the stream id.  An event id already written (a retry after a lost reply) or a
 -- live idempotency key return the first stream id and write nothing.  The topic is the
--- stream key's hash tag; the entry, the id lookup, the late index (3.3 of docs/design.md,
--- same bounds as publish.lua) and the topics set are those of publish.lua.  The first
--- write is the XADD, as there.
-local id, ts, idem = ARGV[1], ARGV[3], KEYS[5]
+-- stream key's hash tag; the entry, the id lookup and the late index (3.3 of
+-- docs/design.md, same bounds as publish.lua) are those of publish.lua.  The first write
+-- is the XADD, as there.  (The topics set is written by the publisher, outside.)
+local id, ts, idem = ARGV[1], ARGV[3], KEYS[4]
 local sid = false
 if idem then sid = redis.call('GET', idem) end
 if not sid then
@@ -28,5 +28,4 @@ redis.call('HSET', KEYS[3], id, topic .. ' ' .. sid)
 local BEHIND, AHEAD = 100, 50
 local d = tonumber(string.match(sid, '^(%d+)')) - math.floor(tonumber(ts) / 1000)
 if d > BEHIND or d < -AHEAD then redis.call('ZADD', KEYS[2], ts, sid) end
-redis.call('SADD', KEYS[4], topic)
 return sid

@@ -1,0 +1,129 @@
+"""Redis Cluster: the client :func:`~chi_redis.backend.connection.connect` returns for a
+cluster node, and what the layers above need to know about it (docs/design.md §3.6).
+
+Every multi-key script of chi-redis touches the keys of one topic (hash tag ``{topic}``)
+or of one subscription (``{sub}``) only, so each runs on the master of that slot.  What
+spans topics (a consumer's read of several streams, the subscription's dead letter of a
+topic entry) is split here by slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from redis.cluster import RedisCluster, key_slot
+
+__all__ = ["cluster_client", "group_by_slot", "is_cluster", "same_slot"]
+
+
+def cluster_client(url: str, options: dict[str, Any]) -> RedisCluster:
+    """A ``RedisCluster`` for the cluster ``url``'s node belongs to.
+
+    ``options`` are :func:`~chi_redis.backend.connection.connect`'s (its retry policy of no
+    hidden retries included: chi-redis retries itself where it is safe).
+    """
+    from .connection import _invalid_url
+
+    opts = dict(options)
+    opts.pop("db", None)
+    try:
+        return RedisCluster.from_url(url, **opts)
+    except ValueError as exc:
+        raise _invalid_url(url, exc) from None
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` is a cluster client (sync or asyncio)."""
+    if isinstance(client, RedisCluster):
+        return True
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    return isinstance(client, AsyncRedisCluster)
+
+
+def slot(key: str | bytes) -> int:
+    """The cluster slot of ``key`` (its hash tag's, when it has one)."""
+    return int(key_slot(key.encode() if isinstance(key, str) else key))
+
+
+def same_slot(*keys: str | bytes) -> bool:
+    """Whether all ``keys`` hash to one slot."""
+    return len({slot(k) for k in keys}) <= 1
+
+
+def group_by_slot(keys: Iterable[str]) -> list[list[str]]:
+    """``keys`` grouped by slot, each group in the given order, groups by first key."""
+    groups: dict[int, list[str]] = {}
+    for k in keys:
+        groups.setdefault(slot(k), []).append(k)
+    return list(groups.values())
+
+
+def _identity(response: Any, **options: Any) -> Any:
+    return response
+
+
+class ClusterFlatView:
+    """:func:`~chi_redis.store.eventtime.flat_view` on a cluster: XRANGE and ZRANGEBYSCORE
+    replies as Redis sent them, read from the master of the key's slot.
+
+    Every call (and every pipeline) names keys of one topic, so of one slot: it is sent to
+    that slot's master on a plain client of the node's pool with flat reply callbacks.
+    """
+
+    def __init__(self, client: RedisCluster) -> None:
+        self.client = client
+        self._views: dict[str, Any] = {}
+
+    def view(self, key: str | bytes) -> Any:
+        """A flat-reply client of the master that serves ``key``."""
+        import redis
+
+        node = self.client.get_node_from_key(key)
+        view = self._views.get(node.name)
+        if view is None or view.connection_pool is not node.redis_connection.connection_pool:
+            view = redis.Redis(connection_pool=node.redis_connection.connection_pool)
+            view.set_response_callback("XRANGE", _identity)
+            view.set_response_callback("ZRANGEBYSCORE", _identity)
+            self._views[node.name] = view
+        return view
+
+    def xrange(self, stream: str, *args: Any, **kwargs: Any) -> Any:
+        return self.view(stream).xrange(stream, *args, **kwargs)
+
+    def execute_command(self, name: str, key: str, *args: Any) -> Any:
+        return self.view(key).execute_command(name, key, *args)
+
+    def pipeline(self, transaction: bool = False) -> _SlotPipeline:
+        return _SlotPipeline(self, transaction)
+
+
+class _SlotPipeline:
+    """Commands on keys of one slot, queued and sent to its master in one round trip."""
+
+    def __init__(self, flat: ClusterFlatView, transaction: bool) -> None:
+        self.flat = flat
+        self.transaction = transaction
+        self.queued: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def xrange(self, *args: Any, **kwargs: Any) -> _SlotPipeline:
+        self.queued.append(("xrange", args, kwargs))
+        return self
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> _SlotPipeline:
+        self.queued.append(("execute_command", args[1:], {"_name": args[0], **kwargs}))
+        return self
+
+    def execute(self) -> list[Any]:
+        if not self.queued:
+            return []
+        first = self.queued[0][1][0]
+        pipe = self.flat.view(first).pipeline(transaction=self.transaction)
+        for method, args, kwargs in self.queued:
+            if method == "execute_command":
+                kw = dict(kwargs)
+                pipe.execute_command(kw.pop("_name"), *args, **kw)
+            else:
+                getattr(pipe, method)(*args, **kwargs)
+        return pipe.execute()  # type: ignore[no-any-return]
