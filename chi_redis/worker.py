@@ -33,7 +33,7 @@ from .runtime.encoder import MsgpackEncoder
 __all__ = ["broker", "bus", "config"]
 
 config = load_config(env=os.environ)
-bus = bus_from_config(config)
+bus = bus_from_config(config, detect_cluster=False)  # no I/O at import: asked at boot
 # Observability of this worker process: the metrics switch, CHI_LOG_FORMAT=json, tracing.
 _observe.configure_process(config, os.environ)
 _middleware = None

@@ -14,7 +14,7 @@ from typing import Any
 
 from redis.cluster import RedisCluster, key_slot
 
-__all__ = ["cluster_client", "group_by_slot", "is_cluster", "same_slot"]
+__all__ = ["cluster_client", "cluster_client_of", "group_by_slot", "is_cluster", "same_slot"]
 
 
 def cluster_client(url: str, options: dict[str, Any]) -> RedisCluster:
@@ -31,6 +31,18 @@ def cluster_client(url: str, options: dict[str, Any]) -> RedisCluster:
         return RedisCluster.from_url(url, **opts)
     except ValueError as exc:
         raise _invalid_url(url, exc) from None
+
+
+def cluster_client_of(client: Any) -> RedisCluster:
+    """A ``RedisCluster`` reaching the cluster of the node a plain ``client`` is set up for,
+    with the same connection settings."""
+    kw = dict(client.connection_pool.connection_kwargs)
+    host, port = kw.pop("host"), kw.pop("port")
+    for name in ("db", "connection_class", "redis_connect_func"):
+        kw.pop(name, None)
+    if "SSL" in client.connection_pool.connection_class.__name__:
+        kw["ssl"] = True
+    return RedisCluster(host=host, port=port, **kw)
 
 
 def is_cluster(client: Any) -> bool:

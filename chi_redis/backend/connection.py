@@ -178,19 +178,22 @@ def _warn_unverified(client: C, url: str) -> C:
     return client
 
 
-def connect(url: str = DEFAULT_URL, **options: Any) -> redis.Redis:
+def connect(url: str = DEFAULT_URL, *, detect_cluster: bool = True,
+            **options: Any) -> redis.Redis:
     """A redis-py client for ``url`` with chi-redis's connection defaults.
 
     When the server at ``url`` runs in cluster mode (``INFO cluster``: ``cluster_enabled:1``)
     the client is a ``RedisCluster`` that discovers the other nodes and follows MOVED/ASK:
-    any node's URL reaches the whole cluster (docs/design.md §3.6).
+    any node's URL reaches the whole cluster (docs/design.md §3.6).  That costs one round
+    trip now; ``detect_cluster=False`` leaves the client plain and unconnected (a module
+    that builds its bus at import: ``EventBus.adopt_cluster`` detects later).
     """
     opts = _client_options(options)
     try:
         client = redis.Redis.from_url(url, **opts)
     except ValueError as exc:
         raise _invalid_url(url, exc) from None
-    if is_cluster_server(client):
+    if detect_cluster and is_cluster_server(client):
         client.close()
         from .cluster import cluster_client
 

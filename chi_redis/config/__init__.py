@@ -66,8 +66,11 @@ __all__ = [
 
 
 def bus_from_config(config: Config, *, url: str | None = None, namespace: str | None = None,
-                    **options: Any) -> EventBus:
+                    detect_cluster: bool = True, **options: Any) -> EventBus:
     """The bus ``config`` describes (``url``/``namespace``: a CLI flag's value, which wins).
+
+    A Redis Cluster node's address gives a cluster client (asked now, one round trip;
+    ``detect_cluster=False``: later, by ``bus.adopt_cluster()``).
 
     ``bus.type: redis`` connects to ``bus.redis``; ``memory`` is the embedded bus
     (``EventBus.embedded``: an in-process Redis, no server).
@@ -87,7 +90,8 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
     from ..backend.connection import connect
 
     target = url or config.bus.redis.effective_url()
-    client = connect(target, **config.bus.redis.client_options(target))
+    client = connect(target, detect_cluster=detect_cluster,
+                     **config.bus.redis.client_options(target))
     return EventBus(client, namespace=ns, **common, **options)
 
 

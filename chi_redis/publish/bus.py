@@ -48,18 +48,11 @@ class EventBus:
         idempotency_ttl_ms: int = DEFAULT_IDEMPOTENCY_TTL_MS,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self.client = client
         self.keys = Keys(namespace)
         self.codec = Codec(encoding, max_event_bytes)
         self.idempotency_ttl_ms = idempotency_ttl_ms
         self.retry = retry or RetryPolicy()
-        self._url, self._password = client_url(client)
-        #: The write path every publish (and archive write) goes through.
-        self.writer = Writer(
-            client, self.keys, self.codec, idempotency_ttl_ms=idempotency_ttl_ms,
-            call=self.call, call_once=self.call_once,
-        )
-        self.store = RedisEventStore(self)
+        self._bind(client)
         self.subscriptions: dict[str, Subscription] = {}
         #: Handlers by the name routing rules refer to (``@bus.handler("audit")``).
         self.handlers: dict[str, Handler] = {}
@@ -72,6 +65,31 @@ class EventBus:
         """A bus on a new client for ``url``; ``options`` go to :class:`EventBus`."""
         bus_opts = split_bus_options(options)
         return cls(connect(url, **options), namespace=namespace, **bus_opts)
+
+    def _bind(self, client: redis.Redis) -> None:
+        self.client = client
+        self._url, self._password = client_url(client)
+        #: The write path every publish (and archive write) goes through.
+        self.writer = Writer(
+            client, self.keys, self.codec, idempotency_ttl_ms=self.idempotency_ttl_ms,
+            call=self.call, call_once=self.call_once,
+        )
+        self.store = RedisEventStore(self)
+
+    def adopt_cluster(self) -> bool:
+        """When the client is a plain one whose server runs in cluster mode (a bus built
+        with ``connect(..., detect_cluster=False)``), switch to a cluster client; whether
+        it did.  Call before the bus is used from other threads (a worker calls it at boot).
+        """
+        from ..backend.cluster import cluster_client_of
+        from ..backend.connection import is_cluster_server
+
+        if type(self.client) is not redis.Redis or not is_cluster_server(self.client):
+            return False
+        plain = self.client
+        self._bind(cluster_client_of(plain))  # type: ignore[arg-type]
+        plain.close()
+        return True
 
     @classmethod
     def embedded(cls, namespace: str = "chi", **bus_options: Any) -> EventBus:

@@ -246,7 +246,10 @@ class Writer(_Packing):
     def _write_batch(self, events: list[Event], chunk_size: int, archive: bool) -> list[str]:
         out: list[str] = []
         rounds = self.rounds(events, chunk_size, archive)
-        self.register(_topics(events))
+        try:
+            self.register(_topics(events))
+        except ChiError as exc:
+            raise self._failure(events, out, exc) from exc
         for group in rounds:
             try:
                 results = self.call(partial(self.send_pipelined, group))
@@ -374,7 +377,10 @@ class AsyncWriter(_Packing):
     async def _write_batch(self, events: list[Event], chunk_size: int, archive: bool) -> list[str]:
         out: list[str] = []
         rounds = self.rounds(events, chunk_size, archive)
-        await self.register(_topics(events))
+        try:
+            await self.register(_topics(events))
+        except ChiError as exc:
+            raise await self._failure(events, out, exc) from exc
         for group in rounds:
             try:
                 results = await self.call(partial(self.send_pipelined, group))

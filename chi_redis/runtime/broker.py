@@ -117,7 +117,6 @@ class StreamsBroker(HookFilter):
         super().__init__(middleware=middleware)
         self.middleware[:] = lighter(self.middleware)
         self.bus = bus
-        self.client = bus.client
         self.keys = bus.keys
         self.options = options or BrokerOptions()
         self.queues: set[str] = set()
@@ -222,6 +221,11 @@ class StreamsBroker(HookFilter):
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
     # Dramatiq's broker interface --------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        """The bus's client (a cluster client once the bus adopted one)."""
+        return self.bus.client
+
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> StreamsConsumer:
         sub = self.subscriptions.get(queue_name)
         if sub is not None and sub.batched:  # docs/design.md §5.10

@@ -36,6 +36,12 @@ class ChiMiddleware(dramatiq.Middleware):
     """Tracks the current message per thread, times it (for the adaptive prefetch and
     ``chi_handler_duration_seconds``) and stamps the first failure time."""
 
+    def before_worker_boot(self, broker: Any, worker: Any) -> None:
+        # A bus built at import (chi_redis.worker) left the cluster question for now.
+        adopt = getattr(getattr(broker, "bus", None), "adopt_cluster", None)
+        if adopt is not None:
+            adopt()
+
     def before_process_message(self, broker: Any, message: Any) -> None:
         _local.message = message
         _local.started = time.monotonic()

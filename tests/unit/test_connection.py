@@ -175,7 +175,7 @@ def test_full_redis_gives_redis_full_error_and_nothing_half_written(
         stream, index, ids = (
             admin.xlen("oom:{user}:stream"),
             admin.zcard("oom:{user}:ts"),
-            admin.hlen("oom:ids"),
+            admin.hlen("oom:{user}:ids"),
         )
     assert stream == index == ids == written
     bus.close()
@@ -211,6 +211,7 @@ def test_client_names_redis_py_and_its_version_without_a_metadata_lookup(
     assert (info.formatted_name, info.lib_version) == ("redis-py",
                                                        importlib.metadata.version("redis"))
     # A caller's own identity is left alone.
-    own = connect("redis://127.0.0.1:1/0", lib_name="mine", lib_version="1.0")
+    own = connect("redis://127.0.0.1:1/0", detect_cluster=False, lib_name="mine",
+                  lib_version="1.0")
     kwargs = own.connection_pool.connection_kwargs
     assert "driver_info" not in kwargs and kwargs["lib_name"] == "mine"

@@ -131,7 +131,7 @@ def test_delete_and_load_of_late_and_on_time_events(bus: EventBus, client: redis
     index = bus.keys.index("order")
     assert client.zscore(index, late_sid) is not None
     assert bus.store.delete(late.id) and bus.store.delete(on_time.id)
-    assert client.zcard(index) == 0 and client.hlen(bus.keys.ids()) == 0
+    assert client.zcard(index) == 0 and client.hlen(bus.keys.ids("order")) == 0
     assert bus.store.load(late.id) is None and bus.store.load(on_time.id) is None
     lo, hi = now - timedelta(days=2), now + timedelta(days=1)
     assert bus.store.load_by_time_range(lo, hi) == []

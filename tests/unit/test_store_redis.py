@@ -17,7 +17,8 @@ def inject_garbage(bus: EventBus, client: redis.Redis, fields: dict[str, bytes])
     k = bus.keys
     sid = client.xadd(k.stream("user"), fields).decode()
     client.zadd(k.index("user"), {sid: T0.timestamp() * 1_000_000})
-    client.hset(k.ids(), "bad-event", f"user {sid}")
+    client.hset(k.ids("user"), "bad-event", f"user {sid}")
+    client.sadd(k.topics(), "user")  # as the publisher registers its topics
     return sid
 
 
@@ -101,4 +102,4 @@ def test_delete_removes_entry_index_member_and_lookup(bus: EventBus, client: red
     k = bus.keys
     assert client.xlen(k.stream("order")) == 0
     assert client.zcard(k.index("order")) == 0
-    assert client.hget(k.ids(), event.id) is None
+    assert client.hget(k.ids("order"), event.id) is None
