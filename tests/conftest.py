@@ -26,7 +26,7 @@ from chi_redis import EventBus
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support.cluster import LocalCluster
+from support.cluster import LocalCluster, shared_cluster
 from support.keys import delete_namespace
 from support.markers import REAL, check_collection, require_redis_marker
 from support.servers import RedisServers, connect_real_redis, redis_url
@@ -97,9 +97,9 @@ def bus(client: redis.Redis, ns: str) -> EventBus:
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """A local Redis Cluster (3 masters + 3 replicas) shared by the session's tests."""
-    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    cluster = shared_cluster(tmp_path_factory.mktemp("cluster"))
     try:
-        yield cluster.start()
+        yield cluster
     finally:
         cluster.stop()
 

@@ -92,7 +92,9 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
     target = url or config.bus.redis.effective_url()
     client = connect(target, detect_cluster=detect_cluster,
                      **config.bus.redis.client_options(target))
-    return EventBus(client, namespace=ns, **common, **options)
+    bus = EventBus(client, namespace=ns, **common, **options)
+    bus.cluster_unknown = not detect_cluster
+    return bus
 
 
 def broker_options_from_config(config: Config) -> BrokerOptions:

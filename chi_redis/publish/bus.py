@@ -52,6 +52,9 @@ class EventBus:
         self.codec = Codec(encoding, max_event_bytes)
         self.idempotency_ttl_ms = idempotency_ttl_ms
         self.retry = retry or RetryPolicy()
+        #: Whether the client was made without asking the server about cluster mode
+        #: (``connect(..., detect_cluster=False)``); :meth:`adopt_cluster` asks.
+        self.cluster_unknown = False
         self._bind(client)
         self.subscriptions: dict[str, Subscription] = {}
         #: Handlers by the name routing rules refer to (``@bus.handler("audit")``).
@@ -84,6 +87,7 @@ class EventBus:
         from ..backend.cluster import cluster_client_of
         from ..backend.connection import is_cluster_server
 
+        self.cluster_unknown = False
         if type(self.client) is not redis.Redis or not is_cluster_server(self.client):
             return False
         plain = self.client

@@ -138,6 +138,8 @@ class StreamsBroker(HookFilter):
         validate_name(queue_name, "queue")
         if queue_name in self.queues:
             return
+        if self.bus.cluster_unknown:
+            self.bus.adopt_cluster()
         self.emit_before("declare_queue", queue_name)
         self.ensure_group(self.keys.queue(queue_name), queue_name, "0")
         self.queues.add(queue_name)
@@ -145,6 +147,8 @@ class StreamsBroker(HookFilter):
 
     def declare_subscription(self, sub: Subscription) -> dramatiq.Actor[Any, Any]:
         """Declare ``sub`` as an actor (queue = actor name = subscription name)."""
+        if self.bus.cluster_unknown:  # the first I/O of a bus built at import
+            self.bus.adopt_cluster()
         with self._lock:
             if sub.name in self.subscriptions:
                 raise ValueError(f"subscription {sub.name!r} is already declared")

@@ -5,9 +5,8 @@ messages, XREADGROUP the private stream and every bound topic stream.  Every few
 also refreshes the leases of entries this process holds, reclaims entries idle past the
 lease (XAUTOCLAIM) — dead-lettering those delivered more than ``max_deliveries`` times —
 discovers new topics for wildcard subscriptions, and removes consumers with nothing pending.
-Leases live in :mod:`.leases`, dead letters in :mod:`.deadletters`.  An entry this loop cannot
-turn into a message (whatever its bytes) is dead-lettered with reason ``decode``; it never
-crashes the loop.
+Leases: :mod:`.leases`; dead letters: :mod:`.deadletters`; cluster reads: :mod:`.slotreads`.
+An entry this loop cannot turn into a message is dead-lettered (``decode``), never fatal.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ import dramatiq
 import redis.exceptions as rex
 from dramatiq.errors import ConnectionClosed
 
+from ..backend.cluster import is_cluster
 from ..backend.scripts import script
 from ..errors import DecodeError
 from ..events.filters import EntryView
@@ -35,6 +35,7 @@ from .leases import AckBuffer, Leases
 from .leases import flush_log as flush_reclaim_log
 from .messages import StreamMessage, as_stream_message, malformed, topic_message
 from .readahead import ReadAhead
+from .slotreads import queue_reads
 
 if TYPE_CHECKING:
     from .broker import StreamsBroker
@@ -89,6 +90,8 @@ class StreamsConsumer(dramatiq.Consumer):
         self._next_due_ms = 0
         self._hand_off = False
         self.ahead = ReadAhead(self.acks)
+        self._cluster = is_cluster(self.client)  # one read per slot, none sent ahead
+        self.READ_AHEAD = self.READ_AHEAD and not self._cluster
         self._warned_at = 0.0
         self._sweeps = 0
         try:
@@ -228,11 +231,8 @@ class StreamsConsumer(dramatiq.Consumer):
         pipe = self.client.pipeline(transaction=False)
         self.acks.queue(pipe, acks)
         pipe.evalsha(self._promote.sha, 2, self.delayed, self.private, 100)
-        pipe.xreadgroup(
-            self.queue, self.name, dict.fromkeys(self._streams, ">"), count=free,
-            block=self._block_ms(now),
-        )
-        return pipe, acks
+        return queue_reads(pipe, self.queue, self.name, self._streams, free,
+                           self._block_ms(now), cluster=self._cluster), acks
 
     def _read(self, free: int, now: float) -> None:
         pipe, acks = self._read_pipe(free, now)

@@ -32,6 +32,7 @@ import redis.exceptions as rex
 from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import SkipMessage
 
+from ..backend.cluster import is_cluster, same_slot, split_dead_letter
 from ..backend.scripts import script
 from ..errors import DecodeError
 from ..observe import tracing
@@ -218,6 +219,7 @@ class DeadLetterWriter:
         self.keys = broker.keys
         self.maxlen = broker.options.dlq_maxlen
         self._script = script("deadletter")
+        self._cluster = is_cluster(self.client)
         self._refused = RefusedWrites("Redis refused %d dead letter(s) of %s")
 
     def reason(self, message: dramatiq.MessageProxy, exc: BaseException | None) -> str:
@@ -270,7 +272,11 @@ class DeadLetterWriter:
         for k, v in fields.items():
             argv += (k, v)
         try:
-            written = self._script.run(self.client, [stream, self.keys.dlq(queue)], argv)
+            dlq = self.keys.dlq(queue)
+            if self._cluster and not same_slot(stream, dlq):
+                written = split_dead_letter(self.client, stream, dlq, argv)
+            else:
+                written = self._script.run(self.client, [stream, dlq], argv)
         except CONNECTION_ERRORS:
             raise  # still in flight: the caller retries
         except rex.RedisError as exc:  # OOM, READONLY, NOPERM, any error reply

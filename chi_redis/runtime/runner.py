@@ -38,9 +38,9 @@ class ChiMiddleware(dramatiq.Middleware):
 
     def before_worker_boot(self, broker: Any, worker: Any) -> None:
         # A bus built at import (chi_redis.worker) left the cluster question for now.
-        adopt = getattr(getattr(broker, "bus", None), "adopt_cluster", None)
-        if adopt is not None:
-            adopt()
+        bus = getattr(broker, "bus", None)
+        if getattr(bus, "cluster_unknown", False):
+            bus.adopt_cluster()  # type: ignore[union-attr]
 
     def before_process_message(self, broker: Any, message: Any) -> None:
         _local.message = message

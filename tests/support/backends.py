@@ -20,6 +20,7 @@ import redis
 
 from chi_redis import EventBus
 
+from .cluster import delete_cluster_namespace, shared_cluster
 from .keys import delete_namespace
 from .servers import REDIS_URL, RedisServer, connect_real_redis
 
@@ -127,6 +128,17 @@ def _own_redis(ns: str, tmp_path: Path) -> Iterator[Session]:
         server.stop()
 
 
+@contextlib.contextmanager
+def _cluster(ns: str, tmp_path: Path) -> Iterator[Session]:
+    url = shared_cluster().url
+    bus = EventBus.from_url(url, namespace=ns)  # detects the cluster from one node's URL
+    try:
+        yield Session(bus, url=url)
+    finally:
+        delete_cluster_namespace(bus.client, ns)
+        bus.close()
+
+
 FAKEREDIS = Backend(
     "fakeredis",
     _fakeredis,
@@ -169,4 +181,14 @@ OWN_REDIS = Backend(
     marks=(pytest.mark.redis,),
 )
 
-BACKENDS: list[Backend] = [FAKEREDIS, EMBEDDED, SHARED_REDIS, OWN_REDIS]
+CLUSTER = Backend(
+    "redis-cluster",
+    _cluster,
+    Features(reasons={
+        "kill_and_restart": "a cluster node's failover is its own scenario, not a restart",
+        "persistence": "the test cluster runs without persistence",
+    }),
+    marks=(pytest.mark.redis,),
+)
+
+BACKENDS: list[Backend] = [FAKEREDIS, EMBEDDED, SHARED_REDIS, OWN_REDIS, CLUSTER]

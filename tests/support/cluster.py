@@ -14,7 +14,6 @@ import socket
 import subprocess
 from pathlib import Path
 
-import redis
 from redis.cluster import RedisCluster
 
 from .ports import free_port
@@ -113,5 +112,30 @@ def spread_topics(cluster: LocalCluster, stream_key: object, prefix: str,
     raise AssertionError("could not spread topics over the masters")
 
 
-def is_cluster_client(client: object) -> bool:
-    return isinstance(client, (RedisCluster, redis.asyncio.RedisCluster))
+
+
+
+_SHARED: list[LocalCluster] = []
+
+
+def shared_cluster(workdir: Path | None = None) -> LocalCluster:
+    """The one local cluster of this test process, started on first use and stopped (by
+    the PIDs started) when the process exits."""
+    if not _SHARED:
+        import atexit
+        import tempfile
+
+        where = workdir or Path(tempfile.mkdtemp(prefix="chi-cluster-"))
+        cluster = LocalCluster(where)
+        atexit.register(cluster.stop)
+        _SHARED.append(cluster.start())
+    return _SHARED[0]
+
+
+def delete_cluster_namespace(client: RedisCluster, namespace: str) -> None:
+    """Delete every key ``<namespace>:*`` on every master, one key at a time (keys of
+    different slots cannot share a DEL)."""
+    for node in client.get_primaries():
+        conn = node.redis_connection
+        for key in conn.scan_iter(match=f"{namespace}:*", count=1000):
+            conn.unlink(key)
