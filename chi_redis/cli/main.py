@@ -62,6 +62,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "chi_redis.cli.metrics:metrics_cmd",
         "Serve the stream gauges on /metrics and health on /healthz, /readyz.",
     ),
+    "migrate": (
+        "chi_redis.cli.migrate:migrate_cmd",
+        "Move data of the earlier key layout (one id hash) into the current one.",
+    ),
     "outbox": (
         "chi_redis.cli.outbox:outbox",
         "Transactional outbox: create its table, relay it to the streams, show its backlog.",

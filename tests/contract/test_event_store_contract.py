@@ -22,6 +22,7 @@ import msgspec
 import pytest
 import redis
 from support import delete_namespace, redis_url, skip_or_fail
+from support.cluster import delete_cluster_namespace, shared_cluster
 from support.markers import REAL
 from support.postgres import require_postgres, unique_table
 
@@ -59,6 +60,7 @@ BACKENDS = [
     "memory",
     "redis-fake",
     pytest.param("redis-real", marks=REAL.marks),
+    pytest.param("redis-cluster", marks=REAL.marks),
     pytest.param("postgres", marks=pytest.mark.postgres),
     "file",
 ]
@@ -91,6 +93,14 @@ def make_backend(kind: str, ns: str) -> tuple[Backend, Callable[[], None]]:
                 memory.store(e)
 
         return Backend(kind, memory, store_each), lambda: None
+    if kind == "redis-cluster":
+        bus = EventBus.from_url(shared_cluster().url, namespace=ns)
+
+        def drop_keys() -> None:
+            delete_cluster_namespace(bus.client, ns)
+            bus.close()
+
+        return Backend(kind, bus.store, bus.publish_batch), drop_keys
     if kind == "redis-fake":
         client: redis.Redis = fakeredis.FakeRedis(
             server=fakeredis.FakeServer(version=(7, 0)), version=(7, 0)

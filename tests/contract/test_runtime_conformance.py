@@ -333,6 +333,7 @@ def test_events_survive_a_server_kill_and_restart(backend: Conformance) -> None:
 
 
 # history and order ---------------------------------------------------------------------------
+@pytest.mark.needs("replay")
 def test_replay_a_range_into_one_subscription_only(backend: Conformance) -> None:
     sids = backend.bus.publish_batch([ev("ledger.posted", i) for i in range(10)])
     # registered after the events (start="new"): only the replay reaches them

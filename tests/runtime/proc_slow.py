@@ -1,7 +1,8 @@
 """Worker-process handlers for the kill -9 and lease-refresh tests.
 
 ``slow``: records its start (count and PID) per event id, sleeps ``data["sleep_ms"]``,
-then records that it finished (count and PID).
+then records that it finished (count and PID).  ``bus.client`` is read when used: on a
+Redis Cluster the worker swaps in a cluster client after the handler modules are imported.
 """
 
 from __future__ import annotations
@@ -12,19 +13,18 @@ import time
 from chi_redis import Event
 from chi_redis.worker import bus
 
-_client = bus.client
 _ns = bus.namespace
 
 
 @bus.subscribe("slow", types=["slow.job"])
 def slow(event: Event) -> None:
     pid = os.getpid()
-    pipe = _client.pipeline(transaction=False)
+    pipe = bus.client.pipeline(transaction=False)
     pipe.hincrby(f"{_ns}:t:starts", event.id, 1)
     pipe.hset(f"{_ns}:t:start-pid", event.id, pid)
     pipe.execute()
     time.sleep(event.data.get("sleep_ms", 0) / 1000)
-    pipe = _client.pipeline(transaction=False)
+    pipe = bus.client.pipeline(transaction=False)
     pipe.hincrby(f"{_ns}:t:done", event.id, 1)
     pipe.hset(f"{_ns}:t:done-pid", event.id, pid)
     pipe.execute()

@@ -34,6 +34,7 @@ class Features:
     persistence: bool = False  # what was written survives that restart
     server_time_reclaim: bool = True  # idle entries are reclaimed by their idle time
     guaranteed_order: bool = True  # one consumer thread handles one topic in publish order
+    replay: bool = True  # `bus.replay` / `chi-redis replay` (checkpointed redelivery)
     reasons: dict[str, str] = field(default_factory=dict)
 
     def missing(self, *names: str) -> str | None:
@@ -184,7 +185,9 @@ OWN_REDIS = Backend(
 CLUSTER = Backend(
     "redis-cluster",
     _cluster,
-    Features(reasons={
+    Features(replay=False, reasons={
+        "replay": "replay's checkpoint hash and its history reader are single-node only"
+                  " (the checkpoint is in no subscription's slot): not yet on a cluster",
         "kill_and_restart": "a cluster node's failover is its own scenario, not a restart",
         "persistence": "the test cluster runs without persistence",
     }),
