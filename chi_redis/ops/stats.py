@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import redis.exceptions as rex
 
+from ..backend.cluster import is_cluster
 from ..backend.streamids import parse_id
 from ..events.codec import iso_us
 from ..runtime.subscriptions import decode_record
@@ -112,9 +113,14 @@ def collect_groups(bus: EventBus) -> tuple[Stats, list[GroupStats]]:
     """:func:`collect`, plus each consumer group's own lag and pending count (the
     per-topic detail the metrics exporter needs; the same three round trips)."""
     k = bus.keys
-    topics_raw, subs_raw, now = _execute(
-        bus, lambda p: (p.smembers(k.topics()), p.hgetall(k.subs()), p.time())
-    )
+    if is_cluster(bus.client):  # a cluster pipeline refuses TIME: asked on its own
+        topics_raw, subs_raw = _execute(
+            bus, lambda p: (p.smembers(k.topics()), p.hgetall(k.subs())))
+        now = bus.call(bus.client.time)
+    else:
+        topics_raw, subs_raw, now = _execute(
+            bus, lambda p: (p.smembers(k.topics()), p.hgetall(k.subs()), p.time())
+        )
     now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
     topics = sorted(_s(t) for t in topics_raw)
     registry = {_s(n): decode_record(_s(n), v) for n, v in subs_raw.items()}
