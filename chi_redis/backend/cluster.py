@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from redis.cluster import RedisCluster, key_slot
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 __all__ = ["cluster_client", "cluster_client_of", "group_by_slot", "is_cluster", "same_slot"]
 
@@ -92,7 +93,7 @@ class ClusterFlatView:
         """A flat-reply client of the master that serves ``key``."""
         import redis
 
-        node = self.client.get_node_from_key(key)
+        node = self.client.get_node_from_key(key)  # type: ignore[no-untyped-call]
         view = self._views.get(node.name)
         if view is None or view.connection_pool is not node.redis_connection.connection_pool:
             view = redis.Redis(connection_pool=node.redis_connection.connection_pool)

@@ -14,7 +14,8 @@ __all__ = ["migrate_cmd"]
 def migrate_cmd() -> None:
     """Move data of the earlier key layout (one id hash) into the current one.
 
-    The id lookup <ns>:ids becomes one hash per topic.  Run once after upgrading from a release that kept one id hash; safe to run again.
+    The id lookup <ns>:ids becomes one hash per topic.  Run once after upgrading from a
+    release that kept one id hash; safe to run again.
     """
     from ..ops.migrate import migrate_ids
 

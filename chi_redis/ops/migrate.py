@@ -69,7 +69,7 @@ def _move(bus: EventBus, legacy: str, by_topic: dict[str, dict[bytes, bytes]]) -
         pipe = bus.client.pipeline(transaction=False)
         pipe.sadd(bus.keys.topics(), *by_topic)
         for topic, mapping in by_topic.items():
-            pipe.hset(bus.keys.ids(topic), mapping=mapping)
+            pipe.hset(bus.keys.ids(topic), mapping=mapping)  # type: ignore[arg-type]
         return pipe.execute()
 
     bus.call(write)

@@ -23,7 +23,8 @@ import msgspec
 
 from ..backend.scripts import bulk, script
 from ..events.names import validate_name
-from ..publish.writer import Call, checkpoint_argv, pack_republish
+from ..publish.packing import Call
+from ..publish.writer import checkpoint_argv, pack_republish
 from ..store.history import Item
 
 if TYPE_CHECKING:

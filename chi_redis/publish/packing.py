@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..backend.keys import Keys
-from ..backend.scripts import Call
 from ..errors import ValidationError
 from ..events.codec import Codec
 from ..events.event import Event
 from .single import check_idempotency_key
 
-__all__ = ["pack"]
+__all__ = ["Call", "pack"]
+
+#: KEYS and ARGV of one publish-script call.
+Call = tuple[list[str], list[bytes | str | int]]
 
 
 def pack(

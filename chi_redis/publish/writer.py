@@ -27,7 +27,7 @@ from ..events.event import Event
 from ..events.names import validate_name
 from ..limits import MAX_CHUNK, check_limit
 from ..observe import metrics, tracing
-from .packing import pack
+from .packing import Call, pack
 from .republish import checkpoint_argv, pack_republish
 from .single import OnePacking, count_one
 from .slots import CLUSTER_CALLS_PER_ROUND_TRIP, id_lookups, new_topics, topic_runs
@@ -50,7 +50,6 @@ __all__ = [
 DEFAULT_CHUNK = 500
 DEFAULT_IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 
-Call = tuple[list[str], list[bytes | str | int]]
 #: Chunks (publish-script calls) sent per pipeline round trip.
 CHUNKS_PER_ROUND_TRIP = 20
 _BUS_OPTIONS = ("encoding", "max_event_bytes", "idempotency_ttl_ms", "retry")
@@ -223,9 +222,9 @@ class Writer(_Packing):
             return [sid.decode()]
         calls = self.pack_runs(events, idempotency_keys, archive)
         self.register(_topics(events))
-        ids = []
+        ids: list[str] = []
         for keys, argv in calls:
-            ids += _stream_ids(self.call(lambda k=keys, a=argv: self.send(k, a)))
+            ids += _stream_ids(self.call(partial(self.send, keys, argv)))
         if metrics.enabled() and not archive:
             count_published(_topics(events))
         return ids
@@ -358,9 +357,9 @@ class AsyncWriter(_Packing):
             return [sid.decode()]
         calls = self.pack_runs(events, idempotency_keys, archive)
         await self.register(_topics(events))
-        ids = []
+        ids: list[str] = []
         for keys, argv in calls:
-            ids += _stream_ids(await self.call(lambda k=keys, a=argv: self.send(k, a)))
+            ids += _stream_ids(await self.call(partial(self.send, keys, argv)))
         if metrics.enabled() and not archive:
             count_published(_topics(events))
         return ids
