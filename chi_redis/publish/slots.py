@@ -3,18 +3,21 @@ publish script on one topic's keys, and the topics set is written outside the sc
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ..backend.keys import Keys
 from ..events.event import Event
 
-__all__ = ["CLUSTER_CALLS_PER_ROUND_TRIP", "id_lookups", "new_topics", "topic_runs"]
+__all__ = ["CLUSTER_CALLS_PER_ROUND_TRIP", "TopicMemory", "id_lookups", "topic_runs"]
 
 #: Script calls sent per pipeline round trip on a cluster (one topic each, so often small).
 CLUSTER_CALLS_PER_ROUND_TRIP = 200
 #: Topics a publisher remembers as registered before it starts afresh.
 _MAX_REGISTERED = 10_000
+#: Seconds after which a publisher adds its topics to the topics set again.
+REFRESH_S = 60.0
 
 
 def topic_runs(events: Sequence[Event], chunk_size: int) -> Iterator[Sequence[Event]]:
@@ -28,12 +31,31 @@ def topic_runs(events: Sequence[Event], chunk_size: int) -> Iterator[Sequence[Ev
             start = i
 
 
-def new_topics(registered: set[str], topics: Iterable[str]) -> list[str]:
-    """The topics not yet in ``registered`` (a publisher's memory of the topics set)."""
-    fresh = sorted({t for t in topics if t not in registered})
-    if fresh and len(registered) + len(fresh) > _MAX_REGISTERED:
-        registered.clear()
-    return fresh
+class TopicMemory:
+    """The topics a publisher added to the topics set lately: it adds each again once
+    every :data:`REFRESH_S` (one SADD a topic a minute), so a set that was deleted (a
+    FLUSH, a restore) is whole again within a minute of publishing."""
+
+    __slots__ = ("known", "until")
+
+    def __init__(self) -> None:
+        self.known: set[str] = set()
+        self.until = 0.0
+
+    def knows(self, topic: str) -> bool:
+        """Whether ``topic`` was added lately (one clock read and a set lookup)."""
+        now = time.monotonic()
+        if now >= self.until or len(self.known) > _MAX_REGISTERED:
+            self.known.clear()
+            self.until = now + REFRESH_S
+        return topic in self.known
+
+    def fresh(self, topics: Iterable[str]) -> list[str]:
+        """The topics of ``topics`` not added lately."""
+        return sorted({t for t in topics if not self.knows(t)})
+
+    def add(self, topics: Iterable[str]) -> None:
+        self.known.update(topics)
 
 
 def id_lookups(pipe: Any, keys: Keys, events: Sequence[Event]) -> Any:

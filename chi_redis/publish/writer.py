@@ -30,7 +30,7 @@ from ..observe import metrics, tracing
 from .packing import Call, pack
 from .republish import checkpoint_argv, pack_republish
 from .single import OnePacking, count_one
-from .slots import CLUSTER_CALLS_PER_ROUND_TRIP, id_lookups, new_topics, topic_runs
+from .slots import CLUSTER_CALLS_PER_ROUND_TRIP, TopicMemory, id_lookups, topic_runs
 
 if TYPE_CHECKING:
     import redis
@@ -125,7 +125,7 @@ class _Packing(OnePacking):
         #: Whether each script call holds one topic only (a cluster: one slot per call).
         self.per_topic = False
         #: Topics known to be in the topics set (added before a topic's first event).
-        self.registered: set[str] = set()
+        self.registered = TopicMemory()
 
     def pack(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None,
@@ -189,10 +189,10 @@ class Writer(_Packing):
     def register(self, topics: Iterable[str]) -> None:
         """Add the topics not added yet by this writer to the topics set (one round trip,
         before their first events: a reader of the set never misses a written topic)."""
-        fresh = new_topics(self.registered, topics)
+        fresh = self.registered.fresh(topics)
         if fresh:
             self.call(lambda: self.client.sadd(self.keys.topics(), *fresh))
-            self.registered.update(fresh)
+            self.registered.add(fresh)
 
     def write(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None = None,
@@ -215,7 +215,7 @@ class Writer(_Packing):
         if len(events) == 1 and not archive:
             event = events[0]
             one = self.pack_one(event, idempotency_keys[0] if idempotency_keys else None)
-            if event.topic not in self.registered:
+            if not self.registered.knows(event.topic):
                 self.register((event.topic,))
             sid: bytes = self.call(lambda: self.send_one(*one))
             count_one(event.topic)
@@ -328,10 +328,10 @@ class AsyncWriter(_Packing):
 
     async def register(self, topics: Iterable[str]) -> None:
         """As :meth:`Writer.register`."""
-        fresh = new_topics(self.registered, topics)
+        fresh = self.registered.fresh(topics)
         if fresh:
             await self.call(lambda: self.client.sadd(self.keys.topics(), *fresh))
-            self.registered.update(fresh)
+            self.registered.add(fresh)
 
     async def write(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None = None,
@@ -350,7 +350,7 @@ class AsyncWriter(_Packing):
         if len(events) == 1 and not archive:
             event = events[0]
             one = self.pack_one(event, idempotency_keys[0] if idempotency_keys else None)
-            if event.topic not in self.registered:
+            if not self.registered.knows(event.topic):
                 await self.register((event.topic,))
             sid: bytes = await self.call(lambda: self.send_one(*one))
             count_one(event.topic)

@@ -264,3 +264,20 @@ def test_call_once_does_not_retry_and_maps_errors(client: redis.Redis, ns: str) 
     with pytest.raises(RedisUnavailableError):
         bus.call(lost)
     assert calls["n"] == 6
+
+
+def test_the_topics_set_is_written_once_a_minute_and_so_comes_back_after_a_delete(
+    bus: EventBus, client: redis.Redis
+) -> None:
+    k = bus.keys
+    client.script_load(script("publish_one").source)
+    with CommandCounter(client) as counter:
+        bus.publish(ev(1))
+    assert counter.count == 2  # a topic's first publish: SADD, then the script
+    assert client.smembers(k.topics()) == {b"user"}
+    client.delete(k.topics())  # a FLUSH or a restore lost the set
+    bus.publish_batch([ev(2), ev(3, topic="order")])
+    assert client.smembers(k.topics()) == {b"order"}  # "user" is known for a minute
+    bus.writer.registered.until = 0.0  # the minute has passed
+    bus.publish(ev(4))
+    assert client.smembers(k.topics()) == {b"order", b"user"}
