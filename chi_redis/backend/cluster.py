@@ -1,5 +1,5 @@
 """Redis Cluster: the client :func:`~chi_redis.backend.connection.connect` returns for a
-cluster node, and what the layers above need to know about it (docs/design.md §3.6).
+cluster node, and what the layers above need to know about it (docs/design.md §3.4).
 
 Every multi-key script of chi-redis touches the keys of one topic (hash tag ``{topic}``)
 or of one subscription (``{sub}``) only, so each runs on the master of that slot.  What

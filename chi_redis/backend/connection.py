@@ -184,7 +184,7 @@ def connect(url: str = DEFAULT_URL, *, detect_cluster: bool = True,
 
     When the server at ``url`` runs in cluster mode (``INFO cluster``: ``cluster_enabled:1``)
     the client is a ``RedisCluster`` that discovers the other nodes and follows MOVED/ASK:
-    any node's URL reaches the whole cluster (docs/design.md §3.6).  That costs one round
+    any node's URL reaches the whole cluster (docs/design.md §3.4).  That costs one round
     trip now; ``detect_cluster=False`` leaves the client plain and unconnected (a module
     that builds its bus at import: ``EventBus.adopt_cluster`` detects later).
     """

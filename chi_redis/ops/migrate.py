@@ -2,7 +2,7 @@
 
 The earlier layout kept one id hash for every topic (``<ns>:ids``); the current one keeps
 one per topic (``<ns>:{<topic>}:ids``), in the topic's hash slot, so the publish script
-writes it on a Redis Cluster too (docs/design.md §3.6).  Everything else kept its name.
+writes it on a Redis Cluster too (docs/design.md §3.4).  Everything else kept its name.
 Until this runs, ``load(id)``, ``delete(id)`` and a retried publish do not find the events
 written before the upgrade by id (their streams, time queries and subscriptions are
 unaffected).  Safe to run again and while publishers run: each id is written to its

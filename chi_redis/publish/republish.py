@@ -44,7 +44,7 @@ def pack_republish(keys: Keys, items: Iterable[Item]) -> Call:
             meta = {}
         meta["chi_replay"] = True
         meta["chi_replay_of"] = f.get("id", b"").decode(errors="replace")
-        klist += (keys.stream(topic), keys.index(topic))
+        klist += (keys.stream(topic), keys.index(topic), keys.ids(topic))
         argv += (
             topic, new_event_id(), f.get("type", b""), f.get("ts", b"0"), f.get("ver", b"1.0"),
             _JSON.encode(meta), f.get("enc", b"mp"), f.get("data", b""),

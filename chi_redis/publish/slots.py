@@ -1,4 +1,4 @@
-"""What the publishers do about hash slots (docs/design.md §3.6): a cluster runs each
+"""What the publishers do about hash slots (docs/design.md §3.4): a cluster runs each
 publish script on one topic's keys, and the topics set is written outside the scripts."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A consumer's read of its streams on a Redis Cluster (docs/design.md §3.6).
+"""A consumer's read of its streams on a Redis Cluster (docs/design.md §3.4).
 
 One ``XREADGROUP`` names every stream of a subscription on a single node; on a cluster the
 streams of different slots cannot share a command, so the read is one ``XREADGROUP`` per
