@@ -55,16 +55,28 @@ class LocalCluster:
         return self
 
     def _ready(self) -> bool:
+        """Every node sees the cluster ok, and every replica is in sync with its master
+        (else a master killed at once has no replica to take over)."""
+        replicas = 0
         for node in self.nodes:
             with contextlib.closing(node.client()) as c:
                 if c.cluster("info").get("cluster_state") != "ok":
                     return False
+                repl = c.info("replication")
+                if repl.get("role") == "slave":
+                    if repl.get("master_link_status") != "up":
+                        return False
+                    replicas += 1
+        if replicas != MASTERS:
+            return False
         with contextlib.closing(self.client()) as c:
             return len(c.get_primaries()) == MASTERS
 
     def client(self) -> RedisCluster:
-        """A plain redis-py cluster client (for test set-up and checks)."""
-        return RedisCluster.from_url(self.url, socket_timeout=10)
+        """A plain redis-py cluster client (for test set-up and checks), through the first
+        node still running."""
+        node = next(n for n in self.nodes if n.alive())
+        return RedisCluster.from_url(node.url, socket_timeout=10)
 
     def owner(self, key: str) -> str:
         """``host:port`` of the master that owns ``key``'s slot."""
