@@ -113,14 +113,7 @@ def collect_groups(bus: EventBus) -> tuple[Stats, list[GroupStats]]:
     """:func:`collect`, plus each consumer group's own lag and pending count (the
     per-topic detail the metrics exporter needs; the same three round trips)."""
     k = bus.keys
-    if is_cluster(bus.client):  # a cluster pipeline refuses TIME: asked on its own
-        topics_raw, subs_raw = _execute(
-            bus, lambda p: (p.smembers(k.topics()), p.hgetall(k.subs())))
-        now = bus.call(bus.client.time)
-    else:
-        topics_raw, subs_raw, now = _execute(
-            bus, lambda p: (p.smembers(k.topics()), p.hgetall(k.subs()), p.time())
-        )
+    topics_raw, subs_raw, now = _registries(bus)
     now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
     topics = sorted(_s(t) for t in topics_raw)
     registry = {_s(n): decode_record(_s(n), v) for n, v in subs_raw.items()}
@@ -193,6 +186,19 @@ def collect_groups(bus: EventBus) -> tuple[Stats, list[GroupStats]]:
         if n in oldest:
             sub.oldest_pending_age_s = max(now_ms - oldest[n], 0) / 1000
     return Stats(now_ms, tstats, [subs[n] for n in names]), detail
+
+
+def _registries(bus: EventBus) -> tuple[Any, Any, Any]:
+    """The topics set, the subscription registry and the server's TIME: one round trip
+    (two on a cluster, whose pipelines refuse TIME)."""
+    k = bus.keys
+    if is_cluster(bus.client):
+        topics_raw, subs_raw = _execute(
+            bus, lambda p: (p.smembers(k.topics()), p.hgetall(k.subs())))
+        return topics_raw, subs_raw, bus.call(bus.client.time)
+    topics_raw, subs_raw, now = _execute(
+        bus, lambda p: (p.smembers(k.topics()), p.hgetall(k.subs()), p.time()))
+    return topics_raw, subs_raw, now
 
 
 def _lag(group: Any) -> int | None:
