@@ -288,9 +288,11 @@ class StreamsConsumer(dramatiq.Consumer):
         now = time.monotonic()
         if now - self._warned_at > 60:
             self._warned_at = now
-            logger.warning(
-                "consumer group %r missing (Redis restarted without persistence, or a key was"
-                " deleted): re-creating it at the first entry", self.queue,
+            # CRITICAL: entries that were in the stream, pending or unread, are gone.
+            logger.critical(
+                "stream state lost: consumer group %r missing (Redis restarted without"
+                " persistence, flushed, or a key was deleted): re-creating it at the first"
+                " entry", self.queue,
             )
         for stream in self._streams:
             self.broker.ensure_group(stream, self.queue, "0")
