@@ -1,6 +1,6 @@
 """Real worker processes: ``python -m dramatiq chi_redis.worker runtime.<module>
---processes 1 --threads N``, each a direct child of the test, on the real server (or on a
-redis-server of the test's own for the restart case).
+--processes 1 --threads N``, each a direct child of the test, on the real server (Redis
+restarts and other server faults: tests/reliability).
 
 - two workers, 5,000 events: each handled once per subscription, nothing left pending;
 - kill -9 of a worker in the middle of a handler: the other one finishes its entries (F1);

@@ -66,6 +66,7 @@ class Attempts:
     ok_times: list[float] = field(default_factory=list)
     errors: list[tuple[float, str]] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
+    max_call_s: float = 0.0
 
 
 class Publisher:
@@ -121,6 +122,9 @@ class Publisher:
                 self._error(started, exc, exc.outcome)
             except PublishError as exc:
                 self._error(started, exc, exc.outcome)
+            finally:
+                took = time.monotonic() - started
+                self.seen.max_call_s = max(self.seen.max_call_s, took)
 
     def _once(self) -> None:
         started = time.monotonic()
