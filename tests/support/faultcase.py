@@ -109,3 +109,15 @@ def timed(fn: Any) -> float:
     t0 = time.monotonic()
     fn()
     return time.monotonic() - t0
+
+
+def handler_rows(case: FaultCase, kind: str = "commit") -> list[tuple[str, str, int, int]]:
+    """``(event id, entry id, attempt, pid)`` of every handler ``kind`` line of the case
+    (tests/runtime/proc_server_faults.py writes them)."""
+    rows = []
+    for path in sorted(case.history.folder.glob("handler-*.log")):
+        for line in path.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) == 5 and parts[0] == kind:
+                rows.append((parts[1], parts[2], int(parts[3]), int(parts[4])))
+    return rows
