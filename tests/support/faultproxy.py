@@ -156,11 +156,11 @@ class FaultProxy:
 
     def reset(self) -> int:
         """RST every open connection now; how many were reset."""
-        pipes = self.pipes()
+        with self._lock:
+            pipes = list(self._pipes)
+            self.resets += len(pipes)  # counted first: a client may see its reset at once
         for pipe in pipes:
             pipe.close(rst=True)
-        with self._lock:
-            self.resets += len(pipes)
         return len(pipes)
 
     def reset_after_bytes(self, n: int) -> None:
