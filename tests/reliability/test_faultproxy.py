@@ -33,9 +33,13 @@ def test_pass_and_reset(proxy: FaultProxy) -> None:
     with contextlib.closing(_client(proxy)) as c:
         assert c.ping()
         assert proxy.accepted == 1
+        # Held, not through the pool (whose checkout would quietly reconnect after a reset).
+        conn = c.connection_pool.get_connection()
         assert proxy.reset() == 1
-        with pytest.raises(redis.ConnectionError):
-            c.ping()
+        with pytest.raises(redis.ConnectionError, match=r"reset|closed|pipe"):
+            conn.send_command("PING")
+            conn.read_response()
+        c.connection_pool.release(conn)
         assert c.ping()  # a new connection goes through again
         assert proxy.accepted == 2
 

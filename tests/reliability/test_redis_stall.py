@@ -4,7 +4,8 @@ socket timeout, under a running worker and two publishers.
 The worker's blocking read outlives the stall (its socket timeout is above the longest
 BLOCK and the stall here): no consumer thread crashes and no error is logged.  A publisher
 with a 1 s timeout and no retry fails clearly (outcome unknown: its request runs once the
-server wakes up); one with the default timeout waits and succeeds.  Nothing is lost.
+server wakes up); one with the default timeout waits and succeeds.  Nothing is lost;
+entries in flight at the stall may be handled twice (counted).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def test_stall_longer_than_the_default_socket_timeout_loses_nothing(
         case.wait_committed()
         hasty.start()
         wait_until(lambda: hasty.ok_count() >= 100, 30, "publishing")
+        held = int(client.xpending(case.stream(), "hist")["pending"])
         sleeper = threading.Thread(target=client.execute_command,
                                    args=("DEBUG", "SLEEP", str(STALL_S)), daemon=True)
         t0 = time.monotonic()
@@ -67,8 +69,12 @@ def test_stall_longer_than_the_default_socket_timeout_loses_nothing(
         client.close()
     verdict = case.history.check()
     errors = error_lines(case.logs())
-    record("F16-redis-stall", **verdict.figures(), **figures, worker_error_lines=len(errors))
-    verdict.assert_nothing_lost(max_duplicated=0)
+    record("F16-redis-stall", **verdict.figures(), **figures, worker_error_lines=len(errors),
+           pending_at_stall=held)
+    # An entry the worker held when the stall began (read, or handled with its ack still
+    # buffered) is idle past the lease when Redis wakes up and may be reclaimed before it is
+    # refreshed or acked: counted, and bounded by what was in flight.
+    verdict.assert_nothing_lost(max_duplicated=held + 16)
     assert done and done[0] > 3, "the patient publisher did not wait out the stall"
     assert seen.errors and "Timeout" in seen.errors[0][1], seen.errors[:1]
     assert seen.max_call_s < 3, "the hasty publisher waited past its 1 s timeout"
