@@ -94,7 +94,18 @@ class DecodeError(ChiError):
 
 
 class RedisError(ChiError):
-    """Redis refused a command or could not be reached."""
+    """Redis refused a command or could not be reached.
+
+    ``outcome`` says what became of the command: ``"not_written"`` when it certainly changed
+    nothing (no connection could be made, or Redis refused it: OOM, auth, loading), else
+    ``"unknown"`` (it was sent and no reply came: it may have run).  A publish with an
+    unknown outcome may be repeated with the same event: the publish script writes an event
+    id once.
+    """
+
+    def __init__(self, message: str = "", *, outcome: str = "unknown") -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 class RedisUnavailableError(RedisError):
@@ -119,16 +130,21 @@ class PublishError(ChiError):
     """A batch publish that was written only in part.
 
     ``written`` maps the index of each written event to its stream id; ``failed`` lists
-    the indexes of events that were not written.
+    the indexes of events that were not written.  ``outcome`` is ``"known"`` when Redis was
+    asked afterwards which events it holds (so ``failed`` were certainly not written), and
+    ``"unknown"`` when it could not be asked: events in ``failed`` may have been written, and
+    publishing them again is safe (an event id is written once).
     """
 
     def __init__(
-        self, message: str, *, written: dict[int, str], failed: list[int], cause: Exception
+        self, message: str, *, written: dict[int, str], failed: list[int], cause: Exception,
+        outcome: str = "known",
     ) -> None:
         super().__init__(message)
         self.written = written
         self.failed = failed
         self.cause = cause
+        self.outcome = outcome
 
 
 class BufferFullError(ChiError):

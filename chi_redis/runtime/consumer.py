@@ -288,10 +288,10 @@ class StreamsConsumer(dramatiq.Consumer):
         now = time.monotonic()
         if now - self._warned_at > 60:
             self._warned_at = now
-            logger.warning(
-                "consumer group %r missing (Redis restarted without persistence, or a key was"
-                " deleted): re-creating it at the first entry", self.queue,
-            )
+            logger.critical(  # the entries it had, pending or unread, are gone
+                "stream state lost: consumer group %r missing (Redis restarted without"
+                " persistence, flushed, or a key deleted): re-created at the first entry",
+                self.queue)
         for stream in self._streams:
             self.broker.ensure_group(stream, self.queue, "0")
         if self.sub is not None:
