@@ -87,7 +87,8 @@ def test_kill_9_mid_handler_is_redelivered_within_the_lease(
            in_flight_at_kill=in_flight, kill_to_redelivery_s=round(redelivered_in, 3),
            gate_s=GATE_S, kill_to_all_committed_s=round(recovered_in, 3),
            pel_at_end=case.pending(SUB, TOPIC), dead_letters=case.dlq(SUB),
-           dead_consumer_at_kill=dead[0], consumers_at_end=after,
+           dead_consumer_pending_at_kill=dead[0]["pending"],
+           consumers_at_end={c["name"]: c["pending"] for c in after},
            victim_restarts=victim.starts - 1)
     verdict.assert_nothing_lost(max_duplicated=0)  # dedupe: no duplicate side effect
     assert 1 <= raw_duplicates <= in_flight, (raw_duplicates, in_flight)
