@@ -10,6 +10,11 @@ deliveries, source stream and entry id, a capped and redacted error), acked; the
 events all run.  Then one 30 s watch for all three: no further delivery, no worker
 restart, workers idle (CPU).  Finally ``chi-redis dlq list`` shows the dead letter and
 ``dlq redrive`` (subprocesses) puts it back once, after the handler was "fixed".
+
+(b)'s worker runs with prefetch 1.  With more, a good entry read together with the killing
+one is redelivered with it after each crash (its delivery count rises with the poison's)
+and is dead-lettered with it (reason ``max_deliveries``) without ever having run: a known
+limit of counting deliveries per entry, documented in docs/operations.md.
 """
 
 from __future__ import annotations
@@ -45,7 +50,9 @@ def _cli(case: WorkerCase, *args: str) -> str:
 
 def test_poison_is_dead_lettered_once_then_never_delivered_again(case: WorkerCase) -> None:
     both = case.start(["poison-exc", "poison-hang"], threads=2)
-    exiting = case.start(["poison-exit"], threads=1)
+    # Prefetch 1: an entry read together with the killing one would be redelivered with it
+    # after every crash and reach max_deliveries too (see the module docstring).
+    exiting = case.start(["poison-exit"], threads=1, CHI_PREFETCH=1)
     exiting.supervise(max_restarts=MAX_DELIVERIES + 2)
     case.ready({s: ["poison"] for s in SUBS}, both, exiting)
     poison = {s: Event(type=f"poison.{v}", data={"v": v}) for s, v in SUBS.items()}
@@ -61,13 +68,16 @@ def test_poison_is_dead_lettered_once_then_never_delivered_again(case: WorkerCas
     good_keys = [f"{s}:{e.id}" for e in good for s in SUBS]
     to_dlq = {}
     for sub in SUBS:
-        wait_until(lambda s=sub: case.dlq(s) == 1, 120, f"{sub}: dead-lettered", interval=0.05)
+        wait_until(lambda s=sub: case.dlq(s) >= 1, 120, f"{sub}: dead-lettered", interval=0.05)
         to_dlq[sub] = round(time.monotonic() - t0, 3)
     wait_until(lambda: case.committed(good_keys), 120, "the good events", interval=0.1)
     good_done_s = time.monotonic() - t0
     case.wait_drained({s: ["poison"] for s in SUBS})  # acked, nothing pending
 
-    letters = {s: case.bus.dead_letters(s)[0] for s in SUBS}
+    every = {s: case.bus.dead_letters(s) for s in SUBS}
+    assert all(len(v) == 1 for v in every.values()), {
+        s: [(d.reason, d.type) for d in v] for s, v in every.items()}
+    letters = {s: v[0] for s, v in every.items()}
     starts = case.history.starts()
     runs = {s: starts[f"{s}:{poison[s].id}"] for s in SUBS}
     for sub, dl in letters.items():
