@@ -83,14 +83,23 @@ class ConfigError(ValidationError):
 
 
 class DecodeError(ChiError):
-    """A stream entry that cannot be decoded into an event."""
+    """A stream entry that cannot be decoded into an event.
 
-    def __init__(self, reason: str, *, stream: str = "", entry_id: str = "") -> None:
+    ``kind`` says what is wrong, and is the reason its dead letter records: ``decode``
+    (bytes that do not read as an event), ``missing_field``, ``schema`` (a payload that
+    decodes but does not fit its registered type), ``invalid_type`` (not an event type
+    name), ``too_large`` (over the size cap) or ``too_deep`` (nested too deeply).
+    """
+
+    def __init__(
+        self, reason: str, *, stream: str = "", entry_id: str = "", kind: str = "decode"
+    ) -> None:
         where = f" (stream {stream!r}, entry {entry_id})" if stream or entry_id else ""
         super().__init__(f"cannot decode entry{where}: {reason}")
         self.reason = reason
         self.stream = stream
         self.entry_id = entry_id
+        self.kind = kind
 
 
 class RedisError(ChiError):
