@@ -61,7 +61,7 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("100000-deep JSON array", _entry(type="f4.any", enc="js", data=b"[" * 100_000),
      "too_deep"),
     ("100000-deep array for a registered type", _entry(data=b"\x91" * 100_000 + b"\xc0"),
-     "schema"),
+     "too_deep"),  # refused by the depth check before the typed decode
     ("entry missing the payload field", _entry(data=None), "missing_field"),
     ("empty body", _entry(data=b""), "decode"),
     ("one byte over the size cap", _entry(data=b"\xc4" + CANARY * (
