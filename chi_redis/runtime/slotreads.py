@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from redis.cluster import ClusterPipeline
+
 from ..backend.cluster import group_by_slot
 
 __all__ = ["CLUSTER_BLOCK_MS", "queue_reads"]
@@ -21,11 +23,10 @@ CLUSTER_BLOCK_MS = 100
 
 def queue_reads(
     pipe: Any, group: str, consumer: str, streams: list[str], count: int, block: int | None,
-    *, cluster: bool,
 ) -> Any:
     """Queue the read of ``streams`` on ``pipe``; what to ``execute()``: its replies end with
     one read reply (``[[stream, entries], ...]`` or the first error)."""
-    if not cluster:
+    if not isinstance(pipe, ClusterPipeline):
         pipe.xreadgroup(group, consumer, dict.fromkeys(streams, ">"), count=count, block=block)
         return pipe
     slots = group_by_slot(streams)
