@@ -15,7 +15,10 @@ from typing import Any
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-__all__ = ["cluster_client", "cluster_client_of", "group_by_slot", "is_cluster", "same_slot"]
+__all__ = [
+    "ClusterFlatView", "cluster_client", "cluster_client_of", "group_by_slot", "is_cluster",
+    "refuse_on_cluster", "same_slot", "slot", "split_dead_letter",
+]
 
 
 def cluster_client(url: str, options: dict[str, Any]) -> RedisCluster:
@@ -44,6 +47,16 @@ def cluster_client_of(client: Any) -> RedisCluster:
     if "SSL" in client.connection_pool.connection_class.__name__:
         kw["ssl"] = True
     return RedisCluster(host=host, port=port, **kw)
+
+
+def refuse_on_cluster(client: Any, what: str) -> None:
+    """Raise :class:`~chi_redis.ConfigError` when ``client`` is a cluster client: ``what``
+    is not supported on Redis Cluster yet (docs/design.md §3.4)."""
+    if is_cluster(client):
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{what} is not supported on Redis Cluster yet (docs/design.md"
+                          " §3.4): use a single Redis node for it")
 
 
 def is_cluster(client: Any) -> bool:
