@@ -21,7 +21,10 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["MAX_DEPTH", "DepthChecked", "TooDeepError", "check_depth", "json_depth_ok", "msgpack_depth_ok"]
+__all__ = [
+    "MAX_DEPTH", "DepthChecked", "TooDeepError", "check_depth", "json_depth_ok",
+    "msgpack_depth_ok",
+]
 
 #: Arrays and maps nested deeper than this are refused, in either encoding.
 MAX_DEPTH = 256
