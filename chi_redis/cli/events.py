@@ -63,7 +63,8 @@ def publish(
         metadata = _metadata(meta)
         event = Event(type=type_, topic=validate_name(topic, "topic"), data=payload,
                       metadata=metadata)
-    sid = settings().bus().publish(event, idempotency_key=idempotency_key)
+    target = settings().publisher()  # the Redis bus, or the Kafka bus (bus.type: kafka)
+    sid = target.publish(event, idempotency_key=idempotency_key)
     emit({"stream_id": sid, "id": event.id, "topic": event.topic, "type": event.type}, sid)
 
 

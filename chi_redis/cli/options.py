@@ -128,6 +128,16 @@ class Settings:
         return self._bus
 
 
+    def publisher(self) -> Any:
+        """What ``publish`` writes to: the Kafka bus when ``bus.type`` is ``kafka`` (and no
+        --redis-url was given), else :meth:`bus`."""
+        if self.config.bus.type == "kafka" and not self.url:
+            from ..bridges.kafka import KafkaEventBus
+
+            return KafkaEventBus.from_config(self.config, namespace=self.namespace)
+        return self.bus()
+
+
 def _warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
 
