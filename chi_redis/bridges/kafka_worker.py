@@ -156,7 +156,7 @@ class _Consumer:
         try:
             event = self.decode(msg, headers, topic)
         except DecodeError as exc:
-            self.dead_letter(msg, "malformed", exc, 0)
+            self.dead_letter(msg, "decode", exc, 0)
             return True
         return self.run_handler(msg, event)
 
@@ -178,10 +178,10 @@ class _Consumer:
                 return True
             except Exception as exc:
                 if isinstance(exc, sub.options.throws):
-                    self.dead_letter(msg, "not retried", exc, attempt)
+                    self.dead_letter(msg, "not_retryable", exc, attempt)
                     return True
                 if attempt > sub.options.max_retries:
-                    self.dead_letter(msg, "retries exhausted", exc, attempt)
+                    self.dead_letter(msg, "retries_exhausted", exc, attempt)
                     return True
                 logger.warning("handler %s failed (attempt %d): %s", sub.name, attempt,
                                type(exc).__name__)
@@ -211,11 +211,13 @@ def _headers_text(msg: Any) -> dict[str, str]:
     return {k: (v or b"").decode("utf-8", "replace") for k, v in (msg.headers() or [])}
 
 
-def read_dead_letters(bus: KafkaEventBus, sub: str, *, count: int, timeout_s: float
-                      ) -> list[dict[str, Any]]:
-    """The first ``count`` records of ``sub``'s dead-letter topic, oldest first per partition.
+def read_dead_letters(bus: KafkaEventBus, sub: str, *, count: int, timeout_s: float,
+                      idle_s: float = 1.0) -> list[dict[str, Any]]:
+    """The first ``count`` records of ``sub``'s dead-letter topic (oldest first in each
+    partition), read by a group-less consumer until ``idle_s`` passes without a record.
 
-    Read with an assigned (group-less) consumer up to each partition's end at the call.
+    Watermark offsets are not used to find the end: some Kafka-compatible brokers count
+    record batches there, not records.
     """
     ck = _client()
     topic = dead_letter_topic(bus.namespace, sub)
@@ -225,34 +227,26 @@ def read_dead_letters(bus: KafkaEventBus, sub: str, *, count: int, timeout_s: fl
         meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if meta is None or meta.error is not None:
             return []
-        out: list[dict[str, Any]] = []
-        for p in sorted(meta.partitions):
-            low, high = consumer.get_watermark_offsets(ck.TopicPartition(topic, p),
-                                                       timeout=timeout_s)
-            if high > low:
-                consumer.assign([ck.TopicPartition(topic, p, low)])
-                out += _read_partition(consumer, high, count - len(out), timeout_s)
-            if len(out) >= count:
-                break
-        return out
+        consumer.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING)
+                         for p in sorted(meta.partitions)])
+        return _read(consumer, count, timeout_s, idle_s)
     finally:
         consumer.close()
 
 
-def _read_partition(consumer: Any, high: int, count: int, timeout_s: float
-                    ) -> list[dict[str, Any]]:
+def _read(consumer: Any, count: int, timeout_s: float, idle_s: float) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout_s
-    while len(out) < count and time.monotonic() < deadline:
+    now = time.monotonic()
+    deadline, idle_until = now + timeout_s, now + idle_s
+    while len(out) < count and time.monotonic() < min(deadline, idle_until):
         msg = consumer.poll(POLL_S)
         if msg is None or msg.error():
             continue
+        idle_until = time.monotonic() + idle_s
         h = _headers_text(msg)
         out.append({"id": f"{msg.partition()}:{msg.offset()}", "event_id": h.get("chi-id"),
                     "type": h.get("chi-type"), "reason": h.get("chi-dlq-reason"),
                     "exception": h.get("chi-dlq-exception"), "error": h.get("chi-dlq-error"),
                     "attempts": int(h.get("chi-dlq-attempts") or 0),
-                    "source": h.get("chi-dlq-source")})
-        if msg.offset() + 1 >= high:
-            break
-    return out
+                    "source": h.get("chi-dlq-source"), "at_ms": int(h.get("chi-dlq-at-ms") or 0)})
+    return sorted(out, key=lambda d: (d["at_ms"], d["id"]))
