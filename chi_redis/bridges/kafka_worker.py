@@ -24,7 +24,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DecodeError
+from ..errors import ChiError, DecodeError
 from ..events.filters import EntryView
 from ..runtime.subscriptions import Delivery
 from .kafka import _client, dead_letter_topic, kafka_topic
@@ -42,6 +42,8 @@ _FIELDS = {"chi-id": b"id", "chi-type": b"type", "chi-ts": b"ts", "chi-ver": b"v
 #: How long one poll waits; also how soon a stop request is seen between records.
 POLL_S = 0.2
 ERROR_CHARS = 1000
+#: How long a consumer waits before reading again a record it could not settle.
+RETRY_S = 1.0
 
 
 def backoff_ms(sub: Subscription, attempt: int) -> int:
@@ -131,12 +133,24 @@ class _Consumer:
                 if msg.error():
                     logger.warning("kafka consumer %s: %s", self.sub.name, msg.error().str())
                     continue
-                if self.handle(msg):
-                    self._commit(consumer, msg)
+                self._one(consumer, msg)
         except Exception:
             logger.exception("kafka consumer of %s stopped", self.sub.name)
         finally:
             consumer.close()
+
+    def _one(self, consumer: Any, msg: Any) -> None:
+        try:
+            handled = self.handle(msg)
+        except ChiError as exc:  # e.g. the dead letter could not be written: try again later
+            logger.warning("kafka consumer %s: %s; the record is read again in %s s",
+                           self.sub.name, exc, RETRY_S)
+            ck = _client()
+            consumer.seek(ck.TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+            self.worker._stop.wait(RETRY_S)
+            return
+        if handled:
+            self._commit(consumer, msg)
 
     def _commit(self, consumer: Any, msg: Any) -> None:
         try:

@@ -218,3 +218,13 @@ def test_malformed_record_dead_lettered_at_once(kbus: KafkaEventBus) -> None:
     dls = kbus.dead_letters("strict")
     assert sorted((d["reason"], d["attempts"]) for d in dls) == [("decode", 0), ("decode", 0)]
     assert got.items() == [7]
+
+
+def test_wildcard_subscription_reads_every_topic_of_the_namespace(kbus: KafkaEventBus) -> None:
+    got = Recorder()
+    kbus.subscribe("wild", types=["*.created"], start="earliest")(record(got))
+    kbus.publish_batch([ev("user.created", 0), ev("order.created", 1), ev("order.paid", 2)])
+    kbus.worker().start()
+    wait_until(lambda: len(got) == 2, DEADLINE_S, "both created events")
+    wait_until(lambda: committed(kbus, "wild", "order") == 2, DEADLINE_S, "order committed")
+    assert sorted(got.items()) == [0, 1]
