@@ -57,6 +57,11 @@ MAX_TOPIC_CHARS = 249
 PUBLISH_TIMEOUT_S = 30.0
 
 
+#: EventBus.subscribe options the Kafka bus refuses when given (a value other than None/False).
+_UNSUPPORTED = frozenset({"max_deliveries", "time_limit_ms", "dedupe", "dedupe_ttl_ms",
+                          "batch_size", "batch_wait_ms"})
+
+
 class KafkaError(ChiError):
     """The Kafka broker refused or failed an operation (or could not be reached)."""
 
@@ -287,7 +292,7 @@ class KafkaEventBus:
         max_backoff_ms: int = 300_000,
         start: Start = "new",
         throws: tuple[type[BaseException], ...] = (),
-        **unsupported: Any,
+        **rest: Any,
     ) -> Callable[[Handler], Handler]:
         """Register ``fn(event)`` (or ``fn(event, delivery)``) as subscription ``name``.
 
@@ -295,7 +300,10 @@ class KafkaEventBus:
         subscription has its own consumers).  Batches, dedupe, time limits, delivery caps
         and a datetime ``start`` are not available: :class:`KafkaUnsupportedError`.
         """
-        given = sorted(k for k, v in unsupported.items() if v not in (None, False))
+        unknown = sorted(set(rest) - _UNSUPPORTED)
+        if unknown:
+            raise TypeError(f"subscribe() got an unexpected keyword argument {unknown[0]!r}")
+        given = sorted(k for k, v in rest.items() if v not in (None, False))
         if given or not isinstance(start, str):
             what = ", ".join(given) or "start=<datetime>"
             raise KafkaUnsupportedError(f"the Kafka bus does not support {what}"
@@ -327,3 +335,13 @@ class KafkaEventBus:
 
         validate_name(sub, "subscription")
         return read_dead_letters(self, sub, count=count, timeout_s=timeout_s)
+
+
+if TYPE_CHECKING:  # mypy checks that the Kafka bus and its worker implement the protocols
+    from . import Bus, BusWorker
+
+    def _is_bus(bus: KafkaEventBus) -> Bus:
+        return bus
+
+    def _is_worker(worker: KafkaWorker) -> BusWorker:
+        return worker

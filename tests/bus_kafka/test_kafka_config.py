@@ -83,3 +83,8 @@ def test_unsupported_subscription_options_are_refused(option: dict[str, Any]) ->
     bus = KafkaEventBus(["k:9092"])
     with pytest.raises(KafkaUnsupportedError, match="does not support"):
         bus.subscribe("s", types=["a.b"], **option)
+
+
+def test_unknown_subscription_option_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="max_retry"):
+        KafkaEventBus(["k:9092"]).subscribe("s", types=["a.b"], max_retry=3)
