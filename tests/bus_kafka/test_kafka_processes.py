@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,32 @@ def test_cli_publish_dlq_list_and_refusals(kafka_broker: TansuBroker, kns: str,
     keyed = runner.invoke(cli, ["publish", "parcel", "parcel.sent", "1",
                                 "--idempotency-key", "k"], env=env)
     assert keyed.exit_code == 1 and "cannot deduplicate" in keyed.output  # not ignored
+
+
+def test_cli_tail_follows_new_events_of_the_given_types(
+        kafka_broker: TansuBroker, kns: str, kbus: KafkaEventBus, tmp_path: Path) -> None:
+    env = clean_env(CHI_CONFIG=str(kafka_config(tmp_path, kafka_broker, kns)))
+    runner, result = CliRunner(), {}
+    tail = threading.Thread(target=lambda: result.update(out=runner.invoke(
+        cli, ["tail", "parcel", "--types", "parcel.sent", "--count", "2"], env=env)),
+        daemon=True)
+    tail.start()
+    sent: list[str] = []
+
+    def publish_until_tail_is_done() -> bool:  # the tail shows only what comes after it
+        skipped, shown = Event(type="parcel.skipped", data=1), Event(type="parcel.sent", data=2)
+        kbus.publish_batch([skipped, shown])
+        sent.append(shown.id)
+        return not tail.is_alive()
+
+    wait_until(publish_until_tail_is_done, DEADLINE_S, "tail to print 2 events", interval=0.3)
+    out = result["out"]
+    assert out.exit_code == 0, out.output
+    lines = [json.loads(line) for line in out.output.splitlines()]
+    assert len(lines) == 2 and all(d["type"] == "parcel.sent" and d["id"] in sent
+                                   and d["data"] == 2 for d in lines)
+    refused = runner.invoke(cli, ["tail", "parcel", "--from", "2026-01-01T00:00:00Z"], env=env)
+    assert refused.exit_code == 1 and "new events only" in refused.output
 
 
 def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
