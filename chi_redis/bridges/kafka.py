@@ -24,8 +24,9 @@ both are refused with :class:`KafkaUnsupportedError`.  Subscriptions run on
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ChiError, PublishError, ValidationError
@@ -53,8 +54,9 @@ __all__ = [
 PARTITION_KEY = "partition_key"
 #: Kafka's limit on a topic name's length.
 MAX_TOPIC_CHARS = 249
-#: How long a publish waits for the broker's acknowledgement.
-PUBLISH_TIMEOUT_S = 30.0
+#: How long a publish waits for the broker's acknowledgement (and topic creation, and
+#: metadata requests), unless the bus is given another ``timeout_s``.
+DEFAULT_TIMEOUT_S = 30.0
 
 
 #: EventBus.subscribe options the Kafka bus refuses when given (a value other than None/False).
@@ -78,6 +80,18 @@ def _client() -> Any:
         raise ChiError("the Kafka bus needs confluent-kafka: pip install 'chi-redis[kafka]'"
                        ) from None
     return confluent_kafka
+
+
+@contextlib.contextmanager
+def mapped_errors(bootstrap: str) -> Iterator[None]:
+    """confluent-kafka's KafkaException (a metadata request timed out, ...) as KafkaError."""
+    ck = _client()
+    try:
+        yield
+    except ck.KafkaException as exc:
+        err = exc.args[0] if exc.args else exc
+        text = err.str() if hasattr(err, "str") else str(err)
+        raise KafkaError(f"Kafka at {bootstrap}: {text}") from None
 
 
 def _checked_topic(name: str) -> str:
@@ -115,6 +129,8 @@ class KafkaEventBus:
     ``group_prefix.namespace.S``; topics this bus creates get ``partitions`` partitions and
     ``replication_factor`` replicas; a consumer that dies is noticed after
     ``session_timeout_ms`` (joining a group takes about half of it on some brokers);
+    ``timeout_s``: how long a publish waits for its acknowledgement (a record not
+    acknowledged by then fails in the producer too: ``delivery.timeout.ms``);
     ``client_options``: further librdkafka settings of every client.
     """
 
@@ -129,6 +145,7 @@ class KafkaEventBus:
         partitions: int = 3,
         replication_factor: int = 1,
         session_timeout_ms: int = 45_000,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         client_options: dict[str, Any] | None = None,
     ) -> None:
         if not brokers:
@@ -141,6 +158,7 @@ class KafkaEventBus:
         self.partitions = partitions
         self.replication_factor = replication_factor
         self.session_timeout_ms = session_timeout_ms
+        self.timeout_s = timeout_s
         self.client_options = dict(client_options or {})
         self.subscriptions: dict[str, Subscription] = {}
         self._producer: Any = None
@@ -176,7 +194,8 @@ class KafkaEventBus:
         idempotent (the producer's retries write no duplicates, in order)."""
         return {
             "bootstrap.servers": self.bootstrap, "acks": "all", "enable.idempotence": True,
-            "linger.ms": 1, "message.max.bytes": max(self.codec.max_event_bytes + 65536,
+            "linger.ms": 1, "delivery.timeout.ms": int(self.timeout_s * 1000),
+            "message.max.bytes": max(self.codec.max_event_bytes + 65536,
                                                      1_000_000),
             **self.client_options,
         }
@@ -202,13 +221,18 @@ class KafkaEventBus:
         ck = _client()
         new = [ck.admin.NewTopic(n, num_partitions=self.partitions,
                                  replication_factor=self.replication_factor) for n in missing]
-        for name, fut in self.admin().create_topics(new, request_timeout=30).items():
+        futures = self.admin().create_topics(new, request_timeout=self.timeout_s,
+                                             operation_timeout=self.timeout_s)
+        for name, fut in futures.items():
             try:
-                fut.result(timeout=60)
+                fut.result(timeout=self.timeout_s + 5)
+            except TimeoutError:
+                raise KafkaError(f"cannot create Kafka topic {name!r}: no answer from"
+                                 f" {self.bootstrap} within {self.timeout_s:g} s") from None
             except ck.KafkaException as exc:
                 if exc.args[0].code() != ck.KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise KafkaError(f"cannot create Kafka topic {name!r}: {exc.args[0].str()}"
-                                     ) from None
+                    raise KafkaError(f"cannot create Kafka topic {name!r} on {self.bootstrap}:"
+                                     f" {exc.args[0].str()}") from None
             self._known.add(name)
 
     def close(self) -> None:
@@ -216,7 +240,7 @@ class KafkaEventBus:
         with self._lock:
             producer, self._producer, self._admin = self._producer, None, None
         if producer is not None:
-            producer.flush(PUBLISH_TIMEOUT_S)
+            producer.flush(self.timeout_s)
 
     # publishing -------------------------------------------------------------------------
     def publish(self, event: Event, *, idempotency_key: str | None = None,
@@ -249,7 +273,7 @@ class KafkaEventBus:
         producer = self.producer()
         for i, (topic, key, value, headers) in enumerate(records):
             self._produce(producer, topic, key, value, headers, results, i)
-        producer.flush(PUBLISH_TIMEOUT_S)
+        producer.flush(self.timeout_s + 5)
         return self._outcome(results)
 
     def _produce(self, producer: Any, topic: str, key: bytes, value: bytes,
@@ -271,7 +295,7 @@ class KafkaEventBus:
             return [str(r) for r in results]
         failed = [i for i in range(len(results)) if i not in written]
         first = results[failed[0]]
-        why = first.str() if first is not None else "no acknowledgement within 30 s"
+        why = first.str() if first is not None else "no acknowledgement in time"
         err = KafkaError(f"Kafka publish failed: {why}")
         if len(results) == 1:
             raise err
@@ -334,7 +358,8 @@ class KafkaEventBus:
         from .kafka_worker import read_dead_letters
 
         validate_name(sub, "subscription")
-        return read_dead_letters(self, sub, count=count, timeout_s=timeout_s)
+        with mapped_errors(self.bootstrap):
+            return read_dead_letters(self, sub, count=count, timeout_s=timeout_s)
 
 
 if TYPE_CHECKING:  # mypy checks that the Kafka bus and its worker implement the protocols

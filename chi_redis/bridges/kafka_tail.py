@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from .kafka import _client, kafka_topic
+from .kafka import _client, kafka_topic, mapped_errors
 
 if TYPE_CHECKING:
     from .kafka import KafkaEventBus
@@ -33,7 +33,8 @@ def follow(bus: KafkaEventBus, topics: Sequence[str], *, timeout_s: float = 30.0
     try:
         parts = []
         for name in names:
-            meta = consumer.list_topics(name, timeout=timeout_s).topics[name]
+            with mapped_errors(bus.bootstrap):
+                meta = consumer.list_topics(name, timeout=timeout_s).topics[name]
             parts += [ck.TopicPartition(name, p, ck.OFFSET_END) for p in sorted(meta.partitions)]
         consumer.assign(parts)
         while True:

@@ -216,7 +216,7 @@ class _Consumer:
         results: list[Any] = [None]
         self.bus._produce(producer, self.dlq_topic, msg.key() or b"", msg.value() or b"",
                           [*(msg.headers() or []), *extra], results, 0)
-        producer.flush(30)
+        producer.flush(self.bus.timeout_s + 5)
         self.bus._outcome(results)  # raises when the dead letter was not written
         logger.warning("dead-lettered a record of %s (%s)", self.sub.name, reason)
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from support.processes import clean_env
 
-from chi_redis import ConfigError, ValidationError
+from chi_redis import ConfigError, Event, ValidationError
 from chi_redis.bridges.kafka import (
     KafkaEventBus,
     KafkaUnsupportedError,
@@ -88,3 +88,15 @@ def test_unsupported_subscription_options_are_refused(option: dict[str, Any]) ->
 def test_unknown_subscription_option_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="max_retry"):
         KafkaEventBus(["k:9092"]).subscribe("s", types=["a.b"], max_retry=3)
+
+
+def test_publish_to_an_unreachable_broker_is_a_clear_error() -> None:
+    from support.ports import free_port
+
+    from chi_redis.bridges.kafka import KafkaError
+
+    bus = KafkaEventBus([f"127.0.0.1:{free_port()}"], timeout_s=1.5)  # nothing listens
+    with pytest.raises(KafkaError, match=r"127\.0\.0\.1:\d+"):
+        bus.publish(Event(type="parcel.sent", data=1))
+    with pytest.raises(KafkaError):
+        bus.dead_letters("audit", timeout_s=1.5)
