@@ -127,7 +127,6 @@ class Settings:
             self._bus = bus_from_config(cfg, url=self.url, namespace=self.namespace)
         return self._bus
 
-
     def publisher(self) -> Any:
         """What ``publish`` writes to: the Kafka bus when ``bus.type`` is ``kafka`` (and no
         --redis-url was given), else :meth:`bus`."""
