@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import importlib.resources
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -180,6 +181,8 @@ def main() -> None:
     p.add_argument("-n", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
+    # SIGTERM (e.g. `timeout`) unwinds through tansu()'s finally: the broker is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print("uptime:", os.getloadavg())
     with tansu() as addr:
         for name, fn in (("publish.one", publish_one), ("publish.batch1000", publish_batch),
