@@ -390,8 +390,9 @@ def _column(name: str, decode: Callable[..., Any], *args: Any) -> Any:
 
 
 def _reason(exc: BaseException) -> str:
-    """``exc`` as one short line (the row's names may be anything: no newlines)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """``exc`` as one short line (the row's names may be anything: no newlines, and no NUL,
+    which a PostgreSQL text column refuses)."""
+    text = " ".join(str(exc).replace("\x00", "\\x00").split()) or type(exc).__name__
     return text if len(text) <= _REASON_CHARS else text[: _REASON_CHARS - 1] + "…"
 
 
