@@ -127,6 +127,15 @@ class Settings:
             self._bus = bus_from_config(cfg, url=self.url, namespace=self.namespace)
         return self._bus
 
+    def publisher(self) -> Any:
+        """What ``publish`` writes to: the Kafka bus when ``bus.type`` is ``kafka`` (and no
+        --redis-url was given), else :meth:`bus`."""
+        if self.config.bus.type == "kafka" and not self.url:
+            from ..bridges.kafka import KafkaEventBus
+
+            return KafkaEventBus.from_config(self.config, namespace=self.namespace)
+        return self.bus()
+
 
 def _warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)

@@ -85,6 +85,9 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
     }
     if config.bus.type == "memory":
         return EventBus.embedded(namespace=ns, **common, **options)
+    if config.bus.type == "kafka":  # a bridge, not an EventBus (chi_redis.bridges.kafka)
+        raise ConfigError("bus.type 'kafka' serves only `chi-redis publish`, `worker` and"
+                          " `dlq list`: this command needs bus.type redis (or --redis-url)")
     if config.bus.type != "redis":  # load_config already refused these
         raise ConfigError(f"bus.type {config.bus.type!r} is not available yet")
     from ..backend.connection import connect
