@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 import redis.exceptions as rex
 
+from ..backend.cluster import refuse_on_cluster
 from ..backend.scripts import script
 from ..errors import DecodeError
 from ..events.event import Event
@@ -93,6 +94,7 @@ class ArchiveLoop:
         lease_ms: int = 60_000, consumer: str | None = None, name: str = ARCHIVE_SUBSCRIPTION,
         refresh_ms: int = 5_000, switch_interval: float | None = 0.001,
     ) -> None:
+        refuse_on_cluster(bus.client, "the archiver")
         self.bus = bus
         self.switch_interval = switch_interval
         self.client = bus.client
