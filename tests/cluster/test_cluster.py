@@ -18,6 +18,8 @@ from chi_redis import ConfigError, Event, EventBus
 from chi_redis.backend.connection import connect
 from chi_redis.cli.main import cli as chi_cli
 from chi_redis.config import bus_from_config, load_config
+from chi_redis.ops.archive_loop import ArchiveLoop
+from chi_redis.store.memory import MemoryEventStore
 
 pytestmark = pytest.mark.redis
 
@@ -116,3 +118,5 @@ def test_what_a_cluster_does_not_run_yet_is_refused_clearly(
         rt.broker()
         with pytest.raises(ConfigError, match="batch subscription 'c-batch' is not supported"):
             cbus.subscribe("c-batch", topics=["r"], batch_size=10)(lambda events: None)
+    with pytest.raises(ConfigError, match="the archiver is not supported"):
+        ArchiveLoop(cbus, MemoryEventStore())
