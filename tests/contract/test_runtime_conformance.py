@@ -389,6 +389,7 @@ def record_batches(rec: Recorder) -> Any:
     return handle
 
 
+@pytest.mark.needs("batch")
 def test_batches_of_up_to_batch_size_each_event_once(backend: Conformance) -> None:
     got = Recorder()
     backend.bus.subscribe("batch-recv", types=["parcel.sent"], batch_size=8,
@@ -403,6 +404,7 @@ def test_batches_of_up_to_batch_size_each_event_once(backend: Conformance) -> No
     assert max(len(b) for b in got.items()) == 8
 
 
+@pytest.mark.needs("batch")
 def test_batch_poison_event_isolated_and_partial_success(backend: Conformance) -> None:
     handled = Recorder()
 
@@ -436,7 +438,7 @@ def test_batch_poison_event_isolated_and_partial_success(backend: Conformance) -
     assert poison.reason == named.reason == "retries_exhausted"
 
 
-@pytest.mark.needs("server_time_reclaim")
+@pytest.mark.needs("server_time_reclaim", "batch")
 def test_batch_reclaim_after_a_consumer_dies(backend: Conformance) -> None:
     got = Recorder()
     backend.bus.subscribe("batch-reclaim", types=["job.run"], batch_size=4,

@@ -35,6 +35,7 @@ class Features:
     server_time_reclaim: bool = True  # idle entries are reclaimed by their idle time
     guaranteed_order: bool = True  # one consumer thread handles one topic in publish order
     replay: bool = True  # `bus.replay` / `chi-redis replay` (checkpointed redelivery)
+    batch: bool = True  # batch subscriptions (`batch_size`)
     reasons: dict[str, str] = field(default_factory=dict)
 
     def missing(self, *names: str) -> str | None:
@@ -185,7 +186,9 @@ OWN_REDIS = Backend(
 CLUSTER = Backend(
     "redis-cluster",
     _cluster,
-    Features(replay=False, reasons={
+    Features(replay=False, batch=False, reasons={
+        "batch": "a batch's settle script acks topic entries and writes the subscription's"
+                 " dead letters in one call, across slots: refused on a cluster for now",
         "replay": "replay's checkpoint hash and its history reader are single-node only"
                   " (the checkpoint is in no subscription's slot): not yet on a cluster",
         "kill_and_restart": "a cluster node's failover is its own scenario, not a restart",
