@@ -103,6 +103,7 @@ def dlq_list(sub: str, limit: int, after: str | None) -> None:
         return
     with usage_errors():
         cursor = _check_ids([after])[0] if after else None
+    validate_name(sub, "subscription")  # before the bus connects (and asks INFO)
     bus = s.bus()
     _known_sub(bus, sub)
     letters = list_dead_letters(bus, sub, after=cursor, count=limit)
@@ -147,6 +148,7 @@ def dlq_show(sub: str, dl_id: str) -> None:
     """Show one dead letter (by its id, or its event's id or stream id) with its traceback."""
     from ..ops.deadletters import resolve_dead_letter
 
+    validate_name(sub, "subscription")  # before the bus connects (and asks INFO)
     bus = settings().bus()
     _known_sub(bus, sub)
     d = _dl_dict(resolve_dead_letter(bus, sub, dl_id), full=True)
@@ -173,6 +175,7 @@ def dlq_redrive(sub: str, ids: tuple[str, ...], all_: bool) -> None:
         raise click.UsageError("give --id ID (repeatable) or --all")
     from ..ops.deadletters import redrive
 
+    validate_name(sub, "subscription")  # before the bus connects (and asks INFO)
     bus = settings().bus()
     _known_sub(bus, sub)
     n = redrive(bus, sub, [_resolve(bus, sub, i) for i in ids] if ids else None)
@@ -190,6 +193,7 @@ def dlq_purge(sub: str, before: str | None, yes: bool) -> None:
 
     with usage_errors():
         cutoff = parse_time(before, field="--before") if before else None
+    validate_name(sub, "subscription")  # before the bus connects (and asks INFO)
     bus = settings().bus()
     _known_sub(bus, sub)
     if cutoff is None:

@@ -15,6 +15,7 @@ import msgspec
 
 from ..backend.streamids import MAX_SEQ, format_id, parse_id, pred
 from ..errors import NotFoundError, ValidationError
+from ..events.codec import Codec
 from ..events.event import Event
 from ..events.names import validate_name
 from ..ops.timeparse import TimePoint
@@ -63,7 +64,10 @@ def publish(
         metadata = _metadata(meta)
         event = Event(type=type_, topic=validate_name(topic, "topic"), data=payload,
                       metadata=metadata)
-    target = settings().publisher()  # the Redis bus, or the Kafka bus (bus.type: kafka)
+    s = settings()
+    if s.config.bus.type != "kafka" or s.url:  # the size limit, before connecting
+        Codec(s.config.bus.encoding, s.config.bus.max_event_bytes).encode_parts(event)
+    target = s.publisher()  # the Redis bus, or the Kafka bus (bus.type: kafka)
     sid = target.publish(event, idempotency_key=idempotency_key)
     emit({"stream_id": sid, "id": event.id, "topic": event.topic, "type": event.type}, sid)
 
