@@ -76,6 +76,10 @@ class RabbitMQWorker:
             t.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
 
+    def request_stop(self) -> None:
+        """Ask the threads to stop (safe in a signal handler); :meth:`stop` waits for them."""
+        self._stop.set()
+
     def join(self) -> None:
         """Wait until :meth:`stop` is called (from another thread or a signal handler)."""
         while not self._stop.wait(0.5):

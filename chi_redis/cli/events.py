@@ -63,6 +63,11 @@ def publish(
         metadata = _metadata(meta)
         event = Event(type=type_, topic=validate_name(topic, "topic"), data=payload,
                       metadata=metadata)
+    bridge = settings().bridge()
+    if bridge is not None:  # bus.type: rabbitmq: no stream id, the event id is the handle
+        eid = bridge.publish(event, idempotency_key=idempotency_key)
+        emit({"id": eid, "topic": event.topic, "type": event.type}, eid)
+        return
     sid = settings().bus().publish(event, idempotency_key=idempotency_key)
     emit({"stream_id": sid, "id": event.id, "topic": event.topic, "type": event.type}, sid)
 

@@ -32,6 +32,7 @@ from .schema import (
 )
 
 if TYPE_CHECKING:
+    from ..bridges import Bus
     from ..publish.aio import AsyncEventBus
     from ..publish.buffered import BufferedPublisher
     from ..publish.bus import EventBus
@@ -53,6 +54,7 @@ __all__ = [
     "RuleConfig",
     "StoreConfig",
     "WorkerConfig",
+    "bridge_from_config",
     "broker_options_from_config",
     "bus_from_config",
     "database_dsn",
@@ -82,6 +84,11 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
     }
     if config.bus.type == "memory":
         return EventBus.embedded(namespace=ns, **common, **options)
+    if config.bus.type == "rabbitmq":
+        raise ConfigError(
+            "not supported on bus.type 'rabbitmq': this needs the Redis event store (queries,"
+            " replay, stats and tail stay there; give --redis-url for a Redis bus); publish,"
+            " worker and dlq list/redrive work on RabbitMQ (docs/buses.md)")
     if config.bus.type != "redis":  # load_config already refused these
         raise ConfigError(f"bus.type {config.bus.type!r} is not available yet")
     from ..backend.connection import connect
@@ -89,6 +96,23 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
     target = url or config.bus.redis.effective_url()
     client = connect(target, **config.bus.redis.client_options(target))
     return EventBus(client, namespace=ns, **common, **options)
+
+
+def bridge_from_config(config: Config, *, namespace: str | None = None) -> Bus:
+    """The bridge bus ``config`` names (``bus.type: rabbitmq``): a :class:`~chi_redis.bridges.Bus`
+    over another broker, for publishing and running handlers."""
+    from ..errors import ConfigError
+
+    if config.bus.type != "rabbitmq":
+        raise ConfigError(f"bus.type {config.bus.type!r} is not a bridge bus")
+    from ..bridges.rabbitmq import RabbitMQEventBus
+
+    r = config.bus.rabbitmq
+    return RabbitMQEventBus(
+        r.url, namespace=namespace or config.namespace, exchange=r.exchange,
+        encoding=config.bus.encoding, max_event_bytes=config.bus.max_event_bytes,
+        heartbeat_s=r.heartbeat_s,
+    )
 
 
 def broker_options_from_config(config: Config) -> BrokerOptions:
