@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import fakeredis
@@ -102,3 +103,14 @@ def redis_servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Re
         yield servers
     finally:
         servers.stop_all()
+
+
+@pytest.fixture
+def rabbit(request: pytest.FixtureRequest, ns: str) -> Iterator[Any]:
+    """A RabbitMQEventBus in this test's namespace (needs the ``rabbitmq`` marker); its
+    queues and exchanges are deleted at teardown."""
+    from support.rabbitmq import rabbitmq_bus, require_rabbitmq
+
+    require_rabbitmq(request.node)
+    with rabbitmq_bus(ns) as bus:
+        yield bus
