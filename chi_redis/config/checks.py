@@ -106,6 +106,13 @@ def _check_parts(config: Config) -> None:
 
 
 def _check_rabbitmq(config: Config) -> None:
+    # Routing rules and the archiver are Dramatiq middleware of the Redis worker.
+    if config.routing.rules:
+        raise _at("routing.rules", "routing.rules are not supported on bus.type 'rabbitmq':"
+                  " subscribe in the handler modules (docs/buses.md)")
+    if config.store.archive.enabled:
+        raise _at("store.archive.enabled", "the archiver is not supported on bus.type"
+                  " 'rabbitmq': it reads the Redis streams (docs/buses.md)")
     r = config.bus.rabbitmq
     if not r.url.startswith(("amqp://", "amqps://")):
         raise _at("bus.rabbitmq.url", "bus.rabbitmq.url must start with amqp:// or amqps://")

@@ -19,6 +19,7 @@ from chi_redis import Event
 from chi_redis.bridges import BusUnavailableError
 from chi_redis.bridges.rabbitmq import RabbitMQEventBus
 from chi_redis.bridges.rabbitmq_worker import ERROR_CHARS, RabbitMQWorker
+from chi_redis.events.filters import metadata
 from chi_redis.runtime.subscriptions import Delivery
 
 pytestmark = pytest.mark.rabbitmq
@@ -102,27 +103,31 @@ def test_fan_out_each_subscription_gets_every_event_once(
 def test_type_globs_and_topics_route_like_amqp_patterns(
     rabbit: RabbitMQEventBus, running: list[RabbitMQWorker]
 ) -> None:
-    routes = {"one": {"types": ["user.*"]}, "deep": {"types": ["user.**"]},
-              "created": {"types": ["*.created"]}, "audit": {"topics": ["audit"]}}
+    routes: dict[str, dict[str, Any]] = {
+        "one": {"types": ["user.*"]}, "deep": {"types": ["user.**"]},
+        "created": {"types": ["*.created"]}, "audit": {"topics": ["audit"]},
+        # types and a topic (checked by the worker) and a metadata filter
+        "eu": {"types": ["**"], "topics": ["user", "audit"], "filter": metadata(region="eu")}}
     seen = {name: Seen() for name in routes}
     for name, binding in routes.items():
         rabbit.subscribe(name, **binding)(recorder(seen[name], lambda e: e.type))
     start(rabbit, running, threads=1)
-    for type_, topic in [("user.created", ""), ("user.profile.updated", ""),
-                         ("order.created", ""), ("login.failed", "audit")]:
-        rabbit.publish(Event(type=type_, topic=topic))
+    for type_, topic, region in [("user.created", "", "us"), ("user.profile.updated", "", "eu"),
+                                 ("order.created", "", "eu"), ("login.failed", "audit", "us")]:
+        rabbit.publish(Event(type=type_, topic=topic, metadata={"region": region}))
     # Last, an event every subscription binds: once each has it, the queue (FIFO, one
     # consumer) has delivered everything routed to it before.
-    rabbit.publish(Event(type="user.created", topic="audit"))
+    rabbit.publish(Event(type="user.created", topic="audit", metadata={"region": "eu"}))
     for rec in seen.values():
         wait_until(lambda rec=rec: rec.snapshot()[-1:] == ["user.created"] and len(rec) > 0
-                   and rec.snapshot().count("user.created") >= (1 if rec is seen["audit"]
-                                                                 else 2),
+                   and rec.snapshot().count("user.created") >= (
+                       1 if rec in (seen["audit"], seen["eu"]) else 2),
                    DEADLINE_S, "the fence event")
     assert seen["one"].snapshot() == ["user.created", "user.created"]
     assert seen["deep"].snapshot() == ["user.created", "user.profile.updated", "user.created"]
     assert seen["created"].snapshot() == ["user.created", "order.created", "user.created"]
     assert seen["audit"].snapshot() == ["login.failed", "user.created"]
+    assert seen["eu"].snapshot() == ["user.profile.updated", "user.created"]
 
 
 def test_handler_errors_are_retried_with_backoff_then_succeed(
