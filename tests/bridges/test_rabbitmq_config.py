@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from chi_redis import Event
 from chi_redis.bridges import BusUnavailableError, NotSupportedError
 from chi_redis.bridges.amqp import amqp_pattern, backoff_ms, retry_delays
 from chi_redis.bridges.rabbitmq import RabbitMQEventBus
+from chi_redis.cli import worker as cli_worker
+from chi_redis.cli.main import cli as chi_cli
 from chi_redis.config import bridge_from_config, bus_from_config, load_config
 from chi_redis.errors import ConfigError
 from chi_redis.events.names import glob_matches
@@ -106,3 +110,22 @@ def test_an_unreachable_broker_is_one_error_without_the_password() -> None:
     with pytest.raises(BusUnavailableError, match="cannot reach RabbitMQ") as info:
         bus.publish(Event(type="a.b"))
     assert "hunter2" not in str(info.value)
+
+
+def test_chi_redis_worker_on_rabbitmq_execs_the_bridge_runner(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    calls: list[Any] = []
+    monkeypatch.setattr(cli_worker, "execute", lambda argv, env: calls.append((argv, env)))
+    config = tmp_path / "c.yaml"
+    config.write_text("events:\n  namespace: shop\n  bus: {type: rabbitmq, worker_count: 3}\n")
+    runner = CliRunner(env={"CHI_REDIS_URL": None, "CHI_NAMESPACE": None, "CHI_CONFIG": None})
+    result = runner.invoke(chi_cli, ["--config", str(config), "worker", "app.handlers"])
+    assert result.exit_code == 0, result.output
+    [(argv, env)] = calls
+    assert argv == [sys.executable, "-m", "chi_redis.bridges.run", "app.handlers",
+                    "--threads", "3"]
+    assert (env["CHI_CONFIG"], env["CHI_NAMESPACE"]) == (str(config), "shop")
+    refused = runner.invoke(chi_cli, ["--config", str(config), "worker", "app.handlers",
+                                      "--processes", "2"])
+    assert refused.exit_code == 1 and "--processes is not supported" in refused.output

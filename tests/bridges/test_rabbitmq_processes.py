@@ -113,6 +113,10 @@ def test_cli_publish_dlq_and_redis_only_commands_on_a_rabbitmq_bus(
         assert code == 0 and '"reason":"retries_exhausted"' in text, text
         assert '"error":"refused by the handler"' in text
         assert event_id not in text
+        code, text = run_cli(app, "dlq", "redrive", "rejects", "--all")
+        assert (code, text.strip()) == (0, "redriven 1 dead letter(s) of 'rejects'")
+        wait_until(lambda: len(handled(app)) == 3, DEADLINE_S, "the redriven event")
+        assert handled(app)[-1][1:] == ["rejects", "6", "1"]  # a fresh retry budget
     finally:
         proc.stop()
     for args in (["replay", "--topic", "job", "--to", "jobs"], ["events", "list", "--topic", "job"],
