@@ -18,12 +18,14 @@ import inspect
 import logging
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DecodeError
 from ..events.event import new_event_id
 from ..events.filters import EntryView
+from ..observe.logs import redact
 from ..runtime.subscriptions import Delivery, Subscription
 from . import BusUnavailableError
 from .amqp import backoff_ms, decode_message, pika_module
@@ -88,37 +90,40 @@ class RabbitMQWorker:
     # one consumer thread ------------------------------------------------------------
     def _run(self) -> None:
         pika = pika_module()
-        ready, delay = True, 0.5
-        while not self._stop.is_set():
-            conn = None
-            try:
-                conn = self.bus.connect()
-                self._consume(conn, ready)
-                ready, delay = False, 0.5
-            except (pika.exceptions.AMQPError, BusUnavailableError, OSError) as exc:
-                logger.warning("RabbitMQ consumer %s: %s; connecting again in %.1f s",
-                               threading.current_thread().name, type(exc).__name__, delay)
-                if ready:
-                    self._ready.release()
-                    ready = False
-                self._stop.wait(delay)
-                delay = min(delay * 2, 10.0)
-            finally:
-                if conn is not None and conn.is_open:
-                    try:
-                        conn.close()  # unacknowledged messages go back to their queues
-                    except Exception:
-                        logger.debug("closing a consumer connection failed", exc_info=True)
+        announced = threading.Event()  # start() waits until every thread announced once
 
-    def _consume(self, conn: Any, ready: bool) -> None:
+        def announce() -> None:
+            if not announced.is_set():
+                announced.set()
+                self._ready.release()
+
+        delay = 0.5
+        try:
+            while not self._stop.is_set():
+                conn = None
+                try:
+                    conn = self.bus.connect()
+                    self._consume(conn, announce)
+                    delay = 0.5
+                except (pika.exceptions.AMQPError, BusUnavailableError, OSError) as exc:
+                    logger.warning("RabbitMQ consumer %s: %s; connecting again in %.1f s",
+                                   threading.current_thread().name, type(exc).__name__, delay)
+                    announce()
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, 10.0)
+                finally:
+                    _close_quietly(conn)  # unacknowledged messages go back to their queues
+        finally:
+            announce()
+
+    def _consume(self, conn: Any, announce: Callable[[], None]) -> None:
         channel = conn.channel()
         channel.confirm_delivery()  # a retry or dead letter is confirmed before the ack
         channel.basic_qos(prefetch_count=self.prefetch)
         for sub in self.bus.subscriptions.values():
             channel.basic_consume(self.bus.names.queue(sub.name),
                                   partial(self._on_message, sub), auto_ack=False)
-        if ready:
-            self._ready.release()
+        announce()
         while not self._stop.is_set():
             conn.process_data_events(time_limit=0.2)
 
@@ -175,13 +180,21 @@ class RabbitMQWorker:
         headers = _clean(props.headers)
         headers.update({
             "chi-reason": reason, "chi-error-type": type(exc).__name__,
-            "chi-error": str(exc)[:ERROR_CHARS], "chi-dl-id": new_event_id(),
+            "chi-error": redact(str(exc))[:ERROR_CHARS], "chi-dl-id": new_event_id(),
             "chi-dead-ms": int(time.time() * 1000), "chi-subscription": sub.name,
             "chi-attempts": attempts if attempts is not None else 1,
         })
         channel.basic_publish(self.bus.names.dead_exchange, self.bus.names.queue(sub.name),
                               body, _with_headers(props, headers))
         channel.basic_ack(method.delivery_tag)
+
+
+def _close_quietly(conn: Any) -> None:
+    if conn is not None and conn.is_open:
+        try:
+            conn.close()
+        except Exception:  # already broken: nothing to hand back
+            logger.debug("closing a consumer connection failed", exc_info=True)
 
 
 async def _awaited(awaitable: Any) -> Any:

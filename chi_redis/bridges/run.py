@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("pika").setLevel(logging.WARNING)  # a line per connection step
     from .. import worker as entry
 
     for module in args.modules:
@@ -40,11 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("signal %d: stopping", signum)
         runner.request_stop()  # the main thread waits for the handlers below
 
+    # Before any handler can run: a stop requested while starting is a graceful one too.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     runner.start()
     logger.info("consuming %s with %d thread(s)", ", ".join(sorted(entry.bus.subscriptions)),
                 args.threads)
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     runner.join()
     runner.stop(timeout_s=30)
     entry.bus.close()

@@ -160,7 +160,7 @@ def test_dead_letter_after_retries_keeps_reason_type_and_truncated_error(
     def doomed(event: Event, delivery: Delivery) -> None:
         attempts.add(delivery.attempt)
         if not healed.is_set():
-            raise ValueError("x" * 5000)
+            raise ValueError("smtp refused: password=hunter2 " + "x" * 5000)
 
     start(rabbit, running)
     sent = Event(type="job.run", data={"n": 1})
@@ -169,7 +169,7 @@ def test_dead_letter_after_retries_keeps_reason_type_and_truncated_error(
     (dl,) = letters
     assert (dl.reason, dl.error_type, dl.attempts, dl.event_id, dl.type, dl.topic) == (
         "retries_exhausted", "ValueError", 3, sent.id, "job.run", "job")
-    assert dl.error == "x" * ERROR_CHARS
+    assert dl.error == ("smtp refused: password=*** " + "x" * ERROR_CHARS)[:ERROR_CHARS]
     assert attempts.snapshot() == [1, 2, 3]
     # Redriven once the handler is fixed: handled once more, with a fresh retry budget.
     healed.set()

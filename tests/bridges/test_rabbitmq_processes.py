@@ -85,7 +85,10 @@ def test_killed_worker_mid_handler_its_event_is_delivered_again(
     try:
         wait_until(lambda: len(handled(app)) == 2, DEADLINE_S, "the redelivery")
         (pid1, _, n1, attempt1), (pid2, _, n2, attempt2) = handled(app)
-        assert (n1, attempt1, n2, attempt2) == ("1", "1", "1", "2")
+        # At least the 2nd delivery: when the killed worker's other consumer thread is
+        # offered the returned message before RabbitMQ has seen that thread die too, that
+        # delivery counts (x-delivery-count) as well.
+        assert (n1, attempt1, n2) == ("1", "1", "1") and int(attempt2) >= 2
         assert pid1 == str(first.pid) and pid2 == str(second.pid)
     finally:
         second.stop()
