@@ -247,3 +247,28 @@ def _depth(bus: RabbitMQEventBus, sub: str) -> int:
         return int(ready)
     finally:
         conn.close()
+
+
+def test_stop_lets_the_handler_in_flight_finish_and_acks_it(
+    rabbit: RabbitMQEventBus
+) -> None:
+    started, release, done = threading.Event(), threading.Event(), Seen()
+
+    @rabbit.subscribe("slow", types=["job.run"])
+    async def slow(event: Event) -> None:  # async handlers run to completion too
+        started.set()
+        release.wait(DEADLINE_S)
+        done.add(event.id)
+
+    worker = rabbit.worker(threads=1, prefetch=1)
+    worker.start()
+    sent = Event(type="job.run")
+    rabbit.publish(sent)
+    assert started.wait(DEADLINE_S)
+    stopper = threading.Thread(target=worker.stop, kwargs={"timeout_s": DEADLINE_S})
+    stopper.start()
+    release.set()
+    stopper.join(DEADLINE_S)
+    assert not stopper.is_alive()
+    assert done.snapshot() == [sent.id]
+    assert _depth(rabbit, "slow") == 0  # acknowledged before the connection closed
