@@ -17,7 +17,8 @@ from types import FrameType
 
 __all__ = ["main"]
 
-logger = logging.getLogger(__name__)
+# Not __name__: run as ``python -m`` this module is ``__main__``.
+logger = logging.getLogger("chi_redis.bridges.run")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,9 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--prefetch", type=int, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("pika").setLevel(logging.WARNING)  # a line per connection step
+    # The package's own INFO lines (pika's warnings reach stderr through logging's default).
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    package = logging.getLogger("chi_redis")
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
     from .. import worker as entry
 
     for module in args.modules:
