@@ -82,10 +82,12 @@ class RabbitMQEventBus:
         return self.names.namespace
 
     # connections ----------------------------------------------------------------------
-    def connect(self) -> Any:
-        """A new pika ``BlockingConnection`` to the broker (the caller closes it)."""
+    def connect(self, role: str = "admin") -> Any:
+        """A new pika ``BlockingConnection`` to the broker (the caller closes it), named
+        ``chi <namespace> <role>`` (``rabbitmqctl list_connections name``)."""
         pika = pika_module()
         params = pika.URLParameters(self.url)
+        params.client_properties = {"connection_name": f"chi {self.namespace} {role}"}
         params.heartbeat = self.heartbeat_s
         params.connection_attempts = 1
         params.socket_timeout = 5
@@ -98,7 +100,7 @@ class RabbitMQEventBus:
     def _publish_channel(self) -> Any:
         if self._channel is None or not self._channel.is_open:
             self._reset()
-            self._conn = self.connect()
+            self._conn = self.connect("publisher")
             channel = self._conn.channel()
             channel.confirm_delivery()
             declare_exchanges(channel, self.names)

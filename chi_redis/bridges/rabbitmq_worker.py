@@ -102,7 +102,7 @@ class RabbitMQWorker:
             while not self._stop.is_set():
                 conn = None
                 try:
-                    conn = self.bus.connect()
+                    conn = self.bus.connect("worker")
                     self._consume(conn, announce)
                     delay = 0.5
                 except (pika.exceptions.AMQPError, BusUnavailableError, OSError) as exc:

@@ -6,6 +6,8 @@ Each test has its own namespace, so its own exchanges and queues (deleted afterw
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -13,7 +15,7 @@ from typing import Any
 
 import pika
 import pytest
-from support import wait_until
+from support import skip_or_fail, wait_until
 
 from chi_redis import Event
 from chi_redis.bridges import BusUnavailableError
@@ -272,3 +274,34 @@ def test_stop_lets_the_handler_in_flight_finish_and_acks_it(
     assert not stopper.is_alive()
     assert done.snapshot() == [sent.id]
     assert _depth(rabbit, "slow") == 0  # acknowledged before the connection closed
+
+
+def test_worker_and_publisher_connect_again_when_the_broker_drops_them(
+    rabbit: RabbitMQEventBus, running: list[RabbitMQWorker]
+) -> None:
+    seen = Seen()
+    rabbit.subscribe("steady", types=["job.run"])(recorder(seen, lambda e: e.data["n"]))
+    start(rabbit, running)
+    rabbit.publish(Event(type="job.run", data={"n": 1}))
+    wait_until(lambda: len(seen) == 1, DEADLINE_S, "the first event")
+    # The broker closes this bus's worker and publisher connections (by name: only ours).
+    assert _close_connections(f"chi {rabbit.namespace} ") == 3  # 2 worker threads + publisher
+    rabbit.publish(Event(type="job.run", data={"n": 2}))  # sent again on a new connection
+    wait_until(lambda: len(seen) == 2, DEADLINE_S, "the event after the reconnect")
+    assert seen.snapshot() == [1, 2]
+
+
+def _close_connections(prefix: str) -> int:
+    """Close, with ``rabbitmqctl``, the broker's connections whose name starts with
+    ``prefix``; returns how many."""
+    if shutil.which("rabbitmqctl") is None:
+        skip_or_fail("rabbitmqctl is not installed")
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        capture_output=True, text=True, timeout=60, check=True).stdout
+    pids = [line.split("\t", 1)[0] for line in listed.splitlines()
+            if f'{{"connection_name","{prefix}' in line]
+    for pid in pids:
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test"],
+                       capture_output=True, timeout=60, check=True)
+    return len(pids)
