@@ -216,4 +216,5 @@ def unavailable(url: str, exc: BaseException) -> BusUnavailableError:
     from ..errors import redact_url
 
     detail = type(exc).__name__ + (f": {exc}" if str(exc) else "")
-    return BusUnavailableError(f"cannot reach RabbitMQ at {redact_url(url)}: {detail}")
+    return BusUnavailableError(f"cannot reach RabbitMQ at {redact_url(url)} ({detail}): is it"
+                               " running? (bus.rabbitmq.url, CHI_RABBITMQ_URL)")

@@ -157,6 +157,8 @@ class RabbitMQEventBus:
                 except (pika.exceptions.AMQPError, BusUnavailableError, OSError) as exc:
                     self._reset()
                     if attempt == 2:
+                        if isinstance(exc, BusUnavailableError):
+                            raise
                         raise unavailable(self.url, exc) from None
                     logger.warning("RabbitMQ publish failed (%s); connecting again",
                                    type(exc).__name__)
