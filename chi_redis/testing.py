@@ -199,5 +199,4 @@ def module_bus(module: str | ModuleType) -> EventBus:
     bus = getattr(loaded, "bus", worker.bus)
     if bus is not worker.bus and not is_embedded(bus.client):
         raise ChiError(f"{loaded.__name__}.bus is not an embedded bus: pass the bus instead")
-    embedded: EventBus = bus  # chi_redis.worker's bus is typed Any (it may be a bridge)
-    return embedded
+    return bus

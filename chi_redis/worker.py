@@ -20,7 +20,6 @@ imported every handler module (see :class:`chi_redis.routing.RoutingMiddleware`)
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import dramatiq
 
@@ -34,60 +33,47 @@ from .runtime.encoder import MsgpackEncoder
 __all__ = ["broker", "bus", "config"]
 
 config = load_config(env=os.environ)
-#: The EventBus (``bus.type: redis`` / ``memory``), or the bridge bus ``bus.type: rabbitmq``
-#: names; handler modules only call ``bus.subscribe`` on it, which both have.
-bus: Any
-broker: StreamsBroker | None
-if config.bus.type == "rabbitmq":
-    # No Dramatiq: `chi-redis worker` runs chi_redis.bridges.run, which imports the handler
-    # modules (they register on this bus) and runs bus.worker() (docs/buses.md).
-    from .config import bridge_from_config
+bus = bus_from_config(config)
+# Observability of this worker process: the metrics switch, CHI_LOG_FORMAT=json, tracing.
+_observe.configure_process(config, os.environ)
+_middleware = None
+_metrics_port = config.monitoring.metrics_port if config.monitoring.metrics_enabled else None
+if _metrics_port:
+    # Dramatiq's exposition server runs in a process forked from the dramatiq master, which
+    # never imports this module: its port and multiprocess directory come from the
+    # environment of the `dramatiq` command (`chi-redis worker` sets both).
+    import logging
 
-    bus = bridge_from_config(config)
-    broker = None
-else:
-    bus = bus_from_config(config)
-    # Observability of this worker process: the metrics switch, CHI_LOG_FORMAT=json, tracing.
-    _observe.configure_process(config, os.environ)
-    _middleware = None
-    _metrics_port = config.monitoring.metrics_port if config.monitoring.metrics_enabled else None
-    if _metrics_port:
-        # Dramatiq's exposition server runs in a process forked from the dramatiq master, which
-        # never imports this module: its port and multiprocess directory come from the
-        # environment of the `dramatiq` command (`chi-redis worker` sets both).
-        import logging
+    from dramatiq.middleware import default_middleware
 
-        from dramatiq.middleware import default_middleware
+    if os.environ.get("dramatiq_prom_port") != str(_metrics_port):  # noqa: SIM112
+        logging.getLogger(__name__).warning(
+            "metrics_port is %s but dramatiq_prom_port is %r: set dramatiq_prom_port (and a"
+            " dramatiq_prom_db directory per worker group) in the worker's environment",
+            _metrics_port, os.environ.get("dramatiq_prom_port"),  # noqa: SIM112
+        )
+    from dramatiq.middleware.prometheus import Prometheus
 
-        if os.environ.get("dramatiq_prom_port") != str(_metrics_port):  # noqa: SIM112
-            logging.getLogger(__name__).warning(
-                "metrics_port is %s but dramatiq_prom_port is %r: set dramatiq_prom_port (and a"
-                " dramatiq_prom_db directory per worker group) in the worker's environment",
-                _metrics_port, os.environ.get("dramatiq_prom_port"),  # noqa: SIM112
-            )
-        from dramatiq.middleware.prometheus import Prometheus
+    _middleware = [m() for m in default_middleware] + [Prometheus()]
+broker = StreamsBroker(
+    bus,
+    middleware=_middleware,
+    options=broker_options_from_config(config),
+)
+# Full GC passes over the boot-time heap made the latency tail (chi_redis.runtime.boot).
+broker.add_middleware(FreezeHeapAtBoot())
+if config.routing.rules:
+    broker.add_middleware(RoutingMiddleware(bus, config))
+if config.monitoring.health_check_enabled:  # /healthz, /readyz per worker (observe.middleware)
+    from .observe.middleware import DEFAULT_HEALTH_PORT, HealthMiddleware
 
-        _middleware = [m() for m in default_middleware] + [Prometheus()]
-    broker = StreamsBroker(
-        bus,
-        middleware=_middleware,
-        options=broker_options_from_config(config),
-    )
-    # Full GC passes over the boot-time heap made the latency tail (chi_redis.runtime.boot).
-    broker.add_middleware(FreezeHeapAtBoot())
-    if config.routing.rules:
-        broker.add_middleware(RoutingMiddleware(bus, config))
-    if config.monitoring.health_check_enabled:  # /healthz, /readyz per worker (observe.middleware)
-        from .observe.middleware import DEFAULT_HEALTH_PORT, HealthMiddleware
+    broker.add_middleware(HealthMiddleware(config.monitoring.health_port or DEFAULT_HEALTH_PORT))
+if config.store.archive.enabled:  # the archiver subscription (chi_redis.ops.archive)
+    from .config import store_from_config
+    from .ops.archive import install_archiver
 
-        _port = config.monitoring.health_port or DEFAULT_HEALTH_PORT
-        broker.add_middleware(HealthMiddleware(_port))
-    if config.store.archive.enabled:  # the archiver subscription (chi_redis.ops.archive)
-        from .config import store_from_config
-        from .ops.archive import install_archiver
-
-        _archive = config.store.archive
-        install_archiver(bus, store_from_config(config, bus=bus), types=_archive.types,
-                         topics=_archive.topics, batch_size=_archive.batch_size)
-    dramatiq.set_broker(broker)
-    dramatiq.set_encoder(MsgpackEncoder())
+    _archive = config.store.archive
+    install_archiver(bus, store_from_config(config, bus=bus), types=_archive.types,
+                     topics=_archive.topics, batch_size=_archive.batch_size)
+dramatiq.set_broker(broker)
+dramatiq.set_encoder(MsgpackEncoder())

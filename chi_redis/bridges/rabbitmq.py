@@ -62,8 +62,10 @@ class RabbitMQEventBus:
         encoding: Encoding = "msgpack",
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         heartbeat_s: int = 60,
+        prefetch: int = 4,
     ) -> None:
         self.url = url
+        self.prefetch = prefetch
         self.names = Names(exchange, namespace)
         self.codec = Codec(encoding, max_event_bytes)
         self.heartbeat_s = heartbeat_s
@@ -234,12 +236,13 @@ class RabbitMQEventBus:
         finally:
             _close(conn)
 
-    def worker(self, *, threads: int = 4, prefetch: int = 4) -> RabbitMQWorker:
+    def worker(self, *, threads: int = 4, prefetch: int | None = None) -> RabbitMQWorker:
         """The consumers of every registered subscription: ``threads`` connections, each
-        with ``prefetch`` unacknowledged messages at most (``basic.qos``)."""
+        with ``prefetch`` (default: the bus's) unacknowledged messages at most
+        (``basic.qos``)."""
         from .rabbitmq_worker import RabbitMQWorker
 
-        return RabbitMQWorker(self, threads=threads, prefetch=prefetch)
+        return RabbitMQWorker(self, threads=threads, prefetch=prefetch or self.prefetch)
 
     # dead letters -----------------------------------------------------------------------
     def dead_letters(self, sub: str, *, count: int = 100) -> list[DeadLetter]:

@@ -1,9 +1,10 @@
 """``python -m chi_redis.bridges.run MODULE... [--threads N]``: a worker of a bridge bus.
 
-What ``chi-redis worker`` runs when the config says ``bus.type: rabbitmq``: imports
-:mod:`chi_redis.worker` (which builds the bus from ``CHI_CONFIG`` and the ``CHI_*``
-variables), then the handler modules (they register on ``chi_redis.worker.bus``), then runs
-``bus.worker()`` until SIGTERM or SIGINT, letting handlers in flight finish.
+What ``chi-redis worker`` runs when the config says ``bus.type: rabbitmq``: builds the bus
+from ``CHI_CONFIG`` and the ``CHI_*`` variables (:mod:`.entry`, installed as
+``chi_redis.worker``), imports the handler modules (they register on
+``chi_redis.worker.bus``), then runs ``bus.worker()`` until SIGTERM or SIGINT, letting
+handlers in flight finish.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib
 import logging
 import signal
 import sys
+import threading
 from types import FrameType
 
 __all__ = ["main"]
@@ -26,7 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chi_redis.bridges.run")
     parser.add_argument("modules", nargs="+")
     parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--prefetch", type=int, default=None)
     args = parser.parse_args(argv)
     # The package's own INFO lines (pika's warnings reach stderr through logging's default).
     handler = logging.StreamHandler()
@@ -34,25 +35,27 @@ def main(argv: list[str] | None = None) -> int:
     package = logging.getLogger("chi_redis")
     package.addHandler(handler)
     package.setLevel(logging.INFO)
-    from .. import worker as entry
+    from . import entry
 
+    # Handler modules import chi_redis.worker: give them the bridge's (see .entry).
+    sys.modules["chi_redis.worker"] = entry
     for module in args.modules:
         importlib.import_module(module)
-    prefetch = args.prefetch or entry.config.bus.rabbitmq.prefetch
-    runner = entry.bus.worker(threads=args.threads, prefetch=prefetch)
+    runner = entry.bus.worker(threads=args.threads)
+    stopping = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:
         logger.info("signal %d: stopping", signum)
-        runner.request_stop()  # the main thread waits for the handlers below
+        stopping.set()
 
     # Before any handler can run: a stop requested while starting is a graceful one too.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     runner.start()
-    logger.info("consuming %s with %d thread(s)", ", ".join(sorted(entry.bus.subscriptions)),
-                args.threads)
-    runner.join()
-    runner.stop(timeout_s=30)
+    logger.info("consuming with %d thread(s) on %r", args.threads, entry.bus)
+    while not stopping.wait(0.5):
+        pass
+    runner.stop(timeout_s=30)  # handlers in flight finish; the rest goes back to the queues
     entry.bus.close()
     return 0
 

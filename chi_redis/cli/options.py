@@ -129,7 +129,6 @@ class Settings:
             self._bus = bus_from_config(cfg, url=self.url, namespace=self.namespace)
         return self._bus
 
-
     def bridge(self) -> Bus | None:
         """The bridge bus (``bus.type: rabbitmq`` without a ``--redis-url`` flag), else None.
 

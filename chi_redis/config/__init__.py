@@ -111,7 +111,7 @@ def bridge_from_config(config: Config, *, namespace: str | None = None) -> Bus:
     return RabbitMQEventBus(
         r.url, namespace=namespace or config.namespace, exchange=r.exchange,
         encoding=config.bus.encoding, max_event_bytes=config.bus.max_event_bytes,
-        heartbeat_s=r.heartbeat_s,
+        heartbeat_s=r.heartbeat_s, prefetch=r.prefetch,
     )
 
 
