@@ -37,6 +37,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PublishError",
+    "RedeliveryRefusedError",
     "RedisAuthError",
     "RedisError",
     "RedisFullError",
@@ -82,18 +83,38 @@ class ConfigError(ValidationError):
 
 
 class DecodeError(ChiError):
-    """A stream entry that cannot be decoded into an event."""
+    """A stream entry that cannot be decoded into an event.
 
-    def __init__(self, reason: str, *, stream: str = "", entry_id: str = "") -> None:
+    ``kind`` says what is wrong, and is the reason its dead letter records: ``decode``
+    (bytes that do not read as an event), ``missing_field``, ``schema`` (a payload that
+    decodes but does not fit its registered type), ``invalid_type`` (not an event type
+    name), ``too_large`` (over the size cap) or ``too_deep`` (nested too deeply).
+    """
+
+    def __init__(
+        self, reason: str, *, stream: str = "", entry_id: str = "", kind: str = "decode"
+    ) -> None:
         where = f" (stream {stream!r}, entry {entry_id})" if stream or entry_id else ""
         super().__init__(f"cannot decode entry{where}: {reason}")
         self.reason = reason
         self.stream = stream
         self.entry_id = entry_id
+        self.kind = kind
 
 
 class RedisError(ChiError):
-    """Redis refused a command or could not be reached."""
+    """Redis refused a command or could not be reached.
+
+    ``outcome`` says what became of the command: ``"not_written"`` when it certainly changed
+    nothing (no connection could be made, or Redis refused it: OOM, auth, loading), else
+    ``"unknown"`` (it was sent and no reply came: it may have run).  A publish with an
+    unknown outcome may be repeated with the same event: the publish script writes an event
+    id once.
+    """
+
+    def __init__(self, message: str = "", *, outcome: str = "unknown") -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 class RedisUnavailableError(RedisError):
@@ -118,16 +139,21 @@ class PublishError(ChiError):
     """A batch publish that was written only in part.
 
     ``written`` maps the index of each written event to its stream id; ``failed`` lists
-    the indexes of events that were not written.
+    the indexes of events that were not written.  ``outcome`` is ``"known"`` when Redis was
+    asked afterwards which events it holds (so ``failed`` were certainly not written), and
+    ``"unknown"`` when it could not be asked: events in ``failed`` may have been written, and
+    publishing them again is safe (an event id is written once).
     """
 
     def __init__(
-        self, message: str, *, written: dict[int, str], failed: list[int], cause: Exception
+        self, message: str, *, written: dict[int, str], failed: list[int], cause: Exception,
+        outcome: str = "known",
     ) -> None:
         super().__init__(message)
         self.written = written
         self.failed = failed
         self.cause = cause
+        self.outcome = outcome
 
 
 class BufferFullError(ChiError):
@@ -160,6 +186,11 @@ class BatchFailed(ChiError):
 
 class NotFoundError(ChiError):
     """An unknown subscription, event or dead letter."""
+
+
+class RedeliveryRefusedError(ChiError):
+    """A rewind would hand a subscription entries it already handled (its side effects
+    would run again) and ``force`` was not given."""
 
 
 # The password part runs to the *last* "@" of the URL-like token, so a password holding

@@ -26,7 +26,7 @@ import dramatiq
 from .config import broker_options_from_config, bus_from_config, load_config
 from .observe import process as _observe
 from .routing import RoutingMiddleware
-from .runtime.boot import FreezeHeapAtBoot
+from .runtime.boot import FreezeHeapAtBoot, ServerSettingsCheck
 from .runtime.broker import StreamsBroker
 from .runtime.encoder import MsgpackEncoder
 
@@ -62,6 +62,8 @@ broker = StreamsBroker(
 )
 # Full GC passes over the boot-time heap made the latency tail (chi_redis.runtime.boot).
 broker.add_middleware(FreezeHeapAtBoot())
+# A server that may evict or forget events is worth a line in every worker's log.
+broker.add_middleware(ServerSettingsCheck())
 if config.routing.rules:
     broker.add_middleware(RoutingMiddleware(bus, config))
 if config.monitoring.health_check_enabled:  # /healthz, /readyz per worker (observe.middleware)

@@ -96,7 +96,29 @@ def _plaintext_hint(text: str, url: str) -> str:
 
 
 def map_redis_error(exc: BaseException, url: str = "", password: str | None = None) -> ChiError:
-    """Translate a redis-py exception into a :class:`ChiError` without any secret in it."""
+    """Translate a redis-py exception into a :class:`ChiError` without any secret in it;
+    a :class:`RedisError` says whether the command may have run (``outcome``)."""
+    err = _map_error(exc, url, password)
+    if isinstance(err, RedisError):
+        err.outcome = command_outcome(exc)
+    return err
+
+
+def command_outcome(exc: BaseException) -> str:
+    """``"not_written"`` when the failed command certainly changed nothing, else
+    ``"unknown"``: a timeout or a reset after the request was sent may follow its run."""
+    if isinstance(exc, (rex.AuthenticationError, rex.NoPermissionError, rex.BusyLoadingError,
+                        rex.OutOfMemoryError)):
+        return "not_written"
+    text = str(exc)
+    if isinstance(exc, rex.ResponseError) and text.startswith(("OOM", "NOAUTH", "WRONGPASS")):
+        return "not_written"
+    if isinstance(exc, _TRANSIENT) and "connecting to" in text.lower():
+        return "not_written"  # no connection was made: nothing was sent
+    return "unknown"
+
+
+def _map_error(exc: BaseException, url: str, password: str | None) -> ChiError:
     where = f" at {redact_url(url)}" if url else ""
     text = scrub(str(exc), password)
     if isinstance(exc, rex.AuthenticationError) or (

@@ -13,13 +13,10 @@ an optional extra and is imported only when that bridge is used.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ..errors import ChiError
 from ..events.event import Event
-
-if TYPE_CHECKING:
-    from ..runtime.deadletters import DeadLetter
 
 __all__ = ["Bus", "BusUnavailableError", "BusWorker", "NotSupportedError"]
 
@@ -65,14 +62,6 @@ class Bus(Protocol):
 
     def worker(self, *, threads: int = 4) -> BusWorker:
         """The consumers of every registered subscription."""
-        ...
-
-    def dead_letters(self, sub: str, *, count: int = 100) -> list[DeadLetter]:
-        """Up to ``count`` dead letters of subscription ``sub``, oldest first."""
-        ...
-
-    def redrive(self, sub: str, ids: list[str] | None = None) -> int:
-        """Put dead letters of ``sub`` (all, or ``ids``) back on its queue; returns how many."""
         ...
 
     def close(self) -> None: ...

@@ -38,6 +38,7 @@ from .amqp import (
 )
 
 if TYPE_CHECKING:
+    from ..config import Config
     from ..runtime.deadletters import DeadLetter
     from .rabbitmq_worker import RabbitMQWorker
 
@@ -73,6 +74,16 @@ class RabbitMQEventBus:
         self._lock = threading.Lock()
         self._conn: Any = None
         self._channel: Any = None
+
+    @classmethod
+    def from_config(cls, config: Config, *, namespace: str | None = None) -> RabbitMQEventBus:
+        """The bus ``config.bus`` describes (``bus.rabbitmq``; ``namespace`` wins if given)."""
+        r = config.bus.rabbitmq
+        return cls(
+            r.url, namespace=namespace or config.namespace, exchange=r.exchange,
+            encoding=config.bus.encoding, max_event_bytes=config.bus.max_event_bytes,
+            heartbeat_s=r.heartbeat_s, prefetch=r.prefetch,
+        )
 
     def __repr__(self) -> str:
         return (f"RabbitMQEventBus({redact_url(self.url)!r}, namespace={self.namespace!r},"

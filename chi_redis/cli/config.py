@@ -62,6 +62,8 @@ def summary(config: Config) -> str:
     where = redact_url(config.redis.effective_url()) if bus.type == "redis" else "in-process"
     if bus.type == "rabbitmq":
         where = f"{redact_url(bus.rabbitmq.url)}, exchange {bus.rabbitmq.exchange}"
+    if bus.type == "kafka":
+        where = ",".join(bus.kafka.brokers)
     rules = len(config.routing.rules)
     parts = [
         f"bus {bus.type} ({where})",

@@ -98,15 +98,19 @@ def dlq_list(sub: str, limit: int, after: str | None) -> None:
     """List a subscription's dead letters, oldest first."""
     from ..ops.deadletters import list_dead_letters
 
-    bridge = settings().bridge()
-    if bridge is not None:
+    s = settings()
+    if s.config.bus.type == "kafka" and not s.url:  # its dead-letter topic
+        _kafka_list(sub, limit, after)
+        return
+    bridge = s.bridge()
+    if bridge is not None:  # bus.type: rabbitmq: its dead-letter queue
         if after:
             raise NotSupportedError("--after is not supported on bus.type 'rabbitmq'")
         letters = bridge.dead_letters(sub, count=limit)
     else:
         with usage_errors():
             cursor = _check_ids([after])[0] if after else None
-        bus = settings().bus()
+        bus = s.bus()
         _known_sub(bus, sub)
         letters = list_dead_letters(bus, sub, after=cursor, count=limit)
 
@@ -119,6 +123,26 @@ def dlq_list(sub: str, limit: int, after: str | None) -> None:
 
     n = emit_lines((_dl_dict(d) for d in letters), render, LIST_HEADER)
     if not n and not settings().json:
+        click.echo(f"no dead letters in {sub!r}", err=True)
+
+
+def _kafka_list(sub: str, limit: int, after: str | None) -> None:
+    """``dlq list`` on the Kafka bus: the records of ``sub``'s dead-letter topic."""
+    from ..bridges.kafka import KafkaEventBus, KafkaUnsupportedError
+
+    if after:
+        raise KafkaUnsupportedError("--after is not available on the Kafka bus")
+    s = settings()
+    bus = KafkaEventBus.from_config(s.config, namespace=s.namespace)
+    letters = bus.dead_letters(sub, count=limit)
+
+    def render(d: dict[str, Any]) -> str:
+        error = f"{d['exception']}: {d['error']}" if d["error"] else d["exception"] or "-"
+        return (f"{d['id']:<17} {d['type'] or '-':<24} {d['event_id'] or '-':<36}"
+                f" {d['reason'] or '-':<18} {d['attempts']:>8}  {one_line(error)}")
+
+    n = emit_lines(letters, render, LIST_HEADER)
+    if not n and not s.json:
         click.echo(f"no dead letters in {sub!r}", err=True)
 
 

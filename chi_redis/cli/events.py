@@ -68,7 +68,8 @@ def publish(
         eid = bridge.publish(event, idempotency_key=idempotency_key)
         emit({"id": eid, "topic": event.topic, "type": event.type}, eid)
         return
-    sid = settings().bus().publish(event, idempotency_key=idempotency_key)
+    target = settings().publisher()  # the Redis bus, or the Kafka bus (bus.type: kafka)
+    sid = target.publish(event, idempotency_key=idempotency_key)
     emit({"stream_id": sid, "id": event.id, "topic": event.topic, "type": event.type}, sid)
 
 
@@ -105,7 +106,11 @@ def tail(
     names = split_topics(topics)
     match = TypeFilter(split_globs(types))
     start = time_arg(from_, "--from")
-    bus = settings().bus()
+    s = settings()
+    if s.config.bus.type == "kafka" and not s.url:  # a group-less Kafka consumer
+        _kafka_tail(names, match, from_, count)
+        return
+    bus = s.bus()
     k = bus.keys
     streams = {k.stream(t): t for t in names}
     positions: dict[str, Any]
@@ -133,6 +138,30 @@ def tail(
                 out.write(bus.codec.envelope_json(streams[stream], sid, fields) + b"\n")
                 n += 1
             out.flush()
+    except KeyboardInterrupt:
+        out.flush()
+
+
+def _kafka_tail(names: list[str], match: TypeFilter, from_: str | None, count: int | None
+                ) -> None:
+    from ..bridges.kafka import KafkaEventBus, KafkaUnsupportedError
+    from ..bridges.kafka_tail import follow
+
+    if from_ is not None:
+        raise KafkaUnsupportedError("tail --from is not available on the Kafka bus: it shows"
+                                    " new events only")
+    s = settings()
+    bus = KafkaEventBus.from_config(s.config, namespace=s.namespace)
+    out, n = sys.stdout.buffer, 0
+    try:
+        for topic, where, fields in follow(bus, names):
+            if match and not match(fields):
+                continue
+            out.write(bus.codec.envelope_json(topic, where, fields) + b"\n")
+            out.flush()
+            n += 1
+            if count is not None and n >= count:
+                return
     except KeyboardInterrupt:
         out.flush()
 

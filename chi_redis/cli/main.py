@@ -64,7 +64,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "outbox": (
         "chi_redis.cli.outbox:outbox",
-        "Transactional outbox: create its table, relay it to the streams, show its backlog.",
+        "Transactional outbox: its table, its relay to the streams, its backlog and failed rows.",
     ),
     "publish": (
         "chi_redis.cli.events:publish",

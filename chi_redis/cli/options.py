@@ -39,7 +39,7 @@ from ..events.names import validate_glob, validate_name
 from ..ops.timeparse import TimePoint, parse_time
 
 if TYPE_CHECKING:
-    from ..bridges import Bus
+    from ..bridges.rabbitmq import RabbitMQEventBus
     from ..publish.bus import EventBus
 
 __all__ = [
@@ -83,7 +83,7 @@ class Settings:
         self.config_path = config_path
         self._config: Config | None = None
         self._bus: EventBus | None = None
-        self._bridge: Bus | None = None
+        self._bridge: RabbitMQEventBus | None = None
 
     @property
     def config(self) -> Config:
@@ -129,7 +129,7 @@ class Settings:
             self._bus = bus_from_config(cfg, url=self.url, namespace=self.namespace)
         return self._bus
 
-    def bridge(self) -> Bus | None:
+    def bridge(self) -> RabbitMQEventBus | None:
         """The bridge bus (``bus.type: rabbitmq`` without a ``--redis-url`` flag), else None.
 
         Commands that work on a bridge (``publish``, ``dlq list``, ``dlq redrive``) ask this
@@ -137,10 +137,19 @@ class Settings:
         if self.url or self.config.bus.type != "rabbitmq":
             return None
         if self._bridge is None:
-            from ..config import bridge_from_config
+            from ..bridges.rabbitmq import RabbitMQEventBus
 
-            self._bridge = bridge_from_config(self.config, namespace=self.namespace)
+            self._bridge = RabbitMQEventBus.from_config(self.config, namespace=self.namespace)
         return self._bridge
+
+    def publisher(self) -> Any:
+        """What ``publish`` writes to: the Kafka bus when ``bus.type`` is ``kafka`` (and no
+        --redis-url was given), else :meth:`bus`."""
+        if self.config.bus.type == "kafka" and not self.url:
+            from ..bridges.kafka import KafkaEventBus
+
+            return KafkaEventBus.from_config(self.config, namespace=self.namespace)
+        return self.bus()
 
 
 def _warn(message: str) -> None:

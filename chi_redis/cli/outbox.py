@@ -1,4 +1,7 @@
-"""``chi-redis outbox init|relay|status``: the transactional outbox's table and relay.
+"""``chi-redis outbox init|relay|status|failed|retry|delete``: the transactional outbox.
+
+``failed`` lists the rows the relay marked failed (no payload), ``retry`` clears the mark
+(the relays claim them again) and ``delete`` removes them: docs/outbox.md.
 
 The database comes from ``--dsn``, else ``CHI_DATABASE_URL``, else the config's
 ``store.database.dsn``; it is never printed (errors are scrubbed of its password).  The
@@ -7,16 +10,20 @@ relay's other defaults come from the config's ``outbox`` section (docs/configura
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import ChiError, ConfigError
-from .options import ChiGroup, common_options, emit, settings
+from .options import ChiGroup, common_options, emit, emit_lines, settings
 
 if TYPE_CHECKING:
+    import psycopg
+
     from ..outbox.relay import Relay
 
 __all__ = ["outbox"]
@@ -36,10 +43,28 @@ def _table(table: str | None) -> str:
     return table or settings().config.outbox.table_name
 
 
+@contextlib.contextmanager
+def _connected(dsn: str | None) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to the outbox database, committed at the end; errors scrubbed."""
+    import psycopg
+
+    from ..errors import scrub
+    from ..outbox.relay import OutboxError, dsn_password
+
+    target = _dsn(dsn)
+    try:
+        with psycopg.connect(target, connect_timeout=5) as conn:
+            yield conn
+    except psycopg.Error as exc:
+        raise OutboxError(
+            "outbox database: " + " ".join(scrub(str(exc), dsn_password(target)).split())
+        ) from None
+
+
 @click.group(cls=ChiGroup)
 @common_options
 def outbox() -> None:
-    """Transactional outbox: create its table, relay it to the streams, show its backlog."""
+    """Transactional outbox: its table, its relay to the streams, its backlog and failed rows."""
 
 
 @outbox.command("init")
@@ -50,27 +75,17 @@ def outbox() -> None:
 @click.option("--dialect", type=click.Choice(["postgres", "sqlite"]), default="postgres",
               show_default=True, help="SQL dialect of --print-sql.")
 def outbox_init(dsn: str | None, table: str | None, print_sql: bool, dialect: str) -> None:
-    """Create the outbox table, its indexes and its notify trigger (idempotent)."""
+    """Create the outbox table, its indexes and its notify trigger (idempotent; upgrades a
+    table made by an older version)."""
     from ..outbox import init
-    from ..outbox.relay import OutboxError, dsn_password
     from ..outbox.schema import init_sql
 
     name = _table(table)
     if print_sql:
         click.echo(init_sql(name, "sqlite" if dialect == "sqlite" else "postgres"), nl=False)
         return
-    target = _dsn(dsn)
-    import psycopg
-
-    from ..errors import scrub
-
-    try:
-        with psycopg.connect(target, connect_timeout=5) as conn:
-            init(conn, name)
-    except psycopg.Error as exc:
-        raise OutboxError(
-            "outbox database: " + " ".join(scrub(str(exc), dsn_password(target)).split())
-        ) from None
+    with _connected(dsn) as conn:
+        init(conn, name)
     emit({"table": name, "created": True}, f"outbox table {name} ready")
 
 
@@ -127,7 +142,8 @@ def outbox_relay(dsn: str | None, table: str | None, batch_size: int | None,
     finally:
         signal.signal(signal.SIGTERM, previous)
         relay.close()
-    emit({"table": relay.table, "published": n}, f"outbox relay: published {n} events")
+    emit({"table": relay.table, "published": n, "failed": relay.failed},
+         f"outbox relay: published {n} events, marked {relay.failed} rows failed")
 
 
 @outbox.command("status")
@@ -135,10 +151,70 @@ def outbox_relay(dsn: str | None, table: str | None, batch_size: int | None,
 @click.option("--dsn", metavar="DSN", help=_DSN_HELP)
 @click.option("--table", metavar="NAME", help="Outbox table (default: config outbox.table_name).")
 def outbox_status(dsn: str | None, table: str | None) -> None:
-    """The backlog (unpublished rows) and lag (age of the oldest one)."""
+    """The backlog (rows waiting), lag (age of the oldest one) and failed rows."""
     from ..outbox.relay import Relay
 
     relay = Relay(_dsn(dsn), settings().bus(), table=_table(table))
     stats = relay.stats()
     emit({"table": relay.table, **stats.as_dict()},
-         f"outbox {relay.table}: backlog {stats.backlog}, lag {stats.lag_s:.1f}s")
+         f"outbox {relay.table}: backlog {stats.backlog}, lag {stats.lag_s:.1f}s,"
+         f" failed {stats.failed}")
+
+
+@outbox.command("failed")
+@common_options
+@click.option("--dsn", metavar="DSN", help=_DSN_HELP)
+@click.option("--table", metavar="NAME", help="Outbox table (default: config outbox.table_name).")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+def outbox_failed(dsn: str | None, table: str | None, limit: int) -> None:
+    """List the rows the relay marked failed (oldest first): id, topic, type, reason."""
+    from ..outbox.failed import failed_rows
+
+    with _connected(dsn) as conn:
+        rows = failed_rows(conn, _table(table), limit)
+    emit_lines((r.as_dict() for r in rows),
+               lambda r: f"{r['seq']:>8}  {r['id']:<28}  {r['topic']:<16}  {r['type']:<24}  "
+                         f"{r['failed_at'][:19]}  {r['error']}",
+               f"{'SEQ':>8}  {'ID':<28}  {'TOPIC':<16}  {'TYPE':<24}  {'FAILED AT':<19}  ERROR")
+
+
+def _selected(ids: tuple[str, ...], all_: bool) -> list[str] | None:
+    if bool(ids) == all_:
+        raise click.UsageError("give --id ID (repeatable) or --all")
+    return list(ids) if ids else None
+
+
+_ID_OPTION = click.option("--id", "ids", multiple=True, metavar="ID",
+                          help="The failed row's event id (repeatable).")
+
+
+@outbox.command("retry")
+@common_options
+@click.option("--dsn", metavar="DSN", help=_DSN_HELP)
+@click.option("--table", metavar="NAME", help="Outbox table (default: config outbox.table_name).")
+@_ID_OPTION
+@click.option("--all", "all_", is_flag=True, help="Every failed row.")
+def outbox_retry(dsn: str | None, table: str | None, ids: tuple[str, ...], all_: bool) -> None:
+    """Clear the failed mark (after fixing the row): the relays claim it again."""
+    from ..outbox.failed import retry_failed
+
+    selected, name = _selected(ids, all_), _table(table)
+    with _connected(dsn) as conn:
+        n = retry_failed(conn, name, selected)
+    emit({"table": name, "retried": n}, f"outbox {name}: {n} failed rows back in the queue")
+
+
+@outbox.command("delete")
+@common_options
+@click.option("--dsn", metavar="DSN", help=_DSN_HELP)
+@click.option("--table", metavar="NAME", help="Outbox table (default: config outbox.table_name).")
+@_ID_OPTION
+@click.option("--all", "all_", is_flag=True, help="Every failed row.")
+def outbox_delete(dsn: str | None, table: str | None, ids: tuple[str, ...], all_: bool) -> None:
+    """Delete failed rows (their events are never published); other rows are untouched."""
+    from ..outbox.failed import delete_failed
+
+    selected, name = _selected(ids, all_), _table(table)
+    with _connected(dsn) as conn:
+        n = delete_failed(conn, name, selected)
+    emit({"table": name, "deleted": n}, f"outbox {name}: deleted {n} failed rows")

@@ -88,15 +88,21 @@ def subscriptions_list() -> None:
 @click.argument("sub", metavar="SUB")
 @click.option("--to", "to", metavar="ID|TIME", required=True, help="Deliver again from here.")
 @click.option("--topic", "topics", multiple=True, help="Only this topic (repeatable).")
-def subscriptions_rewind(sub: str, to: str, topics: tuple[str, ...]) -> None:
-    """Move the subscription's groups back to ID|TIME (XGROUP SETID on each topic)."""
+@click.option("--force", is_flag=True,
+              help="Also when it re-delivers entries the subscription already handled.")
+def subscriptions_rewind(sub: str, to: str, topics: tuple[str, ...], force: bool) -> None:
+    """Move the subscription's groups back to ID|TIME (XGROUP SETID on each topic).
+
+    Refused (exit 1) without --force when that re-delivers entries the subscription
+    already handled: its handlers, and their side effects, would run again.
+    """
     from ..ops.registry import rewind
 
     with usage_errors():
         point = parse_time(to, field="--to")
         chosen = [validate_name(t, "topic") for t in topics] or None
     bus = settings().bus()
-    done = rewind(bus, sub, point, chosen)
+    done = rewind(bus, sub, point, chosen, force=force)
     if not done:
         raise NotFoundError(f"subscription {sub!r} has no consumer group on any topic")
     where = _starts_at(point)

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from ..errors import ConfigError
 from .options import common_options, settings
 
 __all__ = ["execute", "worker"]
@@ -29,6 +30,13 @@ def worker(modules: tuple[str, ...], processes: int | None, threads: int | None)
     env["CHI_NAMESPACE"] = s.ns
     if s.config_path:
         env["CHI_CONFIG"] = s.config_path
+    if s.config.bus.type == "kafka" and not s.url:  # no Dramatiq: chi_redis.bridges.kafka
+        if processes and processes > 1:
+            raise ConfigError("the Kafka worker runs one process: start several"
+                              " `chi-redis worker` commands instead of --processes")
+        argv = [sys.executable, "-m", "chi_redis.bridges.kafka_serve", *modules]
+        execute([*argv, "--threads", str(threads or s.config.bus.worker_count or 1)], env)
+        return
     argv = [sys.executable, "-m", "dramatiq", "chi_redis.worker", *modules]
     if processes:
         argv += ["--processes", str(processes)]

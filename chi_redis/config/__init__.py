@@ -89,6 +89,9 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
             "not supported on bus.type 'rabbitmq': this needs the Redis event store (queries,"
             " replay, stats and tail stay there; give --redis-url for a Redis bus); publish,"
             " worker and dlq list/redrive work on RabbitMQ (docs/buses.md)")
+    if config.bus.type == "kafka":  # a bridge, not an EventBus (chi_redis.bridges.kafka)
+        raise ConfigError("bus.type 'kafka' serves only `chi-redis publish`, `worker` and"
+                          " `dlq list`: this command needs bus.type redis (or --redis-url)")
     if config.bus.type != "redis":  # load_config already refused these
         raise ConfigError(f"bus.type {config.bus.type!r} is not available yet")
     from ..backend.connection import connect
@@ -99,20 +102,19 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
 
 
 def bridge_from_config(config: Config, *, namespace: str | None = None) -> Bus:
-    """The bridge bus ``config`` names (``bus.type: rabbitmq``): a :class:`~chi_redis.bridges.Bus`
-    over another broker, for publishing and running handlers."""
+    """The bridge bus ``config`` names (``bus.type: rabbitmq`` or ``kafka``): a
+    :class:`~chi_redis.bridges.Bus` over another broker, for publishing and handlers."""
     from ..errors import ConfigError
 
-    if config.bus.type != "rabbitmq":
-        raise ConfigError(f"bus.type {config.bus.type!r} is not a bridge bus")
-    from ..bridges.rabbitmq import RabbitMQEventBus
+    if config.bus.type == "rabbitmq":
+        from ..bridges.rabbitmq import RabbitMQEventBus
 
-    r = config.bus.rabbitmq
-    return RabbitMQEventBus(
-        r.url, namespace=namespace or config.namespace, exchange=r.exchange,
-        encoding=config.bus.encoding, max_event_bytes=config.bus.max_event_bytes,
-        heartbeat_s=r.heartbeat_s, prefetch=r.prefetch,
-    )
+        return RabbitMQEventBus.from_config(config, namespace=namespace)
+    if config.bus.type == "kafka":
+        from ..bridges.kafka import KafkaEventBus
+
+        return KafkaEventBus.from_config(config, namespace=namespace)
+    raise ConfigError(f"bus.type {config.bus.type!r} is not a bridge bus")
 
 
 def broker_options_from_config(config: Config) -> BrokerOptions:

@@ -98,8 +98,7 @@ def _check_redis(config: Config) -> None:
 
 def _check_parts(config: Config) -> None:
     if config.bus.type == "kafka":
-        raise _at("bus.type", f"bus.type {config.bus.type!r} is not available yet: use 'redis'"
-                  " (or 'memory', the embedded bus)")
+        _check_kafka(config)
     if config.bus.type == "rabbitmq":
         _check_rabbitmq(config)
     _check_store(config)
@@ -119,6 +118,18 @@ def _check_rabbitmq(config: Config) -> None:
     if not r.exchange or len(r.exchange) > 200 or not r.exchange.isprintable():
         raise _at("bus.rabbitmq.exchange", "bus.rabbitmq.exchange must be 1-200 printable"
                   " characters")
+
+
+def _check_kafka(config: Config) -> None:
+    k = config.bus.kafka
+    if not k.brokers:
+        raise _at("bus.kafka.brokers", "bus.type kafka needs at least one broker (host:port)")
+    for i, b in enumerate(k.brokers):
+        if not re.fullmatch(r"[^\s:/@,]+:\d{1,5}", b):
+            raise _at(f"bus.kafka.brokers[{i}]", f"invalid broker {b!r}: use host:port")
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", k.consumer_group):
+        raise _at("bus.kafka.consumer_group", f"invalid consumer group {k.consumer_group!r}:"
+                  " letters, digits, '.', '_', '-'")
 
 
 def _check_store(config: Config) -> None:

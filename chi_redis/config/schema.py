@@ -138,10 +138,14 @@ class RedisConfig(_Section):
 
 
 class KafkaConfig(_Section):
-    """``events.bus.kafka``: for ``bus.type: kafka`` (not available yet)."""
+    """``events.bus.kafka``: for ``bus.type: kafka`` (chi_redis.bridges.kafka)."""
 
     brokers: list[str] = field(default_factory=list)
-    consumer_group: str = "chi-events"
+    consumer_group: str = "chi-events"  # prefix of each subscription's consumer group
+    partitions: Annotated[int, Meta(ge=1, le=10_000)] = 3  # of each topic the bus creates
+    replication_factor: Annotated[int, Meta(ge=1, le=100)] = 1
+    # How soon the group notices a consumer that died (and how long a join takes).
+    session_timeout_ms: Annotated[int, Meta(ge=1000, le=3_600_000)] = 45_000
 
 
 class RabbitMQConfig(_Section):

@@ -36,9 +36,13 @@ from .event import Event, MetaValue, _to_us, registered_type
 from .flatdecode import decode_columns
 from .names import _VALID as _VALID_NAMES
 from .names import validate_name
-from .nesting import MAX_DEPTH, DepthChecked, check_depth
+from .nesting import MAX_DEPTH, DepthChecked, TooDeepError, check_depth
+from .times import iso_us, iso_us_raw, us_to_datetime
 
-__all__ = ["DEFAULT_MAX_EVENT_BYTES", "Codec", "Encoding", "Envelope", "iso_us"]
+__all__ = [
+    "DEFAULT_MAX_EVENT_BYTES", "Codec", "Encoding", "Envelope", "iso_us", "iso_us_raw",
+    "us_to_datetime",
+]
 
 Encoding = Literal["msgpack", "json"]
 DEFAULT_MAX_EVENT_BYTES = 1 << 20
@@ -64,47 +68,6 @@ def _b(value: Any) -> bytes:
     if isinstance(value, str):
         return value.encode()
     return str(value).encode()
-
-
-def us_to_datetime(us: int) -> datetime:
-    """Microseconds since the epoch → aware UTC datetime."""
-    return _EPOCH + timedelta(microseconds=us)
-
-
-_ISO_SECONDS: dict[int, str] = {}
-
-
-def iso_us(us: int) -> str:
-    """µs since the epoch → ISO 8601 UTC with microseconds and a ``Z``."""
-    sec, frac = divmod(us, 1_000_000)
-    prefix = _ISO_SECONDS.get(sec)
-    if prefix is None:  # events come in bursts: one strftime per second of them
-        if len(_ISO_SECONDS) > 4096:
-            _ISO_SECONDS.clear()
-        prefix = _ISO_SECONDS[sec] = (_EPOCH + timedelta(seconds=sec)).strftime(
-            "%Y-%m-%dT%H:%M:%S"
-        )
-    return f"{prefix}.{frac:06d}Z"
-
-
-_ISO_BY_RAW_SECONDS: dict[bytes, str] = {}
-
-
-def iso_us_raw(raw: bytes) -> str:
-    """:func:`iso_us` of µs given as the decimal bytes an entry's ``ts`` holds.
-
-    Cut at the seconds rather than parsed (a replay prints one per event): the same
-    string :func:`iso_us` gives, for any value ``int`` accepts.
-    """
-    if len(raw) <= 6 or not raw.isdigit():
-        return iso_us(int(raw))
-    sec = raw[:-6]
-    prefix = _ISO_BY_RAW_SECONDS.get(sec)
-    if prefix is None:
-        if len(_ISO_BY_RAW_SECONDS) > 4096:
-            _ISO_BY_RAW_SECONDS.clear()
-        prefix = _ISO_BY_RAW_SECONDS[sec] = iso_us(int(sec) * 1_000_000)[:-8]
-    return prefix + "." + raw[-6:].decode() + "Z"
 
 
 class Envelope(msgspec.Struct, omit_defaults=True):
@@ -257,16 +220,17 @@ class Codec:
         except KeyError as exc:
             name = exc.args[0].decode() if isinstance(exc.args[0], bytes) else exc.args[0]
             raise DecodeError(
-                f"missing field {name!r}", stream=stream, entry_id=entry_id
+                f"missing field {name!r}", stream=stream, entry_id=entry_id, kind="missing_field"
             ) from None
         except RecursionError:
             raise DecodeError(
-                "payload nested too deeply", stream=stream, entry_id=entry_id
+                "payload nested too deeply", stream=stream, entry_id=entry_id, kind="too_deep"
             ) from None
         except (msgspec.DecodeError, ValueError, TypeError, OverflowError, AttributeError) as exc:
             # UnicodeDecodeError and msgspec.ValidationError are subclasses of these;
             # AttributeError: field values that are not bytes.
-            raise DecodeError(str(exc), stream=stream, entry_id=entry_id) from None
+            raise DecodeError(str(exc), stream=stream, entry_id=entry_id,
+                              kind=_kind(exc)) from None
 
     def decode_flat(
         self, flat: list[bytes], *, topic: str, stream: str = "", entry_id: str = ""
@@ -332,7 +296,10 @@ class Codec:
     def _type_name(self, raw: bytes) -> str:
         name = self._type_names.get(raw)
         if name is None:
-            name = validate_name(raw.decode(), "type")
+            try:
+                name = validate_name(raw.decode(), "type")
+            except ValueError as exc:  # UnicodeDecodeError too
+                raise _Invalid("invalid_type", str(exc)) from None
             if len(self._type_names) >= 1024:
                 self._type_names.clear()
             self._type_names[raw] = name
@@ -351,7 +318,7 @@ class Codec:
         topic_checked: bool = False,
     ) -> Event:
         if len(data) > self.max_event_bytes:
-            raise ValueError(f"payload of {len(data)} bytes is over the size cap")
+            raise _Invalid("too_large", f"payload of {len(data)} bytes is over the size cap")
         type_ = self._type_names.get(raw_type) or self._type_name(raw_type)
         event_id = raw_id.decode()
         if not 0 < len(event_id) <= 128 or not event_id.isprintable():
@@ -422,6 +389,25 @@ class Codec:
         (every line ends with a newline), encoded in one call."""
         env = self._envelope
         return self._json_lines([env(it[0], it[1], it[2]) for it in items])
+
+
+class _Invalid(ValueError):
+    """A value :meth:`Codec.decode` refuses, with the :class:`DecodeError` kind it gives."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _kind(exc: BaseException) -> str:
+    """The :class:`DecodeError` kind of an error decoding an entry's fields."""
+    if isinstance(exc, _Invalid):
+        return exc.kind
+    if isinstance(exc, TooDeepError):
+        return "too_deep"
+    if isinstance(exc, msgspec.ValidationError):
+        return "schema"  # well-formed, but not what the registered type (or metadata) holds
+    return "decode"
 
 
 def entry_fields(values: list[bytes], archive: bool = False) -> Fields:

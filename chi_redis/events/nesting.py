@@ -21,7 +21,10 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["MAX_DEPTH", "DepthChecked", "check_depth", "json_depth_ok", "msgpack_depth_ok"]
+__all__ = [
+    "MAX_DEPTH", "DepthChecked", "TooDeepError", "check_depth", "json_depth_ok",
+    "msgpack_depth_ok",
+]
 
 #: Arrays and maps nested deeper than this are refused, in either encoding.
 MAX_DEPTH = 256
@@ -42,8 +45,12 @@ _COUNTED = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
 _JSON_TOKEN = re.compile(rb'"(?:[^"\\]++|\\.)*+"|"|[\[\]{}]', re.S)
 
 
+class TooDeepError(msgspec.DecodeError):
+    """A payload nested deeper than the limit (its dead letter's reason is ``too_deep``)."""
+
+
 def _too_deep(limit: int) -> msgspec.DecodeError:
-    return msgspec.DecodeError(f"payload nested too deeply (more than {limit} levels)")
+    return TooDeepError(f"payload nested too deeply (more than {limit} levels)")
 
 
 def msgpack_depth_ok(raw: bytes, limit: int = MAX_DEPTH) -> None:

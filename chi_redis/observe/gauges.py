@@ -57,16 +57,19 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("subscription",)),
     "chi_subscription_delayed": ("Retries waiting for their time.", ("subscription",)),
     "chi_dead_letters": ("Entries in the subscription's dead-letter stream.", ("subscription",)),
-    "chi_outbox_backlog": ("Outbox rows not yet published.", ()),
+    "chi_outbox_backlog": ("Outbox rows not yet published (failed rows not included).", ()),
     "chi_outbox_lag_seconds": ("Age of the oldest unpublished outbox row (0 when none).", ()),
+    "chi_outbox_failed": (
+        "Outbox rows the relay could not turn into an event, marked failed: they wait for an"
+        " operator (chi-redis outbox failed|retry|delete).", ()),
 }
 
 
 class StreamGauges(Collector):
     """Collects the ``chi_*`` gauges of one namespace (register it on a registry).
 
-    ``outbox`` returns the outbox's backlog and lag (``Relay(dsn, bus).stats``); when it is
-    None the outbox gauges are not exported.  Thread-safe: scrapes may overlap.
+    ``outbox`` returns the outbox's backlog, lag and failed rows (``Relay(dsn, bus).stats``);
+    when it is None the outbox gauges are not exported.  Thread-safe: scrapes may overlap.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class StreamGauges(Collector):
             return
         yield _gauge("chi_outbox_backlog", stats.backlog)
         yield _gauge("chi_outbox_lag_seconds", stats.lag_s)
+        yield _gauge("chi_outbox_failed", stats.failed)
 
     def _failed(self, source: str, exc: BaseException) -> None:
         with self._lock:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis.exceptions as rex
 
-from ..backend.streamids import format_id, pred
-from ..errors import NotFoundError
+from ..backend.streamids import format_id, parse_id, pred
+from ..errors import NotFoundError, RedeliveryRefusedError
 from ..events.names import validate_name
 from ..runtime.subscriptions import SubscriptionRecord, decode_record
 from .timeparse import TimePoint
@@ -132,12 +132,16 @@ def find(bus: EventBus, sub: str) -> Registered:
 
 
 def rewind(
-    bus: EventBus, sub: str, to: TimePoint, topics: list[str] | None = None
+    bus: EventBus, sub: str, to: TimePoint, topics: list[str] | None = None, *,
+    force: bool = False,
 ) -> dict[str, str]:
     """Move the group of ``sub`` on each of its topics back (or forward) to ``to``.
 
     The next read delivers entries from ``to`` on (inclusive).  Entries the group still
-    has pending stay pending.  Returns topic → the last-delivered id that was set.
+    has pending stay pending.  Moving a group back over entries it already delivered runs
+    their handlers (and side effects) again: without ``force`` that raises
+    :class:`RedeliveryRefusedError` and no group is moved.  Returns topic → the
+    last-delivered id that was set.
     """
     found = find(bus, sub)
     chosen = found.topics if topics is None else [t for t in found.topics if t in topics]
@@ -145,11 +149,36 @@ def rewind(
         missing = sorted(set(topics) - set(found.topics))[0]
         raise NotFoundError(f"subscription {sub!r} has no consumer group on topic {missing!r}")
     last = format_id(pred(to.lower_id()))
+    if not force:
+        again = {t: n for t in chosen if (n := redelivered(bus, sub, t, last))}
+        if again:
+            where = ", ".join(f"{n} on topic {t}" for t, n in sorted(again.items()))
+            raise RedeliveryRefusedError(
+                f"rewinding {sub!r} re-delivers entries it already handled ({where});"
+                " its handlers' side effects run again: pass --force to do it anyway, or"
+                " replay the range --to a new subscription")
     done: dict[str, str] = {}
     for t in chosen:
         bus.call(lambda t=t: bus.client.xgroup_setid(bus.keys.stream(t), sub, last))
         done[t] = last
     return done
+
+
+def redelivered(bus: EventBus, sub: str, topic: str, last: str, cap: int = 10_000) -> int:
+    """How many entries the group ``sub`` on ``topic`` already delivered after ``last``
+    (those a rewind to ``last`` delivers again; counted up to ``cap``)."""
+    stream = bus.keys.stream(topic)
+    groups = bus.call(lambda: bus.client.xinfo_groups(stream))
+    current = next((g["last-delivered-id"] for g in groups
+                    if _text(g["name"]) == sub), None)
+    if current is None or parse_id(_text(current)) <= parse_id(last):
+        return 0
+    entries = bus.call(lambda: bus.client.xrange(stream, f"({last}", _text(current), count=cap))
+    return len(entries)
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def prune_candidates(bus: EventBus, seen_days: float) -> list[Registered]:

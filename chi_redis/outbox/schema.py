@@ -18,7 +18,14 @@ column            value
 ``data``          the encoded payload
 ``created_at``    when the row was written (the lag is the oldest unpublished one's age)
 ``published_at``  NULL until the relay published the event
+``failed_at``     NULL unless the row cannot become a valid event: then the relay marks
+                  it failed and claims it no more (docs/outbox.md, "Rows that cannot be
+                  published")
+``error``         why it failed (one line, never the payload)
 ================  =================================================================
+
+:func:`init_sql` also upgrades a table made by a version without ``failed_at`` / ``error``
+(PostgreSQL: ``ALTER TABLE … ADD COLUMN IF NOT EXISTS``).
 """
 
 from __future__ import annotations
@@ -104,7 +111,9 @@ def insert_sql(table: str, dialect: Dialect) -> str:
 def init_sql(table: str = DEFAULT_TABLE, dialect: Dialect = "postgres") -> str:
     """The DDL of the outbox ``table``: table, indexes and (PostgreSQL) the notify trigger.
 
-    Idempotent (``IF NOT EXISTS`` / ``OR REPLACE``): running it again changes nothing.
+    Idempotent (``IF NOT EXISTS`` / ``OR REPLACE``): running it again changes nothing, and
+    on PostgreSQL it adds the ``failed_at`` / ``error`` columns to an older table (sqlite:
+    new tables only; the relay, their only reader, needs PostgreSQL).
     The partial index on ``seq`` serves the relay's claim of unpublished rows in order;
     the one on ``published_at`` serves the cleanup of old published rows.
     """
@@ -121,7 +130,9 @@ def init_sql(table: str = DEFAULT_TABLE, dialect: Dialect = "postgres") -> str:
     enc TEXT NOT NULL,
     data BLOB NOT NULL,
     created_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0),
-    published_at REAL
+    published_at REAL,
+    failed_at REAL,
+    error TEXT
 );
 CREATE INDEX IF NOT EXISTS {t}_unpublished ON {t} (seq) WHERE published_at IS NULL;
 CREATE INDEX IF NOT EXISTS {t}_published ON {t} (published_at)
@@ -140,8 +151,13 @@ CREATE INDEX IF NOT EXISTS {t}_published ON {t} (published_at)
     enc text NOT NULL,
     data bytea NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
-    published_at timestamptz
+    published_at timestamptz,
+    failed_at timestamptz,
+    error text
 );
+-- Upgrades a table made before rows could be marked failed (a no-op once they exist).
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS failed_at timestamptz,
+    ADD COLUMN IF NOT EXISTS error text;
 CREATE INDEX IF NOT EXISTS {t}_unpublished ON {t} (seq) WHERE published_at IS NULL;
 CREATE INDEX IF NOT EXISTS {t}_published ON {t} (published_at)
     WHERE published_at IS NOT NULL;

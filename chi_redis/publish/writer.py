@@ -136,11 +136,14 @@ def partial_failure(
             text = value.decode() if isinstance(value, bytes) else value
             written[i] = text.split(" ", 1)[1]
     failed = [i for i in rest if i not in written]
+    outcome = "unknown" if found is None and failed else "known"
     return PublishError(
-        f"batch publish failed after {len(written)} of {len(events)} events: {exc}",
+        f"batch publish failed after {len(written)} of {len(events)} events"
+        f" (outcome of the rest {outcome}): {exc}",
         written=written,
         failed=failed,
         cause=exc,
+        outcome=outcome,
     )
 
 

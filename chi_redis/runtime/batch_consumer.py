@@ -38,8 +38,7 @@ from ..observe.metrics import labelled
 from .batch_settle import CONNECTION_ERRORS, BatchSettler, halves
 from .batches import BatchMessage, Member, members_of
 from .consumer import StreamsConsumer
-from .encoder import decode_message
-from .messages import StreamMessage, as_stream_message, malformed_batch
+from .messages import StreamMessage, as_stream_message, malformed_batch, private_message
 
 if TYPE_CHECKING:
     from .broker import StreamsBroker
@@ -163,7 +162,7 @@ class BatchConsumer(StreamsConsumer):
                     continue
                 member = self._member(stream, topic, sid, fields)
             except DecodeError as exc:
-                self._reject(stream, sid, fields, "decode", count, exc)
+                self._reject(stream, sid, fields, exc.kind, count, exc)
                 continue
             if member is None:
                 filtered += 1
@@ -198,7 +197,8 @@ class BatchConsumer(StreamsConsumer):
         """The member of a topic entry; None if this subscription skips it (acked)."""
         if not f.keys() >= _REQUIRED_SET:
             missing = next(k for k in _REQUIRED if k not in f).decode()
-            raise DecodeError(f"missing field {missing!r}", stream=stream, entry_id=sid.decode())
+            raise DecodeError(f"missing field {missing!r}", stream=stream,
+                              entry_id=sid.decode(), kind="missing_field")
         sub = self.sub
         if b"arc" in f or sub is None or (not self._every and not sub.accepts(
             EntryView(f[b"type"].decode(errors="replace"), topic, f.get(b"meta", b"{}"))
@@ -210,15 +210,8 @@ class BatchConsumer(StreamsConsumer):
     def _from_private(self, sid: bytes, f: dict[bytes, bytes], count: int) -> StreamMessage:
         """The message of a private-stream entry: a batch (or a plain task); DecodeError
         unless it is well formed."""
-        try:
-            message = decode_message(f[b"m"])
-        except (KeyError, ValueError) as exc:
-            raise DecodeError(str(exc), stream=self.private, entry_id=sid.decode()) from None
-        problem = malformed_batch(message, self.queue)
-        if problem:
-            raise DecodeError(problem, stream=self.private, entry_id=sid.decode())
-        if message.queue_name != self.queue:
-            message = message.copy(queue_name=self.queue)
+        message = private_message(f, sid, self.queue, self.private,
+                                  lambda m: malformed_batch(m, self.queue))
         if message.actor_name != self.queue:
             return StreamMessage(message, self.queue, self.private, sid, count)
         members = members_of(message.args, message.options, self.private, sid.decode())

@@ -77,7 +77,7 @@ class BatchSettler:
         ids, 0 when nothing was pending).  Connection errors propagate (the caller retries;
         the script runs at most once)."""
         reason = dead_letter_reason(self.broker, m, exc) if poison else ""
-        letters = [self.letter(m, i, "decode", e) for i, e in m.dead]
+        letters = [self.letter(m, i, getattr(e, "kind", "decode"), e) for i, e in m.dead]
         letters += [self.letter(m, i, reason, exc) for i in poison]
         bodies = [self.part(m, p, exc) for p in parts if p]
         keys, argv = self._call(m, letters, bodies)

@@ -92,6 +92,8 @@ class QueueState:
     #: Moving average of how long a message of this queue takes to process (seconds);
     #: 0.0 until the first one finished.  Sizes the adaptive prefetch window.
     avg_run_s: float = 0.0
+    #: Dedupe claims of the runs in progress (key → token), refreshed with the leases.
+    claims: dict[str, bytes] = field(default_factory=dict)
 
     def observe_run(self, seconds: float) -> None:
         avg = self.avg_run_s

@@ -6,8 +6,8 @@ also refreshes the leases of entries this process holds, reclaims entries idle p
 lease (XAUTOCLAIM) — dead-lettering those delivered more than ``max_deliveries`` times —
 discovers new topics for wildcard subscriptions, and removes consumers with nothing pending.
 Leases live in :mod:`.leases`, dead letters in :mod:`.deadletters`.  An entry this loop cannot
-turn into a message (whatever its bytes) is dead-lettered with reason ``decode``; it never
-crashes the loop.
+turn into a message is dead-lettered (reason: its DecodeError's kind); it never crashes the
+loop.  Once its worker shuts down (``stopping``) it reads and reclaims nothing more.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from ..events.filters import EntryView
 from ..observe.metrics import labelled
 from .deadletters import DeadLetterWriter
 from .deadletters import flush_log as flush_dead_letter_log
-from .encoder import decode_message
+from .dedupe import refresh_claims
 from .leases import AckBuffer, Leases
 from .leases import flush_log as flush_reclaim_log
-from .messages import StreamMessage, as_stream_message, malformed, topic_message
+from .messages import StreamMessage, as_stream_message, malformed, private_message, topic_message
 from .readahead import ReadAhead
 
 if TYPE_CHECKING:
@@ -50,8 +50,7 @@ FAST_WORK_S = 0.01
 #: While entries are in flight, a read blocks at most about two handler runs (never less than
 #: this, nor more than ``ACK_WAIT_UNKNOWN_MS`` before the first run was timed): their acks
 #: are buffered until the next read, so a long BLOCK would hold them (docs/design.md §5.2).
-ACK_WAIT_MIN_MS = 10
-ACK_WAIT_UNKNOWN_MS = 50
+ACK_WAIT_MIN_MS, ACK_WAIT_UNKNOWN_MS = 10, 50
 _HANDLED = "chi_events_handled_total"
 #: After a read found the workers idle, how long to wait for one to take its first message.
 HAND_OFF_WAIT_S = 0.001
@@ -91,6 +90,7 @@ class StreamsConsumer(dramatiq.Consumer):
         self.ahead = ReadAhead(self.acks)
         self._warned_at = 0.0
         self._sweeps = 0
+        self.stopping = False  #: set when the worker shuts down: read nothing more
         try:
             self._refresh_streams()
         except _CONNECTION_ERRORS as exc:
@@ -163,6 +163,8 @@ class StreamsConsumer(dramatiq.Consumer):
 
     # the loop --------------------------------------------------------------------------------
     def _next(self) -> StreamMessage | None:
+        if self.stopping:
+            return self._stopping()
         if self._local:
             return self._local.popleft()
         if self._hand_off:
@@ -191,6 +193,13 @@ class StreamsConsumer(dramatiq.Consumer):
             free = min(free, window - low_water)  # fast handlers: room for a read ahead
         self._read(free, now)
         return self._local.popleft() if self._local else None
+
+    def _stopping(self) -> StreamMessage | None:
+        """The worker shuts down (ChiMiddleware): no reads or reclaims, acks and leases only."""
+        self._maintain(time.monotonic())
+        with self.state.cond:
+            self.state.cond.wait(timeout=0.05)
+        return None
 
     def _let_worker_start(self) -> None:
         """Wait, GIL released, at most ``HAND_OFF_WAIT_S`` for a worker thread to take a
@@ -288,10 +297,10 @@ class StreamsConsumer(dramatiq.Consumer):
         now = time.monotonic()
         if now - self._warned_at > 60:
             self._warned_at = now
-            logger.warning(
-                "consumer group %r missing (Redis restarted without persistence, or a key was"
-                " deleted): re-creating it at the first entry", self.queue,
-            )
+            logger.critical(  # the entries it had, pending or unread, are gone
+                "stream state lost: consumer group %r missing (Redis restarted without"
+                " persistence, flushed, or a key deleted): re-created at the first entry",
+                self.queue)
         for stream in self._streams:
             self.broker.ensure_group(stream, self.queue, "0")
         if self.sub is not None:
@@ -317,7 +326,7 @@ class StreamsConsumer(dramatiq.Consumer):
                 msg = (self._from_private(sid, fields, count) if private
                        else self._from_topic(stream, sid, fields, count))
             except DecodeError as exc:
-                self._reject(stream, sid, fields, "decode", count, exc)
+                self._reject(stream, sid, fields, exc.kind, count, exc)
                 continue
             if msg is not None:
                 taken.append(msg)
@@ -346,7 +355,8 @@ class StreamsConsumer(dramatiq.Consumer):
         """The message of a topic entry; None if this subscription skips it (acked)."""
         if not f.keys() >= _REQUIRED_SET:
             missing = next(k for k in _REQUIRED if k not in f).decode()
-            raise DecodeError(f"missing field {missing!r}", stream=stream, entry_id=sid.decode())
+            raise DecodeError(f"missing field {missing!r}", stream=stream,
+                              entry_id=sid.decode(), kind="missing_field")
         topic = self._topic_of[stream]
         sub = self.sub
         if b"arc" in f or sub is None or not sub.accepts(
@@ -369,15 +379,8 @@ class StreamsConsumer(dramatiq.Consumer):
 
     def _from_private(self, sid: bytes, f: dict[bytes, bytes], count: int) -> StreamMessage:
         """The message of a private-stream entry; DecodeError unless it is well formed."""
-        try:
-            message = decode_message(f[b"m"])
-        except (KeyError, ValueError) as exc:
-            raise DecodeError(str(exc), stream=self.private, entry_id=sid.decode()) from None
-        problem = malformed(message, self.sub.name if self.sub is not None else None)
-        if problem:
-            raise DecodeError(problem, stream=self.private, entry_id=sid.decode())
-        if message.queue_name != self.queue:
-            message = message.copy(queue_name=self.queue)
+        sub = self.sub.name if self.sub is not None else None
+        message = private_message(f, sid, self.queue, self.private, lambda m: malformed(m, sub))
         return StreamMessage(message, self.queue, self.private, sid, count)
 
     # acks --------------------------------------------------------------------------------------
@@ -400,13 +403,14 @@ class StreamsConsumer(dramatiq.Consumer):
         flush_reclaim_log()
         if now >= self._next_lease:
             self._refresh_leases()
+            refresh_claims(self.client, self.state, self.opts.lease_ms)  # dedupe claims
             self._next_lease = now + self.opts.lease_ms / 3000
-        if now >= self._next_reclaim:
+        if now >= self._next_reclaim and not self.stopping:
             self._refresh_streams()
             self._reclaim()
             self._sweeps += 1
             if self._sweeps % 12 == 1:
-                self._reap_consumers()
+                self.leases.reap(self._streams)  # idle consumers with nothing pending
             self._next_reclaim = now + self.opts.reclaim_interval_ms / 1000
         if now >= self._next_registry:
             if self.sub is not None:
@@ -444,7 +448,3 @@ class StreamsConsumer(dramatiq.Consumer):
             if claimed:
                 self._handle(stream, claimed, counts)
                 free -= len(claimed)
-
-    def _reap_consumers(self) -> None:
-        """Remove consumers with nothing pending that have been idle past the lease."""
-        self.leases.reap(self._streams)

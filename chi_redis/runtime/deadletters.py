@@ -346,7 +346,9 @@ def dead_letter_reason(
     """The reason recorded when Dramatiq gives up on ``message`` after ``exc``."""
     if isinstance(exc, ActorNotFound):
         return "unknown_actor"
-    if isinstance(exc, DecodeError | dramatiq.DecodeError):
+    if isinstance(exc, DecodeError):
+        return exc.kind  # decode, missing_field, schema, invalid_type, too_large, too_deep
+    if isinstance(exc, dramatiq.DecodeError):
         return "decode"
     if isinstance(exc, SkipMessage):
         return "skipped"  # e.g. AgeLimit

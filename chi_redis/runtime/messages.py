@@ -17,11 +17,18 @@ dead-letters it at once.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
 
-__all__ = ["StreamMessage", "as_stream_message", "malformed", "malformed_batch", "topic_message"]
+from ..errors import DecodeError
+from .encoder import decode_message
+
+__all__ = [
+    "StreamMessage", "as_stream_message", "malformed", "malformed_batch", "private_message",
+    "topic_message",
+]
 
 _FIELDS = ("queue_name", "actor_name", "args", "kwargs", "options", "message_id",
            "message_timestamp")
@@ -140,3 +147,20 @@ def malformed_batch(message: dramatiq.Message[Any], sub: str) -> str | None:
     if message.kwargs:
         return "a batch message takes no keyword arguments"
     return None
+
+
+def private_message(
+    fields: dict[bytes, bytes], sid: bytes, queue: str, private: str,
+    check: Callable[[dramatiq.Message[Any]], str | None],
+) -> dramatiq.Message[Any]:
+    """The message of entry ``sid`` of ``queue``'s private stream, for that queue; raises
+    :class:`DecodeError` unless it decodes and ``check`` (:func:`malformed` or
+    :func:`malformed_batch`) finds nothing wrong."""
+    try:
+        message = decode_message(fields[b"m"])
+    except (KeyError, ValueError) as exc:
+        raise DecodeError(str(exc), stream=private, entry_id=sid.decode()) from None
+    problem = check(message)
+    if problem:
+        raise DecodeError(problem, stream=private, entry_id=sid.decode())
+    return message if message.queue_name == queue else message.copy(queue_name=queue)

@@ -14,8 +14,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
+from dramatiq.common import iter_queue
 
 from ..observe import metrics, tracing
+from .dedupe import Dedupe
 from .subscriptions import Delivery, Subscription
 
 if TYPE_CHECKING:
@@ -74,6 +76,21 @@ class ChiMiddleware(dramatiq.Middleware):
     def after_skip_message(self, broker: Any, message: Any) -> None:
         _local.message = None
 
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        """Stop the worker's consumers reading, and hand back the messages no worker thread
+        has started: other workers take them at once, not after the shutdown timeout
+        (Dramatiq requeues them only once its threads stopped; docs/operations.md)."""
+        threads = getattr(worker, "consumers", {})
+        for thread in threads.values():
+            consumer: Any = getattr(thread, "consumer", None)
+            if hasattr(consumer, "stopping"):
+                consumer.stopping = True
+        unstarted: dict[str, list[Any]] = {}
+        for item in iter_queue(worker.work_queue):  # type: ignore[no-untyped-call]
+            unstarted.setdefault(item.message.queue_name, []).append(item.message)
+        for queue, messages in unstarted.items():
+            threads[queue].requeue_messages(messages)
+
     def _queue(self, broker: Any, queue: str) -> tuple[Any, bool]:
         states = getattr(broker, "states", None)
         if states is None:  # another broker (tests): nothing to time
@@ -100,6 +117,8 @@ def make_runner(broker: StreamsBroker, sub: Subscription) -> Any:
 
     handler = sub.handler
     wants_delivery = sub.wants_delivery
+    dedupe = (Dedupe(client, broker.states[sub.name], broker.options.lease_ms,
+                     opts.dedupe_ttl_ms) if opts.dedupe else None)
 
     def run(topic: str, fields: dict[str, bytes]) -> None:
         msg = current_message()
@@ -128,22 +147,30 @@ def make_runner(broker: StreamsBroker, sub: Subscription) -> Any:
     def call(
         event: Any, options: dict[str, Any], src: str, src_id: str, attempt: int, replay: bool
     ) -> bool:
-        """Dedupe, then run the handler; whether it ran."""
-        seen_key = keys.seen(sub.name, event.id) if opts.dedupe else None
-        # A targeted replay is an operator asking for the handler to run again: no dedupe.
-        if seen_key is not None and not options.get("replay") and client.exists(seen_key):
-            return False
-        if wants_delivery:
-            result = handler(event, Delivery(
-                subscription=sub.name, attempt=attempt, stream=src, entry_id=src_id,
-                replay=replay,
-            ))
-        else:
-            result = handler(event)
-        if result is not None and inspect.isawaitable(result):
-            _loop().run_until_complete(result)
-        if seen_key is not None:
-            client.set(seen_key, b"1", px=opts.dedupe_ttl_ms)
+        """Dedupe (claim the event id), then run the handler; whether it ran."""
+        seen = keys.seen(sub.name, event.id) if dedupe is not None else ""
+        claim = None
+        # A targeted replay is an operator asking for the handler to run again: no claim.
+        if dedupe is not None and not options.get("replay"):
+            claim = dedupe.claim(seen)
+            if claim is None:
+                return False  # handled before: this copy is a duplicate
+        try:
+            if wants_delivery:
+                result = handler(event, Delivery(
+                    subscription=sub.name, attempt=attempt, stream=src, entry_id=src_id,
+                    replay=replay,
+                ))
+            else:
+                result = handler(event)
+            if result is not None and inspect.isawaitable(result):
+                _loop().run_until_complete(result)
+        except BaseException:
+            if dedupe is not None and claim is not None:
+                dedupe.release(claim)
+            raise
+        if dedupe is not None:
+            dedupe.done(seen, claim)
         return True
 
     ident = sub.name.replace("-", "_").replace(".", "_")

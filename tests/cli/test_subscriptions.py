@@ -75,7 +75,12 @@ def test_rewind_moves_every_group_back_to_a_position(
     assert len(_read_all(client, bus, "audit")) == 10
     _read_all(client, bus, "audit", "user")
 
-    out = json.loads(cli("--json", "subscriptions", "rewind", "audit", "--to", sids[4]).stdout)
+    refused = cli("subscriptions", "rewind", "audit", "--to", sids[4], ok=False)
+    assert refused.exit_code == 1 and "re-delivers entries it already handled (6 on topic"\
+        " order" in refused.stderr and "--force" in refused.stderr
+    assert _read_all(client, bus, "audit") == []  # no group moved
+    out = json.loads(cli("--json", "subscriptions", "rewind", "audit", "--to", sids[4],
+                         "--force").stdout)
     assert set(out["topics"]) == {"order", "user"}
     assert _read_all(client, bus, "audit") == sids[4:]
     assert _read_all(client, bus, "audit", "user") == [u for u in users if u >= sids[4]]
@@ -83,7 +88,8 @@ def test_rewind_moves_every_group_back_to_a_position(
     # By time, and only one topic.
     ms = int(sids[0].split("-")[0])
     iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
-    out = cli("subscriptions", "rewind", "audit", "--to", iso, "--topic", "order").stdout
+    out = cli("subscriptions", "rewind", "audit", "--to", iso, "--topic", "order",
+              "--force").stdout
     assert _read_all(client, bus, "audit") == sids
     # Said for people: the time and the first stream id read, not MS-18446744073709551615.
     assert out.strip() == (f"rewound 'audit' on topic order: the next read starts at"

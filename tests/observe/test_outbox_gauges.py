@@ -1,4 +1,5 @@
-"""The outbox gauges of ``chi-redis metrics``: backlog and lag of a real PostgreSQL table."""
+"""The outbox gauges of ``chi-redis metrics``: backlog, lag and failed rows of a real
+PostgreSQL table."""
 
 from __future__ import annotations
 
@@ -36,10 +37,13 @@ def test_backlog_and_lag_of_the_outbox_come_from_the_table(
     with psycopg.connect(dsn) as conn:
         outbox.add_many(conn, [Event(type="order.created", data={"i": i}) for i in range(4)],
                         table=name)
+        conn.execute(f"UPDATE {name} SET failed_at = now(), error = 'x'"
+                     f" WHERE seq = (SELECT min(seq) FROM {name})")
     # the DSN comes from the environment, as in the Procfile; it is never printed
     exporter = exporters(REDIS_URL, ns, "--outbox-table", name, CHI_DATABASE_URL=dsn)
     m = exporter.metrics()
-    assert sample(m, "chi_outbox_backlog") == 4
+    assert sample(m, "chi_outbox_backlog") == 3
+    assert sample(m, "chi_outbox_failed") == 1
     first = sample(m, "chi_outbox_lag_seconds")
     assert first is not None and first >= 0
     assert sample(m, "chi_scrape_errors_total", source="outbox") == 0

@@ -149,7 +149,8 @@ def test_stats_report_backlog_and_the_oldest_rows_age(
     assert stats.backlog == 3
     assert 89 <= stats.lag_s < 300
     relay.run(once=True)
-    assert relay.stats().as_dict() == {"backlog": 0, "lag_s": 0.0, "published": 3}
+    assert relay.stats().as_dict() == {"backlog": 0, "lag_s": 0.0, "published": 3,
+                                       "failed": 0}
     relay.close()
 
 

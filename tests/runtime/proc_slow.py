@@ -1,4 +1,4 @@
-"""Worker-process handlers for the kill -9 and lease-refresh tests.
+"""Worker-process handlers of the runtime conformance suite (hand-over between workers).
 
 ``slow``: records its start (count and PID) per event id, sleeps ``data["sleep_ms"]``,
 then records that it finished (count and PID).

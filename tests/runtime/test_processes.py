@@ -1,27 +1,19 @@
 """Real worker processes: ``python -m dramatiq chi_redis.worker runtime.<module>
---processes 1 --threads N``, each a direct child of the test, on the real server (or on a
-redis-server of the test's own for the restart case).
+--processes 1 --threads N``, each a direct child of the test, on the real server: two
+workers, 5,000 events, each handled once per subscription, nothing left pending.
 
-- two workers, 5,000 events: each handled once per subscription, nothing left pending;
-- kill -9 of a worker in the middle of a handler: the other one finishes its entries (F1);
-- a handler that kills its process every time: dead-lettered after ``max_deliveries``, then
-  never delivered again (F3b);
-- Redis restarted without persistence: groups re-created, new events handled, bounded logs
-  (F12);
-- a handler slower than the lease is not reclaimed from its live worker (F14).
+The fault cases (kill -9 mid-handler, poison events, slow handlers, SIGTERM, Redis
+restarted without persistence) are in tests/reliability.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from functools import partial
-from pathlib import Path
 
 import pytest
 import redis
-from support import RedisServers, drained, stays, wait_groups, wait_until
+from support import drained, wait_groups, wait_until
 from support.processes import Workers, int_hash, wait_ready
 
 from chi_redis import Event, EventBus
@@ -58,153 +50,3 @@ def test_two_worker_processes_handle_each_event_once_per_subscription(
     assert len(consumers) >= 2
     print(f"\n{len(want_a) + len(want_b)} handler runs in {elapsed:.2f} s "
           f"({(len(want_a) + len(want_b)) / elapsed:.0f}/s incl. one HINCRBY each)")
-
-
-def _ppid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
-
-
-def test_kill_9_mid_handler_the_other_worker_finishes(
-    workers: Workers, real_client: redis.Redis, ns: str
-) -> None:
-    bus = EventBus(real_client, namespace=ns)
-    w1 = workers.start("runtime.proc_slow", threads=2)
-    w2 = workers.start("runtime.proc_slow", threads=2)
-    wait_ready(w1, w2)
-    wait_groups(real_client, bus, {"slow": ["slow"]})
-    events = [Event(type="slow.job", data={"n": i, "sleep_ms": 1500}) for i in range(12)]
-    bus.publish_batch(events)
-    starts, start_pid = f"{ns}:t:starts", f"{ns}:t:start-pid"
-    done, done_pid = f"{ns}:t:done", f"{ns}:t:done-pid"
-    victim_pid = int(wait_until(lambda: next(iter(real_client.hvals(start_pid)), None),
-                                60, message="a handler started"))
-    victim = w1 if _ppid(victim_pid) == w1.pid else w2
-    survivor = w2 if victim is w1 else w1
-    assert _ppid(victim_pid) == victim.pid
-    os.kill(victim_pid, signal.SIGKILL)  # the worker child running the handler
-    killed_at = time.monotonic()
-    held = {eid for eid, pid in int_hash(real_client, start_pid).items() if pid == victim_pid}
-    wait_until(lambda: real_client.hlen(done) == len(events), 60, interval=0.1,
-               message="every event finished")
-    recovered_in = time.monotonic() - killed_at
-    wait_until(lambda: drained(real_client, bus, "slow", ["slow"]), 30, message="drained")
-    finished = int_hash(real_client, done)
-    finished_by = int_hash(real_client, done_pid)
-    started = int_hash(real_client, starts)
-    assert set(finished) == {e.id for e in events}  # nothing lost
-    # what the victim was running when it died was redelivered to the survivor
-    unfinished_by_victim = {eid for eid in held if finished_by[eid] != victim_pid}
-    assert unfinished_by_victim, "the victim died with handlers in flight"
-    for eid in unfinished_by_victim:
-        assert started[eid] >= 2 and finished_by[eid] != victim_pid
-    # duplicates are bounded by what the victim held (2 running + 2 prefetched)
-    assert sum(finished.values()) - len(events) <= 4
-    assert real_client.xlen(bus.keys.dlq("slow")) == 0  # one crash < max_deliveries
-    assert survivor.alive()
-    print(f"\nkill -9 → all {len(events)} finished {recovered_in:.1f} s later")
-
-
-def test_handler_that_kills_its_process_is_dead_lettered_after_max_deliveries(
-    workers: Workers, real_client: redis.Redis, ns: str
-) -> None:
-    """``os._exit(1)`` on every delivery: Retries never runs, only the delivery count can
-    stop it.  A bounded restart loop brings the worker back each time; after
-    ``CHI_MAX_DELIVERIES=3`` deliveries the entry is dead-lettered and never runs again."""
-    bus = EventBus(real_client, namespace=ns)
-    w = workers.start("runtime.proc_poison", threads=1)
-    w.supervise(max_restarts=8)
-    wait_groups(real_client, bus, {"poison": ["poison"]})
-    bad = Event(type="poison.exit", data={"n": 1})
-    (sid,) = bus.publish_batch([bad])
-    starts = f"{ns}:t:starts"
-    wait_until(lambda: real_client.xlen(bus.keys.dlq("poison")) == 1, 120, interval=0.1,
-               message="the poison event dead-lettered")
-    (dl,) = bus.dead_letters("poison")
-    assert dl.reason == "max_deliveries"
-    assert dl.event_id == bad.id and dl.source_id == sid
-    assert dl.source_stream == bus.keys.stream("poison")
-    assert dl.deliveries == 4  # three runs, and the fourth claim that dead-lettered it
-    assert int(real_client.hget(starts, bad.id) or 0) == 3
-    # no loop: the handler is not started again
-    assert stays(lambda: int(real_client.hget(starts, bad.id) or 0) == 3, 3.0)
-    # and the (restarted) worker still handles good events
-    good = Event(type="poison.ok", data={"n": 2})
-    bus.publish(good)
-    wait_until(lambda: real_client.hget(f"{ns}:t:done", good.id) == b"1", 60,
-               message="a good event after the poison one")
-    assert w.starts == 4  # started once, restarted after each of the 3 crashes
-    wait_until(lambda: drained(real_client, bus, "poison", ["poison"]), 30, message="drained")
-
-
-def test_handler_slower_than_the_lease_is_not_reclaimed(
-    workers: Workers, real_client: redis.Redis, ns: str
-) -> None:
-    """Lease 1.5 s, handlers 4 s, a second worker sweeping every 0.3 s: the owner keeps
-    refreshing its leases, so nothing is reclaimed and nothing runs twice (F14)."""
-    bus = EventBus(real_client, namespace=ns)
-    wait_ready(workers.start("runtime.proc_slow", threads=2),
-               workers.start("runtime.proc_slow", threads=2))
-    wait_groups(real_client, bus, {"slow": ["slow"]})
-    events = [Event(type="slow.job", data={"n": i, "sleep_ms": 4000}) for i in range(6)]
-    bus.publish_batch(events)
-    wait_until(lambda: real_client.hlen(f"{ns}:t:done") == len(events), 90, interval=0.1,
-               message="all slow handlers finished")
-    wait_until(lambda: drained(real_client, bus, "slow", ["slow"]), 30, message="drained")
-    started = int_hash(real_client, f"{ns}:t:starts")
-    assert started == {e.id: 1 for e in events}  # duplicates = 0
-
-
-def test_redis_restart_without_persistence_recovers_with_bounded_logs(
-    tmp_path: Path, ns: str, redis_servers: RedisServers
-) -> None:
-    server = redis_servers.start()
-    ws = Workers(tmp_path, server.url, ns)
-    client = server.client()
-    try:
-        bus = EventBus(client, namespace=ns)
-        wait_ready(ws.start("runtime.proc_load", threads=2))
-        wait_groups(client, bus, {"load-a": ["load"], "load-b": ["load"]})
-        before = [Event(type="load.created", data={"i": i}) for i in range(100)]
-        bus.publish_batch(before)
-        wait_until(lambda: client.hlen(f"{ns}:t:done:load-b") == 100, 60, message="before")
-
-        server.kill()  # state gone: streams, groups, scripts
-        down = time.monotonic()
-        time.sleep(1.5)
-        server.start()  # same port, empty
-        restarted = time.monotonic()
-        outage = restarted - down
-        after = [Event(type="load.created", data={"i": i}) for i in range(100, 200)]
-        wait_until(lambda: _try_publish(bus, after), 30, interval=0.2, message="publish")
-        wait_until(lambda: client.hlen(f"{ns}:t:done:load-a") == 100
-                   and client.hlen(f"{ns}:t:done:load-b") == 100, 60, interval=0.1,
-                   message="events published after the restart handled")
-        recovered_in = time.monotonic() - restarted
-        for sub in ("load-a", "load-b"):
-            wait_until(partial(drained, client, bus, sub, ["load"]), 30,
-                       message=f"{sub} drained")
-        assert set(int_hash(client, f"{ns}:t:done:load-a").values()) == {1}
-        assert {e.id for e in after} == set(int_hash(client, f"{ns}:t:done:load-b"))
-        time.sleep(1.0)
-    finally:
-        ws.stop()
-        client.close()
-        server.stop()
-    log = ws.logs()
-    missing = [ln for ln in log.splitlines() if "consumer group" in ln and "missing" in ln]
-    critical = [ln for ln in log.splitlines() if "CRITICAL" in ln]
-    print(f"\nrecovered {recovered_in:.1f} s after the restart; {len(missing)} 'group missing'"
-          f" warnings, {len(critical)} CRITICAL lines")
-    assert 1 <= len(missing) <= 10, "\n".join(missing)
-    # Dramatiq logs one CRITICAL line per consumer thread (2 here) per restart attempt,
-    # one attempt per dramatiq_restart_delay (0.5 s): no hot loop.
-    assert len(critical) <= 2 * (outage / 0.5 + 4), "\n".join(critical)
-
-
-def _try_publish(bus: EventBus, events: list[Event]) -> bool:
-    try:
-        bus.publish_batch(events)
-    except Exception:  # Redis coming back
-        return False
-    return True

@@ -17,7 +17,9 @@ it is imported as ``support``).
 - :mod:`support.backends`: the backends of the runtime conformance suite;
 - :mod:`support.history`: ``History`` (the reliability checker: lost, unexpected, duplicated,
   recovered), ``record_start`` / ``record_commit`` for handlers in any process;
-- :mod:`support.figures`: ``record`` (a case's figures as JSON under ``.artifacts/reliability``).
+- :mod:`support.figures`: ``record`` (a case's figures as JSON under ``.artifacts/reliability``);
+- :mod:`support.relays`: ``RelayProcess``, ``RelayProcesses`` (``chi-redis outbox relay``
+  processes, killed by their own PIDs).
 """
 
 from __future__ import annotations

@@ -64,6 +64,7 @@ class WorkerProcess:
         self._lock = threading.Lock()
         self._supervise = False
         self._thread: threading.Thread | None = None
+        self._terminated: subprocess.Popen[bytes] | None = None
         self.max_restarts = 0
 
     def start(self) -> WorkerProcess:
@@ -110,18 +111,25 @@ class WorkerProcess:
         self._thread = threading.Thread(target=loop, daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 20) -> None:
+    def terminate(self) -> None:
+        """Stop supervising and send SIGTERM (once), without waiting (:meth:`stop` waits)."""
         self._supervise = False
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._lock:
             proc = self.proc
+        if proc is not None and proc.poll() is None and proc is not self._terminated:
+            self._terminated = proc
+            proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 20) -> None:
+        self.terminate()
+        with self._lock:
+            proc = self.proc
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=timeout)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=timeout)
         # The session we created holds the master and its children: nothing else.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -153,6 +161,8 @@ class Workers:
         return w
 
     def stop(self) -> None:
+        for w in self.procs:  # SIGTERM to all first: they shut down side by side
+            w.terminate()
         for w in self.procs:
             w.stop()
 
