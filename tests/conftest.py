@@ -17,6 +17,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import fakeredis
 import pytest
@@ -113,3 +114,14 @@ def redis_servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Re
         yield servers
     finally:
         servers.stop_all()
+
+
+@pytest.fixture
+def rabbit(request: pytest.FixtureRequest, ns: str) -> Iterator[Any]:
+    """A RabbitMQEventBus in this test's namespace (needs the ``rabbitmq`` marker); its
+    queues and exchanges are deleted at teardown."""
+    from support.rabbitmq import rabbitmq_bus, require_rabbitmq
+
+    require_rabbitmq(request.node)
+    with rabbitmq_bus(ns) as bus:
+        yield bus

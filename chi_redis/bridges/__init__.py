@@ -15,9 +15,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from ..errors import ChiError
 from ..events.event import Event
 
-__all__ = ["Bus", "BusWorker"]
+__all__ = ["Bus", "BusUnavailableError", "BusWorker", "NotSupportedError"]
+
+
+class BusUnavailableError(ChiError):
+    """The broker of a bridge cannot be reached (or refused a publish)."""
+
+
+class NotSupportedError(ChiError):
+    """Something the chosen bus cannot do (an option, a command); the message says what."""
 
 
 class BusWorker(Protocol):

@@ -60,6 +60,8 @@ def summary(config: Config) -> str:
     """One line: what the configuration sets up."""
     bus = config.bus
     where = redact_url(config.redis.effective_url()) if bus.type == "redis" else "in-process"
+    if bus.type == "rabbitmq":
+        where = f"{redact_url(bus.rabbitmq.url)}, exchange {bus.rabbitmq.exchange}"
     if bus.type == "kafka":
         where = ",".join(bus.kafka.brokers)
     rules = len(config.routing.rules)

@@ -12,6 +12,7 @@ from typing import Any
 import click
 import msgspec
 
+from ..bridges import NotSupportedError
 from ..errors import NotFoundError, ValidationError
 from ..events.names import validate_name
 from ..ops.timeparse import parse_time
@@ -101,12 +102,18 @@ def dlq_list(sub: str, limit: int, after: str | None) -> None:
     if s.config.bus.type == "kafka" and not s.url:  # its dead-letter topic
         _kafka_list(sub, limit, after)
         return
-    with usage_errors():
-        cursor = _check_ids([after])[0] if after else None
-    validate_name(sub, "subscription")  # before the bus connects (and asks INFO)
-    bus = s.bus()
-    _known_sub(bus, sub)
-    letters = list_dead_letters(bus, sub, after=cursor, count=limit)
+    bridge = s.bridge()
+    if bridge is not None:  # bus.type: rabbitmq: its dead-letter queue
+        if after:
+            raise NotSupportedError("--after is not supported on bus.type 'rabbitmq'")
+        letters = bridge.dead_letters(sub, count=limit)
+    else:
+        with usage_errors():
+            cursor = _check_ids([after])[0] if after else None
+        validate_name(sub, "subscription")  # before the bus connects (and asks INFO)
+        bus = s.bus()
+        _known_sub(bus, sub)
+        letters = list_dead_letters(bus, sub, after=cursor, count=limit)
 
     def render(d: dict[str, Any]) -> str:
         error = f"{d['error_type']}: {d['error']}" if d["error"] else d["error_type"] or "-"
@@ -175,6 +182,11 @@ def dlq_redrive(sub: str, ids: tuple[str, ...], all_: bool) -> None:
         raise click.UsageError("give --id ID (repeatable) or --all")
     from ..ops.deadletters import redrive
 
+    bridge = settings().bridge()
+    if bridge is not None:  # ids: dead-letter ids or event ids
+        n = bridge.redrive(sub, list(ids) if ids else None)
+        emit({"subscription": sub, "redriven": n}, f"redriven {n} dead letter(s) of {sub!r}")
+        return
     validate_name(sub, "subscription")  # before the bus connects (and asks INFO)
     bus = settings().bus()
     _known_sub(bus, sub)

@@ -65,6 +65,11 @@ def publish(
         event = Event(type=type_, topic=validate_name(topic, "topic"), data=payload,
                       metadata=metadata)
     s = settings()
+    bridge = s.bridge()
+    if bridge is not None:  # bus.type: rabbitmq: no stream id, the event id is the handle
+        eid = bridge.publish(event, idempotency_key=idempotency_key)
+        emit({"id": eid, "topic": event.topic, "type": event.type}, eid)
+        return
     if s.config.bus.type != "kafka" or s.url:  # the size limit, before connecting
         Codec(s.config.bus.encoding, s.config.bus.max_event_bytes).encode_parts(event)
     target = s.publisher()  # the Redis bus, or the Kafka bus (bus.type: kafka)

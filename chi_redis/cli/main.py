@@ -172,6 +172,11 @@ def main() -> None:
         level=level if level in logging.getLevelNamesMapping() else "ERROR",
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if "CHI_LOG_LEVEL" not in os.environ:
+        # pika logs a refused connection at ERROR, with tracebacks: the bus's
+        # BusUnavailableError says it in one line (docs/buses.md).
+        for name in ("pika",):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     from ..observe.logs import install_json_logs, use_json_logs
 
     if use_json_logs():  # CHI_LOG_FORMAT=json: one JSON object per line

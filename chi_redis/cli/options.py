@@ -39,6 +39,7 @@ from ..events.names import validate_glob, validate_name
 from ..ops.timeparse import TimePoint, parse_time
 
 if TYPE_CHECKING:
+    from ..bridges.rabbitmq import RabbitMQEventBus
     from ..publish.bus import EventBus
 
 __all__ = [
@@ -82,6 +83,7 @@ class Settings:
         self.config_path = config_path
         self._config: Config | None = None
         self._bus: EventBus | None = None
+        self._bridge: RabbitMQEventBus | None = None
 
     @property
     def config(self) -> Config:
@@ -126,6 +128,19 @@ class Settings:
                     cfg, bus=msgspec.structs.replace(cfg.bus, type="redis"))
             self._bus = bus_from_config(cfg, url=self.url, namespace=self.namespace)
         return self._bus
+
+    def bridge(self) -> RabbitMQEventBus | None:
+        """The bridge bus (``bus.type: rabbitmq`` without a ``--redis-url`` flag), else None.
+
+        Commands that work on a bridge (``publish``, ``dlq list``, ``dlq redrive``) ask this
+        first; the others go to :meth:`bus`, which says that they need Redis."""
+        if self.url or self.config.bus.type != "rabbitmq":
+            return None
+        if self._bridge is None:
+            from ..bridges.rabbitmq import RabbitMQEventBus
+
+            self._bridge = RabbitMQEventBus.from_config(self.config, namespace=self.namespace)
+        return self._bridge
 
     def publisher(self) -> Any:
         """What ``publish`` writes to: the Kafka bus when ``bus.type`` is ``kafka`` (and no

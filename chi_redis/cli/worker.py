@@ -22,6 +22,9 @@ __all__ = ["execute", "worker"]
 def worker(modules: tuple[str, ...], processes: int | None, threads: int | None) -> None:
     """Run Dramatiq workers for the subscriptions MODULES register."""
     s = settings()
+    if s.config.bus.type == "rabbitmq" and not s.url:
+        _bridge_worker(modules, processes, threads)
+        return
     env = dict(os.environ)
     env["CHI_REDIS_URL"] = s.redis_url
     env["CHI_NAMESPACE"] = s.ns
@@ -40,6 +43,23 @@ def worker(modules: tuple[str, ...], processes: int | None, threads: int | None)
     threads = threads or s.config.bus.worker_count
     if threads:
         argv += ["--threads", str(threads)]
+    execute(argv, env)
+
+
+def _bridge_worker(modules: tuple[str, ...], processes: int | None, threads: int | None) -> None:
+    """``bus.type: rabbitmq``: one process of ``chi_redis.bridges.run`` (no Dramatiq)."""
+    from ..bridges import NotSupportedError
+
+    if processes and processes > 1:
+        raise NotSupportedError("--processes is not supported on bus.type 'rabbitmq': start"
+                                " one `chi-redis worker` per process (they share the queues)")
+    s = settings()
+    env = dict(os.environ)
+    env["CHI_NAMESPACE"] = s.ns
+    if s.config_path:
+        env["CHI_CONFIG"] = s.config_path
+    argv = [sys.executable, "-m", "chi_redis.bridges.run", *modules,
+            "--threads", str(threads or s.config.bus.worker_count or 4)]
     execute(argv, env)
 
 

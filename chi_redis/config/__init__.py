@@ -32,6 +32,7 @@ from .schema import (
 )
 
 if TYPE_CHECKING:
+    from ..bridges import Bus
     from ..publish.aio import AsyncEventBus
     from ..publish.buffered import BufferedPublisher
     from ..publish.bus import EventBus
@@ -53,6 +54,7 @@ __all__ = [
     "RuleConfig",
     "StoreConfig",
     "WorkerConfig",
+    "bridge_from_config",
     "broker_options_from_config",
     "bus_from_config",
     "database_dsn",
@@ -85,6 +87,11 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
     }
     if config.bus.type == "memory":
         return EventBus.embedded(namespace=ns, **common, **options)
+    if config.bus.type == "rabbitmq":
+        raise ConfigError(
+            "not supported on bus.type 'rabbitmq': this needs the Redis event store (queries,"
+            " replay, stats and tail stay there; give --redis-url for a Redis bus); publish,"
+            " worker and dlq list/redrive work on RabbitMQ (docs/buses.md)")
     if config.bus.type == "kafka":  # a bridge, not an EventBus (chi_redis.bridges.kafka)
         raise ConfigError("bus.type 'kafka' serves only `chi-redis publish`, `worker` and"
                           " `dlq list`: this command needs bus.type redis (or --redis-url)")
@@ -98,6 +105,22 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
     bus = EventBus(client, namespace=ns, **common, **options)
     bus.cluster_unknown = not detect_cluster
     return bus
+
+
+def bridge_from_config(config: Config, *, namespace: str | None = None) -> Bus:
+    """The bridge bus ``config`` names (``bus.type: rabbitmq`` or ``kafka``): a
+    :class:`~chi_redis.bridges.Bus` over another broker, for publishing and handlers."""
+    from ..errors import ConfigError
+
+    if config.bus.type == "rabbitmq":
+        from ..bridges.rabbitmq import RabbitMQEventBus
+
+        return RabbitMQEventBus.from_config(config, namespace=namespace)
+    if config.bus.type == "kafka":
+        from ..bridges.kafka import KafkaEventBus
+
+        return KafkaEventBus.from_config(config, namespace=namespace)
+    raise ConfigError(f"bus.type {config.bus.type!r} is not a bridge bus")
 
 
 def broker_options_from_config(config: Config) -> BrokerOptions:

@@ -99,10 +99,25 @@ def _check_redis(config: Config) -> None:
 def _check_parts(config: Config) -> None:
     if config.bus.type == "kafka":
         _check_kafka(config)
-    if config.bus.type in ("rabbitmq",):
-        raise _at("bus.type", f"bus.type {config.bus.type!r} is not available yet: use 'redis'"
-                  " (or 'memory', the embedded bus)")
+    if config.bus.type == "rabbitmq":
+        _check_rabbitmq(config)
     _check_store(config)
+
+
+def _check_rabbitmq(config: Config) -> None:
+    # Routing rules and the archiver are Dramatiq middleware of the Redis worker.
+    if config.routing.rules:
+        raise _at("routing.rules", "routing.rules are not supported on bus.type 'rabbitmq':"
+                  " subscribe in the handler modules (docs/buses.md)")
+    if config.store.archive.enabled:
+        raise _at("store.archive.enabled", "the archiver is not supported on bus.type"
+                  " 'rabbitmq': it reads the Redis streams (docs/buses.md)")
+    r = config.bus.rabbitmq
+    if not r.url.startswith(("amqp://", "amqps://")):
+        raise _at("bus.rabbitmq.url", "bus.rabbitmq.url must start with amqp:// or amqps://")
+    if not r.exchange or len(r.exchange) > 200 or not r.exchange.isprintable():
+        raise _at("bus.rabbitmq.exchange", "bus.rabbitmq.exchange must be 1-200 printable"
+                  " characters")
 
 
 def _check_kafka(config: Config) -> None:

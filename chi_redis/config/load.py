@@ -33,6 +33,8 @@ ENV_VARS: dict[str, tuple[tuple[str, ...], type]] = {
     "CHI_REDIS_PASSWORD": (("bus", "redis", "password"), str),
     "CHI_REDIS_PASSWORD_FILE": (("bus", "redis", "password_file"), str),
     "CHI_REDIS_TLS_CA_FILE": (("bus", "redis", "tls_ca_file"), str),
+    "CHI_RABBITMQ_URL": (("bus", "rabbitmq", "url"), str),
+    "CHI_RABBITMQ_EXCHANGE": (("bus", "rabbitmq", "exchange"), str),
     "CHI_BUFFER_SIZE": (("bus", "buffer_size"), int),
     "CHI_WORKER_COUNT": (("bus", "worker_count"), int),
     "CHI_MAX_EVENT_BYTES": (("bus", "max_event_bytes"), int),

@@ -149,10 +149,12 @@ class KafkaConfig(_Section):
 
 
 class RabbitMQConfig(_Section):
-    """``events.bus.rabbitmq``: for ``bus.type: rabbitmq`` (not available yet)."""
+    """``events.bus.rabbitmq``: for ``bus.type: rabbitmq`` (chi_redis.bridges.rabbitmq)."""
 
     url: str = "amqp://guest:guest@localhost:5672/"
     exchange: str = "chi-events"
+    prefetch: Positive = 4  # unacknowledged messages per worker thread (basic.qos)
+    heartbeat_s: Annotated[int, Meta(ge=0, le=3600)] = 60
 
 
 class BusConfig(_Section):

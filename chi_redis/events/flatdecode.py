@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .event import Event, registered_type
+from .nesting import DepthChecked
 
 if TYPE_CHECKING:
     from .codec import Codec
@@ -104,11 +105,15 @@ def _once_each(fn: Any, raw: list[bytes]) -> dict[bytes, Any]:
 def _payloads(codec: Codec, types: list[bytes], encs: list[bytes], datas: list[bytes]
               ) -> tuple[list[str], list[Any]]:
     """Each entry's checked type name and decoded payload."""
-    if max(map(len, datas)) > codec.max_event_bytes:
+    longest = max(map(len, datas))
+    if longest > codec.max_event_bytes:
         raise ValueError("payload over the size cap")
     one_type, one_enc = set(types), set(encs)
     if len(one_type) == len(one_enc) == 1:  # the usual query: one type, one encoding
         type_, decode = payload_kind(codec, one_type.pop(), one_enc.pop())
+        checked = getattr(decode, "__self__", None)
+        if isinstance(checked, DepthChecked):  # short payloads cannot nest too deep
+            decode = checked.decoder_for(longest)
         return [type_] * len(datas), list(map(decode, datas))
     pairs = list(zip(types, encs, strict=True))
     kinds = {kind: payload_kind(codec, *kind) for kind in set(pairs)}

@@ -146,3 +146,8 @@ class DepthChecked:
         if len(raw) > self.limit:
             check_depth(self.tag, raw, self.limit)
         return self._decode(raw)
+
+    def decoder_for(self, longest: int) -> Any:
+        """The decode function for payloads no longer than ``longest`` bytes: msgspec's own
+        (a C call, no check) when none can hold more than ``limit`` levels."""
+        return self._decode if longest <= self.limit else self.decode

@@ -44,7 +44,7 @@ def test_kafka_is_accepted_and_builds_the_kafka_bus(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("bus", "message"), [
     ("    type: kafka\n", "bus.kafka.brokers"),
     ("    type: kafka\n    kafka:\n      brokers: ['no-port']\n", "invalid broker"),
-    ("    type: rabbitmq\n", "not available yet"),
+    ("    type: rabbitmq\n    rabbitmq:\n      url: http://h\n", "amqp://"),
 ])
 def test_bad_kafka_settings_are_refused(tmp_path: Path, bus: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

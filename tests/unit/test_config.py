@@ -166,10 +166,11 @@ MALFORMED = [
      "      - {handler: h, filter: {type: all}}\n", "$.events.routing.rules[1]", "name"),
     ("events:\n  bus:\n    redis:\n      url: redis://h:1/0\n      address: h:2\n",
      "$.events.bus.redis", "exclude"),
+    ("events:\n  bus:\n    type: rabbitmq\n    rabbitmq: {url: 'http://h'}\n",
+     "$.events.bus.rabbitmq.url", "amqp://"),
     ("events:\n  bus:\n    type: kafka\n", "$.events.bus.kafka.brokers", "at least one broker"),
     ("events:\n  bus:\n    type: kafka\n    kafka: {brokers: [k]}\n",
      "$.events.bus.kafka.brokers[0]", "invalid broker"),
-    ("events:\n  bus:\n    type: rabbitmq\n", "$.events.bus.type", "not available yet"),
     ("events:\n  store:\n    type: file\n", "$.events.store.file.directory", "directory"),
     ("events:\n  store:\n    type: database\n    database: {table_name: 'a;b'}\n",
      "$.events.store.database.table_name", "invalid table name"),
@@ -285,8 +286,8 @@ def test_environment_values_pass_the_same_checks(tmp_path: Path) -> None:
         load_config(None, {"CHI_LEASE_MS": "soon"})
     with pytest.raises(ConfigError, match=r">= 1 - at `\$.events.worker.lease_ms`"):
         load_config(None, {"CHI_LEASE_MS": "0"})
-    with pytest.raises(ConfigError, match="not available yet"):
-        load_config(None, {"CHI_BUS_TYPE": "rabbitmq"})
+    with pytest.raises(ConfigError, match=r"bus\.rabbitmq\.url must start with amqp://"):
+        load_config(None, {"CHI_BUS_TYPE": "rabbitmq", "CHI_RABBITMQ_URL": "http://h"})
     with pytest.raises(ConfigError, match="kafka needs at least one broker"):
         load_config(None, {"CHI_BUS_TYPE": "kafka"})
 

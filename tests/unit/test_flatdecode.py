@@ -132,3 +132,19 @@ def test_entries_of_another_layout_or_size_are_refused() -> None:
         ) == [codec.decode_flat(f, topic=TOPIC) for f in bad if len(f) >= 14]
     with pytest.raises(Exception):  # noqa: B017
         decode_columns(Codec(max_event_bytes=8), flats, TOPIC)
+
+
+@pytest.mark.parametrize("deep_len", [300, 100_000])
+def test_one_deep_payload_among_short_ones_is_refused_by_the_column_path(deep_len: int) -> None:
+    codec = Codec("msgpack")
+    events = [sample_event(type="codectest.one", data={"i": i}) for i in range(20)]
+    flats = _flats(codec, events)
+    deep = dict(entry_fields(codec.encode(events[7])))
+    deep[b"data"] = b"\x91" * deep_len + b"\xc0"  # longer than the depth limit
+    flats[7] = _flat(deep)
+    with pytest.raises((ValueError, DecodeError)):
+        decode_columns(codec, flats, TOPIC)
+    with pytest.raises(DecodeError) as err:
+        codec.decode_flat_many([(f"{i}-0".encode(), f) for i, f in enumerate(flats)],
+                               topic=TOPIC, stream="s")
+    assert err.value.kind == "too_deep"
