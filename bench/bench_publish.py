@@ -246,7 +246,7 @@ def memory(r: redis.Redis, bus: EventBus, n: int) -> None:
     usage = {
         "stream": r.memory_usage(k.stream("order"), samples=0) or 0,
         "index": r.memory_usage(k.index("order"), samples=0) or 0,
-        "ids": r.memory_usage(k.ids(), samples=0) or 0,
+        "ids": r.memory_usage(k.ids("order"), samples=0) or 0,
     }
     total = sum(usage.values())
     fresh(r)
