@@ -152,9 +152,6 @@ class BatchConsumer(StreamsConsumer):
             if fields is None:
                 continue
             count = deliveries.get(sid, 1) if deliveries else 1
-            if count > self.max_deliveries:
-                self._reject(stream, sid, fields, "max_deliveries", count)
-                continue
             try:
                 if private:
                     self._private(sid, fields, count, now)

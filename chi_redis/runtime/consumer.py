@@ -2,12 +2,12 @@
 
 One loop iteration is one pipelined round trip: flush buffered acks, promote due delayed
 messages, XREADGROUP the private stream and every bound topic stream.  Every few seconds it
-also refreshes the leases of entries this process holds, reclaims entries idle past the
-lease (XAUTOCLAIM) — dead-lettering those delivered more than ``max_deliveries`` times —
+also refreshes leases (:mod:`.leases`), reclaims entries idle past the lease (XAUTOCLAIM),
+dead-lettering those whose handler started ``max_deliveries`` times (:mod:`.crashes`),
 discovers new topics for wildcard subscriptions, and removes consumers with nothing pending.
-Leases live in :mod:`.leases`, dead letters in :mod:`.deadletters`.  An entry this loop cannot
-turn into a message is dead-lettered (reason: its DecodeError's kind); it never crashes the
-loop.  Once its worker shuts down (``stopping``) it reads and reclaims nothing more.
+An entry it cannot turn into a message is dead-lettered (:mod:`.deadletters`; reason: its
+DecodeError's kind); it never crashes the loop.  Once its worker shuts down (``stopping``)
+it reads and reclaims nothing more.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ..backend.scripts import script
 from ..errors import DecodeError
 from ..events.filters import EntryView
 from ..observe.metrics import labelled
+from .crashes import CrashGuard
 from .deadletters import DeadLetterWriter
 from .deadletters import flush_log as flush_dead_letter_log
 from .dedupe import refresh_claims
@@ -84,6 +85,7 @@ class StreamsConsumer(dramatiq.Consumer):
         self._promote = script("promote")
         self.leases = Leases(self.client, queue, self.name, self.opts.lease_ms)
         self.dead_letters = DeadLetterWriter(broker)
+        self.crashes = CrashGuard(broker, queue, self.max_deliveries)
         self.acks = AckBuffer(self.state, queue, self.private)
         self._next_due_ms = 0
         self._hand_off = False
@@ -119,6 +121,8 @@ class StreamsConsumer(dramatiq.Consumer):
             # with the ack, added to the metric when the acks are flushed.
             failed = m._exception is not None  # Dramatiq offers no public getter
             outcome = "retried" if failed else "ok"
+        if m.deliveries > 1 and self.crashes.ack_now(m, outcome):  # delivered again: now
+            return
         self.broker.buffer_ack(m.entry_queue, m.entry_stream, m.entry_id, outcome)
 
     def nack(self, message: dramatiq.MessageProxy) -> None:
@@ -288,10 +292,9 @@ class StreamsConsumer(dramatiq.Consumer):
 
     def _read_error(self, exc: Exception) -> None:
         text = str(exc)
-        if "NOGROUP" in text or "no longer exists" in text:
-            self._recover_groups()
-            return
-        raise exc
+        if "NOGROUP" not in text and "no longer exists" not in text:
+            raise exc
+        self._recover_groups()
 
     def _recover_groups(self) -> None:
         now = time.monotonic()
@@ -319,9 +322,6 @@ class StreamsConsumer(dramatiq.Consumer):
             if fields is None:
                 continue
             count = deliveries.get(sid, 1) if deliveries else 1
-            if count > self.max_deliveries:
-                self._reject(stream, sid, fields, "max_deliveries", count)
-                continue
             try:
                 msg = (self._from_private(sid, fields, count) if private
                        else self._from_topic(stream, sid, fields, count))
@@ -341,10 +341,8 @@ class StreamsConsumer(dramatiq.Consumer):
                     inflight[(stream, m.entry_id)] = None
             self._local.extend(taken)
 
-    def _reject(
-        self, stream: str, sid: bytes, f: dict[bytes, bytes], reason: str, count: int,
-        exc: BaseException | None = None,
-    ) -> None:
+    def _reject(self, stream: str, sid: bytes, f: dict[bytes, bytes], reason: str, count: int,
+                exc: BaseException | None = None) -> None:
         """Dead-letter an entry that never becomes a Dramatiq message."""
         self.dead_letters.entry(self.queue, stream, sid, f, reason, count,
                                 topic=self._topic_of.get(stream, ""), exc=exc)
@@ -437,14 +435,16 @@ class StreamsConsumer(dramatiq.Consumer):
             if free <= 0:
                 return
             try:
-                claimed, counts = self.leases.claim_idle(
-                    stream, free, slack=len(self.state.inflight) + self._window()
-                )
+                claimed, counts = self.leases.claim_idle(stream, free, slack=len(
+                    self.state.inflight) + self._window())
             except rex.ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     self._recover_groups()
                     return
                 raise
+            free -= len(claimed)
+            claimed, doomed = self.crashes.sort(stream, claimed, counts)
+            for sid, fields, count in doomed:  # started max_deliveries times (.crashes)
+                self._reject(stream, sid, fields, "max_deliveries", count)
             if claimed:
                 self._handle(stream, claimed, counts)
-                free -= len(claimed)

@@ -17,6 +17,8 @@ middleware logs every delivery of those queues (deduplicated or not) to the same
 - ``f4``: ``f4.order`` payloads decode to :class:`Order` (``f4.*`` to plain values).
 
 ``CHI_TEST_NO_LEASE_REFRESH=1`` turns lease refresh off (the F14 negative control).
+``CHI_TEST_COUNT_DELIVERIES=1`` brings back the old ``max_deliveries`` guard, which counted
+deliveries instead of handler starts (the negative control of test_crash_readahead).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from support.history import ENV, record_commit, record_start
 
 from chi_redis import Event, event_type
 from chi_redis.runtime.consumer import StreamsConsumer
+from chi_redis.runtime.crashes import CrashGuard
 from chi_redis.worker import broker, bus
 
 _client = bus.client
@@ -40,6 +43,9 @@ SECRET_URL = "redis://app:hunter2-canary@db.internal:6379/0"
 
 if os.environ.get("CHI_TEST_NO_LEASE_REFRESH") == "1":
     StreamsConsumer._refresh_leases = lambda self: None  # type: ignore[method-assign]
+if os.environ.get("CHI_TEST_COUNT_DELIVERIES") == "1":
+    CrashGuard.exhausted = (  # type: ignore[method-assign]
+        lambda self, deliveries, starts: deliveries > self.max_deliveries)
 
 
 @event_type("f4.order")
