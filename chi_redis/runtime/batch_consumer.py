@@ -95,6 +95,11 @@ class BatchConsumer(StreamsConsumer):
             self._emit(time.monotonic())
         return super()._next()
 
+    def _pop(self) -> StreamMessage | None:
+        # An entry delivered again leaves alone, in a batch of one (above), but is not held
+        # back until the others end: gathered entries are in flight and not yet handed out.
+        return self._local.popleft()
+
     def _window(self) -> int:
         """Room for ``prefetch`` batches (the Worker's: two per thread), at least two, and
         at most ``MAX_WINDOW`` entries beyond that."""

@@ -89,6 +89,7 @@ class StreamsConsumer(dramatiq.Consumer):
         self.acks = AckBuffer(self.state, queue, self.private)
         self._next_due_ms = 0
         self._hand_off = False
+        self._alone = False  #: the last message handed out was delivered again (_pop)
         self.ahead = ReadAhead(self.acks)
         self._warned_at = 0.0
         self._sweeps = 0
@@ -159,7 +160,7 @@ class StreamsConsumer(dramatiq.Consumer):
         try:
             if local:
                 self.requeue(local)
-            self._flush_acks()
+            self.acks.flush(self.client)
             for stream in self._streams:
                 self.leases.leave(stream)
         except (rex.RedisError, ConnectionClosed):
@@ -168,21 +169,21 @@ class StreamsConsumer(dramatiq.Consumer):
     # the loop --------------------------------------------------------------------------------
     def _next(self) -> StreamMessage | None:
         if self.stopping:
-            return self._stopping()
+            return self._wait()
         if self._local:
-            return self._local.popleft()
+            return self._pop()
         if self._hand_off:
             self._hand_off = False
             self._let_worker_start()
         if self.ahead:
             self._take_ahead()
             if self._local:
-                return self._local.popleft()
+                return self._pop()
         now = time.monotonic()
         if now >= min(self._next_lease, self._next_reclaim, self._next_registry):
             self._maintain(now)
             if self._local:
-                return self._local.popleft()
+                return self._pop()
         window = self._window()
         low_water = max(1, window // 2)
         free = window - len(self.state.inflight)
@@ -196,10 +197,20 @@ class StreamsConsumer(dramatiq.Consumer):
         if self.READ_AHEAD and window > self.prefetch:
             free = min(free, window - low_water)  # fast handlers: room for a read ahead
         self._read(free, now)
-        return self._local.popleft() if self._local else None
+        return self._pop() if self._local else None
 
-    def _stopping(self) -> StreamMessage | None:
-        """The worker shuts down (ChiMiddleware): no reads or reclaims, acks and leases only."""
+    def _pop(self) -> StreamMessage | None:
+        """The next message for the Worker.  One delivered again runs alone: not before the
+        entries handed out before it end, nor beside any other (runtime/crashes.py)."""
+        m = self._local[0]
+        if (m.deliveries > 1 or self._alone) and len(self.state.inflight) > len(self._local):
+            return self._wait()
+        self._alone = m.deliveries > 1
+        return self._local.popleft()
+
+    def _wait(self) -> StreamMessage | None:
+        """Wait a little, keeping acks, leases and (unless the worker shuts down: no reads
+        or reclaims then, ChiMiddleware) maintenance going."""
         self._maintain(time.monotonic())
         with self.state.cond:
             self.state.cond.wait(timeout=0.05)
@@ -381,22 +392,9 @@ class StreamsConsumer(dramatiq.Consumer):
         message = private_message(f, sid, self.queue, self.private, lambda m: malformed(m, sub))
         return StreamMessage(message, self.queue, self.private, sid, count)
 
-    # acks --------------------------------------------------------------------------------------
-    def _flush_acks(self) -> None:
-        acks = self.acks.take()
-        if not acks:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        self.acks.queue(pipe, acks)
-        try:
-            self.acks.check(pipe.execute(raise_on_error=False))
-        except _CONNECTION_ERRORS:
-            self.acks.restore(acks)
-            raise
-
     # maintenance ---------------------------------------------------------------------------
     def _maintain(self, now: float) -> None:
-        self._flush_acks()
+        self.acks.flush(self.client)
         flush_dead_letter_log()  # the "… N more" summaries of a storm that has passed
         flush_reclaim_log()
         if now >= self._next_lease:
