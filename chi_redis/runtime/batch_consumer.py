@@ -299,9 +299,6 @@ class BatchConsumer(StreamsConsumer):
             pipe.xack(stream, self.queue, *ids)
             if stream == self.private:
                 pipe.xdel(stream, *ids)
-        # and their start counts (what max_deliveries counts: runtime/crashes.py)
-        keys = self.broker.keys
-        pipe.delete(*(keys.starts(self.queue, s, sid) for s, sid, _ in m.entries))
         try:
             pipe.execute()
         except CONNECTION_ERRORS as e:

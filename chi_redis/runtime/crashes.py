@@ -12,10 +12,12 @@ a start (recording it would cost a round trip per event); the starts of an entry
 again (count ≥ 2) are recorded in Redis by the worker thread just before it runs
 (:func:`record_start`, key ``keys.starts``, with a TTL), and read by the reclaim sweep that
 takes the entry over (:meth:`CrashGuard.sort`, one MGET per sweep).  An entry delivered
-again that finishes is acked at once rather than buffered (:meth:`CrashGuard.ack_now`): the
-next crash cannot take it back.  As a last resort against a loop that never reaches a
-handler, an entry delivered more than :data:`HARD_CAP_FACTOR` times ``max_deliveries`` times is
-dead-lettered whatever its starts.
+again runs alone in its queue (``StreamsConsumer._pop``), so no innocent entry runs, and
+dies, beside one that crashes again; once it finishes it is acked at once rather than
+buffered (:meth:`CrashGuard.ack_now`): the next crash cannot take it back.  (A worker user
+needs ``INCR``, ``PEXPIRE`` and ``MGET`` on these keys: docs/security.md.)  As a last
+resort against a loop that never reaches a handler, an entry delivered more than
+:data:`HARD_CAP_FACTOR` times ``max_deliveries`` times is dead-lettered whatever its starts.
 """
 
 from __future__ import annotations
@@ -113,15 +115,14 @@ class CrashGuard:
         return run, doomed
 
     def ack_now(self, m: StreamMessage, outcome: str | None) -> bool:
-        """Ack an entry delivered again that finished, now (and drop its start count), so a
-        crash of its worker by the next message cannot take it back; False when Redis is
-        unreachable (the caller buffers the ack as usual)."""
+        """Ack an entry delivered again that finished, now, so a crash of its worker by the
+        next message cannot take it back (its start count, never read again, expires);
+        False when Redis is unreachable (the caller buffers the ack as usual)."""
         stream, sid = m.entry_stream, m.entry_id
         pipe = self.client.pipeline(transaction=False)
         pipe.xack(stream, self.queue, sid)
         if stream == self.private:
             pipe.xdel(stream, sid)
-        pipe.delete(self.keys.starts(self.queue, stream, sid))
         try:
             results = pipe.execute(raise_on_error=False)
         except _CONNECTION_ERRORS:
