@@ -15,7 +15,7 @@ takes the entry over (:meth:`CrashGuard.sort`, one MGET per sweep).  An entry de
 again runs alone in its queue (``StreamsConsumer._pop``), so no innocent entry runs, and
 dies, beside one that crashes again; once it finishes it is acked at once rather than
 buffered (:meth:`CrashGuard.ack_now`): the next crash cannot take it back.  (A worker user
-needs ``INCR``, ``PEXPIRE`` and ``MGET`` on these keys: docs/security.md.)  As a last
+needs ``INCRBY``, ``PEXPIRE`` and ``MGET`` on these keys: docs/security.md.)  As a last
 resort against a loop that never reaches a handler, an entry delivered more than
 :data:`HARD_CAP_FACTOR` times ``max_deliveries`` times is dead-lettered whatever its starts.
 """
