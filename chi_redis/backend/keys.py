@@ -95,6 +95,11 @@ class Keys:
         """Dedupe marker: this event id already succeeded for this subscription."""
         return f"{self.ns}:q:{{{sub}}}:seen:{key_part(event_id)}"
 
+    def starts(self, sub: str, stream: str, entry_id: bytes | str) -> str:
+        """How often the handler started on an entry delivered again after a crash (TTL)."""
+        sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        return f"{self.ns}:q:{{{sub}}}:starts:{key_part(stream)}:{key_part(sid)}"
+
     def checkpoint(self, name: str) -> str:
         """A replay checkpoint."""
         return f"{self.ns}:replay:{name}"

@@ -95,6 +95,11 @@ class BatchConsumer(StreamsConsumer):
             self._emit(time.monotonic())
         return super()._next()
 
+    def _pop(self) -> StreamMessage | None:
+        # An entry delivered again leaves alone, in a batch of one (above), but is not held
+        # back until the others end: gathered entries are in flight and not yet handed out.
+        return self._local.popleft()
+
     def _window(self) -> int:
         """Room for ``prefetch`` batches (the Worker's: two per thread), at least two, and
         at most ``MAX_WINDOW`` entries beyond that."""
@@ -152,9 +157,6 @@ class BatchConsumer(StreamsConsumer):
             if fields is None:
                 continue
             count = deliveries.get(sid, 1) if deliveries else 1
-            if count > self.max_deliveries:
-                self._reject(stream, sid, fields, "max_deliveries", count)
-                continue
             try:
                 if private:
                     self._private(sid, fields, count, now)

@@ -2,8 +2,8 @@
 
 One loop iteration is one pipelined round trip: flush buffered acks, promote due delayed
 messages, XREADGROUP the private stream and every bound topic stream.  Every few seconds it
-also refreshes the leases of entries this process holds, reclaims entries idle past the
-lease (XAUTOCLAIM) — dead-lettering those delivered more than ``max_deliveries`` times —
+also refreshes leases (:mod:`.leases`), reclaims entries idle past the lease (XAUTOCLAIM),
+dead-lettering those whose handler started ``max_deliveries`` times (:mod:`.crashes`),
 discovers new topics for wildcard subscriptions, and removes consumers with nothing pending.
 Leases: :mod:`.leases`; dead letters: :mod:`.deadletters`; cluster reads: :mod:`.slotreads`.
 An entry it cannot turn into a message is dead-lettered (reason: its DecodeError's kind),
@@ -29,6 +29,7 @@ from ..backend.scripts import script
 from ..errors import DecodeError
 from ..events.filters import EntryView
 from ..observe.metrics import labelled
+from .crashes import CrashGuard
 from .deadletters import DeadLetterWriter
 from .deadletters import flush_log as flush_dead_letter_log
 from .dedupe import refresh_claims
@@ -86,9 +87,11 @@ class StreamsConsumer(dramatiq.Consumer):
         self._promote = script("promote")
         self.leases = Leases(self.client, queue, self.name, self.opts.lease_ms)
         self.dead_letters = DeadLetterWriter(broker)
+        self.crashes = CrashGuard(broker, queue, self.max_deliveries)
         self.acks = AckBuffer(self.state, queue, self.private)
         self._next_due_ms = 0
         self._hand_off = False
+        self._alone = False  #: the last message handed out was delivered again (_pop)
         self.ahead = ReadAhead(self.acks)
         self.READ_AHEAD = self.READ_AHEAD and not is_cluster(self.client)  # slotreads
         self._warned_at = 0.0
@@ -122,6 +125,8 @@ class StreamsConsumer(dramatiq.Consumer):
             # with the ack, added to the metric when the acks are flushed.
             failed = m._exception is not None  # Dramatiq offers no public getter
             outcome = "retried" if failed else "ok"
+        if m.deliveries > 1 and self.crashes.ack_now(m, outcome):  # delivered again: now
+            return
         self.broker.buffer_ack(m.entry_queue, m.entry_stream, m.entry_id, outcome)
 
     def nack(self, message: dramatiq.MessageProxy) -> None:
@@ -158,7 +163,7 @@ class StreamsConsumer(dramatiq.Consumer):
         try:
             if local:
                 self.requeue(local)
-            self._flush_acks()
+            self.acks.flush(self.client)
             for stream in self._streams:
                 self.leases.leave(stream)
         except (rex.RedisError, ConnectionClosed):
@@ -167,21 +172,21 @@ class StreamsConsumer(dramatiq.Consumer):
     # the loop --------------------------------------------------------------------------------
     def _next(self) -> StreamMessage | None:
         if self.stopping:
-            return self._stopping()
+            return self._wait()
         if self._local:
-            return self._local.popleft()
+            return self._pop()
         if self._hand_off:
             self._hand_off = False
             self._let_worker_start()
         if self.ahead:
             self._take_ahead()
             if self._local:
-                return self._local.popleft()
+                return self._pop()
         now = time.monotonic()
         if now >= min(self._next_lease, self._next_reclaim, self._next_registry):
             self._maintain(now)
             if self._local:
-                return self._local.popleft()
+                return self._pop()
         window = self._window()
         low_water = max(1, window // 2)
         free = window - len(self.state.inflight)
@@ -195,10 +200,20 @@ class StreamsConsumer(dramatiq.Consumer):
         if self.READ_AHEAD and window > self.prefetch:
             free = min(free, window - low_water)  # fast handlers: room for a read ahead
         self._read(free, now)
-        return self._local.popleft() if self._local else None
+        return self._pop() if self._local else None
 
-    def _stopping(self) -> StreamMessage | None:
-        """The worker shuts down (ChiMiddleware): no reads or reclaims, acks and leases only."""
+    def _pop(self) -> StreamMessage | None:
+        """The next message for the Worker.  One delivered again runs alone: not before the
+        entries handed out before it end, nor beside any other (runtime/crashes.py)."""
+        m = self._local[0]
+        if (m.deliveries > 1 or self._alone) and len(self.state.inflight) > len(self._local):
+            return self._wait()
+        self._alone = m.deliveries > 1
+        return self._local.popleft()
+
+    def _wait(self) -> StreamMessage | None:
+        """Wait a little, keeping acks, leases and (unless the worker shuts down: no reads
+        or reclaims then, ChiMiddleware) maintenance going."""
         self._maintain(time.monotonic())
         with self.state.cond:
             self.state.cond.wait(timeout=0.05)
@@ -288,10 +303,9 @@ class StreamsConsumer(dramatiq.Consumer):
 
     def _read_error(self, exc: Exception) -> None:
         text = str(exc)
-        if "NOGROUP" in text or "no longer exists" in text:
-            self._recover_groups()
-            return
-        raise exc
+        if "NOGROUP" not in text and "no longer exists" not in text:
+            raise exc
+        self._recover_groups()
 
     def _recover_groups(self) -> None:
         now = time.monotonic()
@@ -319,9 +333,6 @@ class StreamsConsumer(dramatiq.Consumer):
             if fields is None:
                 continue
             count = deliveries.get(sid, 1) if deliveries else 1
-            if count > self.max_deliveries:
-                self._reject(stream, sid, fields, "max_deliveries", count)
-                continue
             try:
                 msg = (self._from_private(sid, fields, count) if private
                        else self._from_topic(stream, sid, fields, count))
@@ -341,10 +352,8 @@ class StreamsConsumer(dramatiq.Consumer):
                     inflight[(stream, m.entry_id)] = None
             self._local.extend(taken)
 
-    def _reject(
-        self, stream: str, sid: bytes, f: dict[bytes, bytes], reason: str, count: int,
-        exc: BaseException | None = None,
-    ) -> None:
+    def _reject(self, stream: str, sid: bytes, f: dict[bytes, bytes], reason: str, count: int,
+                exc: BaseException | None = None) -> None:
         """Dead-letter an entry that never becomes a Dramatiq message."""
         self.dead_letters.entry(self.queue, stream, sid, f, reason, count,
                                 topic=self._topic_of.get(stream, ""), exc=exc)
@@ -383,22 +392,9 @@ class StreamsConsumer(dramatiq.Consumer):
         message = private_message(f, sid, self.queue, self.private, lambda m: malformed(m, sub))
         return StreamMessage(message, self.queue, self.private, sid, count)
 
-    # acks --------------------------------------------------------------------------------------
-    def _flush_acks(self) -> None:
-        acks = self.acks.take()
-        if not acks:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        self.acks.queue(pipe, acks)
-        try:
-            self.acks.check(pipe.execute(raise_on_error=False))
-        except _CONNECTION_ERRORS:
-            self.acks.restore(acks)
-            raise
-
     # maintenance ---------------------------------------------------------------------------
     def _maintain(self, now: float) -> None:
-        self._flush_acks()
+        self.acks.flush(self.client)
         flush_dead_letter_log()  # the "… N more" summaries of a storm that has passed
         flush_reclaim_log()
         if now >= self._next_lease:
@@ -437,14 +433,16 @@ class StreamsConsumer(dramatiq.Consumer):
             if free <= 0:
                 return
             try:
-                claimed, counts = self.leases.claim_idle(
-                    stream, free, slack=len(self.state.inflight) + self._window()
-                )
+                claimed, counts = self.leases.claim_idle(stream, free, slack=len(
+                    self.state.inflight) + self._window())
             except rex.ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     self._recover_groups()
                     return
                 raise
+            free -= len(claimed)
+            claimed, doomed = self.crashes.sort(stream, claimed, counts)
+            for sid, fields, count in doomed:  # started max_deliveries times (.crashes)
+                self._reject(stream, sid, fields, "max_deliveries", count)
             if claimed:
                 self._handle(stream, claimed, counts)
-                free -= len(claimed)

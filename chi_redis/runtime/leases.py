@@ -171,6 +171,20 @@ class AckBuffer:
             for s, ids in acks.items():
                 self.state.acks[s][:0] = ids
 
+    def flush(self, client: Any) -> None:
+        """Send every buffered ack now (one pipeline); on a connection error they go back
+        to the buffer and the error propagates."""
+        acks = self.take()
+        if not acks:
+            return
+        pipe = client.pipeline(transaction=False)
+        self.queue(pipe, acks)
+        try:
+            self.check(pipe.execute(raise_on_error=False))
+        except (rex.ConnectionError, rex.TimeoutError):
+            self.restore(acks)
+            raise
+
     def queue(self, pipe: Any, acks: dict[str, list[bytes]]) -> None:
         """Add the acks to ``pipe`` (private-stream entries are deleted too)."""
         for stream, ids in acks.items():

@@ -17,6 +17,7 @@ import dramatiq
 from dramatiq.common import iter_queue
 
 from ..observe import metrics, tracing
+from .crashes import record_start
 from .dedupe import Dedupe
 from .subscriptions import Delivery, Subscription
 
@@ -36,7 +37,8 @@ def current_message() -> Any:
 
 class ChiMiddleware(dramatiq.Middleware):
     """Tracks the current message per thread, times it (for the adaptive prefetch and
-    ``chi_handler_duration_seconds``) and stamps the first failure time."""
+    ``chi_handler_duration_seconds``), counts the starts of entries delivered again (what
+    ``max_deliveries`` counts) and stamps the first failure time."""
 
     def before_worker_boot(self, broker: Any, worker: Any) -> None:
         # A bus built at import (chi_redis.worker) left the cluster question for now.
@@ -47,6 +49,8 @@ class ChiMiddleware(dramatiq.Middleware):
     def before_process_message(self, broker: Any, message: Any) -> None:
         _local.message = message
         _local.started = time.monotonic()
+        if getattr(message, "deliveries", 1) > 1:  # delivered again: count the start
+            record_start(broker, message)  # (docs/design.md §5.5, runtime/crashes.py)
 
     def __init__(self) -> None:
         # Per queue: (its QueueState, whether it is a subscription); the per-message hook

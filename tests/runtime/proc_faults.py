@@ -13,10 +13,14 @@ middleware logs every delivery of those queues (deduplicated or not) to the same
 - ``poison-exc``: ``poison.exc`` raises ValueError (a long message with a URL password)
   until the key ``<ns>:t:fixed`` exists;
   ``poison-exit``: ``poison.exit`` calls ``os._exit(1)``; ``poison-hang``: ``poison.hang``
-  sleeps past the 500 ms time limit; ``poison.ok`` is handled by all three;
+  sleeps past the 500 ms time limit; ``poison.ok`` is handled by all three (each sleeps
+  ``data["sleep_ms"]`` first, if given);
 - ``f4``: ``f4.order`` payloads decode to :class:`Order` (``f4.*`` to plain values).
 
 ``CHI_TEST_NO_LEASE_REFRESH=1`` turns lease refresh off (the F14 negative control).
+``CHI_TEST_COUNT_DELIVERIES=1`` brings back the old ``max_deliveries`` guard, which counted
+deliveries instead of handler starts, and ``CHI_TEST_NOT_ALONE=1`` lets an entry delivered
+again run beside others (the negative controls of test_crash_readahead).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from support.history import ENV, record_commit, record_start
 
 from chi_redis import Event, event_type
 from chi_redis.runtime.consumer import StreamsConsumer
+from chi_redis.runtime.crashes import CrashGuard
 from chi_redis.worker import broker, bus
 
 _client = bus.client
@@ -40,6 +45,11 @@ SECRET_URL = "redis://app:hunter2-canary@db.internal:6379/0"
 
 if os.environ.get("CHI_TEST_NO_LEASE_REFRESH") == "1":
     StreamsConsumer._refresh_leases = lambda self: None  # type: ignore[method-assign]
+if os.environ.get("CHI_TEST_NOT_ALONE") == "1":
+    StreamsConsumer._pop = lambda self: self._local.popleft()  # type: ignore[method-assign]
+if os.environ.get("CHI_TEST_COUNT_DELIVERIES") == "1":
+    CrashGuard.exhausted = (  # type: ignore[method-assign]
+        lambda self, deliveries, starts: deliveries > self.max_deliveries)
 
 
 @event_type("f4.order")
@@ -109,6 +119,7 @@ def _poison(name: str) -> Any:
     def handle(event: Event) -> None:
         key = f"{name}:{event.id}"
         record_start(key, str(os.getpid()))
+        time.sleep(event.data.get("sleep_ms", 0) / 1000)
         if event.type == "poison.exc" and not _client.exists(f"{_ns}:t:fixed"):
             raise ValueError(f"cannot charge via {SECRET_URL}: " + "x" * 3000)
         if event.type == "poison.exit":

@@ -252,7 +252,7 @@ def test_every_key_starts_with_the_namespace_and_holds_no_glob_character(
     for method in _key_methods():
         fn = getattr(keys, method)
         argc = fn.__code__.co_argcount - 1
-        args = {0: (), 1: (name,), 2: (name, text)}[argc]
+        args = {0: (), 1: (name,), 2: (name, text), 3: (name, text, text)}[argc]
         built.append(fn(*args))
     assert len(built) == len(_key_methods()) >= 10
     for key in built:
