@@ -89,13 +89,11 @@ class StreamsConsumer(dramatiq.Consumer):
         self.dead_letters = DeadLetterWriter(broker)
         self.crashes = CrashGuard(broker, queue, self.max_deliveries)
         self.acks = AckBuffer(self.state, queue, self.private)
-        self._next_due_ms = 0
-        self._hand_off = False
+        self._next_due_ms, self._hand_off = 0, False
         self._alone = False  #: the last message handed out was delivered again (_pop)
         self.ahead = ReadAhead(self.acks)
         self.READ_AHEAD = self.READ_AHEAD and not is_cluster(self.client)  # slotreads
-        self._warned_at = 0.0
-        self._sweeps = 0
+        self._warned_at, self._sweeps = 0.0, 0
         self.stopping = False  #: set when the worker shuts down: read nothing more
         try:
             self._refresh_streams()
@@ -195,7 +193,7 @@ class StreamsConsumer(dramatiq.Consumer):
             # go out with that read (or the next maintenance, well within the lease).
             with self.state.cond:
                 if window - len(self.state.inflight) < low_water:
-                    self.state.cond.wait(timeout=min(self.timeout_ms, 200) / 1000)
+                    self.state.cond.wait(timeout=self._wait_s(min(self.timeout_ms, 200)))
             return None
         if self.READ_AHEAD and window > self.prefetch:
             free = min(free, window - low_water)  # fast handlers: room for a read ahead
@@ -216,8 +214,14 @@ class StreamsConsumer(dramatiq.Consumer):
         or reclaims then, ChiMiddleware) maintenance going."""
         self._maintain(time.monotonic())
         with self.state.cond:
-            self.state.cond.wait(timeout=0.05)
+            self.state.cond.wait(timeout=self._wait_s(50))
         return None
+
+    def _wait_s(self, most_ms: int) -> float:
+        """At most ``most_ms``, never past the next maintenance (no sweeps once stopping)."""
+        due = min(self._next_lease, self._next_registry,
+                  float("inf") if self.stopping else self._next_reclaim)
+        return max(0.0, min(most_ms / 1000, due - time.monotonic()))
 
     def _let_worker_start(self) -> None:
         """Wait, GIL released, at most ``HAND_OFF_WAIT_S`` for a worker thread to take a
@@ -346,10 +350,8 @@ class StreamsConsumer(dramatiq.Consumer):
         if skipped and self.sub is not None:  # acked without delivery: counted per read
             labelled(_HANDLED, self.queue, "filtered").inc(skipped)
         if taken:
-            inflight = self.state.inflight
             with self.state.cond:
-                for m in taken:
-                    inflight[(stream, m.entry_id)] = None
+                self.state.inflight.update(dict.fromkeys((stream, m.entry_id) for m in taken))
             self._local.extend(taken)
 
     def _reject(self, stream: str, sid: bytes, f: dict[bytes, bytes], reason: str, count: int,

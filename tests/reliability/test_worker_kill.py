@@ -7,9 +7,10 @@ worker the test started).  (a) the killed worker is restarted by the test's rest
 (b) it is never restarted, the other one alone must reclaim.
 
 Gates: lost 0, unexpected 0, zero duplicate side effects (dedupe), raw duplicate
-deliveries at most what the victim held; the killed consumer's entries are reclaimed within
-lease + 2 reclaim intervals (plus a scheduling margin) and the killed entry runs again once
-the survivor has a thread for it; the PEL is empty at the end,
+deliveries at most what the victim held; the survivor's sweep starts taking the killed
+consumer's entries within lease + 2 reclaim intervals (plus a scheduling margin) and takes
+the rest as its window has room (up to one slow event later), the killed entry runs again
+once the survivor has a thread for it; the PEL is empty at the end,
 nothing dead-lettered, and the dead consumer stays listed while it has pending entries.
 """
 
@@ -71,9 +72,14 @@ def test_kill_9_mid_handler_is_redelivered_within_the_lease(
     assert dead and dead[0]["pending"] >= 1, dead  # listed, with what it held
     in_flight = dead[0]["pending"]
 
-    def reclaimed() -> bool:  # the survivor's sweep took what the dead consumer held
-        return not [c for c in case.consumers(SUB, TOPIC)
-                    if f"-{victim_pid}-" in c["name"] and c["pending"]]
+    first: list[float] = []  # when a sweep first took one of the dead consumer's entries
+
+    def reclaimed() -> bool:  # the survivor's sweeps took what the dead consumer held
+        left = sum(c["pending"] for c in case.consumers(SUB, TOPIC)
+                   if f"-{victim_pid}-" in c["name"])
+        if left < in_flight and not first:
+            first.append(time.monotonic() - killed_at)
+        return not left
 
     wait_until(reclaimed, 60, "the killed consumer's entries reclaimed", interval=0.01)
     reclaimed_in = time.monotonic() - killed_at
@@ -91,7 +97,8 @@ def test_kill_9_mid_handler_is_redelivered_within_the_lease(
     after = case.consumers(SUB, TOPIC)
     record(f"F1-kill-9-mid-handler-{'restarted' if restart else 'never-restarted'}",
            **verdict.figures(), raw_duplicate_deliveries=raw_duplicates,
-           in_flight_at_kill=in_flight, kill_to_reclaim_s=round(reclaimed_in, 3),
+           in_flight_at_kill=in_flight, kill_to_first_reclaim_s=round(first[0], 3),
+           kill_to_reclaim_s=round(reclaimed_in, 3),
            kill_to_redelivery_s=round(redelivered_in, 3),
            gate_s=GATE_S, kill_to_all_committed_s=round(recovered_in, 3),
            pel_at_end=case.pending(SUB, TOPIC), dead_letters=case.dlq(SUB),
@@ -100,7 +107,11 @@ def test_kill_9_mid_handler_is_redelivered_within_the_lease(
            victim_restarts=victim.starts - 1)
     verdict.assert_nothing_lost(max_duplicated=0)  # dedupe: no duplicate side effect
     assert 1 <= raw_duplicates <= in_flight, (raw_duplicates, in_flight)
-    assert reclaimed_in <= GATE_S + SCHEDULING_MARGIN_S, reclaimed_in
+    # The first sweep after the lease takes what the survivor's window has room for: the
+    # issue's gate.  The rest waits for room, and an entry delivered again runs alone,
+    # holding the window: up to one slow event (2 s) more.
+    assert first[0] <= GATE_S + SCHEDULING_MARGIN_S, first
+    assert reclaimed_in <= GATE_S + 2.0 + SCHEDULING_MARGIN_S, reclaimed_in
     # The handler starts once a thread is free and what the survivor held has finished (an
     # entry delivered again runs alone): up to one slow event (2 s) later.
     assert redelivered_in <= GATE_S + 2.0 + SCHEDULING_MARGIN_S, redelivered_in
