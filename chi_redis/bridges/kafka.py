@@ -354,12 +354,11 @@ class KafkaEventBus:
 
     def dead_letters(self, sub: str, *, count: int = 100, timeout_s: float = 30.0
                      ) -> list[dict[str, Any]]:
-        """The first ``count`` dead letters of ``sub`` (oldest first), read without a group."""
-        from .kafka_worker import read_dead_letters
+        """The first ``count`` dead letters of ``sub`` not yet redriven or purged (oldest
+        first), read without a group (:mod:`.kafka_deadletters`)."""
+        from .kafka_deadletters import list_dead_letters
 
-        validate_name(sub, "subscription")
-        with mapped_errors(self.bootstrap):
-            return read_dead_letters(self, sub, count=count, timeout_s=timeout_s)
+        return list_dead_letters(self, sub, count=count, timeout_s=timeout_s)
 
 
 if TYPE_CHECKING:  # mypy checks that the Kafka bus and its worker implement the protocols

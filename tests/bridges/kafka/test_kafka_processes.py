@@ -25,7 +25,7 @@ from .conftest import SESSION_MS
 
 pytestmark = pytest.mark.kafka
 
-TESTS = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parents[2]
 DEADLINE_S = 60.0
 
 
@@ -92,7 +92,7 @@ def test_cli_tail_follows_new_events_of_the_given_types(
 
 
 def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    argv = [str(Path(sys.executable).parent / "chi-redis"), "worker", "bus_kafka.proc_handlers"]
+    argv = [str(Path(sys.executable).parent / "chi-redis"), "worker", "bridges.kafka.proc_handlers"]
     with log.open("ab") as out:
         return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
