@@ -58,8 +58,8 @@ def test_cli_publish_dlq_list_and_refusals(kafka_broker: TansuBroker, kns: str,
         lambda: (r := runner.invoke(cli, ["dlq", "list", "cli-recv"], env=env)).exit_code == 0
         and got[0].id in r.output and r, DEADLINE_S, "dlq list showing the dead letter")
     assert "retries_exhausted" in listed.output and "ZeroDivisionError" in listed.output
-    refused = runner.invoke(cli, ["stats"], env=env)
-    assert refused.exit_code == 1 and "bus.type 'kafka' serves only" in refused.output
+    refused = runner.invoke(cli, ["events", "list"], env=env)
+    assert refused.exit_code == 1 and "is not supported on bus.type 'kafka'" in refused.output
     keyed = runner.invoke(cli, ["publish", "parcel", "parcel.sent", "1",
                                 "--idempotency-key", "k"], env=env)
     assert keyed.exit_code == 1 and "cannot deduplicate" in keyed.output  # not ignored
