@@ -155,7 +155,8 @@ def test_tail_from_the_environment_and_what_kafka_refuses(
     refusals = {
         ("tail", "parcel", "--from", "2026-01-01T00:00:00Z"):
             "tail --from is not supported on bus.type 'kafka'",
-        ("dlq", "list", "s", "--after", "0:1"): "dlq list --after is not supported on bus.type 'kafka'",
+        ("dlq", "list", "s", "--after", "0:1"):
+            "dlq list --after is not supported on bus.type 'kafka'",
         ("dlq", "show", "s", "0:0"): "no dead letter '0:0' in subscription 's' on the Kafka bus",
         ("events", "list"): "`chi-redis events list` is not supported on bus.type 'kafka'",
         ("replay", "--topic", "parcel", "--to", "s"):
