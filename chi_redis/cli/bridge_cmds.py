@@ -95,8 +95,12 @@ def dlq_redrive(s: Settings, sub: str, ids: list[str] | None) -> int:
         kbus = s.kafka()
         assert kbus is not None
         return redrive(kbus, sub, ids)
+    from ..bridges.rabbitmq_deadletters import show
+
     bridge = s.bridge()
     assert bridge is not None
+    for ref in ids or ():  # every id must name a dead letter before any moves (as on Redis)
+        show(bridge, sub, ref)
     return bridge.redrive(sub, ids)
 
 

@@ -102,8 +102,11 @@ def test_publish_tail_dlq_and_stats_on_rabbitmq(env: dict[str, str], tmp_path: P
         shown = json.loads(ok(env, "dlq", "show", "rejects", bad[0], "--json"))
         assert (shown["reason"], shown["error_type"]) == ("retries_exhausted", "ValueError")
         assert shown["event"]["id"] == bad[0] and shown["event"]["data"] == {"n": 6}
-        missing = chi(env, "dlq", "show", "rejects", "no-such-id")
-        assert missing.returncode == 1 and "no dead letter 'no-such-id'" in missing.stderr
+        for args in (["show", "rejects", "no-such-id"],
+                     ["redrive", "rejects", "--id", bad[0], "--id", "no-such-id"]):
+            missing = chi(env, "dlq", *args)
+            assert missing.returncode == 1 and "no dead letter 'no-such-id'" in missing.stderr
+        assert len(dead(env)) == 2  # nothing moved
 
         # redrive one: handled again with a fresh budget, then (it fails again) dead again
         assert ok(env, "dlq", "redrive", "rejects", "--id", bad[1]).strip() == \

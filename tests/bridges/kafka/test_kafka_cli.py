@@ -158,6 +158,7 @@ def test_tail_from_the_environment_and_what_kafka_refuses(
         ("dlq", "list", "s", "--after", "0:1"):
             "dlq list --after is not supported on bus.type 'kafka'",
         ("dlq", "show", "s", "0:0"): "no dead letter '0:0' in subscription 's' on the Kafka bus",
+        ("dlq", "redrive", "s", "--id", "0:0"): "no dead letter '0:0' in subscription 's'",
         ("events", "list"): "`chi-redis events list` is not supported on bus.type 'kafka'",
         ("replay", "--topic", "parcel", "--to", "s"):
             "`chi-redis replay` is not supported on bus.type 'kafka'",
