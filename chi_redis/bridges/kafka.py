@@ -34,6 +34,7 @@ from ..events.codec import DEFAULT_MAX_EVENT_BYTES, Codec, Encoding
 from ..events.event import Event
 from ..events.names import validate_name
 from ..runtime.subscriptions import Subscription, SubscriptionOptions
+from . import NotSupportedError
 
 if TYPE_CHECKING:
     from ..config.schema import Config
@@ -68,8 +69,9 @@ class KafkaError(ChiError):
     """The Kafka broker refused or failed an operation (or could not be reached)."""
 
 
-class KafkaUnsupportedError(ChiError):
-    """Something the Kafka bus cannot do (a per-message delay, a batch subscription, ...)."""
+class KafkaUnsupportedError(NotSupportedError):
+    """Something the Kafka bus cannot do (a per-message delay, a batch subscription, ...);
+    a :class:`~chi_redis.bridges.NotSupportedError`, as the RabbitMQ bus raises."""
 
 
 def _client() -> Any:

@@ -116,3 +116,10 @@ def test_chi_kafka_brokers_is_a_comma_separated_list() -> None:
                                 "CHI_KAFKA_BROKERS": "k1:9092, k2:9092,"})
     assert config.bus.kafka.brokers == ["k1:9092", "k2:9092"]
     assert KafkaEventBus.from_config(config).bootstrap == "k1:9092,k2:9092"
+
+
+def test_what_kafka_cannot_do_is_the_bridges_not_supported_error() -> None:
+    from chi_redis.bridges import NotSupportedError
+
+    with pytest.raises(NotSupportedError, match="Kafka has no per-message delay"):
+        KafkaEventBus(["k:9092"]).publish_batch([], delay_ms=100)
