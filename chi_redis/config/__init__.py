@@ -85,7 +85,7 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
         "encoding": config.bus.encoding, "max_event_bytes": config.bus.max_event_bytes,
         "idempotency_ttl_ms": config.bus.idempotency_ttl_ms,
     }
-    acks = {"acks": config.bus.acks, "min_replicas": config.bus.min_replicas,
+    acks: dict[str, Any] = {"acks": config.bus.acks, "min_replicas": config.bus.min_replicas,
             "ack_timeout_ms": config.bus.ack_timeout_ms}
     if config.bus.type == "memory":
         return EventBus.embedded(namespace=ns, **common, **options)

@@ -98,7 +98,7 @@ def test_bad_acks_settings_are_refused(redis_servers: RedisServers) -> None:
         with pytest.raises(ValueError, match="acks must be"):
             bus.publish(Event(type="ack.made", topic="ack", data={}), acks="some")  # type: ignore[arg-type]
         # No replica at all: the write is on the master, and the error says so.
-        with pytest.raises(NotReplicatedError, match="written on the master 127.0.0.1"):
+        with pytest.raises(NotReplicatedError, match=r"written on the master 127\.0\.0\.1"):
             EventBus(bus.client, namespace="acks", acks="replicas", ack_timeout_ms=50).publish(
                 Event(type="ack.made", topic="ack", data={}))
     finally:
