@@ -11,11 +11,11 @@ redis-py's command layers nor the single publish's kept connection
 (:class:`~chi_redis.backend.scripts.DirectConnection`) can be used: the first hands each
 command a connection of its own choosing, the second is shared with the fast path.
 
-A retry after a lost reply may find its events already written by the attempt that failed
-(the script then writes nothing and returns the first stream id), and ``WAIT`` only
-covers writes of its own connection: a retried attempt therefore writes the first event's
-id lookup again (the same value: ``HSET`` always replicates) before its ``WAIT``, which
-makes the connection's replication offset cover the earlier write.
+An event already written (a retry after a lost reply, an event published again after a
+NotReplicatedError) makes the script write nothing, and ``WAIT`` only covers writes of its
+own connection: so behind the calls of each connection goes one more small write, the
+first event's id lookup set again to its own value (``HSET`` always replicates), which
+brings the connection's replication offset past every earlier write of that master.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ MAX_ACK_TIMEOUT_MS = 60_000
 #: changing): the topology is read again and the refused calls sent again, this often.
 _REFUSED = (rex.MovedError, rex.AskError, rex.TryAgainError, rex.ClusterDownError)
 _REROUTES = 5
+#: Sets a field of a hash to its own value: a write that replicates, changing nothing.
+_TOUCH = (b"local v = redis.call('HGET', KEYS[1], ARGV[1]) "
+          b"if v then redis.call('HSET', KEYS[1], ARGV[1], v) end return 0")
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,6 @@ class AckedSend:
         self.script = script
         self.calls = list(calls)
         self.acks = acks
-        self.attempts = 0
         self.results: list[Any] = [None] * len(self.calls)
         self.replicas: list[int] = [0] * len(self.calls)
         #: ``host:port`` of the master each call ran on (for the error's text).
@@ -91,7 +93,6 @@ class AckedSend:
         self._wait = _pack((b"WAIT", acks.min_replicas, acks.timeout_ms))
 
     def __call__(self) -> list[Any]:
-        self.attempts += 1
         if is_cluster(self.client):
             self._on_cluster()
         else:
@@ -130,16 +131,15 @@ class AckedSend:
         packed = [self.script.packed(*self.calls[i]) for i in idx]
         conn = pool.get_connection()
         try:
-            results, replicas = self._exchange(conn, packed)
+            touch = self._touch(self.calls[idx[0]])
+            results, replicas = self._exchange(conn, packed, touch)
             missing = [n for n, r in enumerate(results) if isinstance(r, rex.NoScriptError)]
             if missing:  # not run: load the script on this node and send those again
                 conn.send_packed_command([_pack((b"SCRIPT", b"LOAD", self.script.source))])
                 conn.read_response()
-                again, replicas = self._exchange(conn, [packed[n] for n in missing])
+                again, replicas = self._exchange(conn, [packed[n] for n in missing], touch)
                 for n, r in zip(missing, again, strict=True):
                     results[n] = r
-            if self.attempts > 1:
-                replicas = self._rewait(conn, results, replicas)
         except BaseException:
             conn.disconnect()
             raise
@@ -158,34 +158,33 @@ class AckedSend:
                 raise results[n]
         return refused
 
-    def _exchange(self, conn: Any, packed: list[bytes]) -> tuple[list[Any], int]:
-        """Write ``packed`` and a WAIT at once; every reply read (error replies kept)."""
-        conn.send_packed_command([*packed, self._wait])
+    def _exchange(
+        self, conn: Any, packed: list[bytes], touch: bytes
+    ) -> tuple[list[Any], int]:
+        """Write ``packed``, ``touch`` and a WAIT at once; every reply read (error replies
+        of ``packed`` kept in the list)."""
+        conn.send_packed_command([*packed, touch, self._wait])
         results: list[Any] = []
         for _ in packed:
             try:
                 results.append(conn.read_response())
             except rex.ResponseError as exc:
                 results.append(exc)
-        return results, self._read_wait(conn)
-
-    def _read_wait(self, conn: Any) -> int:
-        timeout = self.acks.timeout_ms / 1000 + max(conn.socket_timeout or 0, 5.0)
-        return int(conn.read_response(timeout=timeout))
-
-    def _rewait(self, conn: Any, results: list[Any], replicas: int) -> int:
-        """A retried attempt: write the first call's first id lookup again (same value) so
-        this connection's WAIT covers the write an earlier attempt may have made."""
-        for (keys, argv), result in zip(self.calls, results, strict=False):
-            if isinstance(result, Exception):
-                continue
-            sid = result[0] if isinstance(result, list) else result
-            topic, first_id = _str(argv[6]), _str(argv[6 + int(argv[2]) + 1])
-            hset = _pack((b"HSET", keys[2], first_id, f"{topic} {_str(sid)}"))
-            conn.send_packed_command([hset, self._wait])
+        with contextlib.suppress(rex.ResponseError):  # read in any case: the WAIT follows
             conn.read_response()
-            return self._read_wait(conn)
-        return replicas
+        timeout = self.acks.timeout_ms / 1000 + max(conn.socket_timeout or 0, 5.0)
+        return results, int(conn.read_response(timeout=timeout))
+
+    @staticmethod
+    def _touch(call: Call) -> bytes:
+        """The first event's id lookup of ``call`` set again to its value (module doc).
+
+        The layout is ``lua/publish.lua``'s: KEYS[3] is the first topic's id hash, ARGV[3]
+        the number of topics, and the first event's id follows the topic names and its
+        topic slot."""
+        keys, argv = call
+        first_id = argv[6 + int(argv[2]) + 1]
+        return _pack((b"EVAL", _TOUCH, 1, keys[2], first_id))
 
 
 def _str(value: Any) -> str:
