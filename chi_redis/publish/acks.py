@@ -173,7 +173,14 @@ class AckedSend:
         with contextlib.suppress(rex.ResponseError):  # read in any case: the WAIT follows
             conn.read_response()
         timeout = self.acks.timeout_ms / 1000 + max(conn.socket_timeout or 0, 5.0)
-        return results, int(conn.read_response(timeout=timeout))
+        try:
+            return results, int(conn.read_response(timeout=timeout))
+        except rex.ResponseError as exc:
+            # A node that is no master (any more) refuses WAIT, and (on a cluster) has
+            # refused the calls with MOVED, which are sent again where they belong.
+            if all(isinstance(r, _REFUSED) for r in results):
+                return results, 0
+            raise exc from None
 
     @staticmethod
     def _touch(call: Call) -> bytes:

@@ -17,16 +17,6 @@ from chi_redis import Event, EventBus, NotReplicatedError
 pytestmark = pytest.mark.redis
 
 
-def _replica_of(cluster: LocalCluster, master_addr: str) -> RedisServer:
-    port = int(master_addr.rsplit(":", 1)[1])
-    for node in cluster.nodes:
-        with contextlib.closing(node.client()) as c:
-            repl = c.info("replication")
-        if repl.get("role") == "slave" and int(repl.get("master_port", 0)) == port:
-            return node
-    raise AssertionError(f"no replica of {master_addr}")
-
-
 def _count(node: RedisServer, key: str) -> int:
     with contextlib.closing(node.client()) as c:
         c.execute_command("READONLY")
@@ -41,7 +31,7 @@ def test_acks_replicas_on_every_master_and_a_paused_replica(
     try:
         topics = spread_topics(redis_cluster, bus.keys.stream, "ak")
         masters = [redis_cluster.owner(bus.keys.stream(t)) for t in topics]
-        replicas = [_replica_of(redis_cluster, m) for m in masters]
+        replicas = [redis_cluster.replica_of(m) for m in masters]
         for topic in topics:
             bus.publish(Event(type="ak.made", topic=topic, data={}))
         batch = [Event(type="ak.made", topic=topics[i % 3], data={"n": i}) for i in range(60)]
