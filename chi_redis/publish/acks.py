@@ -191,7 +191,8 @@ class AckedSend:
         topic slot."""
         keys, argv = call
         first_id = argv[6 + int(argv[2]) + 1]
-        return _pack((b"EVAL", _TOUCH, 1, keys[2], first_id))
+        touch: bytes = _pack((b"EVAL", _TOUCH, 1, keys[2], first_id))
+        return touch
 
 
 def _str(value: Any) -> str:
