@@ -76,10 +76,11 @@ def acks_of(mode: object, min_replicas: object, timeout_ms: object) -> Acks | No
     return Acks(replicas, timeout) if mode == "replicas" else None
 
 
-class AckedSend:
+class AckedBase:
     """One round of publish-script ``calls`` followed by ``WAIT``, for the writer's retry
     policy to call (each call is one attempt): ``results`` and ``replicas`` (the WAIT
-    reply that covers each call) are set when an attempt returns."""
+    reply that covers each call) are set when an attempt returns.  The I/O is
+    :class:`AckedSend`'s (sync) or ``acks_aio.AsyncAckedSend``'s."""
 
     def __init__(self, client: Any, script: Script, calls: Sequence[Call], acks: Acks) -> None:
         self.client = client
@@ -90,62 +91,28 @@ class AckedSend:
         self.replicas: list[int] = [0] * len(self.calls)
         #: ``host:port`` of the master each call ran on (for the error's text).
         self.masters: list[str] = [""] * len(self.calls)
-        self._wait = _pack((b"WAIT", acks.min_replicas, acks.timeout_ms))
+        self.wait = _pack((b"WAIT", acks.min_replicas, acks.timeout_ms))
+        self.load = _pack((b"SCRIPT", b"LOAD", script.source))
 
-    def __call__(self) -> list[Any]:
-        if is_cluster(self.client):
-            self._on_cluster()
-        else:
-            self._on_node(self.client.connection_pool, list(range(len(self.calls))))
-        return self.results
+    def by_node(self, todo: list[int]) -> list[tuple[Any, list[int]]]:
+        """The calls ``todo`` grouped by the cluster node that owns their slot."""
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for i in todo:
+            node = self.client.get_node_from_key(self.calls[i][0][0])
+            groups.setdefault(node.name, (node, []))[1].append(i)
+        return list(groups.values())
 
-    def _on_cluster(self) -> None:
-        todo = list(range(len(self.calls)))
-        for attempt in range(_REROUTES + 1):
-            by_node: dict[str, tuple[Any, list[int]]] = {}
-            for i in todo:
-                node = self.client.get_node_from_key(self.calls[i][0][0])
-                by_node.setdefault(node.name, (node, []))[1].append(i)
-            refused: list[int] = []
-            try:
-                for node, idx in by_node.values():
-                    refused += self._on_node(node.redis_connection.connection_pool, idx)
-            except (rex.ConnectionError, rex.TimeoutError):
-                self._reload_topology()  # a master gone: the retry policy tries again
-                raise
-            if not refused:
-                return
-            if attempt == _REROUTES:
-                raise self.results[refused[0]]
-            self._reload_topology()
-            time.sleep(0.05 * 2**attempt)
-            todo = refused
+    def packed(self, idx: list[int]) -> tuple[list[bytes], bytes]:
+        """The EVALSHAs of the calls ``idx`` and the touch that goes behind them."""
+        return [self.script.packed(*self.calls[i]) for i in idx], _touch(self.calls[idx[0]])
 
-    def _reload_topology(self) -> None:
-        with contextlib.suppress(rex.RedisError, OSError):
-            self.client.nodes_manager.initialize()
+    def read_timeout(self, conn: Any) -> float:
+        """How long the WAIT's reply may take: its timeout and the socket's."""
+        return self.acks.timeout_ms / 1000 + max(conn.socket_timeout or 0, 5.0)
 
-    def _on_node(self, pool: Any, idx: list[int]) -> list[int]:
-        """Send the calls ``idx`` and a WAIT on one connection of ``pool``; the indexes a
-        cluster refused (not run).  Other error replies are raised."""
-        packed = [self.script.packed(*self.calls[i]) for i in idx]
-        conn = pool.get_connection()
-        try:
-            touch = self._touch(self.calls[idx[0]])
-            results, replicas = self._exchange(conn, packed, touch)
-            missing = [n for n, r in enumerate(results) if isinstance(r, rex.NoScriptError)]
-            if missing:  # not run: load the script on this node and send those again
-                conn.send_packed_command([_pack((b"SCRIPT", b"LOAD", self.script.source))])
-                conn.read_response()
-                again, replicas = self._exchange(conn, [packed[n] for n in missing], touch)
-                for n, r in zip(missing, again, strict=True):
-                    results[n] = r
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            pool.release(conn)
-        kw = pool.connection_kwargs
+    def settle(self, idx: list[int], results: list[Any], replicas: int, kw: Any) -> list[int]:
+        """Record the replies of the calls ``idx`` (sent to the node of connection settings
+        ``kw``); the indexes a cluster refused (not run).  Other error replies are raised."""
         master = f"{kw.get('host', '?')}:{kw.get('port', '')}"
         refused = []
         for n, i in enumerate(idx):
@@ -158,12 +125,98 @@ class AckedSend:
                 raise results[n]
         return refused
 
+
+def missing(results: list[Any]) -> list[int]:
+    """Positions of the replies that say NOSCRIPT (those calls did not run)."""
+    return [n for n, r in enumerate(results) if isinstance(r, rex.NoScriptError)]
+
+
+def wait_refused(results: list[Any], exc: rex.ResponseError) -> int:
+    """The WAIT reply to use when the node refused WAIT: a node that is no master (any
+    more) refuses it, and (on a cluster) has refused the calls with MOVED too, which are
+    then sent again where they belong; else the refusal is raised."""
+    if all(isinstance(r, _REFUSED) for r in results):
+        return 0
+    raise exc from None
+
+
+def reroute_pause(attempt: int, refused: list[int], results: list[Any]) -> float:
+    """Seconds to wait before calls a cluster refused go out again; the first refusal is
+    raised once :data:`_REROUTES` rounds were refused."""
+    if attempt == _REROUTES:
+        raise results[refused[0]]
+    return float(0.05 * 2**attempt)
+
+
+def _touch(call: Call) -> bytes:
+    """The first event's id lookup of ``call`` set again to its value (module doc).
+
+    The layout is ``lua/publish.lua``'s: KEYS[3] is the first topic's id hash, ARGV[3] the
+    number of topics, and the first event's id follows the topic names and its topic
+    slot."""
+    keys, argv = call
+    first_id = argv[6 + int(argv[2]) + 1]
+    touch: bytes = _pack((b"EVAL", _TOUCH, 1, keys[2], first_id))
+    return touch
+
+
+class AckedSend(AckedBase):
+    """:class:`AckedBase` on a synchronous client (a plain one or a ``RedisCluster``)."""
+
+    def __call__(self) -> list[Any]:
+        if is_cluster(self.client):
+            self._on_cluster()
+        else:
+            self._on_node(self.client.connection_pool, list(range(len(self.calls))))
+        return self.results
+
+    def _on_cluster(self) -> None:
+        todo = list(range(len(self.calls)))
+        for attempt in range(_REROUTES + 1):
+            refused: list[int] = []
+            try:
+                for node, idx in self.by_node(todo):
+                    refused += self._on_node(node.redis_connection.connection_pool, idx)
+            except (rex.ConnectionError, rex.TimeoutError):
+                self._reload_topology()  # a master gone: the retry policy tries again
+                raise
+            if not refused:
+                return
+            pause = reroute_pause(attempt, refused, self.results)
+            self._reload_topology()
+            time.sleep(pause)
+            todo = refused
+
+    def _reload_topology(self) -> None:
+        with contextlib.suppress(rex.RedisError, OSError):
+            self.client.nodes_manager.initialize()
+
+    def _on_node(self, pool: Any, idx: list[int]) -> list[int]:
+        """Send the calls ``idx``, the touch and a WAIT on one connection of ``pool``."""
+        packed, touch = self.packed(idx)
+        conn = pool.get_connection()
+        try:
+            results, replicas = self._exchange(conn, packed, touch)
+            lost = missing(results)
+            if lost:  # not run: load the script on this node and send those again
+                conn.send_packed_command([self.load])
+                conn.read_response()
+                again, replicas = self._exchange(conn, [packed[n] for n in lost], touch)
+                for n, r in zip(lost, again, strict=True):
+                    results[n] = r
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+        return self.settle(idx, results, replicas, pool.connection_kwargs)
+
     def _exchange(
         self, conn: Any, packed: list[bytes], touch: bytes
     ) -> tuple[list[Any], int]:
         """Write ``packed``, ``touch`` and a WAIT at once; every reply read (error replies
         of ``packed`` kept in the list)."""
-        conn.send_packed_command([*packed, touch, self._wait])
+        conn.send_packed_command([*packed, touch, self.wait])
         results: list[Any] = []
         for _ in packed:
             try:
@@ -172,27 +225,10 @@ class AckedSend:
                 results.append(exc)
         with contextlib.suppress(rex.ResponseError):  # read in any case: the WAIT follows
             conn.read_response()
-        timeout = self.acks.timeout_ms / 1000 + max(conn.socket_timeout or 0, 5.0)
         try:
-            return results, int(conn.read_response(timeout=timeout))
+            return results, int(conn.read_response(timeout=self.read_timeout(conn)))
         except rex.ResponseError as exc:
-            # A node that is no master (any more) refuses WAIT, and (on a cluster) has
-            # refused the calls with MOVED, which are sent again where they belong.
-            if all(isinstance(r, _REFUSED) for r in results):
-                return results, 0
-            raise exc from None
-
-    @staticmethod
-    def _touch(call: Call) -> bytes:
-        """The first event's id lookup of ``call`` set again to its value (module doc).
-
-        The layout is ``lua/publish.lua``'s: KEYS[3] is the first topic's id hash, ARGV[3]
-        the number of topics, and the first event's id follows the topic names and its
-        topic slot."""
-        keys, argv = call
-        first_id = argv[6 + int(argv[2]) + 1]
-        touch: bytes = _pack((b"EVAL", _TOUCH, 1, keys[2], first_id))
-        return touch
+            return results, wait_refused(results, exc)
 
 
 def _str(value: Any) -> str:
@@ -211,7 +247,7 @@ def write_acked(
     writer.register(e.topic for e in events)
     send = AckedSend(writer.client, writer.script, calls, acks)
     writer.call(send)
-    ids, unconfirmed, master = _outcome(send, 0)
+    ids, unconfirmed, master = outcome(send, 0)
     count_published(e.topic for e in events)
     if unconfirmed:
         raise not_replicated(ids, unconfirmed, acks, [], master)
@@ -238,7 +274,7 @@ def write_batch_acked(
             writer.call(send)
         except ChiError as exc:
             raise writer.failure(events, out, exc) from exc
-        ids, unconfirmed, master = _outcome(send, len(out))
+        ids, unconfirmed, master = outcome(send, len(out))
         count_published(e.topic for e in events[len(out):len(out) + len(ids)])
         out += ids
         if unconfirmed:
@@ -247,7 +283,7 @@ def write_batch_acked(
     return out
 
 
-def _outcome(send: AckedSend, start: int) -> tuple[list[str], dict[int, int], str]:
+def outcome(send: AckedBase, start: int) -> tuple[list[str], dict[int, int], str]:
     """The stream ids of ``send``'s calls, the events (index from ``start``) whose call's
     WAIT saw too few replicas with that count, and the master of the first of them."""
     ids: list[str] = []

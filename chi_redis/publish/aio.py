@@ -20,10 +20,9 @@ from ..backend.connection import (
     connect_async,
 )
 from ..backend.keys import Keys
-from ..errors import ConfigError
 from ..events.codec import DEFAULT_MAX_EVENT_BYTES, Codec, Encoding
 from ..events.event import Event
-from .acks import AckMode, acks_of
+from .acks import AckMode, Acks, acks_of
 from .writer import DEFAULT_CHUNK, DEFAULT_IDEMPOTENCY_TTL_MS, AsyncWriter, split_bus_options
 
 if TYPE_CHECKING:
@@ -71,9 +70,9 @@ class AsyncEventBus:
         self.codec = Codec(encoding, max_event_bytes)
         self.idempotency_ttl_ms = idempotency_ttl_ms
         self.retry = retry or RetryPolicy()
-        if acks_of(acks, min_replicas, ack_timeout_ms) is not None:
-            raise ConfigError("acks='replicas' is not available on the asyncio bus yet"
-                              " (docs/design.md §3.4): publish with EventBus for it")
+        #: ``acks="replicas"``: as EventBus.acks (docs/design.md §3.4).
+        self.acks = acks_of(acks, min_replicas, ack_timeout_ms)
+        self._replica_acks = self.acks or Acks(min_replicas, ack_timeout_ms)
         self._bind(client)
         #: Whether the server is yet to be asked about cluster mode (a plain client: a
         #: ``redis.asyncio`` client is made without I/O, so the first publish asks).
@@ -147,26 +146,39 @@ class AsyncEventBus:
         await self.client.aclose()
 
     # publishing ---------------------------------------------------------------------
-    async def publish(self, event: Event, *, idempotency_key: str | None = None) -> str:
+    async def publish(
+        self, event: Event, *, idempotency_key: str | None = None, acks: AckMode | None = None
+    ) -> str:
         """Append ``event`` to its topic stream and index it; returns the stream id.
 
         Exactly as :meth:`EventBus.publish <chi_redis.EventBus.publish>`: one round trip,
-        idempotent on the event id and on ``idempotency_key`` (within its TTL).
+        idempotent on the event id and on ``idempotency_key`` (within its TTL), ``acks``
+        as there.
         """
         if self.cluster_unknown:
             await self.adopt_cluster()
         idem = (idempotency_key,) if idempotency_key is not None else None
-        return (await self.writer.write((event,), idem))[0]
+        return (await self.writer.write((event,), idem, acks=self._acks(acks)))[0]
+
+    def _acks(self, acks: AckMode | None) -> Acks | None:
+        if acks is None:
+            return self.acks
+        if acks == "replicas":
+            return self._replica_acks
+        acks_of(acks, 1, 1)  # refuses anything but "master"
+        return None
 
     async def publish_batch(
-        self, events: Sequence[Event], *, chunk_size: int = DEFAULT_CHUNK
+        self, events: Sequence[Event], *, chunk_size: int = DEFAULT_CHUNK,
+        acks: AckMode | None = None,
     ) -> list[str]:
         """Publish ``events`` in order, pipelined; one script call per ``chunk_size`` events.
 
         Every event is validated and encoded before anything is sent.  When a round trip
         fails (after the retry policy), raises :class:`~chi_redis.PublishError` whose
-        ``written`` maps event indexes to stream ids and whose ``failed`` lists the rest.
+        ``written`` maps event indexes to stream ids and whose ``failed`` lists the rest;
+        ``acks`` as for :meth:`EventBus.publish_batch <chi_redis.EventBus.publish_batch>`.
         """
         if self.cluster_unknown:
             await self.adopt_cluster()
-        return await self.writer.write_batch(events, chunk_size)
+        return await self.writer.write_batch(events, chunk_size, acks=self._acks(acks))

@@ -348,18 +348,22 @@ class AsyncWriter(_Packing):
 
     async def write(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None = None,
-        *, archive: bool = False,
+        *, archive: bool = False, acks: Acks | None = None,
     ) -> list[str]:
         """As :meth:`Writer.write`."""
         if tracing.enabled() and not archive:
             with tracing.publishing(events) as traced:
-                return await self._write(traced, idempotency_keys, archive)
-        return await self._write(events, idempotency_keys, archive)
+                return await self._write(traced, idempotency_keys, archive, acks)
+        return await self._write(events, idempotency_keys, archive, acks)
 
     async def _write(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None,
-        archive: bool,
+        archive: bool, acks: Acks | None = None,
     ) -> list[str]:
+        if acks is not None:
+            from .acks_aio import awrite_acked
+
+            return await awrite_acked(self, events, idempotency_keys, acks)
         if len(events) == 1 and not archive:
             event = events[0]
             one = self.pack_one(event, idempotency_keys[0] if idempotency_keys else None)
@@ -378,15 +382,22 @@ class AsyncWriter(_Packing):
         return ids
 
     async def write_batch(
-        self, events: Sequence[Event], chunk_size: int = DEFAULT_CHUNK, *, archive: bool = False
+        self, events: Sequence[Event], chunk_size: int = DEFAULT_CHUNK, *, archive: bool = False,
+        acks: Acks | None = None,
     ) -> list[str]:
         """As :meth:`Writer.write_batch`."""
         if tracing.enabled() and not archive:
             with tracing.publishing(list(events)) as traced:
-                return await self._write_batch(traced, chunk_size, archive)
-        return await self._write_batch(list(events), chunk_size, archive)
+                return await self._write_batch(traced, chunk_size, archive, acks)
+        return await self._write_batch(list(events), chunk_size, archive, acks)
 
-    async def _write_batch(self, events: list[Event], chunk_size: int, archive: bool) -> list[str]:
+    async def _write_batch(
+        self, events: list[Event], chunk_size: int, archive: bool, acks: Acks | None = None
+    ) -> list[str]:
+        if acks is not None:
+            from .acks_aio import awrite_batch_acked
+
+            return await awrite_batch_acked(self, events, chunk_size, acks)
         out: list[str] = []
         rounds = self.rounds(events, chunk_size, archive)
         try:

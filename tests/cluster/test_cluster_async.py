@@ -48,6 +48,14 @@ def test_asyncio_bus_and_buffered_publisher_on_a_cluster(
             again = await bus.publish(Event(type="as.one", topic=topics[0], data={}),
                                       idempotency_key="k1")
             assert idem == again
+            # acks="replicas" per call: the WAIT goes to each topic's master.
+            acked = [await bus.publish(Event(type="as.acked", topic=t, data={}),
+                                       acks="replicas") for t in topics]
+            for topic, sid in zip(topics, acked, strict=True):
+                copy = redis_cluster.replica_of(redis_cluster.owner(sync.keys.stream(topic)))
+                with contextlib.closing(copy.client()) as c:
+                    c.execute_command("READONLY")
+                    assert c.xrange(sync.keys.stream(topic))[-1][0].decode() == sid
             async with BufferedPublisher(bus, batch_size=16, flush_interval_ms=20) as buf:
                 for i in range(60):
                     await buf.publish(Event(type="as.buf", topic=topics[i % 3], data={"n": i}))
@@ -64,7 +72,8 @@ def test_asyncio_bus_and_buffered_publisher_on_a_cluster(
         for k, topic in enumerate(topics):
             events = sync.store.load_by_topic(topic, limit=1000)
             assert [e.type for e in events] == (
-                ["as.one"] + ["as.many"] * 30 + (["as.one"] if k == 0 else []) + ["as.buf"] * 20)
+                ["as.one"] + ["as.many"] * 30 + (["as.one"] if k == 0 else []) + ["as.acked"]
+                + ["as.buf"] * 20)
             assert [e.id for e in events if e.type == "as.many"] == batch_ids[k::3]
             assert [e.data["n"] for e in events if e.type == "as.buf"] == list(range(k, 60, 3))
         # Stream ids are per stream (two masters may give the same one).

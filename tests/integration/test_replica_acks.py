@@ -5,14 +5,23 @@ written on the master, with the outcome of each event of a batch."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import signal
 from pathlib import Path
 
 import pytest
 from support.servers import RedisServer, RedisServers
 from support.waiting import wait_until
 
-from chi_redis import ConfigError, Event, EventBus, NotReplicatedError, PublishError
+from chi_redis import (
+    AsyncEventBus,
+    ConfigError,
+    Event,
+    EventBus,
+    NotReplicatedError,
+    PublishError,
+)
 from chi_redis.config import bus_from_config, load_config
 
 pytestmark = pytest.mark.redis
@@ -56,7 +65,7 @@ def test_replicas_ack_then_a_paused_replica_gives_not_replicated(
         assert sum(_on_replica(replica, bus, f"ack{i}") for i in range(3)) == 50
 
         # The replica stops applying (its process paused): writes stay on the master only.
-        replica.proc.send_signal(19)  # SIGSTOP, of the process this test started
+        replica.proc.send_signal(signal.SIGSTOP)  # the process this test started
         try:
             event = Event(type="ack.made", topic="ack", data={"n": "lone"})
             with pytest.raises(NotReplicatedError) as one:
@@ -77,7 +86,7 @@ def test_replicas_ack_then_a_paused_replica_gives_not_replicated(
             assert sorted(many.value.written) == list(range(30))
             assert many.value.failed == []
         finally:
-            replica.proc.send_signal(18)  # SIGCONT
+            replica.proc.send_signal(signal.SIGCONT)
         # Published again once the replica is back: nothing written twice, confirmed now.
         assert bus.publish(event) == err.written[0]
         assert bus.publish_batch(batch) == [many.value.written[i] for i in range(30)]
@@ -103,3 +112,36 @@ def test_bad_acks_settings_are_refused(redis_servers: RedisServers) -> None:
                 Event(type="ack.made", topic="ack", data={}))
     finally:
         bus.close()
+
+
+def test_asyncio_bus_waits_for_replicas_too(redis_servers: RedisServers) -> None:
+    master, replica = _pair(redis_servers)
+
+    async def main() -> None:
+        bus = AsyncEventBus.from_url(master.url, namespace="aacks", acks="replicas",
+                                     ack_timeout_ms=200)
+        try:
+            sid = await bus.publish(Event(type="ack.made", topic="aack", data={}))
+            with contextlib.closing(replica.client()) as c:
+                assert c.xrange("aacks:{aack}:stream")[-1][0].decode() == sid
+            assert len(await bus.publish_batch(
+                [Event(type="ack.made", topic="aack", data={"n": i}) for i in range(20)],
+                chunk_size=6)) == 20
+            with contextlib.closing(replica.client()) as c:
+                assert c.xlen("aacks:{aack}:stream") == 21
+            assert replica.proc is not None
+            replica.proc.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(NotReplicatedError, match="confirmed by only 0 of the 1"):
+                    await bus.publish(Event(type="ack.made", topic="aack", data={}))
+                batch = [Event(type="ack.made", topic="aack", data={"n": i}) for i in range(5)]
+                with pytest.raises(NotReplicatedError) as many:
+                    await bus.publish_batch(batch, chunk_size=2)
+                assert many.value.unconfirmed == [0, 1, 2, 3, 4]
+                await bus.publish(Event(type="ack.made", topic="aack", data={}), acks="master")
+            finally:
+                replica.proc.send_signal(signal.SIGCONT)
+        finally:
+            await bus.close()
+
+    asyncio.run(main())
