@@ -155,7 +155,8 @@ class AsyncEventBus:
         idempotent on the event id and on ``idempotency_key`` (within its TTL), ``acks``
         as there.
         """
-        if self.cluster_unknown:
+        if self.cluster_unknown:  # bad input is refused before anything is sent
+            self.writer.pack_one(event, idempotency_key)
             await self.adopt_cluster()
         idem = (idempotency_key,) if idempotency_key is not None else None
         return (await self.writer.write((event,), idem, acks=self._acks(acks)))[0]
@@ -179,6 +180,7 @@ class AsyncEventBus:
         ``written`` maps event indexes to stream ids and whose ``failed`` lists the rest;
         ``acks`` as for :meth:`EventBus.publish_batch <chi_redis.EventBus.publish_batch>`.
         """
-        if self.cluster_unknown:
+        if self.cluster_unknown:  # bad input is refused before anything is sent
+            self.writer.rounds(list(events), chunk_size, False)
             await self.adopt_cluster()
         return await self.writer.write_batch(events, chunk_size, acks=self._acks(acks))
