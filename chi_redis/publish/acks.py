@@ -305,14 +305,15 @@ def not_replicated(
     """The error for written events (``ids``: all written so far, by index) of which
     ``unconfirmed`` (index → replicas that confirmed) did not reach ``min_replicas``."""
     fewest = min(unconfirmed.values())
-    what = "the event was" if len(ids) == 1 and not failed else (
-        f"{len(unconfirmed)} of {len(ids)} written events were")
+    one = len(ids) == 1 and not failed
+    what = "the event was" if one else f"{len(unconfirmed)} of {len(ids)} written events were"
+    where = "it is in its stream" if one else "they are in their streams"
+    them = "it replicates may lose it" if one else "they replicate may lose them"
     rest = f"; {len(failed)} later events were not sent" if failed else ""
     return NotReplicatedError(
         f"{what} written on the master {master} but confirmed by only {fewest} of the"
-        f" {acks.min_replicas} required replicas within {acks.timeout_ms} ms (WAIT): they"
-        " are in their streams and will be delivered, but a failover of that master before"
-        f" they replicate may lose them{rest}",
+        f" {acks.min_replicas} required replicas within {acks.timeout_ms} ms (WAIT): {where}"
+        f" and will be delivered, but a failover of that master before {them}{rest}",
         written=dict(enumerate(ids)), failed=failed, unconfirmed=sorted(unconfirmed),
         replicas=unconfirmed, required=acks.min_replicas,
     )
