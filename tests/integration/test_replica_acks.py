@@ -16,6 +16,7 @@ from support.waiting import wait_until
 
 from chi_redis import (
     AsyncEventBus,
+    BufferedPublisher,
     ConfigError,
     Event,
     EventBus,
@@ -139,6 +140,17 @@ def test_asyncio_bus_waits_for_replicas_too(redis_servers: RedisServers) -> None
                     await bus.publish_batch(batch, chunk_size=2)
                 assert many.value.unconfirmed == [0, 1, 2, 3, 4]
                 await bus.publish(Event(type="ack.made", topic="aack", data={}), acks="master")
+                # The background publisher hands written-but-unconfirmed events to on_error
+                # with the NotReplicatedError, apart from the failed ones.
+                seen: list[tuple[list[Event], BaseException]] = []
+                buffered = [Event(type="ack.buf", topic="aack", data={"n": i}) for i in range(4)]
+                async with BufferedPublisher(bus, on_error=lambda ev, exc: seen.append((ev, exc)),
+                                             batch_size=10, flush_interval_ms=50) as pub:
+                    for event in buffered:
+                        await pub.publish(event)
+                assert pub.unconfirmed_count == 4 and pub.failed_count == 0
+                assert [e.id for ev, _ in seen for e in ev] == [e.id for e in buffered]
+                assert all(isinstance(exc, NotReplicatedError) for _, exc in seen)
             finally:
                 replica.proc.send_signal(signal.SIGCONT)
         finally:
