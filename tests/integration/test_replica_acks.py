@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from support.servers import RedisServer, RedisServers
 from support.waiting import wait_until
 
@@ -23,6 +24,7 @@ from chi_redis import (
     NotReplicatedError,
     PublishError,
 )
+from chi_redis.cli.main import cli as chi_cli
 from chi_redis.config import bus_from_config, load_config
 
 pytestmark = pytest.mark.redis
@@ -52,9 +54,11 @@ def test_replicas_ack_then_a_paused_replica_gives_not_replicated(
     cfg = tmp_path / "chi.yaml"
     cfg.write_text(f"events:\n  bus:\n    acks: replicas\n    min_replicas: 1\n"
                    f"    ack_timeout_ms: 300\n    redis:\n      url: {master.url}\n")
-    bus = bus_from_config(load_config(path=cfg, env={}), namespace="acks")
+    short = bus_from_config(load_config(path=cfg, env={}), namespace="acks")
+    # Where the replica must confirm: a timeout no loaded machine reaches.
+    bus = EventBus(short.client, namespace="acks", acks="replicas", ack_timeout_ms=10_000)
     try:
-        assert bus.acks is not None and bus.acks.timeout_ms == 300
+        assert short.acks is not None and short.acks.timeout_ms == 300
         sid = bus.publish(Event(type="ack.made", topic="ack", data={"n": 0}))
         # WAIT returned: the replica holds the entry as the publish returns (no waiting).
         with contextlib.closing(replica.client()) as c:
@@ -70,31 +74,35 @@ def test_replicas_ack_then_a_paused_replica_gives_not_replicated(
         try:
             event = Event(type="ack.made", topic="ack", data={"n": "lone"})
             with pytest.raises(NotReplicatedError) as one:
-                bus.publish(event)
+                short.publish(event)
             err = one.value
             assert "written on the master" in str(err)
             assert "confirmed by only 0 of the 1 required replicas within 300 ms" in str(err)
             assert err.unconfirmed == [0] and err.failed == [] and err.replicas == {0: 0}
-            assert bus.store.load(event.id) is not None  # it IS written on the master
+            assert short.store.load(event.id) is not None  # it IS written on the master
             # Per call: acks="master" does not wait (the replica is still paused).
             bus.publish(Event(type="ack.made", topic="ack", data={}), acks="master")
             batch = [Event(type="ack.made", topic="ack", data={"n": i}) for i in range(30)]
             with pytest.raises(NotReplicatedError) as many:
-                bus.publish_batch(batch, chunk_size=10)
+                short.publish_batch(batch, chunk_size=10)
             assert isinstance(many.value, PublishError)
             # One round trip (3 chunks of 10): all 30 events written, none confirmed.
             assert many.value.unconfirmed == list(range(30))
             assert sorted(many.value.written) == list(range(30))
             assert many.value.failed == []
+            # The CLI publishes with the config's acks: exit 1, the event said written.
+            cli = CliRunner().invoke(chi_cli, ["--config", str(cfg), "--namespace", "acks",
+                                               "publish", "ack", "ack.cli", "{}"])
+            assert cli.exit_code == 1 and "written on the master" in cli.output, cli.output
         finally:
             replica.proc.send_signal(signal.SIGCONT)
         # Published again once the replica is back: nothing written twice, confirmed now.
         assert bus.publish(event) == err.written[0]
         assert bus.publish_batch(batch) == [many.value.written[i] for i in range(30)]
-        wait_until(lambda: _on_replica(replica, bus, "ack") == 1 + 1 + 1 + 30, 30,
+        wait_until(lambda: _on_replica(replica, bus, "ack") == 1 + 1 + 1 + 30 + 1, 30,
                    "the replica caught up")
     finally:
-        bus.close()
+        short.close()
 
 
 def test_bad_acks_settings_are_refused(redis_servers: RedisServers) -> None:
@@ -120,7 +128,9 @@ def test_asyncio_bus_waits_for_replicas_too(redis_servers: RedisServers) -> None
 
     async def main() -> None:
         bus = AsyncEventBus.from_url(master.url, namespace="aacks", acks="replicas",
-                                     ack_timeout_ms=200)
+                                     ack_timeout_ms=10_000)
+        short = AsyncEventBus(bus.client, namespace="aacks", acks="replicas",
+                              ack_timeout_ms=200)
         try:
             sid = await bus.publish(Event(type="ack.made", topic="aack", data={}))
             with contextlib.closing(replica.client()) as c:
@@ -134,17 +144,17 @@ def test_asyncio_bus_waits_for_replicas_too(redis_servers: RedisServers) -> None
             replica.proc.send_signal(signal.SIGSTOP)
             try:
                 with pytest.raises(NotReplicatedError, match="confirmed by only 0 of the 1"):
-                    await bus.publish(Event(type="ack.made", topic="aack", data={}))
+                    await short.publish(Event(type="ack.made", topic="aack", data={}))
                 batch = [Event(type="ack.made", topic="aack", data={"n": i}) for i in range(5)]
                 with pytest.raises(NotReplicatedError) as many:
-                    await bus.publish_batch(batch, chunk_size=2)
+                    await short.publish_batch(batch, chunk_size=2)
                 assert many.value.unconfirmed == [0, 1, 2, 3, 4]
                 await bus.publish(Event(type="ack.made", topic="aack", data={}), acks="master")
                 # The background publisher hands written-but-unconfirmed events to on_error
                 # with the NotReplicatedError, apart from the failed ones.
                 seen: list[tuple[list[Event], BaseException]] = []
                 buffered = [Event(type="ack.buf", topic="aack", data={"n": i}) for i in range(4)]
-                async with BufferedPublisher(bus, on_error=lambda ev, exc: seen.append((ev, exc)),
+                async with BufferedPublisher(short, on_error=lambda ev, exc: seen.append((ev, exc)),
                                              batch_size=10, flush_interval_ms=50) as pub:
                     for event in buffered:
                         await pub.publish(event)
