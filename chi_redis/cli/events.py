@@ -13,12 +13,14 @@ from typing import Any
 import click
 import msgspec
 
+from ..backend.cluster import group_by_slot, is_cluster
 from ..backend.streamids import MAX_SEQ, format_id, parse_id, pred
 from ..errors import NotFoundError, ValidationError
 from ..events.codec import Codec
 from ..events.event import Event
 from ..events.names import validate_name
 from ..ops.timeparse import TimePoint
+from ..runtime.slotreads import CLUSTER_BLOCK_MS
 from ..store.history import By, index_pages, merged, str_fields, stream_pages
 from ..store.query import TypeFilter
 from . import bridge_cmds
@@ -130,7 +132,7 @@ def tail(
     try:
         while count is None or n < count:
             want = 100 if count is None else min(100, count - n)
-            read = bus.call(lambda w=want: client.xread(positions, count=w, block=block_ms))
+            read = bus.call(lambda w=want: _read(client, positions, w, block_ms))
             got = []
             for raw_stream, entries in read or ():
                 stream = raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
@@ -146,6 +148,20 @@ def tail(
             out.flush()
     except KeyboardInterrupt:
         out.flush()
+
+
+def _read(client: Any, positions: dict[str, Any], count: int, block_ms: int) -> Any:
+    """One XREAD of every stream from its position; on a cluster one per slot, sent to
+    their masters in one pipeline, each blocking at most 100 ms when there are several
+    (an XREAD cannot name streams of different slots: docs/design.md §3.4)."""
+    groups = group_by_slot(positions) if is_cluster(client) else [list(positions)]
+    if len(groups) == 1:
+        return client.xread(positions, count=count, block=block_ms)
+    pipe = client.pipeline(transaction=False)
+    for names in groups:
+        pipe.xread({n: positions[n] for n in names}, count=count,
+                   block=min(block_ms, CLUSTER_BLOCK_MS))
+    return [item for reply in pipe.execute() for item in reply or ()]
 
 
 def _last_ids(bus: Any, streams: list[str]) -> dict[str, Any]:

@@ -85,6 +85,8 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
         "encoding": config.bus.encoding, "max_event_bytes": config.bus.max_event_bytes,
         "idempotency_ttl_ms": config.bus.idempotency_ttl_ms,
     }
+    acks: dict[str, Any] = {"acks": config.bus.acks, "min_replicas": config.bus.min_replicas,
+            "ack_timeout_ms": config.bus.ack_timeout_ms}
     if config.bus.type == "memory":
         return EventBus.embedded(namespace=ns, **common, **options)
     if config.bus.type == "rabbitmq":
@@ -104,7 +106,7 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
     target = url or config.bus.redis.effective_url()
     client = connect(target, detect_cluster=detect_cluster,
                      **config.bus.redis.client_options(target))
-    bus = EventBus(client, namespace=ns, **common, **options)
+    bus = EventBus(client, namespace=ns, **common, **acks, **options)
     bus.cluster_unknown = not detect_cluster
     return bus
 
