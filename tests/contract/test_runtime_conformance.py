@@ -171,8 +171,9 @@ def test_redrive_a_dead_letter_is_handled_once(backend: Conformance) -> None:
     backend.start()
     event = ev("card.charged", 1)
     (sid,) = backend.publish(event)
-    wait_until(lambda: backend.dead_letters("dl-fixme"), DEADLINE_S, "a dead letter")
+    (dl,) = wait_until(lambda: backend.dead_letters("dl-fixme"), DEADLINE_S, "a dead letter")
     backend.join("dl-fixme")
+    assert (dl.reason, dl.attempts) == ("retries_exhausted", 1) and dl.deliveries >= 1
     fixed["yes"] = True
     assert backend.redrive("dl-fixme") == 1
     wait_until(lambda: len(runs) == 1, DEADLINE_S, "the redriven event handled")
