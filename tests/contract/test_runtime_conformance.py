@@ -90,6 +90,23 @@ def test_filters_deliver_matches_and_ack_the_rest_unseen(backend: Conformance) -
     assert sorted(got["flt-meta"].items()) == [0, 2]
 
 
+def test_wildcard_subscription_gets_topics_that_appear_after_it_started(
+    backend: Conformance,
+) -> None:
+    """``*.created`` binds every topic, also those first written after the worker started:
+    their events from the first one on (Redis: found by the consumer's sweep, read from
+    their first entry; RabbitMQ: the binding key; Kafka: the topic pattern, a partition
+    without a commit read from its beginning)."""
+    got = Recorder()
+    backend.bus.subscribe("wild", types=["*.created"])(record(got))
+    backend.start()
+    backend.bus.publish_batch([ev("user.created", 0), ev("order.created", 1),
+                               ev("order.paid", 2), ev("user.created", 3)])
+    wait_until(lambda: len(got) == 3, DEADLINE_S, "the three created events")
+    backend.join("wild")
+    assert stays(lambda: sorted(got.items()) == [0, 1, 3], QUIET_S)
+
+
 # failures -------------------------------------------------------------------------------------
 def test_retries_with_backoff_then_success(backend: Conformance) -> None:
     attempts = Recorder()
