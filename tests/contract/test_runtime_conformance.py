@@ -16,6 +16,7 @@ are unique per test (and each test has its own namespace).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -171,6 +172,24 @@ def test_error_in_throws_is_dead_lettered_without_retry(backend: Conformance) ->
     backend.join("dl-fatal")
     assert (dl.reason, dl.error_type, dl.attempts) == ("not_retryable", "Fatal", 1)
     assert stays(lambda: len(calls) == 1, QUIET_S)
+
+
+@pytest.mark.needs("time_limit")
+def test_handler_time_limit_interrupts_then_dead_letters(backend: Conformance) -> None:
+    finished = Recorder()
+
+    @backend.bus.subscribe("slowpoke", types=["job.run"], time_limit_ms=200, max_retries=0)
+    def slow(event: Event) -> None:
+        for _ in range(600):  # async exceptions land between bytecodes, not inside sleep()
+            time.sleep(0.1)
+        finished.add(event.id)
+
+    backend.start()
+    backend.publish(ev("job.run", 1))
+    (dl,) = wait_until(lambda: backend.dead_letters("slowpoke"), DEADLINE_S, "a dead letter")
+    backend.join("slowpoke")
+    assert (dl.reason, dl.error_type) == ("retries_exhausted", "TimeLimitExceeded")
+    assert finished.items() == []
 
 
 @pytest.mark.needs("redrive")

@@ -45,6 +45,7 @@ class Features:
     batch: bool = True  # batch subscriptions (`batch_size`)
     idempotent_publish: bool = True  # `publish(idempotency_key=...)` writes once
     redrive: bool = True  # `bus.redrive(sub)` puts dead letters back
+    time_limit: bool = True  # `subscribe(time_limit_ms=...)` interrupts a slow handler
     #: Options the bus refuses with a :class:`~chi_redis.ChiError` (a name of
     #: ``REFUSABLE`` in the suite): each refusal is a behaviour too.
     refuses: frozenset[str] = frozenset()

@@ -191,7 +191,7 @@ KAFKA = Backend(
     _kafka,
     Features(
         guaranteed_order=False, key_order=True, replay=False, batch=False,
-        idempotent_publish=False, redrive=False, refuses=frozenset({
+        idempotent_publish=False, redrive=False, time_limit=False, refuses=frozenset({
             "delay_ms", "time_limit_ms", "batch_size", "dedupe", "idempotency_key",
             "max_deliveries"}),
         reasons={
@@ -206,6 +206,8 @@ KAFKA = Backend(
             "batch": "batch subscriptions are refused by the Kafka bus",
             "idempotent_publish": "refused: the idempotent producer drops only its own"
                                   " retries' duplicates, not a second publish of a key",
+            "time_limit": "time_limit_ms is refused: the Kafka worker has no time-limit"
+                          " watchdog (Dramatiq's TimeLimit runs on the Redis worker only)",
             "redrive": "the Kafka bus has no redrive: its dead letters are records of"
                        " NS._dlq.SUB, listed by dead_letters, not put back",
         },

@@ -143,7 +143,7 @@ RABBITMQ = Backend(
     "rabbitmq",
     _rabbitmq,
     Features(
-        replay=False, batch=False, idempotent_publish=False, refuses=frozenset({
+        replay=False, batch=False, idempotent_publish=False, time_limit=False, refuses=frozenset({
             "priority", "start_earliest", "time_limit_ms", "batch_size", "dedupe",
             "idempotency_key"}),
         reasons={
@@ -154,6 +154,8 @@ RABBITMQ = Backend(
                       " only delivers",
             "batch": "batch subscriptions are refused by the RabbitMQ bus",
             "idempotent_publish": "refused: RabbitMQ keeps no record of published keys",
+            "time_limit": "time_limit_ms is refused: the RabbitMQ worker has no time-limit"
+                          " watchdog (Dramatiq's TimeLimit runs on the Redis worker only)",
             "key_order": "one queue per subscription, shared by its consumers: order holds"
                          " for one consumer only (guaranteed_order), there are no per-key"
                          " partitions",
