@@ -46,8 +46,9 @@ def dead_letter_of(sub: str, queue: str, props: Any) -> DeadLetter:
         dead_ms = int(when.timestamp() * 1000)
     deliveries = _int(death.get("count")) or _int(headers.get("x-delivery-count"))
     attempts = _int(headers.get("chi-attempts")) or deliveries
-    # A dead letter the worker wrote has no x-death, and x-delivery-count counts only
-    # deliveries that were not acknowledged: each handler attempt was a delivery too.
+    # x-death counts the expiries of one delay queue (or RabbitMQ's own dead-lettering),
+    # x-delivery-count only deliveries never acknowledged; each handler attempt was a
+    # delivery too (a dead letter written after one attempt has neither header).
     deliveries = max(deliveries, attempts)
     return DeadLetter(
         id=header_str(headers.get("chi-dl-id")) or event_id, subscription=sub, reason=reason,
