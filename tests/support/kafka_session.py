@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -167,7 +168,7 @@ class KafkaSession(Session):
             "type": "kafka", "kafka": {"brokers": [self.bus.bootstrap],
                                        "session_timeout_ms": SESSION_MS}}}}))
         full = clean_env(CHI_CONFIG=str(config), PYTHONUNBUFFERED="1",
-                         PYTHONPATH=f"{ROOT}:{TESTS}", **env)
+                         PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]), **env)
         proc = WorkerProcess(module, full, log)
         proc.cmd = [str(CHI), "worker", module, "--threads", str(threads)]
         return proc.start()

@@ -9,6 +9,7 @@ worker processes are ``chi-redis worker MODULE`` on a ``bus.type: rabbitmq`` con
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -115,7 +116,7 @@ class RabbitSession(Session):
             "type": "rabbitmq",
             "rabbitmq": {"url": self.bus.url, "exchange": self.bus.names.exchange}}}}))
         full = clean_env(CHI_CONFIG=str(config), PYTHONUNBUFFERED="1",
-                         PYTHONPATH=f"{ROOT}:{TESTS}", **env)
+                         PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]), **env)
         proc = WorkerProcess(module, full, log)
         proc.cmd = [str(CHI), "worker", module, "--threads", str(threads)]
         return proc.start()
