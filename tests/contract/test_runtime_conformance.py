@@ -15,6 +15,7 @@ are unique per test (and each test has its own namespace).
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections.abc import Callable
@@ -110,11 +111,12 @@ def test_wildcard_subscription_gets_topics_that_appear_after_it_started(
 
 # failures -------------------------------------------------------------------------------------
 def test_retries_with_backoff_then_success(backend: Conformance) -> None:
-    attempts = Recorder()
+    attempts, at = Recorder(), Recorder()
 
     @backend.bus.subscribe("retry-ok", types=["card.charged"], max_retries=3,
-                           min_backoff_ms=10, max_backoff_ms=40)
+                           min_backoff_ms=100, max_backoff_ms=400)
     def flaky(event: Event, delivery: Delivery) -> None:
+        at.add(time.monotonic())
         attempts.add(delivery.attempt)
         if delivery.attempt < 3:
             raise RuntimeError("not yet")
@@ -125,6 +127,8 @@ def test_retries_with_backoff_then_success(backend: Conformance) -> None:
     backend.join("retry-ok")
     assert stays(lambda: attempts.items() == [1, 2, 3], QUIET_S)
     assert backend.dead_letters("retry-ok") == []
+    times = at.items()  # a retry never comes before min_backoff_ms (later ones wait longer)
+    assert all(b - a >= 0.099 for a, b in itertools.pairwise(times)), times
 
 
 def test_dead_letter_after_exhausting_retries(backend: Conformance) -> None:
