@@ -348,6 +348,21 @@ class KafkaEventBus:
 
         return register
 
+    def declare(self) -> None:
+        """Create every registered subscription's topics (events and dead letters) and pin
+        where each new ``start="new"`` group begins: at the current end of its topics
+        (``pin_start``).  Workers do this at start; events published after it returns reach
+        the subscriptions, whenever their consumers join."""
+        from .kafka_worker import pin_start
+
+        for sub in self.subscriptions.values():
+            if not sub.wildcard:
+                self.ensure_topics([kafka_topic(self._ns, t) for t in sub.bound_topics()])
+            self.ensure_topics([dead_letter_topic(self._ns, sub.name)])
+            if sub.start == "new":
+                with mapped_errors(self.bootstrap):
+                    pin_start(self, sub)
+
     def worker(self, *, threads: int = 1) -> KafkaWorker:
         """The consumers of every registered subscription: ``threads`` per subscription."""
         from .kafka_worker import KafkaWorker

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,8 @@ POLL_S = 0.2
 ERROR_CHARS = 1000
 #: How long a consumer waits before reading again a record it could not settle.
 RETRY_S = 1.0
+#: A chi topic (the dead-letter topics ``_dlq.S`` are not).
+_CHI_TOPIC = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
 def backoff_ms(sub: Subscription, attempt: int) -> int:
@@ -71,12 +74,11 @@ class KafkaWorker:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        """Create the topics (events and dead letters) and start the consumer threads."""
+        """Declare the subscriptions (:meth:`KafkaEventBus.declare`: topics, and where a new
+        group begins) and start the consumer threads."""
         bus = self.bus
+        bus.declare()
         for sub in bus.subscriptions.values():
-            if not sub.wildcard:
-                bus.ensure_topics([kafka_topic(bus.namespace, t) for t in sub.bound_topics()])
-            bus.ensure_topics([dead_letter_topic(bus.namespace, sub.name)])
             for n in range(self.threads):
                 t = threading.Thread(target=_Consumer(self, sub).run, daemon=True,
                                      name=f"chi-kafka-{sub.name}-{n}")
@@ -110,7 +112,10 @@ class _Consumer:
         return {
             "bootstrap.servers": self.bus.bootstrap, "group.id": self.bus.group_id(self.sub.name),
             "enable.auto.commit": False,
-            "auto.offset.reset": "earliest" if self.sub.start == "earliest" else "latest",
+            # A partition without a committed offset was not there when the group was
+            # declared (start="new" groups begin at the end of those that were): all of it
+            # is new.
+            "auto.offset.reset": "earliest",
             "max.poll.interval.ms": _poll_interval_ms(self.sub),
             "topic.metadata.refresh.interval.ms": 5_000,
             "session.timeout.ms": self.bus.session_timeout_ms,
@@ -223,3 +228,48 @@ class _Consumer:
         producer.flush(self.bus.timeout_s + 5)
         self.bus._outcome(results)  # raises when the dead letter was not written
         logger.warning("dead-lettered a record of %s (%s)", self.sub.name, reason)
+
+
+def subscription_topics(bus: KafkaEventBus, sub: Subscription, listed: Any) -> list[str]:
+    """The Kafka topics ``sub`` reads among those ``listed`` (``list_topics().topics``)."""
+    if not sub.wildcard:
+        return [kafka_topic(bus.namespace, t) for t in sub.bound_topics()]
+    prefix = f"{bus.namespace}."
+    return sorted(t for t in listed
+                  if t.startswith(prefix) and _CHI_TOPIC.fullmatch(t[len(prefix):]))
+
+
+def pin_start(bus: KafkaEventBus, sub: Subscription) -> int:
+    """Commit, for the group of a ``start="new"`` subscription, the current end of every
+    partition of its topics that has no committed offset yet; returns how many.
+
+    Kafka resolves ``latest`` only when a consumer gets the partition, after it joined the
+    group (seconds after the worker started): an event published meanwhile, or before the
+    first consumer committed anything and died, would be skipped.  Pinned here, the group
+    begins where the topics ended when the worker started, whoever reads first.  A commit
+    refused (a group with live members: they began earlier) changes nothing.
+    """
+    ck = _client()
+    consumer = ck.Consumer({"bootstrap.servers": bus.bootstrap, "group.id": bus.group_id(sub.name),
+                            "enable.auto.commit": False, **bus.client_options})
+    try:
+        listed = consumer.list_topics(timeout=bus.timeout_s).topics
+        parts = [ck.TopicPartition(t, p) for t in subscription_topics(bus, sub, listed)
+                 if t in listed for p in sorted(listed[t].partitions)]
+        if not parts:
+            return 0
+        fresh = [tp for tp in consumer.committed(parts, timeout=bus.timeout_s)
+                 if tp.error is None and tp.offset < 0]
+        ends = [ck.TopicPartition(tp.topic, tp.partition,
+                                  consumer.get_watermark_offsets(tp, timeout=bus.timeout_s)[1])
+                for tp in fresh]
+        if ends:
+            try:
+                consumer.commit(offsets=ends, asynchronous=False)
+            except ck.KafkaException as exc:
+                logger.warning("kafka: the start of group %s was not pinned: %s",
+                               bus.group_id(sub.name), exc.args[0].str())
+                return 0
+        return len(ends)
+    finally:
+        consumer.close()

@@ -34,7 +34,9 @@ def _x_death(headers: dict[str, Any]) -> dict[str, Any]:
 
 
 def dead_letter_of(sub: str, queue: str, props: Any) -> DeadLetter:
-    """The :class:`DeadLetter` a message of the dead-letter queue stands for."""
+    """The :class:`DeadLetter` a message of the dead-letter queue stands for; ``queue`` is
+    the subscription's queue, where the event was consumed (its ``source_stream``, as the
+    handler's ``Delivery.stream`` named it)."""
     headers = props.headers if isinstance(props.headers, dict) else {}
     death = _x_death(headers)
     event_id = header_str(props.message_id)
@@ -45,6 +47,10 @@ def dead_letter_of(sub: str, queue: str, props: Any) -> DeadLetter:
         dead_ms = int(when.timestamp() * 1000)
     deliveries = _int(death.get("count")) or _int(headers.get("x-delivery-count"))
     attempts = _int(headers.get("chi-attempts")) or deliveries
+    # x-death counts the expiries of one delay queue (or RabbitMQ's own dead-lettering),
+    # x-delivery-count only deliveries never acknowledged; each handler attempt was a
+    # delivery too (a dead letter written after one attempt has neither header).
+    deliveries = max(deliveries, attempts)
     return DeadLetter(
         id=header_str(headers.get("chi-dl-id")) or event_id, subscription=sub, reason=reason,
         error_type=header_str(headers.get("chi-error-type")),
@@ -78,7 +84,7 @@ def list_dead_letters(bus: RabbitMQEventBus, sub: str, count: int) -> list[DeadL
             method, props, _body = channel.basic_get(queue, auto_ack=False)
             if method is None:
                 break
-            out.append(dead_letter_of(sub, queue, props))
+            out.append(dead_letter_of(sub, bus.names.queue(sub), props))
         channel.close()  # every message taken goes back, in its place
         return out
     finally:
@@ -101,7 +107,7 @@ def redrive(bus: RabbitMQEventBus, sub: str, ids: list[str] | None) -> int:
             method, props, body = channel.basic_get(queue, auto_ack=False)
             if method is None:
                 break
-            dl = dead_letter_of(sub, queue, props)
+            dl = dead_letter_of(sub, target, props)
             if wanted is not None and not ({dl.id, dl.event_id} & wanted):
                 continue  # left unacknowledged: back in place when the channel closes
             headers = {k: v for k, v in (props.headers or {}).items()

@@ -14,7 +14,10 @@ it is imported as ``support``).
 - :mod:`support.processes`: ``WorkerProcess``, ``Workers``, ``worker_env``, ``clean_env``,
   ``wait_ready``, ``ROOT``, ``TESTS``;
 - :mod:`support.markers`: the checks that keep the ``redis`` marker true;
-- :mod:`support.backends`: the backends of the runtime conformance suite;
+- :mod:`support.backends`: the backends of the runtime conformance suite (``Features``,
+  ``Session``, ``Backend``), with :mod:`support.redis_sessions`,
+  :mod:`support.rabbitmq_session`, :mod:`support.kafka_session`; its harness is
+  :mod:`support.conformance`;
 - :mod:`support.history`: ``History`` (the reliability checker: lost, unexpected, duplicated,
   recovered), ``record_start`` / ``record_commit`` for handlers in any process;
 - :mod:`support.figures`: ``record`` (a case's figures as JSON under ``.artifacts/reliability``);

@@ -1,9 +1,14 @@
 """Backends of the runtime conformance suite (tests/contract/test_runtime_conformance.py).
 
-A :class:`Backend` says how to open a :class:`Session` (a bus in a fresh namespace, and how
-other processes reach it) and which :class:`Features` it has.  A behaviour that needs a
-feature (``@pytest.mark.needs``) is generated only for the backends that have it; the
-stated reason of each missing feature says why a combination does not exist.
+A :class:`Backend` says how to open a :class:`Session` (a bus in a fresh namespace, with the
+operations a behaviour needs that are not the bus's public API) and which :class:`Features`
+it has.  A behaviour that needs a feature (``@pytest.mark.needs``) is generated only for the
+backends that have it; the stated reason of each missing feature says why a combination does
+not exist.
+
+The backends live in :mod:`support.redis_sessions` (fakeredis, embedded, a shared and an own
+redis-server, a Redis Cluster), :mod:`support.rabbitmq_session` and
+:mod:`support.kafka_session`; :data:`BACKENDS` lists them all.
 """
 
 from __future__ import annotations
@@ -14,28 +19,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import fakeredis
 import pytest
-import redis
 
-from chi_redis import EventBus
+from chi_redis import Event
+from chi_redis.runtime.deadletters import DeadLetter
 
-from .cluster import delete_cluster_namespace, shared_cluster
-from .keys import delete_namespace
-from .servers import REDIS_URL, RedisServer, connect_real_redis
+from .processes import WorkerProcess
+
+#: How long a session waits for a subscription to drain (every wait finishes in well under
+#: a second normally; group joins take a second or two on Kafka).
+DEADLINE_S = 60.0
 
 
 @dataclass(frozen=True)
 class Features:
-    """What a backend can do.  ``reasons`` explains each ``False``."""
+    """What a backend can do.  ``reasons`` explains each ``False`` (and empty ``refuses``)."""
 
-    multi_process: bool = True  # `dramatiq chi_redis.worker` subprocesses can share it
+    multi_process: bool = True  # worker processes (`chi-redis worker`) can share it
     kill_and_restart: bool = False  # a test may `kill -9` the server and start it again
     persistence: bool = False  # what was written survives that restart
-    server_time_reclaim: bool = True  # idle entries are reclaimed by their idle time
+    reclaim: bool = True  # what a consumer took and died with goes to a live one (`strand`)
     guaranteed_order: bool = True  # one consumer thread handles one topic in publish order
+    key_order: bool = False  # events of one partition key in publish order, many consumers
     replay: bool = True  # `bus.replay` / `chi-redis replay` (checkpointed redelivery)
     batch: bool = True  # batch subscriptions (`batch_size`)
+    idempotent_publish: bool = True  # `publish(idempotency_key=...)` writes once
+    redrive: bool = True  # `bus.redrive(sub)` puts dead letters back
+    time_limit: bool = True  # `subscribe(time_limit_ms=...)` interrupts a slow handler
+    #: Options the bus refuses with a :class:`~chi_redis.ChiError` (a name of
+    #: ``REFUSABLE`` in the suite): each refusal is a behaviour too.
+    refuses: frozenset[str] = frozenset()
     reasons: dict[str, str] = field(default_factory=dict)
 
     def missing(self, *names: str) -> str | None:
@@ -46,31 +59,72 @@ class Features:
         return None
 
 
-@dataclass
 class Session:
-    """One test's view of a backend: a bus in a fresh namespace.
+    """One test's view of a backend: ``bus`` in a fresh namespace, plus what a behaviour
+    needs beyond the bus's public API (running workers, waiting until a subscription has
+    nothing left, stranding a consumer, writing an entry no chi publisher would, starting
+    a worker process).
 
     ``url`` reaches the same data from another process (None without ``multi_process``);
     ``server`` is the redis-server the session owns (only with ``kill_and_restart``).
     """
 
-    bus: EventBus
-    url: str | None = None
-    server: RedisServer | None = None
-    #: Run workers as :class:`chi_redis.embedded.InProcessWorker` (the embedded bus's way)
-    #: instead of the toolkit's own StreamsBroker + Dramatiq Worker.
-    in_process_worker: bool = False
+    def __init__(self, bus: Any, *, url: str | None = None, server: Any = None) -> None:
+        self.bus = bus
+        self.url = url
+        self.server = server
 
-    @property
-    def client(self) -> Any:
-        return self.bus.client
+    # workers in this process --------------------------------------------------------------
+    @contextlib.contextmanager
+    def running(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+        """The scope of the test's workers: every one started is stopped on exit."""
+        yield
 
+    def prepare(self, **options: Any) -> None:
+        """Make every subscription registered so far receive what is published from now
+        on, without running a worker yet.  ``options`` are Redis broker options (lease,
+        reclaim interval); other backends have none."""
+        raise NotImplementedError
+
+    def run(self, threads: int = 4) -> None:
+        """Start a worker with ``threads`` threads on what :meth:`prepare` readied."""
+        raise NotImplementedError
+
+    def join(self, sub: str) -> None:
+        """Wait until ``sub`` has nothing unread, in flight or waiting for a retry."""
+        raise NotImplementedError
+
+    # what the bus's own API does ------------------------------------------------------------
+    def publish(self, *events: Event) -> list[str]:
+        """Publish each event on its own; what each ``publish`` returned."""
+        return [self.bus.publish(e) for e in events]
+
+    def dead_letters(self, sub: str) -> list[DeadLetter]:
+        return list(self.bus.dead_letters(sub))
+
+    def redrive(self, sub: str) -> int:
+        return int(self.bus.redrive(sub))
+
+    # backend-specific operations --------------------------------------------------------------
     def strand(self, sub: str, topic: str, count: int) -> int:
-        """Read up to ``count`` entries of ``topic`` for ``sub`` as a consumer that then dies
+        """Take up to ``count`` entries of ``topic`` for ``sub`` as a consumer that then dies
         (never acks, never hands them back); returns how many it took."""
-        stream = self.bus.keys.stream(topic)
-        got = self.client.xreadgroup(sub, "dead-consumer", {stream: ">"}, count=count)
-        return sum(len(entries) for _, entries in got or [])
+        raise NotImplementedError
+
+    def inject_malformed(self, topic: str, type_: str, event_id: str) -> str:
+        """Write to ``topic`` an entry with the envelope of a ``type_`` event ``event_id``
+        whose payload is not valid MessagePack; returns its source id (what a dead letter's
+        ``source_id`` names)."""
+        raise NotImplementedError
+
+    def worker_process(self, module: str, threads: int, log: Path, **env: str) -> WorkerProcess:
+        """``module``'s subscriptions run by a worker process (started, with ``env`` added
+        to its environment), as in production."""
+        raise NotImplementedError
+
+    def wait_ready(self, proc: WorkerProcess, subs: dict[str, list[str]]) -> None:
+        """Wait until ``proc`` consumes ``subs`` (name -> topics)."""
+        raise NotImplementedError
 
 
 Opener = Callable[[str, Path], contextlib.AbstractContextManager[Session]]
@@ -90,111 +144,10 @@ class Backend:
         return pytest.param(self, id=self.name, marks=self.marks)
 
 
-# the backends ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _fakeredis(ns: str, tmp_path: Path) -> Iterator[Session]:
-    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0)), version=(7, 0))
-    try:
-        yield Session(EventBus(client, namespace=ns))
-    finally:
-        client.close()
+def all_backends() -> list[Backend]:
+    """Every backend of the suite (Redis, RabbitMQ, Kafka)."""
+    from .kafka_session import KAFKA
+    from .rabbitmq_session import RABBITMQ
+    from .redis_sessions import REDIS_BACKENDS
 
-
-@contextlib.contextmanager
-def _embedded(ns: str, tmp_path: Path) -> Iterator[Session]:
-    bus = EventBus.embedded(namespace=ns)
-    try:
-        yield Session(bus, in_process_worker=True)
-    finally:
-        bus.close()
-
-
-@contextlib.contextmanager
-def _shared_redis(ns: str, tmp_path: Path) -> Iterator[Session]:
-    client = connect_real_redis(REDIS_URL)
-    try:
-        yield Session(EventBus(client, namespace=ns), url=REDIS_URL)
-    finally:
-        delete_namespace(client, ns)
-        client.close()
-
-
-@contextlib.contextmanager
-def _own_redis(ns: str, tmp_path: Path) -> Iterator[Session]:
-    server = RedisServer(tmp_path / "redis", persistence=True).start()
-    client: redis.Redis = server.client(socket_timeout=30)
-    try:
-        yield Session(EventBus(client, namespace=ns), url=server.url, server=server)
-    finally:
-        client.close()
-        server.stop()
-
-
-@contextlib.contextmanager
-def _cluster(ns: str, tmp_path: Path) -> Iterator[Session]:
-    url = shared_cluster().url
-    bus = EventBus.from_url(url, namespace=ns)  # detects the cluster from one node's URL
-    try:
-        yield Session(bus, url=url)
-    finally:
-        delete_cluster_namespace(bus.client, ns)
-        bus.close()
-
-
-FAKEREDIS = Backend(
-    "fakeredis",
-    _fakeredis,
-    Features(
-        multi_process=False,
-        reasons={
-            "multi_process": "fakeredis lives in the test process; a worker subprocess "
-                             "cannot reach it",
-            "kill_and_restart": "fakeredis has no server process to kill",
-            "persistence": "fakeredis keeps nothing across a restart",
-        },
-    ),
-)
-EMBEDDED = Backend(
-    "embedded",
-    _embedded,
-    Features(
-        multi_process=False,
-        reasons={
-            "multi_process": "the embedded bus's server lives in the test process; a worker "
-                             "subprocess cannot reach it",
-            "kill_and_restart": "the embedded bus has no server process to kill",
-            "persistence": "the embedded bus keeps nothing beyond its process",
-        },
-    ),
-)
-SHARED_REDIS = Backend(
-    "redis",
-    _shared_redis,
-    Features(reasons={
-        "kill_and_restart": "the shared server at 127.0.0.1:6379 is never killed by a test",
-        "persistence": "the shared server is never restarted by a test",
-    }),
-    marks=(pytest.mark.redis,),
-)
-OWN_REDIS = Backend(
-    "redis-own-aof",
-    _own_redis,
-    Features(kill_and_restart=True, persistence=True),
-    marks=(pytest.mark.redis,),
-)
-
-CLUSTER = Backend(
-    "redis-cluster",
-    _cluster,
-    Features(replay=False, batch=False, reasons={
-        "batch": "a batch's settle script acks topic entries and writes the subscription's"
-                 " dead letters in one call, across slots: refused on a cluster for now",
-        "replay": "replay's checkpoint hash and its history reader are single-node only"
-                  " (the checkpoint is in no subscription's slot): not yet on a cluster",
-        "kill_and_restart": "a cluster node's failover is its own scenario, not a restart",
-        "persistence": "the test cluster runs without persistence",
-    }),
-    marks=(pytest.mark.redis,),
-)
-
-BACKENDS: list[Backend] = [FAKEREDIS, EMBEDDED, SHARED_REDIS, OWN_REDIS, CLUSTER]
+    return [*REDIS_BACKENDS, RABBITMQ, KAFKA]
