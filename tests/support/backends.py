@@ -45,6 +45,9 @@ class Features:
     batch: bool = True  # batch subscriptions (`batch_size`)
     idempotent_publish: bool = True  # `publish(idempotency_key=...)` writes once
     redrive: bool = True  # `bus.redrive(sub)` puts dead letters back
+    #: A redriven event is delivered as the entry it was published as (same stream id);
+    #: False where redrive appends a copy (Kafka: a record cannot be written twice).
+    redrive_same_entry: bool = True
     time_limit: bool = True  # `subscribe(time_limit_ms=...)` interrupts a slow handler
     #: Options the bus refuses with a :class:`~chi_redis.ChiError` (a name of
     #: ``REFUSABLE`` in the suite): each refusal is a behaviour too.

@@ -127,7 +127,9 @@ class KafkaSession(Session):
         return [as_dead_letter(self.bus, sub, r) for r in self.bus.dead_letters(sub)]
 
     def redrive(self, sub: str) -> int:
-        raise AssertionError("the Kafka backend has no redrive (Features.redrive)")
+        from chi_redis.bridges.kafka_deadletters import redrive
+
+        return redrive(self.bus, sub, None)
 
     def strand(self, sub: str, topic: str, count: int) -> int:
         """A consumer of the group reads ``count`` records and leaves without committing."""
@@ -192,10 +194,13 @@ KAFKA = Backend(
     _kafka,
     Features(
         guaranteed_order=False, key_order=True, replay=False, batch=False,
-        idempotent_publish=False, redrive=False, time_limit=False, refuses=frozenset({
+        idempotent_publish=False, time_limit=False,
+        redrive_same_entry=False, refuses=frozenset({
             "delay_ms", "time_limit_ms", "batch_size", "dedupe", "idempotency_key",
             "max_deliveries"}),
         reasons={
+            "redrive_same_entry": "redrive appends the dead letter's record to its source"
+                                  " topic again (for that subscription only): a new offset",
             "kill_and_restart": "the session's tansu broker keeps everything in memory and"
                                 " is shared by the session's tests",
             "persistence": "the test broker (tansu) runs in memory",
@@ -209,8 +214,6 @@ KAFKA = Backend(
                                   " retries' duplicates, not a second publish of a key",
             "time_limit": "time_limit_ms is refused: the Kafka worker has no time-limit"
                           " watchdog (Dramatiq's TimeLimit runs on the Redis worker only)",
-            "redrive": "the Kafka bus has no redrive: its dead letters are records of"
-                       " NS._dlq.SUB, listed by dead_letters, not put back",
         },
     ),
     marks=(pytest.mark.kafka,),
