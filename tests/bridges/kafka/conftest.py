@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from support.kafka import TansuBroker
-from support.skips import skip_or_fail
+from support.kafka_session import shared_tansu
 
 from chi_redis.bridges.kafka import KafkaEventBus
 from chi_redis.bridges.kafka_worker import KafkaWorker
 
 
 @pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
-    try:
-        import confluent_kafka  # noqa: F401
-    except ImportError:
-        skip_or_fail("confluent-kafka is not installed (pip install 'chi-redis[kafka]')")
-    broker = TansuBroker(Path(tmp_path_factory.mktemp("tansu"))).start()
-    yield broker
-    broker.stop()
+def kafka_broker() -> TansuBroker:
+    """The test process's one tansu broker, shared with the conformance suite's Kafka
+    backend (started on first use, stopped by its pid at exit)."""
+    return shared_tansu()
 
 
 @pytest.fixture
