@@ -186,11 +186,7 @@ OWN_REDIS = Backend(
 CLUSTER = Backend(
     "redis-cluster",
     _cluster,
-    Features(replay=False, batch=False, reasons={
-        "batch": "a batch's settle script acks topic entries and writes the subscription's"
-                 " dead letters in one call, across slots: refused on a cluster for now",
-        "replay": "replay's checkpoint hash and its history reader are single-node only"
-                  " (the checkpoint is in no subscription's slot): not yet on a cluster",
+    Features(reasons={
         "kill_and_restart": "a cluster node's failover is its own scenario, not a restart",
         "persistence": "the test cluster runs without persistence",
     }),

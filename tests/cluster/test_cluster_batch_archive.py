@@ -1,0 +1,125 @@
+"""Batch subscriptions and the archive loop on a local Redis Cluster (docs/design.md §3.4):
+topics on every master, a poison event split out of its batches and dead-lettered (the
+settle split per slot), and ``ArchiveLoop`` storing every event once into PostgreSQL,
+its own pending entries and an undecodable entry included."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from support.cluster import LocalCluster, delete_cluster_namespace, spread_topics
+from support.postgres import require_postgres, unique_table
+from support.runtime import Recorder, in_process_runtime
+from support.waiting import stays, wait_until
+
+from chi_redis import BatchFailed, Event, EventBus
+from chi_redis.ops.archive import ARCHIVE_SUBSCRIPTION
+from chi_redis.ops.archive_loop import ArchiveLoop
+from chi_redis.store.postgres import PostgresEventStore
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def cbus(redis_cluster: LocalCluster, ns: str) -> Iterator[EventBus]:
+    bus = EventBus.from_url(redis_cluster.url, namespace=ns)
+    yield bus
+    delete_cluster_namespace(bus.client, ns)
+    bus.close()
+
+
+def spread_events(bus: EventBus, cluster: LocalCluster, prefix: str, n: int) -> tuple[
+        list[str], list[Event]]:
+    topics = spread_topics(cluster, bus.keys.stream, prefix)
+    assert len({cluster.owner(bus.keys.stream(t)) for t in topics}) == 3
+    return topics, [Event(type=f"{topics[i % 3]}.done", topic=topics[i % 3], data={"n": i})
+                    for i in range(n)]
+
+
+def test_batch_subscription_splits_and_dead_letters_poison_across_masters(
+    cbus: EventBus, redis_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topics, events = spread_events(cbus, redis_cluster, "cb", 48)
+    poison, named = events[10].id, events[29].id  # on two different masters
+    handled = Recorder()
+
+    @cbus.subscribe("c-batch", topics=topics, batch_size=8, batch_wait_ms=50, max_retries=1,
+                    min_backoff_ms=10, max_backoff_ms=30, start="earliest")
+    def charge(batch: list[Event]) -> None:
+        if any(e.id == poison for e in batch):
+            raise ValueError("declined")
+        bad = [e for e in batch if e.id == named]
+        for e in batch:
+            if e not in bad:
+                handled.add(e.id)
+        if bad:
+            raise BatchFailed(bad, cause=KeyError("no card"))
+
+    sids = cbus.publish_batch(events, chunk_size=5)
+    with in_process_runtime(cbus, monkeypatch) as rt:
+        rt.worker(rt.broker())
+        wait_until(lambda: len(cbus.dead_letters("c-batch")) == 2, 60, "two dead letters")
+        wait_until(lambda: len(handled) == len(events) - 2, 60, "the rest handled")
+        assert stays(lambda: len(cbus.dead_letters("c-batch")) == 2, 0.5)
+    assert handled.counts() == {e.id: 1 for e in events if e.id not in (poison, named)}
+    by_event = {d.event_id: d for d in cbus.dead_letters("c-batch")}
+    assert set(by_event) == {poison, named}
+    assert (by_event[poison].error_type, by_event[poison].source_id) == ("ValueError", sids[10])
+    assert (by_event[named].error_type, by_event[named].source_id) == ("KeyError", sids[29])
+    for t in topics:  # every topic entry acked on its master
+        assert cbus.client.xpending(cbus.keys.stream(t), "c-batch")["pending"] == 0
+
+
+@pytest.fixture
+def pg() -> Iterator[PostgresEventStore]:
+    store = PostgresEventStore(require_postgres(), unique_table("carch"))
+    store.init()
+    try:
+        yield store
+    finally:
+        store.drop()
+        store.close()
+
+
+@pytest.mark.postgres
+def test_archive_loop_stores_every_event_once_from_every_master(
+    cbus: EventBus, redis_cluster: LocalCluster, pg: PostgresEventStore
+) -> None:
+    topics, events = spread_events(cbus, redis_cluster, "ca", 600)
+    cbus.publish_batch(events[:300])
+    loop = ArchiveLoop(cbus, pg, batch_size=50, block_ms=50, refresh_ms=200,
+                       consumer="arch-a")
+    loop.refresh()  # the groups, so that entries can be left pending under "arch-a"
+    held = 0
+    for t in topics:  # read as "arch-a" before a crash: pending, re-read at start
+        held += len(cbus.client.xreadgroup(ARCHIVE_SUBSCRIPTION, "arch-a",
+                                           {cbus.keys.stream(t): ">"}, count=5)[0][1])
+    assert held == 15
+    bad = cbus.client.xadd(cbus.keys.stream(topics[1]), {"id": "x", "type": "ca.x"})
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        cbus.publish_batch(events[300:])
+        wait_until(lambda: _count(pg) == len(events), 60, "every event archived")
+        wait_until(lambda: len(cbus.dead_letters(ARCHIVE_SUBSCRIPTION)) == 1, 60,
+                   "the undecodable entry dead-lettered")
+    finally:
+        loop.stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    with psycopg.connect(require_postgres()) as conn:
+        rows = conn.execute(f"SELECT id, count(*) FROM {pg.table_name} GROUP BY id").fetchall()
+    assert dict(rows) == {e.id: 1 for e in events}
+    [dead] = cbus.dead_letters(ARCHIVE_SUBSCRIPTION)
+    assert (dead.reason, dead.source_id) == ("decode", bad.decode())
+    for t in topics:
+        assert cbus.client.xpending(cbus.keys.stream(t), ARCHIVE_SUBSCRIPTION)["pending"] == 0
+
+
+def _count(pg: PostgresEventStore) -> int:
+    with psycopg.connect(require_postgres()) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {pg.table_name}").fetchone()
+    return int(row[0]) if row else 0
