@@ -4,7 +4,8 @@ cluster node, and what the layers above need to know about it (docs/design.md §
 Every multi-key script of chi-redis touches the keys of one topic (hash tag ``{topic}``)
 or of one subscription (``{sub}``) only, so each runs on the master of that slot.  What
 spans topics (a consumer's read of several streams, the subscription's dead letter of a
-topic entry) is split here by slot.
+topic entry) is split here by slot; a batch's settle (``runtime/batch_settle.py``) and a
+replay's checkpoint (``ops/checkpoint.py``) split themselves the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from redis.crc import key_slot
 
 __all__ = [
     "ClusterFlatView", "cluster_client", "cluster_client_of", "group_by_slot", "is_cluster",
-    "refuse_on_cluster", "same_slot", "slot", "split_dead_letter",
+    "same_slot", "slot", "split_dead_letter",
 ]
 
 
@@ -47,16 +48,6 @@ def cluster_client_of(client: Any) -> RedisCluster:
     if "SSL" in client.connection_pool.connection_class.__name__:
         kw["ssl"] = True
     return RedisCluster(host=host, port=port, **kw)
-
-
-def refuse_on_cluster(client: Any, what: str) -> None:
-    """Raise :class:`~chi_redis.ConfigError` when ``client`` is a cluster client: ``what``
-    is not supported on Redis Cluster yet (docs/design.md §3.4)."""
-    if is_cluster(client):
-        from ..errors import ConfigError
-
-        raise ConfigError(f"{what} is not supported on Redis Cluster yet (docs/design.md"
-                          " §3.4): use a single Redis node for it")
 
 
 def is_cluster(client: Any) -> bool:
