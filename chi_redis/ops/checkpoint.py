@@ -134,10 +134,11 @@ class Checkpoint:
         def run_cluster() -> None:
             # The position first: a record dropped before it would be delivered again.
             client.hset(self.key, "pos", json.dumps(pos))
-            if done and self.shards:
+            if done:
                 pipe = client.pipeline(transaction=False)
-                for tag in self.shards:
-                    pipe.hdel(self.bus.keys.checkpoint_shard(self.name, tag), *done)
+                for key in (self.key, *(self.bus.keys.checkpoint_shard(self.name, t)
+                                        for t in self.shards)):
+                    pipe.hdel(key, *done)
                 pipe.execute()
 
         self.bus.call(run_cluster if self.cluster else run)
