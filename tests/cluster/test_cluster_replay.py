@@ -105,14 +105,15 @@ def test_replay_into_a_subscription_across_masters_resumes_exactly_once(
     assert again.already_complete and len(queued_ids(cbus, "c-replay")) == len(events)
 
 
-def test_republish_across_masters_resumes_exactly_once(
+def test_republish_by_event_time_across_masters_resumes_exactly_once(
     cbus: EventBus, redis_cluster: LocalCluster
 ) -> None:
     topics, events = publish_spread(cbus, redis_cluster, "rr")
     stop, progress = stop_after(40)
     opts = ReplayOptions(batch_size=8, checkpoint="rr-1", stop=stop)
     with pytest.raises(ReplayInterrupted):
-        replay(cbus, RepublishTarget(cbus), topics=topics, options=opts, progress=progress)
+        replay(cbus, RepublishTarget(cbus), topics=topics, by="event-time", options=opts,
+               progress=progress)
 
     def copies() -> list[str]:
         out = []
@@ -128,7 +129,7 @@ def test_republish_across_masters_resumes_exactly_once(
     assert sorted(json.loads(head[b"shards"])) == sorted(topics)
     assert sum(int(cbus.client.hget(cbus.keys.checkpoint_shard("rr-1", t), "delivered") or 0)
                for t in topics) == first
-    rest = replay(cbus, RepublishTarget(cbus), topics=topics,
+    rest = replay(cbus, RepublishTarget(cbus), topics=topics, by="event-time",
                   options=ReplayOptions(batch_size=8, workers=4, checkpoint="rr-1"))
     assert rest.resumed and rest.total_delivered == len(events)
     assert Counter(copies()) == Counter(e.id for e in events)  # every event once
