@@ -1,25 +1,29 @@
 """Batch subscriptions and the archive loop on a local Redis Cluster (docs/design.md §3.4):
 topics on every master, a poison event split out of its batches and dead-lettered (the
-settle split per slot), and ``ArchiveLoop`` storing every event once into PostgreSQL,
-its own pending entries and an undecodable entry included, then replayed from there back
-onto the topics across an interruption."""
+settle split per slot), and ``chi-redis archive run`` storing every event once into
+PostgreSQL, its own pending entries and an undecodable entry included, then replayed from
+there back onto the topics across an interruption."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 from support.cluster import LocalCluster, delete_cluster_namespace, spread_topics
 from support.postgres import require_postgres, unique_table
+from support.processes import ROOT, clean_env
 from support.runtime import Recorder, in_process_runtime
 from support.waiting import stays, wait_until
 
 from chi_redis import BatchFailed, Event, EventBus
 from chi_redis.ops.archive import ARCHIVE_SUBSCRIPTION
-from chi_redis.ops.archive_loop import ArchiveLoop
 from chi_redis.ops.archive_replay import replay_archive
 from chi_redis.ops.replay import ReplayInterrupted, ReplayOptions, RepublishTarget
 from chi_redis.store.postgres import PostgresEventStore
@@ -89,31 +93,47 @@ def pg() -> Iterator[PostgresEventStore]:
 
 
 @pytest.mark.postgres
-def test_archive_loop_stores_every_event_once_from_every_master(
-    cbus: EventBus, redis_cluster: LocalCluster, pg: PostgresEventStore
+def test_archive_run_stores_every_event_once_from_every_master(
+    cbus: EventBus, redis_cluster: LocalCluster, pg: PostgresEventStore, ns: str,
+    tmp_path: Path,
 ) -> None:
+    """``chi-redis archive run`` given one node's URL, as a process: what its consumer
+    held before (pending), every event published before and while it runs, an undecodable
+    entry dead-lettered; SIGTERM exits 0 with nothing pending."""
     topics, events = spread_events(cbus, redis_cluster, "ca", 600)
     cbus.publish_batch(events[:300])
-    loop = ArchiveLoop(cbus, pg, batch_size=50, block_ms=50, refresh_ms=200,
-                       consumer="arch-a")
-    loop.refresh()  # the groups, so that entries can be left pending under "arch-a"
     held = 0
     for t in topics:  # read as "arch-a" before a crash: pending, re-read at start
-        held += len(cbus.client.xreadgroup(ARCHIVE_SUBSCRIPTION, "arch-a",
-                                           {cbus.keys.stream(t): ">"}, count=5)[0][1])
+        stream = cbus.keys.stream(t)
+        cbus.client.xgroup_create(stream, ARCHIVE_SUBSCRIPTION, id="0")
+        held += len(cbus.client.xreadgroup(ARCHIVE_SUBSCRIPTION, "arch-a", {stream: ">"},
+                                           count=5)[0][1])
     assert held == 15
     bad = cbus.client.xadd(cbus.keys.stream(topics[1]), {"id": "x", "type": "ca.x"})
-    thread = threading.Thread(target=loop.run, daemon=True)
-    thread.start()
+    config = tmp_path / "chi.yaml"
+    config.write_text(
+        "events:\n  store:\n    enabled: true\n    type: database\n"
+        f"    database: {{dsn: '{require_postgres()}', table_name: {pg.table_name}}}\n"
+        "    archive: {batch_size: 50}\n")
+    env = clean_env(CHI_REDIS_URL=redis_cluster.nodes[2].url, CHI_NAMESPACE=ns,
+                    CHI_CONFIG=str(config))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chi_redis.cli", "archive", "run", "--block-ms", "100",
+         "--consumer", "arch-a"],
+        env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         cbus.publish_batch(events[300:])
-        wait_until(lambda: _count(pg) == len(events), 60, "every event archived")
+        wait_until(lambda: pg.count() == len(events) or proc.poll() is not None, 120,
+                   "every event archived")
         wait_until(lambda: len(cbus.dead_letters(ARCHIVE_SUBSCRIPTION)) == 1, 60,
                    "the undecodable entry dead-lettered")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
     finally:
-        loop.stop()
-        thread.join(timeout=30)
-    assert not thread.is_alive()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out.decode()
+    assert b"archived" in out and b"1 dead-lettered" in out
     with psycopg.connect(require_postgres()) as conn:
         rows = conn.execute(f"SELECT id, count(*) FROM {pg.table_name} GROUP BY id").fetchall()
     assert dict(rows) == {e.id: 1 for e in events}
@@ -142,8 +162,3 @@ def test_archive_loop_stores_every_event_once_from_every_master(
               for e in cbus.store.load_by_topic(t, limit=2000) if e.metadata.get("chi_replay")]
     assert Counter(copies) == Counter(e.id for e in events)
 
-
-def _count(pg: PostgresEventStore) -> int:
-    with psycopg.connect(require_postgres()) as conn:
-        row = conn.execute(f"SELECT count(*) FROM {pg.table_name}").fetchone()
-    return int(row[0]) if row else 0
