@@ -133,7 +133,9 @@ class ReplayRun:
         self.stop = opts.stop
         # On a cluster a target writing each item into its topic's slot (republish) is sent
         # one run of one topic at a time, in order, each with the position after it.
-        self.split = bool(target is not None and target.per_topic and is_cluster(bus.client))
+        # (getattr: a target of the user's written before these attributes existed.)
+        self.split = bool(target is not None and getattr(target, "per_topic", False)
+                          and is_cluster(bus.client))
         self._ckpt_key = ""  # where deliveries record progress (Checkpoint.key_for)
 
     def item_pos(self, item: Item) -> tuple[str, str]:
@@ -200,7 +202,7 @@ class ReplayRun:
                     self.progress(len(batch))
             return
         if self.ckpt:
-            self._ckpt_key = self.ckpt.key_for(self.target.slot_tag)
+            self._ckpt_key = self.ckpt.key_for(getattr(self.target, "slot_tag", None))
         if self.opts.workers > 1 and not self.target.ordered and not self.split:
             self._parallel(self.target)
         else:
