@@ -107,4 +107,4 @@ class Keys:
     def checkpoint_shard(self, name: str, tag: str) -> str:
         """The progress of checkpoint ``name`` written beside deliveries into the slot of
         ``tag`` (a subscription or a topic), on a cluster (docs/design.md §3.4)."""
-        return f"{self.ns}:replay:{name}:{{{tag}}}"
+        return f"{self.ns}:replay:{name}:{{{key_part(tag)}}}"  # names pass unchanged
