@@ -4,7 +4,8 @@ cluster node, and what the layers above need to know about it (docs/design.md §
 Every multi-key script of chi-redis touches the keys of one topic (hash tag ``{topic}``)
 or of one subscription (``{sub}``) only, so each runs on the master of that slot.  What
 spans topics (a consumer's read of several streams, the subscription's dead letter of a
-topic entry) is split here by slot.
+topic entry) is split here by slot; a batch's settle (``runtime/batch_settle.py``) and a
+replay's checkpoint (``ops/checkpoint.py``) split themselves the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from redis.crc import key_slot
 
 __all__ = [
     "ClusterFlatView", "async_cluster_client_of", "cluster_client", "cluster_client_of",
-    "group_by_slot", "is_cluster", "refuse_on_cluster", "same_slot", "slot", "split_dead_letter",
+    "group_by_slot", "is_cluster", "same_slot", "slot", "split_dead_letter",
 ]
 
 
@@ -64,16 +65,6 @@ def async_cluster_client_of(client: Any) -> Any:
     accepted = inspect.signature(AsyncRedisCluster.__init__).parameters
     kw = {k: v for k, v in kw.items() if k in accepted and k != "db"}
     return AsyncRedisCluster(host=host, port=port, **kw)
-
-
-def refuse_on_cluster(client: Any, what: str) -> None:
-    """Raise :class:`~chi_redis.ConfigError` when ``client`` is a cluster client: ``what``
-    is not supported on Redis Cluster yet (docs/design.md §3.4)."""
-    if is_cluster(client):
-        from ..errors import ConfigError
-
-        raise ConfigError(f"{what} is not supported on Redis Cluster yet (docs/design.md"
-                          " §3.4): use a single Redis node for it")
 
 
 def is_cluster(client: Any) -> bool:

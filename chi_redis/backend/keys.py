@@ -101,5 +101,10 @@ class Keys:
         return f"{self.ns}:q:{{{sub}}}:starts:{key_part(stream)}:{key_part(sid)}"
 
     def checkpoint(self, name: str) -> str:
-        """A replay checkpoint."""
+        """A replay checkpoint (its spec and state; on a single node its progress too)."""
         return f"{self.ns}:replay:{name}"
+
+    def checkpoint_shard(self, name: str, tag: str) -> str:
+        """The progress of checkpoint ``name`` written beside deliveries into the slot of
+        ``tag`` (a subscription or a topic), on a cluster (docs/design.md §3.4)."""
+        return f"{self.ns}:replay:{name}:{{{key_part(tag)}}}"  # names pass unchanged

@@ -83,7 +83,11 @@ class Script:
 
         One connection of ``client``'s pool, used as redis-py uses one (dropped after an
         error).  NOSCRIPT means nothing ran: the script is loaded and the call sent again.
+        On a cluster, a connection of the master serving ``keys[0]`` (the keys of one call
+        share a slot).
         """
+        if not hasattr(client, "connection_pool"):  # RedisCluster: no pool of its own
+            client = client.get_node_from_key(keys[0]).redis_connection
         pool = client.connection_pool
         conn = pool.get_connection()
         try:

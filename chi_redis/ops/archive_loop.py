@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 import redis.exceptions as rex
 
-from ..backend.cluster import refuse_on_cluster
+from ..backend.cluster import group_by_slot, is_cluster, same_slot, split_dead_letter
 from ..backend.scripts import script
 from ..errors import DecodeError
 from ..events.event import Event
@@ -46,6 +46,7 @@ from ..events.filters import EntryView
 from ..observe.metrics import counter
 from ..runtime.deadletters import DLQ_MAXLEN, entry_dead_letter
 from ..runtime.leases import Leases
+from ..runtime.slotreads import queue_reads
 from ..runtime.subscriptions import Subscription, encode_record
 from .archive import ARCHIVE_SUBSCRIPTION
 from .archive_writer import ArchiveStats, StoreThread
@@ -94,14 +95,18 @@ class ArchiveLoop:
         lease_ms: int = 60_000, consumer: str | None = None, name: str = ARCHIVE_SUBSCRIPTION,
         refresh_ms: int = 5_000, switch_interval: float | None = 0.001,
     ) -> None:
-        refuse_on_cluster(bus.client, "the archiver")
         self.bus = bus
         self.switch_interval = switch_interval
         self.client = bus.client
         # XREADGROUP replies kept as Redis sends them (flat field lists): redis-py's dict per
-        # entry, and decoding from it, cost more than the rest of the read.
-        self._raw = redis.Redis(connection_pool=self.client.connection_pool)
-        self._raw.set_response_callback("XREADGROUP", _identity)
+        # entry, and decoding from it, cost more than the rest of the read.  On a cluster
+        # the reads go per slot through the cluster client (its dicts flattened again).
+        self._cluster = is_cluster(self.client)
+        if self._cluster:
+            self._raw: Any = self.client
+        else:
+            self._raw = redis.Redis(connection_pool=self.client.connection_pool)
+            self._raw.set_response_callback("XREADGROUP", _identity)
         self.keys = bus.keys
         self.codec = bus.codec
         self.store = store
@@ -263,10 +268,10 @@ class ArchiveLoop:
     def _read_new(self, block: bool = True) -> list[Entry]:
         pipe = self._raw.pipeline(transaction=False)
         acks = self._queue_acks(pipe)
-        pipe.xreadgroup(self.name, self.consumer, dict.fromkeys(self._streams, ">"),
-                        count=self.batch_size, block=self.block_ms if block else None)
+        reads = queue_reads(pipe, self.name, self.consumer, self._streams, self.batch_size,
+                            self.block_ms if block else None)
         try:
-            *ack_results, read = pipe.execute(raise_on_error=False)
+            *ack_results, read = reads.execute(raise_on_error=False)
         except _CONNECTION_ERRORS:
             self._restore_acks(acks)
             raise
@@ -274,10 +279,16 @@ class ArchiveLoop:
         return self._entries(read)
 
     def _read_pending(self) -> list[Entry]:
-        read = self._raw.xreadgroup(self.name, self.consumer,
-                                      dict.fromkeys(self._streams, "0"), count=self.batch_size)
         # Each call restarts from "0": what the previous call returned was acked meanwhile.
-        return self._entries(read)
+        if not self._cluster:
+            return self._entries(self._raw.xreadgroup(
+                self.name, self.consumer, dict.fromkeys(self._streams, "0"),
+                count=self.batch_size))
+        out: list[Entry] = []
+        for names in group_by_slot(self._streams):  # one slot per command on a cluster
+            out += self._entries(self._raw.xreadgroup(
+                self.name, self.consumer, dict.fromkeys(names, "0"), count=self.batch_size))
+        return out
 
     def _entries(self, read: Any) -> list[Entry]:
         if isinstance(read, Exception):
@@ -288,7 +299,11 @@ class ArchiveLoop:
         out: list[Entry] = []
         for stream, entries in (read.items() if isinstance(read, dict) else read or ()):
             name = stream.decode() if isinstance(stream, bytes) else str(stream)
-            out.extend((name, sid, f) for sid, f in entries)
+            if self._cluster:  # redis-py's dict per entry, as the flat list Redis sent
+                out.extend((name, sid, None if f is None else [x for kv in f.items() for x in kv])
+                           for sid, f in entries)
+            else:
+                out.extend((name, sid, f) for sid, f in entries)
         return out
 
     def _ensure_group(self, stream: str) -> None:
@@ -378,7 +393,11 @@ class ArchiveLoop:
         argv: list[Any] = [self.name, sid, "0", DLQ_MAXLEN]
         for k, v in fields.items():
             argv += (k, v)
-        written = self._deadletter.run(self.client, [stream, self.keys.dlq(self.name)], argv)
+        dlq = self.keys.dlq(self.name)
+        if self._cluster and not same_slot(stream, dlq):
+            written = split_dead_letter(self.client, stream, dlq, argv)  # at least once
+        else:
+            written = self._deadletter.run(self.client, [stream, dlq], argv)
         self.stats.dead_lettered += 1
         if written:
             counter("chi_dead_lettered_total").labels(self.name, reason).inc()

@@ -102,6 +102,10 @@ class ArchiveRun(ReplayRun):
         super().__init__(bus, target, spec, opts, report, ckpt, progress)
         self.store, self.codec = store, codec
 
+    def item_pos(self, item: Item) -> tuple[str, str]:
+        """The archive is read in one order: one position for all topics."""
+        return ALL_TOPICS, _position(item)
+
     def batches(self) -> Iterator[tuple[list[Item], list[Item], dict[str, tuple[str, str]]]]:
         """(batch, deliverable items, {"*": (first, last) position in the batch})."""
         lo, hi = self.spec["lo"], self.spec["hi"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from ..backend.cluster import is_cluster
 from ..errors import ValidationError
 from ..store.history import By, pos_key
 
@@ -28,25 +29,70 @@ class Checkpoint:
     Fields: ``spec`` (JSON: source, resolved bounds, target), ``pos`` (JSON: topic →
     last position delivered, contiguously), ``done:<n>`` (JSON: topic → [first, last]
     of a batch delivered out of order), ``delivered``, ``state``.
+
+    On a cluster a delivery cannot write this hash (``chi:replay:<name>``, in no
+    subscription's or topic's slot) in its script: it writes its progress fields into a
+    *shard* in its own slot (``chi:replay:<name>:{<sub or topic>}``), listed in the hash's
+    ``shards`` field before the first such write.  Reading merges them: each topic's
+    furthest ``pos``, every ``done:<n>``, the sum of ``delivered``.  A single node keeps
+    everything in the one hash, as it always did.
     """
 
     def __init__(self, bus: EventBus, name: str) -> None:
         self.bus = bus
         self.name = name
         self.key = bus.keys.checkpoint(name)
+        self.cluster = is_cluster(bus.client)
         raw: dict[bytes, bytes] = bus.call(lambda: bus.client.hgetall(self.key))
-        f = {k.decode(): v.decode() for k, v in raw.items()}
+        f = _text(raw)
+        self.shards: list[str] = json.loads(f.get("shards", "[]"))
+        hashes = [f, *self._read_shards()]
         self.spec: dict[str, Any] | None = json.loads(f["spec"]) if "spec" in f else None
         self.resumed = self.spec is not None  # an earlier run started it
-        self.pos: dict[str, str] = json.loads(f.get("pos", "{}"))
+        by: By = (self.spec or {}).get("by", "append")
+        self.pos: dict[str, str] = {}
         self.done: list[tuple[str, str, str]] = []
-        self.done_fields = [k for k in f if k.startswith("done:")]
-        for k in self.done_fields:
-            for topic, (lo, hi) in json.loads(f[k]).items():
-                self.done.append((topic, lo, hi))
-        self.delivered = int(f.get("delivered", 0))
+        self.done_fields: list[str] = []
+        self.delivered = 0
+        for h in hashes:
+            for topic, p in json.loads(h.get("pos", "{}")).items():
+                old = self.pos.get(topic)
+                if old is None or pos_key(p, by) > pos_key(old, by):
+                    self.pos[topic] = p
+            for k in h:
+                if k.startswith("done:"):
+                    self.done_fields.append(k)
+                    for topic, (lo, hi) in json.loads(h[k]).items():
+                        self.done.append((topic, lo, hi))
+            self.delivered += int(h.get("delivered", 0))
+        self.done_fields = sorted(set(self.done_fields))
         self.state = f.get("state", "")
         self.next_batch = 1 + max((int(k[5:]) for k in self.done_fields), default=0)
+
+    def _read_shards(self) -> list[dict[str, str]]:
+        if not self.shards:
+            return []
+        keys = [self.bus.keys.checkpoint_shard(self.name, t) for t in self.shards]
+
+        def run() -> list[Any]:
+            pipe = self.bus.client.pipeline(transaction=False)
+            for k in keys:
+                pipe.hgetall(k)
+            return pipe.execute()
+
+        return [_text(r) for r in self.bus.call(run)]
+
+    def key_for(self, tag: str | None) -> str:
+        """The hash a delivery into the slot of ``tag`` (a subscription or a topic; None:
+        no script) records its progress in: this one on a single node, the shard of
+        ``tag`` on a cluster (listed in ``shards`` first, so a reader finds it)."""
+        if not self.cluster or tag is None:
+            return self.key
+        if tag not in self.shards:
+            self.shards.append(tag)
+            shards = json.dumps(self.shards)
+            self.bus.call(lambda: self.bus.client.hset(self.key, "shards", shards))
+        return self.bus.keys.checkpoint_shard(self.name, tag)
 
     def begin(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Start or resume: returns the spec to use (the stored one when resuming)."""
@@ -85,7 +131,17 @@ class Checkpoint:
                 pipe.hdel(self.key, *done)
             pipe.execute()
 
-        self.bus.call(run)
+        def run_cluster() -> None:
+            # The position first: a record dropped before it would be delivered again.
+            client.hset(self.key, "pos", json.dumps(pos))
+            if done:
+                pipe = client.pipeline(transaction=False)
+                for key in (self.key, *(self.bus.keys.checkpoint_shard(self.name, t)
+                                        for t in self.shards)):
+                    pipe.hdel(key, *done)
+                pipe.execute()
+
+        self.bus.call(run_cluster if self.cluster else run)
 
     def finish(self, pos: dict[str, str]) -> None:
         self.advance(pos, self.done_fields)
@@ -114,6 +170,10 @@ class Checkpoint:
     def batch_fields(no: int, ranges: dict[str, tuple[str, str]]) -> dict[str, str]:
         """The fields a delivery records for batch ``no`` delivered out of order."""
         return {f"done:{no}": json.dumps(ranges)}
+
+
+def _text(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
 
 
 class Folding:

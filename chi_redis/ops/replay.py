@@ -27,7 +27,6 @@ from typing import IO, TYPE_CHECKING, Any
 
 import redis.exceptions as rex
 
-from ..backend.cluster import refuse_on_cluster
 from ..backend.streamids import format_id, parse_id
 from ..errors import ChiError, ValidationError
 from ..events.names import validate_glob, validate_name
@@ -261,7 +260,6 @@ def replay(
     Raises whatever delivery raised after recording how far it got; with a checkpoint,
     running the same replay again resumes from there.
     """
-    refuse_on_cluster(bus.client, "replay")
     opts = options or ReplayOptions()
     opts.validate()
     topics = sorted({validate_name(t, "topic") for t in topics})

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
+from ..backend.cluster import is_cluster
 from ..backend.streamids import parse_id
 from ..store.history import (
     By,
@@ -130,6 +131,16 @@ class ReplayRun:
         self.lock = threading.Lock()
         self.batch_size = paced_batch_size(opts.batch_size, opts.rate)
         self.stop = opts.stop
+        # On a cluster a target writing each item into its topic's slot (republish) is sent
+        # one run of one topic at a time, in order, each with the position after it.
+        # (getattr: a target of the user's written before these attributes existed.)
+        self.split = bool(target is not None and getattr(target, "per_topic", False)
+                          and is_cluster(bus.client))
+        self._ckpt_key = ""  # where deliveries record progress (Checkpoint.key_for)
+
+    def item_pos(self, item: Item) -> tuple[str, str]:
+        """The checkpoint entry (topic, position) that delivering ``item`` moves."""
+        return item[0], item_pos(item, self.by)
 
     def _stopping(self) -> bool:
         """Whether a stop was asked for (checked before each delivery)."""
@@ -190,7 +201,9 @@ class ReplayRun:
                 if self.progress:
                     self.progress(len(batch))
             return
-        if self.opts.workers > 1 and not self.target.ordered:
+        if self.ckpt:
+            self._ckpt_key = self.ckpt.key_for(getattr(self.target, "slot_tag", None))
+        if self.opts.workers > 1 and not self.target.ordered and not self.split:
             self._parallel(self.target)
         else:
             self._serial(self.target)
@@ -224,15 +237,19 @@ class ReplayRun:
             try:
                 for batch, items, ranges in self.batches():
                     if items:
-                        payload = target.prepare(items)
+                        payload = None if self.split else target.prepare(items)
                         pacer.wait(len(items))
                     settle(keep=1)  # one in flight, at most one queued behind it
                     if self._stopping():
                         raise KeyboardInterrupt  # before this batch: the checkpoint stands
+                    start_pos = dict(self.pos)
                     for t, (_, last) in ranges.items():
                         self.pos[t] = last
                     fields = Checkpoint.pos_fields(self.pos) if self.ckpt else {}
-                    if items and not target.ordered:
+                    if items and self.split:
+                        settle(keep=0)  # runs go out in order, each with its position
+                        self._send_runs(target, items, start_pos)
+                    elif items and not target.ordered:
                         pending.append(pool.submit(send_in_order, payload, items, fields))
                     else:
                         settle(keep=0)  # checkpoint writes stay in order
@@ -308,7 +325,35 @@ class ReplayRun:
             ckpt.finish(self.pos)
 
     def _send(self, target: Target, payload: Any, items: list[Item],
-              fields: dict[str, str]) -> int:
-        n = target.send(payload, self.ckpt.key if self.ckpt else "", fields)
+              fields: dict[str, str], key: str | None = None) -> int:
+        n = target.send(payload, self._ckpt_key if key is None else key, fields)
         self._count(items)
         return n
+
+    def _send_runs(self, target: Target, items: list[Item], start: dict[str, str]) -> None:
+        """Deliver ``items`` one run of one topic (one slot) at a time, each script call
+        recording the position after its run in the checkpoint shard of that topic; the
+        last run records the batch's end (``self.pos``: what follows it is skipped).
+
+        A failure leaves the runs before it delivered and recorded, so a rerun resumes
+        exactly after them, as for a batch delivered in one call.
+        """
+        pos = dict(start)
+        i, n = 0, len(items)
+        while i < n:
+            topic = items[i][0]
+            j = i + 1
+            while j < n and items[j][0] == topic:
+                j += 1
+            run = items[i:j]
+            for it in run:
+                k, p = self.item_pos(it)
+                pos[k] = p
+            if j == n:
+                pos = self.pos
+            key, fields = "", {}
+            if self.ckpt:
+                key = self.ckpt.key_for(topic)
+                fields = Checkpoint.pos_fields(pos)
+            self._send(target, target.prepare(run), run, fields, key)
+            i = j

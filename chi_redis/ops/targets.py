@@ -46,6 +46,10 @@ class Target(Protocol):
     types: tuple[str, ...]  # extra type globs the target itself accepts (AND-ed)
     skips_archived: bool
     ordered: bool  # must batches be delivered one at a time?
+    # The subscription whose slot a delivery writes into (its checkpoint shard on a
+    # cluster), None when it writes elsewhere or per topic.
+    slot_tag: str | None
+    per_topic: bool  # writes each item into its topic's slot (split by topic on a cluster)
 
     def prepare(self, items: list[Item]) -> Any: ...
 
@@ -112,10 +116,12 @@ class QueueTarget:
 
     skips_archived = True
     ordered = False
+    per_topic = False
 
     def __init__(self, bus: EventBus, sub: str, types: tuple[str, ...] = ()) -> None:
         self.bus = bus
         self.sub = validate_name(sub, "subscription")
+        self.slot_tag: str | None = self.sub
         self.name = f"to:{sub}"
         self.types = types
         self.queue = bus.keys.queue(sub)
@@ -185,6 +191,8 @@ class RepublishTarget:
     types: tuple[str, ...] = ()
     skips_archived = True
     ordered = False
+    slot_tag: str | None = None
+    per_topic = True
 
     def __init__(self, bus: EventBus) -> None:
         self.bus = bus
@@ -203,6 +211,8 @@ class PrintTarget:
     types: tuple[str, ...] = ()
     skips_archived = False
     ordered = True
+    slot_tag: str | None = None
+    per_topic = False
 
     def __init__(self, bus: EventBus, out: IO[bytes]) -> None:
         self.bus = bus

@@ -1,7 +1,8 @@
 """Settling a batch message that did not simply succeed (docs/design.md §5.10).
 
 What is left of a batch once Dramatiq is done with it goes out in one script call
-(``batch_settle.lua``), at most once: the dead letters of its poison members (each the
+(``batch_settle.lua``), at most once (on a cluster, for topic entries, in steps: at least
+once, :meth:`BatchSettler._split`): the dead letters of its poison members (each the
 usual event dead letter, with the member's own source stream and entry id), the parts its
 failing members were split into (new batch messages on the private stream, one attempt
 each), then the acks of every entry the message held.  When Redis refuses the writes the
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import dramatiq
 import redis.exceptions as rex
 
+from ..backend.cluster import is_cluster, same_slot
 from ..backend.scripts import script
 from ..errors import BatchFailed
 from ..observe.metrics import counter
@@ -82,7 +84,10 @@ class BatchSettler:
         bodies = [self.part(m, p, exc) for p in parts if p]
         keys, argv = self._call(m, letters, bodies)
         try:
-            written = self._script.run(self.client, keys, argv)
+            if is_cluster(self.client) and not same_slot(*keys):
+                written = self._split(m, argv)
+            else:
+                written = self._script.run(self.client, keys, argv)
         except CONNECTION_ERRORS:
             raise
         except rex.RedisError as e:  # OOM, READONLY, NOPERM: left to the lease
@@ -98,9 +103,7 @@ class BatchSettler:
     def _call(
         self, m: BatchMessage, letters: list[dict[str, Any]], bodies: list[bytes]
     ) -> tuple[list[str], list[Any]]:
-        by_stream: dict[str, list[bytes]] = {}
-        for stream, sid, _ in m.entries:
-            by_stream.setdefault(stream, []).append(sid)
+        by_stream = self._by_stream(m)
         keys = [self.private, self.dlq, *by_stream]
         argv: list[Any] = [self.queue, self.maxlen, len(bodies), len(letters)]
         for ids in by_stream.values():
@@ -112,6 +115,41 @@ class BatchSettler:
             for k, v in fields.items():
                 argv += (k, v)
         return keys, argv
+
+    def _split(self, m: BatchMessage, argv: list[Any]) -> Any:
+        """``batch_settle.lua`` for entries in other slots than the subscription's (topic
+        entries, on a cluster): the pending check of the first entry, the script's writes
+        in the subscription's slot, then the acks, pipelined to their masters.
+
+        Not atomic, as :func:`~chi_redis.backend.cluster.split_dead_letter`: a worker that
+        dies (or loses its connection) after the writes and before the acks leaves the
+        entries pending, and settling them again writes the dead letters and parts again
+        (at least once, where one slot gives exactly once).
+        """
+        stream, sid, _ = m.entries[0]
+        try:
+            pending = self.client.xpending_range(stream, self.queue, sid, sid, 1)
+        except rex.ResponseError:  # NOGROUP: the writes are the only copy left
+            pending = None
+        if pending is not None and not pending:
+            return 0
+        head = [self.queue, self.maxlen, argv[2], argv[3]]
+        skip = 4 + sum(1 + len(ids) for ids in self._by_stream(m).values())
+        written = self._script.run(self.client, [self.private, self.dlq], head + argv[skip:])
+        pipe = self.client.pipeline(transaction=False)
+        for name, ids in self._by_stream(m).items():
+            pipe.xack(name, self.queue, *ids)
+            if name == self.private:
+                pipe.xdel(name, *ids)
+        pipe.execute()
+        return written
+
+    @staticmethod
+    def _by_stream(m: BatchMessage) -> dict[str, list[bytes]]:
+        by_stream: dict[str, list[bytes]] = {}
+        for stream, sid, _ in m.entries:
+            by_stream.setdefault(stream, []).append(sid)
+        return by_stream
 
     def letter(
         self, m: BatchMessage, i: int, reason: str, exc: BaseException | None

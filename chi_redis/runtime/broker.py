@@ -27,7 +27,6 @@ import dramatiq
 import redis.exceptions as rex
 from dramatiq.errors import ConnectionClosed
 
-from ..backend.cluster import refuse_on_cluster
 from ..backend.scripts import script
 from ..events.names import validate_name
 from ..limits import DAY_MS, MAX_COUNT, MAX_DLQ_LEN, check_limit
@@ -152,8 +151,6 @@ class StreamsBroker(HookFilter):
         """Declare ``sub`` as an actor (queue = actor name = subscription name)."""
         if self.bus.cluster_unknown:  # the first I/O of a bus built at import
             self.bus.adopt_cluster()
-        if sub.batched:
-            refuse_on_cluster(self.client, f"batch subscription {sub.name!r}")
         with self._lock:
             if sub.name in self.subscriptions:
                 raise ValueError(f"subscription {sub.name!r} is already declared")

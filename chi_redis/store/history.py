@@ -98,12 +98,17 @@ def _parse_items(response: Any, **options: Any) -> Any:
     return out
 
 
-def reader(client: Any) -> Any:
+def reader(client: Any, key: str) -> Any:
     """A client on the same connection pool whose XRANGE returns ``(id, Fields)`` pairs
     (or Items, given ``chi_topic=``): it skips redis-py's bytes-keyed dict per entry,
-    which a replay would rebuild anyway."""
+    which a replay would rebuild anyway.  On a cluster, the pool of the master serving
+    ``key`` (every read of a replay names one topic's stream)."""
     import redis
 
+    from ..backend.cluster import is_cluster
+
+    if is_cluster(client):
+        client = client.get_node_from_key(key).redis_connection
     r = redis.Redis(connection_pool=client.connection_pool)
     r.set_response_callback("XRANGE", _parse_items)
     return r
@@ -138,7 +143,7 @@ def stream_pages(
 ) -> Iterator[list[Item]]:
     """Pages of the topic's entries with ids in ``[lo, hi]`` (after ``after``, exclusive)."""
     stream = keys.stream(topic)
-    client = reader(client)
+    client = reader(client, stream)
     first = succ(after) if after is not None and after >= lo else lo
     if first > hi:
         return

@@ -14,12 +14,10 @@ from support.cluster import LocalCluster, delete_cluster_namespace, spread_topic
 from support.runtime import Recorder, in_process_runtime
 from support.waiting import wait_until
 
-from chi_redis import ConfigError, Event, EventBus
+from chi_redis import Event, EventBus
 from chi_redis.backend.connection import connect
 from chi_redis.cli.main import cli as chi_cli
 from chi_redis.config import bus_from_config, load_config
-from chi_redis.ops.archive_loop import ArchiveLoop
-from chi_redis.store.memory import MemoryEventStore
 
 pytestmark = pytest.mark.redis
 
@@ -104,19 +102,3 @@ def test_topics_on_every_master_publish_query_consume_dead_letter_and_stats(
     assert (sub["name"], sorted(sub["topics"]), sub["lag"], sub["pending"],
             sub["dead_letters"]) == ("c-all", sorted(topics), 0, 0, 0)
 
-
-def test_what_a_cluster_does_not_run_yet_is_refused_clearly(
-    cbus: EventBus, redis_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, ns: str
-) -> None:
-    cbus.publish(Event(type="r.made", topic="r", data={}))
-    runner = CliRunner(env={"CHI_REDIS_URL": None, "CHI_NAMESPACE": None, "CHI_CONFIG": None})
-    res = runner.invoke(chi_cli, ["--redis-url", redis_cluster.url, "--namespace", ns,
-                                  "replay", "--topic", "r", "--since", "-1h", "--print"])
-    assert res.exit_code == 1, res.output
-    assert "replay is not supported on Redis Cluster yet" in res.output
-    with in_process_runtime(cbus, monkeypatch) as rt:
-        rt.broker()
-        with pytest.raises(ConfigError, match="batch subscription 'c-batch' is not supported"):
-            cbus.subscribe("c-batch", topics=["r"], batch_size=10)(lambda events: None)
-    with pytest.raises(ConfigError, match="the archiver is not supported"):
-        ArchiveLoop(cbus, MemoryEventStore())

@@ -212,12 +212,8 @@ OWN_REDIS = Backend(
 CLUSTER = Backend(
     "redis-cluster",
     _cluster,
-    Features(replay=False, batch=False, reasons={
+    Features(reasons={
         **_REDIS_REASONS,
-        "batch": "a batch's settle script acks topic entries and writes the subscription's"
-                 " dead letters in one call, across slots: refused on a cluster for now",
-        "replay": "replay's checkpoint hash and its history reader are single-node only"
-                  " (the checkpoint is in no subscription's slot): not yet on a cluster",
         "kill_and_restart": "a cluster node's failover is its own scenario, not a restart",
         "persistence": "the test cluster runs without persistence",
     }),

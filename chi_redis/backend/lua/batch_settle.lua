@@ -6,6 +6,8 @@
 -- pending for a later attempt.  If the first entry is no longer pending (a call retried
 -- after a lost reply, or another consumer acked it) nothing is written.  When the group is
 -- gone (Redis lost its state) the writes still happen: they are the only copy left.
+-- On a cluster the entries' streams are in other slots: the caller checks the first entry
+-- and acks them itself, after this call with KEYS[1..2] only (at least once, 3.4).
 -- KEYS[1] private stream, KEYS[2] dead-letter stream, KEYS[3..] streams of the entries
 -- ARGV[1] group, ARGV[2] dead-letter MAXLEN (approx.), ARGV[3] number of parts,
 -- ARGV[4] number of dead letters, then for each of KEYS[3..]: a count n and n entry ids,
@@ -24,10 +26,12 @@ for k = 3, #KEYS do
   acks[k] = ids
   pos = pos + n + 1
 end
-local first = acks[3][1]
-local ok, pending = pcall(redis.call, 'XPENDING', KEYS[3], group, first, first, 1)
-if ok and #pending == 0 then
-  return 0
+if #KEYS >= 3 then
+  local first = acks[3][1]
+  local ok, pending = pcall(redis.call, 'XPENDING', KEYS[3], group, first, first, 1)
+  if ok and #pending == 0 then
+    return 0
+  end
 end
 local written = {}
 local bodies = {}
