@@ -19,7 +19,7 @@ from ..store.history import By, pos_key
 if TYPE_CHECKING:
     from ..publish.bus import EventBus
 
-__all__ = ["Checkpoint", "Folding"]
+__all__ = ["Checkpoint", "Folding", "list_checkpoints"]
 
 
 class Checkpoint:
@@ -114,6 +114,16 @@ class Checkpoint:
     def batch_fields(no: int, ranges: dict[str, tuple[str, str]]) -> dict[str, str]:
         """The fields a delivery records for batch ``no`` delivered out of order."""
         return {f"done:{no}": json.dumps(ranges)}
+
+
+def list_checkpoints(bus: EventBus) -> list[Checkpoint]:
+    """Every replay checkpoint of the namespace, by name (a SCAN: for operators' pages)."""
+    prefix = bus.keys.checkpoint("")
+    pattern = prefix.replace("[", "\\[").replace("*", "\\*").replace("?", "\\?") + "*"
+    keys = bus.call(lambda: list(bus.client.scan_iter(match=pattern, count=1000)))
+    names = sorted(k.decode()[len(prefix):] if isinstance(k, bytes) else str(k)[len(prefix):]
+                   for k in keys)
+    return [Checkpoint(bus, name) for name in names if name]
 
 
 class Folding:
