@@ -29,7 +29,10 @@ __all__ = ["console_cmd"]
                    " comma-separated).")
 @click.option("--sample-interval", type=click.FloatRange(min=0.2), default=2.0,
               show_default=True, help="Seconds between the samples the charts draw.")
-def console_cmd(host: str, port: int, redact: tuple[str, ...], sample_interval: float) -> None:
+@click.option("--alive-within", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
+              help="A consumer that read within this many seconds counts as alive.")
+def console_cmd(host: str, port: int, redact: tuple[str, ...], sample_interval: float,
+                alive_within: float) -> None:
     """Serve the web console: lag, stuck entries, dead letters, events and replay.
 
     Reading needs nothing on a loopback bind; every action (redrive, purge, rewind, replay)
@@ -55,7 +58,8 @@ def console_cmd(host: str, port: int, redact: tuple[str, ...], sample_interval: 
     s = settings()
     bus = s.bus()
     console = Console(bus, creds, loopback=is_loopback(host), redact_fields=fields,
-                      sample_interval=sample_interval, replay_config=s.config.replay)
+                      sample_interval=sample_interval, replay_config=s.config.replay,
+                      alive_ms=int(alive_within * 1000))
     console.secrets = [*s.secrets, *(x for x in (creds.token, creds.password) if x)]
     _log_actions()
     mode = "actions need the credential" if creds.configured else "read-only"

@@ -52,6 +52,9 @@ __all__ = ["Console", "console_of", "create_app"]
 
 HERE = Path(__file__).parent
 logger = logging.getLogger(__name__)
+#: A consumer that read within this long counts as alive: workers read at least every
+#: ``block_ms`` (1 s by default), so 15 s without a read means the worker is gone or stuck.
+ALIVE_MS = 15_000
 
 
 class Console:
@@ -60,7 +63,7 @@ class Console:
     def __init__(
         self, bus: EventBus, creds: Credentials, *, loopback: bool = True,
         redact_fields: list[str] | None = None, sample_interval: float = 2.0,
-        replay_config: ReplayConfig | None = None,
+        replay_config: ReplayConfig | None = None, alive_ms: int = ALIVE_MS,
     ) -> None:
         from ..config.schema import ReplayConfig
         from .pages.replay import ReplayJobs
@@ -68,6 +71,7 @@ class Console:
         self.bus = bus
         self.creds = creds
         self.loopback = loopback
+        self.alive_ms = alive_ms
         self.redactor = Redactor(redact_fields or [])
         self.sampler = Sampler(bus, interval=sample_interval)
         self.replay_config = replay_config or ReplayConfig()

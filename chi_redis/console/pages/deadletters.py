@@ -7,6 +7,7 @@ event a dead letter holds is decoded as ``dlq show`` decodes it, then redacted.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -33,6 +34,7 @@ __all__ = ["TRACEBACK_LINES", "routes"]
 
 #: Lines of the traceback's tail shown on a dead letter's page.
 TRACEBACK_LINES = 40
+_ID = re.compile(r"\d{1,20}-\d{1,20}")
 #: Dead letters shown per page.
 PAGE = 100
 
@@ -83,7 +85,10 @@ def _view(console: Console, dl: DeadLetter, full: bool = False) -> dict[str, Any
 def one(request: Request) -> Response:
     console = console_of(request)
     sub = validate_name(request.path_params["sub"], "subscription")
-    dl = get_dead_letter(console.bus, sub, request.path_params["dl_id"])
+    dl_id = request.path_params["dl_id"]
+    if not _ID.fullmatch(dl_id):
+        raise ValidationError(f"invalid dead-letter id {dl_id!r}: expected MS-SEQ", field="id")
+    dl = get_dead_letter(console.bus, sub, dl_id)
     return console.render(request, "deadletter.html", sub=sub, d=_view(console, dl, full=True))
 
 

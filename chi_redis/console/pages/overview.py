@@ -18,10 +18,8 @@ from ...ops.inspect import consumers
 from ...ops.stats import LAG_FOOTNOTE, SubscriptionStats
 from ..app import Console, console_of
 
-__all__ = ["ALIVE_MS", "ATTENTION_LAG", "ATTENTION_PENDING_AGE_S", "Row", "routes"]
+__all__ = ["ATTENTION_LAG", "ATTENTION_PENDING_AGE_S", "Row", "routes"]
 
-#: A consumer that read within this long counts as alive (workers read every few seconds).
-ALIVE_MS = 30_000
 #: Lag from which a subscription needs attention even with consumers alive.
 ATTENTION_LAG = 1_000
 #: Age of the oldest pending entry from which a subscription needs attention.
@@ -62,7 +60,7 @@ def overview_context(console: Console) -> dict[str, Any]:
     rows = []
     for s in sample.stats.subscriptions:
         alive = sum(1 for c in consumers(console.bus, s.name, s.topics)
-                    if (c.inactive_ms if c.inactive_ms is not None else c.idle_ms) < ALIVE_MS)
+                    if (c.inactive_ms if c.inactive_ms is not None else c.idle_ms) < console.alive_ms)
         rows.append(Row(s, alive, _problems(s, alive)))
     rows.sort(key=lambda r: (-r.severity, r.stats.name))
     return {

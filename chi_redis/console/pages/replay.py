@@ -46,8 +46,9 @@ class ReplayJob:
     sub: str
     topics: list[str]
     checkpoint: str
-    total: int = 0
-    done: int = 0
+    total: int = 0  # entries in the range (an estimate until the run ends)
+    done: int = 0  # entries read so far (the CLI's progress bar counts the same)
+    delivered: int | None = None  # known at the end
     state: str = "running"  # running | complete | failed | stopped
     summary: str = ""
     started: float = field(default_factory=time.time)
@@ -99,9 +100,12 @@ class ReplayJobs:
                 report = replay(bus, target, topics=topics, by=by, since=since, until=until,
                                 types=types, options=opts, progress=progress)
                 job.state, job.summary = "complete", report.summary()
+                job.delivered = report.delivered
             except ChiError as exc:
                 job.state = "stopped" if job.stop.is_set() else "failed"
                 job.summary = str(exc)
+                report = getattr(exc, "report", None)
+                job.delivered = report.delivered if report is not None else None
             job.total = max(job.total, job.done)
 
         with self._lock:
