@@ -10,6 +10,7 @@ Charts are small inline SVG polylines: no JavaScript, no chart library.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -61,12 +62,13 @@ class Sampler:
             pipe = self.bus.client.pipeline(transaction=False)
             for t in topics:
                 pipe.xinfo_stream(k.stream(t))
-            return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+            out: list[Any] = pipe.execute(raise_on_error=False)
+            return out
 
         out: dict[str, int] = {}
         for t, info in zip(topics, self.bus.call(run) if topics else [], strict=True):
             if isinstance(info, dict):
-                out[t] = int(info.get("entries-added", info.get("length", 0)))
+                out[t] = int(info.get("entries-added") or info.get("length") or 0)
         return out
 
     def start(self) -> None:
@@ -100,7 +102,7 @@ class Sampler:
         """Per topic: ``(time, events/s)`` between consecutive samples."""
         hist = self.history()
         out: dict[str, list[tuple[float, float]]] = {}
-        for a, b in zip(hist, hist[1:], strict=False):
+        for a, b in itertools.pairwise(hist):
             dt = b.at - a.at
             for t, n in b.added.items():
                 if dt > 0 and t in a.added:

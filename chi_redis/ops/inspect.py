@@ -111,7 +111,8 @@ def iter_events(
     match = TypeFilter(globs or [])
     names = topics or bus.store.topics()
     skip, left = offset, limit or None
-    for page in read_history(bus, names, by, since, until, page=min(1000, (limit or 1000) + offset)):
+    size = min(1000, (limit or 1000) + offset)
+    for page in read_history(bus, names, by, since, until, page=size):
         for topic, sid, f, _ in page:
             if match and not match(f):
                 continue

@@ -22,8 +22,9 @@ from chi_redis.cli.main import cli as chi_cli
 from .conftest import REDIS_URL, Sh, clean_env
 
 EVERY_COMMAND = [
-    "archive", "config", "console", "demo", "dlq", "doctor", "events", "health", "metrics", "migrate",
-    "outbox", "publish", "replay", "retention", "stats", "store", "subscriptions", "tail", "worker",
+    "archive", "config", "console", "demo", "dlq", "doctor", "events", "health", "metrics",
+    "migrate", "outbox", "publish", "replay", "retention", "stats", "store", "subscriptions",
+    "tail", "worker",
 ]
 COMMAND_MODULES = {
     "chi_redis.cli.archive", "chi_redis.cli.config", "chi_redis.cli.demo", "chi_redis.cli.dlq",

@@ -63,7 +63,7 @@ class Stack:
             page.goto("/login")
             page.fill("input[name=password]", TOKEN)
             page.click("#login")
-            page.wait_for_selector(f"text=token:")
+            page.wait_for_selector("text=token:")
         return page
 
     def handled(self, sub: str) -> dict[str, int]:
@@ -142,7 +142,7 @@ def test_a_dead_letter_is_opened_redriven_from_the_page_and_handled(stack: Stack
                "the dead letter")
     page = stack.page(logged_in=True)
     page.goto("/deadletters/payments")
-    page.click(f"#deadletters a >> text=/^\\d+-\\d+$/")
+    page.click("#deadletters a >> text=/^\\d+-\\d+$/")
     assert "RuntimeError" in page.inner_text(".f-error_type")
     assert event.id in page.inner_text("#event")
     assert "card processor refused" in page.inner_text("#traceback")

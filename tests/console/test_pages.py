@@ -86,7 +86,7 @@ def test_dead_letters_list_show_redrive_and_purge(
 ) -> None:
     subscribe("payments", "pay", ["pay.*"])
     ids = [dead_letter("payments", i, card="4111-1111") for i in range(3)]
-    console, tc = make_console(redact=["card"])
+    _console, tc = make_console(redact=["card"])
     listing = tc.get("/deadletters/payments").text
     assert all(i in listing for i in ids) and "retries_exhausted" in listing
     cli_rows = chi_json(ns, "dlq", "list", "payments")

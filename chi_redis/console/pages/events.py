@@ -8,7 +8,7 @@ redacted before rendering; where each subscription stands with the event comes f
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 from urllib.parse import quote
 
 import msgspec
@@ -35,7 +35,7 @@ def browse(request: Request) -> Response:
     topics = bus.store.topics()
     topic = q.get("topic") or ""
     since, until, types = q.get("since") or "", q.get("until") or "", q.get("types") or ""
-    by = cast(By, "event-time" if q.get("by") == "event-time" else "append")
+    by: By = "event-time" if q.get("by") == "event-time" else "append"
     offset = max(int(q.get("offset") or 0), 0) if (q.get("offset") or "0").isdigit() else 0
     found: list[dict[str, Any]] = []
     if topic:

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ...ops.inspect import consumers
+from ...ops.inspect import ConsumerInfo, consumers
 from ...ops.stats import LAG_FOOTNOTE, SubscriptionStats
 from ..app import Console, console_of
 
@@ -55,12 +55,17 @@ def _problems(s: SubscriptionStats, alive: int) -> list[str]:
     return out
 
 
+def _quiet_ms(c: ConsumerInfo) -> int:
+    """Since the consumer last read (Redis 7.2+ says so; before, its idle time)."""
+    return c.inactive_ms if c.inactive_ms is not None else c.idle_ms
+
+
 def overview_context(console: Console) -> dict[str, Any]:
     sample = console.sampler.latest()
     rows = []
     for s in sample.stats.subscriptions:
-        alive = sum(1 for c in consumers(console.bus, s.name, s.topics)
-                    if (c.inactive_ms if c.inactive_ms is not None else c.idle_ms) < console.alive_ms)
+        found = consumers(console.bus, s.name, s.topics)
+        alive = sum(1 for c in found if _quiet_ms(c) < console.alive_ms)
         rows.append(Row(s, alive, _problems(s, alive)))
     rows.sort(key=lambda r: (-r.severity, r.stats.name))
     return {

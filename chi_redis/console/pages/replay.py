@@ -15,7 +15,7 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -104,8 +104,8 @@ class ReplayJobs:
             except ChiError as exc:
                 job.state = "stopped" if job.stop.is_set() else "failed"
                 job.summary = str(exc)
-                report = getattr(exc, "report", None)
-                job.delivered = report.delivered if report is not None else None
+                partial = getattr(exc, "report", None)
+                job.delivered = partial.delivered if partial is not None else None
             job.total = max(job.total, job.done)
 
         with self._lock:
@@ -121,7 +121,7 @@ class ReplayJobs:
 def _range(form: FormData) -> tuple[str, list[str], By, Any, Any, list[str]]:
     sub = validate_name(str(form.get("sub") or ""), "subscription")
     topics = [validate_name(t, "topic") for t in (str(x) for x in form.getlist("topic")) if t]
-    by = cast(By, "event-time" if form.get("by") == "event-time" else "append")
+    by: By = "event-time" if form.get("by") == "event-time" else "append"
     since = str(form.get("since") or "").strip()
     until = str(form.get("until") or "").strip()
     lo = parse_time(since, field="since") if since else None
