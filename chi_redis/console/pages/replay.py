@@ -106,7 +106,8 @@ class ReplayJobs:
                 job.summary = str(exc)
                 partial = getattr(exc, "report", None)
                 job.delivered = partial.delivered if partial is not None else None
-            job.total = max(job.total, job.done)
+            # The estimate served while running; at the end the count read is exact.
+            job.total = job.done if job.state == "complete" else max(job.total, job.done)
 
         with self._lock:
             self.jobs.insert(0, job)
