@@ -3,7 +3,7 @@
 ::
 
     chi-redis publish TOPIC TYPE [DATA_JSON]   chi-redis dlq list|show|redrive|purge
-    chi-redis tail TOPIC...                    chi-redis subscriptions list|rewind|prune
+    chi-redis tail TOPIC...                    chi-redis subscriptions list|show|rewind|prune
     chi-redis events get|list                  chi-redis stats [--watch]
     chi-redis replay ...                       chi-redis retention apply|run
     chi-redis doctor                           chi-redis worker MODULES...
@@ -93,7 +93,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "subscriptions": (
         "chi_redis.cli.subscriptions:subscriptions",
-        "Registered subscriptions: list, rewind, prune.",
+        "Registered subscriptions: list, show, rewind, prune.",
     ),
     "tail": (
         "chi_redis.cli.events:tail",

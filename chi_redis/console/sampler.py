@@ -46,13 +46,15 @@ class Sampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def take(self) -> Sample:
-        """One sample now (also kept)."""
+    def take(self, keep: bool = True) -> Sample:
+        """One sample now; ``keep``: add it to the history (the sampling thread's ticks
+        only, so the charts' points stay evenly spaced however often pages load)."""
         stats = collect(self.bus)
-        added = self._entries_added([t.topic for t in stats.topics])
+        added = self._entries_added([t.topic for t in stats.topics]) if keep else {}
         sample = Sample(time.time(), stats, added)
-        with self._lock:
-            self.samples.append(sample)
+        if keep:
+            with self._lock:
+                self.samples.append(sample)
         return sample
 
     def _entries_added(self, topics: list[str]) -> dict[str, int]:
@@ -96,7 +98,7 @@ class Sampler:
 
     def latest(self) -> Sample:
         """A fresh sample: pages always show the numbers of now, not of the last tick."""
-        return self.take()
+        return self.take(keep=False)
 
     def rates(self) -> dict[str, list[tuple[float, float]]]:
         """Per topic: ``(time, events/s)`` between consecutive samples."""
@@ -110,7 +112,7 @@ class Sampler:
         return out
 
     def lags(self) -> dict[str, list[tuple[float, float]]]:
-        """Per subscription: ``(time, lag + pending)`` at each sample (unknown lag: skipped)."""
+        """Per subscription: ``(time, lag)`` at each sample (an unknown lag: no point)."""
         out: dict[str, list[tuple[float, float]]] = {}
         for s in self.history():
             for sub in s.stats.subscriptions:

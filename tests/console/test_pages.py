@@ -64,7 +64,7 @@ def test_overview_shows_the_numbers_chi_redis_stats_prints(
 
 def test_subscription_page_lists_consumers_and_pending_with_deliveries(
     make_console: Callable[..., Any], subscribe: Callable[..., None], bus: EventBus,
-    client: redis.Redis,
+    client: redis.Redis, ns: str,
 ) -> None:
     subscribe("mailer", "order", ["order.*"])
     [sid] = bus.publish_batch([Event(type="order.created", data={})])
@@ -78,6 +78,11 @@ def test_subscription_page_lists_consumers_and_pending_with_deliveries(
     assert row and "worker-b" in row.group(1)
     assert row.group(1).rstrip().endswith('<td class="num">2</td>')
     assert tc.get("/subscriptions/nobody").status_code == 404
+    # `chi-redis subscriptions show` reads the same: same consumers, same delivery count.
+    [shown] = chi_json(ns, "subscriptions", "show", "mailer")
+    assert {c["name"] for c in shown["consumers"]} == {"worker-a", "worker-b"}
+    assert [(p["stream_id"], p["consumer"], p["deliveries"]) for p in shown["pending"]] == [
+        (sid, "worker-b", 2)]
 
 
 def test_dead_letters_list_show_redrive_and_purge(
@@ -178,7 +183,8 @@ def test_replay_counts_like_the_cli_then_delivers_and_resumes(
     assert cli_report["delivered"] == 20
     login(tc)
     csrf = csrf_of(tc, "/replay")
-    done = tc.post("/replay/start", data={"csrf": csrf, "sub": "audit", "checkpoint": "c1"})
+    done = tc.post("/replay/start", data={"csrf": csrf, "sub": "audit", "checkpoint": "c1",
+                                          "rate": "100000/s"})
     assert done.status_code == 303
     wait_until(lambda: console.jobs.jobs[0].state == "complete", 60, "the replay to finish")
     assert console.jobs.jobs[0].delivered == 20 and console.jobs.jobs[0].done == 30

@@ -27,7 +27,7 @@ from ...errors import ChiError, ConfigError, ValidationError
 from ...events.names import validate_glob, validate_name
 from ...ops.checkpoint import list_checkpoints
 from ...ops.replay import ReplayOptions, choose_target, estimate_total, replay
-from ...ops.timeparse import parse_time
+from ...ops.timeparse import parse_rate, parse_time
 from ...store.history import By
 from ..app import console_of
 
@@ -64,12 +64,14 @@ class ReplayJobs:
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()
 
-    def options(self, checkpoint: str | None, dry_run: bool) -> ReplayOptions:
+    def options(self, checkpoint: str | None, dry_run: bool,
+                rate: float | None = None) -> ReplayOptions:
+        """The CLI's defaults (config ``replay``), and its refusal when replay is off."""
         cfg = self.console.replay_config
         if not cfg.enabled:
             raise ConfigError("replay is disabled in the config (events.replay.enabled: false)")
         opts = ReplayOptions(batch_size=cfg.batch_size, workers=cfg.concurrent_workers,
-                             dry_run=dry_run, checkpoint=checkpoint)
+                             dry_run=dry_run, checkpoint=checkpoint, rate=rate)
         opts.validate()
         return opts
 
@@ -83,11 +85,11 @@ class ReplayJobs:
         return report.delivered
 
     def start(self, who: str, sub: str, topics: list[str], by: By, since: Any, until: Any,
-              types: list[str], checkpoint: str) -> ReplayJob:
+              types: list[str], checkpoint: str, rate: float | None = None) -> ReplayJob:
         bus = self.console.bus
         target, default_topics = choose_target(bus, to_sub=sub)
         topics = topics or default_topics
-        opts = self.options(checkpoint, False)
+        opts = self.options(checkpoint, False, rate)
         job = ReplayJob(next(self._numbers), who, sub, topics, checkpoint)
         job.total = estimate_total(bus, topics, by, since, until)
         opts.stop = job.stop
@@ -144,7 +146,7 @@ def _context(console: Console, values: Any, count: int | None = None) -> dict[st
         "subs": sorted(registry(console.bus)), "topics": console.bus.store.topics(),
         "jobs": console.jobs.jobs, "checkpoints": list_checkpoints(console.bus),
         "values": {k: values.get(k) or "" for k in
-                   ("sub", "since", "until", "types", "by", "checkpoint")},
+                   ("sub", "since", "until", "types", "by", "checkpoint", "rate")},
         "count": count,
     }
 
@@ -170,10 +172,13 @@ async def start(request: Request) -> Response:
     sub, topics, by, lo, hi, types = _range(form)
     name = str(form.get("checkpoint") or "").strip() or f"console-{int(time.time() * 1000)}"
     validate_name(name, "checkpoint")
-    job = await run_in_threadpool(console.jobs.start, who, sub, topics, by, lo, hi, types, name)
+    rate_text = str(form.get("rate") or "").strip()
+    rate = parse_rate(rate_text) if rate_text else None
+    job = await run_in_threadpool(console.jobs.start, who, sub, topics, by, lo, hi, types, name,
+                                  rate)
     console.log(request, who, "replay", subscription=sub, topics=",".join(job.topics), by=by,
                 since=lo.iso() if lo else "-", until=hi.iso() if hi else "-",
-                types=",".join(types) or "-", checkpoint=name)
+                types=",".join(types) or "-", checkpoint=name, rate=rate_text or "-")
     return console.done("/replay", f"replay #{job.no} started (checkpoint {name})")
 
 
