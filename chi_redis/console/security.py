@@ -9,8 +9,9 @@
 - CSRF: a random token in a SameSite=Strict cookie must come back in the form
   (double submit), and a cross-origin ``Origin`` is refused.
 - Redaction: values of redacted fields (the names given, and any name that says password,
-  secret, token or API key) are replaced before a template sees them; free text (errors,
-  tracebacks) passes through the log redaction.
+  secret, token or API key) are replaced before a template sees them; every other string
+  of an event, and free text (errors, tracebacks), passes through the log redaction (URL
+  passwords, ``password=...``).
 - Every action is logged on ``chi_redis.console.actions``: who (the credential's user or a
   token fingerprint), from where, what, and the outcome.
 """
@@ -150,6 +151,8 @@ class Redactor:
                     for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [self(v) for v in value]
+        if isinstance(value, str):  # a URL with its password, "password=..." in a note
+            return redact(value)
         return value
 
     @staticmethod

@@ -107,7 +107,8 @@ def test_binding_beyond_loopback_needs_a_credential() -> None:
     check_bind("0.0.0.0", Credentials(token="t"))
     with pytest.raises(ConfigError, match="non-loopback bind needs CHI_CONSOLE_TOKEN"):
         check_bind("0.0.0.0", Credentials())
-    done = CliRunner(env={"CHI_CONSOLE_TOKEN": None, "CHI_CONSOLE_USER": None}).invoke(
+    done = CliRunner(env={"CHI_CONSOLE_TOKEN": None, "CHI_CONSOLE_USER": None,
+                          "CHI_CONSOLE_PASSWORD": None}).invoke(
         chi_cli, ["console", "--host", "0.0.0.0", "--port", "1"])
     assert done.exit_code == 1 and "non-loopback bind needs" in done.output
 
@@ -119,3 +120,4 @@ def test_redaction_hides_configured_and_secret_looking_fields() -> None:
     assert shown == {"data": {"Card": "***", "api_key": "***", "nested": [{"password": "***"}],
                               "n": 1}, "metadata": {"auth_token": "***"}}
     assert "hunter2" not in Redactor.text("failed: password=hunter2")
+    assert r({"note": "redis://u:hunter2@db/0"}) == {"note": "redis://u:***@db/0"}
