@@ -121,9 +121,11 @@ def test_overview_shows_the_lag_of_a_stopped_subscription(stack: Stack) -> None:
     wait_until(lambda: stack.client.hexists(stack.bus.keys.subs(), "audit"), 60,
                "audit registered")
     worker.stop()
-    stack.bus.publish_batch([Event(type="order.created", data={"i": i}) for i in range(50)])
     page = stack.page(logged_in=False)
     page.goto("/")
+    page.locator('tr[data-sub="audit"] td.lag').filter(has_text="0").wait_for()
+    # Published while the page is open: its live refresh shows the lag, no reload.
+    stack.bus.publish_batch([Event(type="order.created", data={"i": i}) for i in range(50)])
     row = page.locator('tr[data-sub="audit"]')
     row.locator("td.lag").filter(has_text="50").wait_for()
     # The worker is gone: no consumer alive, and audit comes first under "needs attention".
