@@ -189,7 +189,8 @@ def test_replay_counts_like_the_cli_then_delivers_and_resumes(
     assert done.status_code == 303
     job = console.jobs.jobs[0]
     wait_until(lambda: job.done >= 3, 60, "the slow replay under way")
-    job.stop.set()  # as the console's shutdown stops it
+    stopped = tc.post("/replay/stop", data={"csrf": csrf, "job": str(job.no)})
+    assert stopped.status_code == 303
     wait_until(lambda: job.state != "running", 60, "the replay to stop")
     assert job.state == "stopped", job.summary
     first_part = client.xlen(bus.keys.queue("audit"))

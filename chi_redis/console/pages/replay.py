@@ -202,6 +202,19 @@ async def resume(request: Request) -> Response:
     return console.done("/replay", f"replay #{job.no} resumes checkpoint {name}")
 
 
+async def stop(request: Request) -> Response:
+    """Stop a run before its next delivery; its checkpoint stands right after the last one."""
+    console = console_of(request)
+    who, form = await console.act(request, "replay stop")
+    no = str(form.get("job") or "")
+    job = next((j for j in console.jobs.jobs if str(j.no) == no), None)
+    if job is None:
+        raise ValidationError(f"no replay #{no} in this console", field="job")
+    job.stop.set()
+    console.log(request, who, "replay stop", job=job.no, checkpoint=job.checkpoint)
+    return console.done("/replay", f"replay #{job.no} stops (checkpoint {job.checkpoint})")
+
+
 def routes() -> list[Route]:
     return [
         Route("/replay", page),
@@ -209,4 +222,5 @@ def routes() -> list[Route]:
         Route("/replay/count", dry_run, methods=["POST"]),
         Route("/replay/start", start, methods=["POST"]),
         Route("/replay/resume", resume, methods=["POST"]),
+        Route("/replay/stop", stop, methods=["POST"]),
     ]
