@@ -19,6 +19,8 @@ from ..events.event import Event
 from ..events.names import validate_name
 from ..store.history import By, str_fields
 from ..store.query import TypeFilter
+from . import bridge_cmds
+from .bridge_cmds import bridge_name
 from .options import (
     ChiGroup,
     common_options,
@@ -109,8 +111,8 @@ def tail(
     match = TypeFilter(split_globs(types))
     start = time_arg(from_, "--from")
     s = settings()
-    if s.config.bus.type == "kafka" and not s.url:  # a group-less Kafka consumer
-        _kafka_tail(names, match, from_, count)
+    if bridge_name(s):  # a group-less Kafka consumer, a RabbitMQ queue of its own
+        bridge_cmds.tail(s, names, match, from_, count)
         return
     bus = s.bus()
     k = bus.keys
@@ -140,30 +142,6 @@ def tail(
                 out.write(bus.codec.envelope_json(streams[stream], sid, fields) + b"\n")
                 n += 1
             out.flush()
-    except KeyboardInterrupt:
-        out.flush()
-
-
-def _kafka_tail(names: list[str], match: TypeFilter, from_: str | None, count: int | None
-                ) -> None:
-    from ..bridges.kafka import KafkaEventBus, KafkaUnsupportedError
-    from ..bridges.kafka_tail import follow
-
-    if from_ is not None:
-        raise KafkaUnsupportedError("tail --from is not available on the Kafka bus: it shows"
-                                    " new events only")
-    s = settings()
-    bus = KafkaEventBus.from_config(s.config, namespace=s.namespace)
-    out, n = sys.stdout.buffer, 0
-    try:
-        for topic, where, fields in follow(bus, names):
-            if match and not match(fields):
-                continue
-            out.write(bus.codec.envelope_json(topic, where, fields) + b"\n")
-            out.flush()
-            n += 1
-            if count is not None and n >= count:
-                return
     except KeyboardInterrupt:
         out.flush()
 

@@ -89,12 +89,14 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
         return EventBus.embedded(namespace=ns, **common, **options)
     if config.bus.type == "rabbitmq":
         raise ConfigError(
-            "not supported on bus.type 'rabbitmq': this needs the Redis event store (queries,"
-            " replay, stats and tail stay there; give --redis-url for a Redis bus); publish,"
-            " worker and dlq list/redrive work on RabbitMQ (docs/buses.md)")
+            "not supported on bus.type 'rabbitmq': this needs the Redis event store (queries"
+            " and replay stay there; give --redis-url for a Redis bus); publish, worker, tail,"
+            " dlq and stats work on RabbitMQ (docs/buses.md)")
     if config.bus.type == "kafka":  # a bridge, not an EventBus (chi_redis.bridges.kafka)
-        raise ConfigError("bus.type 'kafka' serves only `chi-redis publish`, `worker` and"
-                          " `dlq list`: this command needs bus.type redis (or --redis-url)")
+        raise ConfigError(
+            "not supported on bus.type 'kafka': this needs the Redis event store (queries"
+            " and replay stay there; give --redis-url for a Redis bus); publish, worker, tail,"
+            " dlq and stats work on Kafka (docs/buses.md)")
     if config.bus.type != "redis":  # load_config already refused these
         raise ConfigError(f"bus.type {config.bus.type!r} is not available yet")
     from ..backend.connection import connect
