@@ -6,7 +6,6 @@ as well as the event id (``--json`` output of both carries both ids).
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import Any
 
@@ -14,14 +13,13 @@ import click
 import msgspec
 
 from ..backend.cluster import group_by_slot, is_cluster
-from ..backend.streamids import MAX_SEQ, format_id, parse_id, pred
-from ..errors import NotFoundError, ValidationError
+from ..backend.streamids import format_id, parse_id, pred
+from ..errors import ValidationError
 from ..events.codec import Codec
 from ..events.event import Event
 from ..events.names import validate_name
-from ..ops.timeparse import TimePoint
 from ..runtime.slotreads import CLUSTER_BLOCK_MS
-from ..store.history import By, index_pages, merged, str_fields, stream_pages
+from ..store.history import By, str_fields
 from ..store.query import TypeFilter
 from . import bridge_cmds
 from .bridge_cmds import bridge_name
@@ -40,7 +38,7 @@ from .options import (
     usage_errors,
 )
 
-__all__ = ["events", "publish", "read_history", "tail"]
+__all__ = ["events", "publish", "tail"]
 
 
 # publish ----------------------------------------------------------------------------------
@@ -191,37 +189,12 @@ def events() -> None:
 @click.option("--topic", metavar="TOPIC", help="The topic, when a stream id is in several.")
 def events_get(event_id: str, topic: str | None) -> None:
     """Show one event by its id, or by the stream id ``publish`` printed."""
+    from ..ops.inspect import get_event
+
     bus = settings().bus()
-    where = bus.store.locate(event_id)
-    if where is None and _STREAM_ID.fullmatch(event_id):
-        where = _by_stream_id(bus, event_id, topic)
-    entries = []
-    if where is not None:
-        found_topic, sid = where
-        entries = bus.call(lambda: bus.client.xrange(bus.keys.stream(found_topic), sid, sid))
-    if not entries:
-        raise NotFoundError(f"no event {event_id!r}" + (" (trimmed)" if where else ""))
-    env = bus.codec.envelope(where[0], entries[0][0], str_fields(entries[0][1]))  # type: ignore[index]
+    with usage_errors():  # a bad --topic, or a stream id in several topics (exit 2)
+        env = get_event(bus, event_id, topic)
     emit(env, msgspec.json.format(json_line(env), indent=2).decode())
-
-
-_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
-
-
-def _by_stream_id(bus: Any, sid: str, topic: str | None) -> tuple[str, str] | None:
-    """The topic holding entry ``sid``: a stream id is unique within a topic only."""
-    if topic is not None:
-        with usage_errors():
-            names = [validate_name(topic, "topic")]
-    else:
-        names = bus.store.topics()
-    found = bus.store.topics_with_entry(sid, names)
-    if len(found) > 1:
-        raise click.UsageError(
-            f"stream id {sid} is in topics {', '.join(found)}: give --topic TOPIC",
-            ctx=click.get_current_context(),
-        )
-    return (found[0], sid) if found else None
 
 
 #: ``events list``'s columns (text mode); the widths are those of :func:`_render_event`.
@@ -237,22 +210,6 @@ def _render_event(e: dict[str, Any]) -> str:
     )
 
 
-def read_history(
-    bus: Any, topics: list[str], by: By, since: TimePoint | None, until: TimePoint | None,
-    page: int = 1000,
-) -> Any:
-    """Merged pages of items of ``topics`` in the range."""
-    if by == "append":
-        lo = since.lower_id() if since else (0, 0)
-        hi = until.upper_id() if until else (MAX_SEQ, MAX_SEQ)
-        readers = [stream_pages(bus.client, bus.keys, t, lo, hi, page=page) for t in topics]
-    else:
-        lo_us = since.lower_us() if since else 0
-        hi_us = until.upper_us() if until else 2**62
-        readers = [index_pages(bus.client, bus.keys, t, lo_us, hi_us, page=page) for t in topics]
-    return merged(readers, by, page)
-
-
 @events.command("list")
 @common_options
 @range_options(topic_help="Topic (repeatable; default: all).",
@@ -265,26 +222,12 @@ def events_list(
     types: tuple[str, ...], limit: int, offset: int,
 ) -> None:
     """List events, oldest first."""
+    from ..ops.inspect import iter_events
+
     names = split_topics(topics)
-    match = TypeFilter(split_globs(types))
+    globs = split_globs(types)
     lo, hi = time_range(since, until, by)
     bus = settings().bus()
-    names = names or bus.store.topics()
-
-    def gen() -> Any:
-        skip, left = offset, limit or None
-        for page in read_history(bus, names, by, lo, hi, page=min(1000, (limit or 1000) + offset)):
-            for topic, sid, f, _ in page:
-                if match and not match(f):
-                    continue
-                if skip:
-                    skip -= 1
-                    continue
-                yield bus.codec.envelope(topic, sid, f)
-                if left is not None:
-                    left -= 1
-                    if not left:
-                        return
-
-    if not emit_lines(gen(), _render_event, EVENTS_HEADER) and not settings().json:
+    found = iter_events(bus, names, by, lo, hi, globs, limit=limit, offset=offset)
+    if not emit_lines(found, _render_event, EVENTS_HEADER) and not settings().json:
         click.echo("no events in this range", err=True)

@@ -3,12 +3,12 @@
 ::
 
     chi-redis publish TOPIC TYPE [DATA_JSON]   chi-redis dlq list|show|redrive|purge
-    chi-redis tail TOPIC...                    chi-redis subscriptions list|rewind|prune
+    chi-redis tail TOPIC...                    chi-redis subscriptions list|show|rewind|prune
     chi-redis events get|list                  chi-redis stats [--watch]
     chi-redis replay ...                       chi-redis retention apply|run
     chi-redis doctor                           chi-redis worker MODULES...
     chi-redis config check FILE|show           chi-redis metrics --port P
-    chi-redis health [--max-lag N]
+    chi-redis health [--max-lag N]             chi-redis console [--host H --port P]
 
 Exit codes: 0 success, 1 an error the user can fix (one line on stderr, no traceback, no
 password), 2 a usage error.  Shared options: see :mod:`chi_redis.cli.options`.
@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": (
         "chi_redis.cli.config:config_group",
         "Configuration files: check one, show the effective configuration.",
+    ),
+    "console": (
+        "chi_redis.cli.console:console_cmd",
+        "Serve the web console: lag, stuck entries, dead letters, events and replay.",
     ),
     "demo": (
         "chi_redis.cli.demo:demo",
@@ -89,7 +93,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "subscriptions": (
         "chi_redis.cli.subscriptions:subscriptions",
-        "Registered subscriptions: list, rewind, prune.",
+        "Registered subscriptions: list, show, rewind, prune.",
     ),
     "tail": (
         "chi_redis.cli.events:tail",

@@ -29,7 +29,7 @@ __all__ = ["subscriptions"]
 @click.group(cls=ChiGroup)
 @common_options
 def subscriptions() -> None:
-    """Registered subscriptions: list, rewind, prune."""
+    """Registered subscriptions: list, show, rewind, prune."""
 
 
 LIST_HEADER = (
@@ -81,6 +81,35 @@ def subscriptions_list() -> None:
             click.echo("no subscriptions", err=True)
     elif not settings().json and any(r["lag"] is None for r in rows):
         click.echo(LAG_FOOTNOTE)
+
+
+@subscriptions.command("show")
+@common_options
+@click.argument("sub", metavar="SUB")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True,
+              help="Pending entries shown per stream.")
+def subscriptions_show(sub: str, limit: int) -> None:
+    """One subscription's consumers (idle times) and pending entries (delivery counts)."""
+    from ..ops.inspect import consumers, pending_entries
+    from ..ops.stats import collect
+
+    with usage_errors():
+        validate_name(sub, "subscription")
+    bus = settings().bus()
+    st = next((s for s in collect(bus).subscriptions if s.name == sub), None)
+    if st is None:
+        raise NotFoundError(f"unknown subscription {sub!r}: not registered and no group")
+    found = consumers(bus, sub, st.topics)
+    pending = pending_entries(bus, sub, st.topics, limit)
+    out = {"subscription": sub, "topics": st.topics,
+           "consumers": [c.__dict__ for c in found], "pending": [p.__dict__ for p in pending]}
+    lines = [f"{'STREAM':<16} {'CONSUMER':<40} {'PENDING':>7} {'IDLE':>9}"]
+    lines += [f"{c.topic or '(queue)':<16} {c.name:<40} {c.pending:>7} {c.idle_ms / 1000:>8.1f}s"
+              for c in found] or ["no consumers"]
+    lines += ["", f"{'STREAM':<16} {'STREAM ID':<22} {'CONSUMER':<40} {'IDLE':>9} DELIVERIES"]
+    lines += [f"{p.topic or '(queue)':<16} {p.stream_id:<22} {p.consumer:<40}"
+              f" {p.idle_ms / 1000:>8.1f}s {p.deliveries}" for p in pending] or ["nothing pending"]
+    emit(out, lines)
 
 
 @subscriptions.command("rewind")

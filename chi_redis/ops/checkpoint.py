@@ -20,7 +20,7 @@ from ..store.history import By, pos_key
 if TYPE_CHECKING:
     from ..publish.bus import EventBus
 
-__all__ = ["Checkpoint", "Folding"]
+__all__ = ["Checkpoint", "Folding", "list_checkpoints"]
 
 
 class Checkpoint:
@@ -174,6 +174,17 @@ class Checkpoint:
 
 def _text(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def list_checkpoints(bus: EventBus) -> list[Checkpoint]:
+    """Every replay checkpoint of the namespace, by name (a SCAN: for operators' pages)."""
+    prefix = bus.keys.checkpoint("")
+    pattern = prefix.replace("[", "\\[").replace("*", "\\*").replace("?", "\\?") + "*"
+    keys = bus.call(lambda: list(bus.client.scan_iter(match=pattern, count=1000)))
+    names = sorted(k.decode()[len(prefix):] if isinstance(k, bytes) else str(k)[len(prefix):]
+                   for k in keys)
+    # A name has no ':', so a cluster's per-slot progress shards (NAME:{tag}) are left out.
+    return [Checkpoint(bus, name) for name in names if name and ":" not in name]
 
 
 class Folding:

@@ -22,14 +22,16 @@ from chi_redis.cli.main import cli as chi_cli
 from .conftest import REDIS_URL, Sh, clean_env
 
 EVERY_COMMAND = [
-    "archive", "config", "demo", "dlq", "doctor", "events", "health", "metrics", "migrate",
-    "outbox", "publish", "replay", "retention", "stats", "store", "subscriptions", "tail", "worker",
+    "archive", "config", "console", "demo", "dlq", "doctor", "events", "health", "metrics",
+    "migrate", "outbox", "publish", "replay", "retention", "stats", "store", "subscriptions",
+    "tail", "worker",
 ]
 COMMAND_MODULES = {
     "chi_redis.cli.archive", "chi_redis.cli.config", "chi_redis.cli.demo", "chi_redis.cli.dlq",
     "chi_redis.cli.doctor", "chi_redis.cli.events", "chi_redis.cli.outbox", "chi_redis.cli.replay",
     "chi_redis.cli.retention", "chi_redis.cli.stats", "chi_redis.cli.subscriptions",
     "chi_redis.cli.worker", "chi_redis.cli.health", "chi_redis.cli.metrics",
+    "chi_redis.cli.console",
 }
 
 

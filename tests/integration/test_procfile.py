@@ -22,7 +22,7 @@ BIN = Path(sys.executable).parent
 
 def test_procfile_lines_run_real_commands() -> None:
     lines = _procfile()
-    assert set(lines) == {"worker", "retention", "outbox", "metrics"}
+    assert set(lines) == {"worker", "retention", "outbox", "metrics", "console"}
     # one exporter per deployment (the stream gauges are not multiplied by the workers)
     assert lines["metrics"].split()[0] == "chi-redis"
     assert lines["metrics"].endswith("metrics --port 9180")
@@ -37,7 +37,8 @@ def test_procfile_lines_run_real_commands() -> None:
     assert check.returncode == 0, check.stderr
     # each program answers --help (the retention job is a real chi-redis subcommand)
     for cmd in (["dramatiq", "--help"], ["chi-redis", "retention", "run", "--help"],
-                ["chi-redis", "outbox", "relay", "--help"], ["chi-redis", "metrics", "--help"]):
+                ["chi-redis", "outbox", "relay", "--help"], ["chi-redis", "metrics", "--help"],
+                ["chi-redis", "console", "--help"]):
         exe = shutil.which(cmd[0], path=str(BIN)) or cmd[0]
         out = subprocess.run([exe, *cmd[1:]], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
@@ -48,6 +49,10 @@ def test_compose_file_runs_the_same_commands() -> None:
     services = compose["services"]
     assert services["worker"]["command"][:3] == ["dramatiq", "chi_redis.worker", "handlers.worker"]
     assert services["retention"]["command"] == ["chi-redis", "retention", "run"]
+    assert services["console"]["command"][:2] == ["chi-redis", "console"]
+    # Beyond loopback (in the container) only with its token, published on loopback only.
+    assert "CHI_CONSOLE_TOKEN" in services["console"]["environment"]
+    assert all(p.startswith("127.0.0.1:") for p in services["console"]["ports"])
     redis_cmd = services["redis"]["command"]
     assert "--appendonly" in redis_cmd and "noeviction" in redis_cmd
 
@@ -108,3 +113,29 @@ def test_the_metrics_line_serves_the_gauges(real_client: redis.Redis, ns: str) -
         proc.terminate()
         proc.wait(timeout=30)
     assert proc.returncode == 0
+
+
+@pytest.mark.redis
+def test_the_console_line_serves_the_overview(real_client: redis.Redis, ns: str) -> None:
+    """Run as honcho runs it; a later --port wins over the line's (9181 may be taken here)."""
+    import urllib.request
+
+    from support import free_port, wait_until
+    from support.exporter import answers
+
+    EventBus(real_client, namespace=ns).publish(Event(type="order.created", data={}))
+    port = free_port()
+    line = f"exec {_procfile()['console']} --port {port} --namespace {ns}"
+    proc = subprocess.Popen(line, shell=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            env=clean_env(PATH=f"{BIN}:{os.environ['PATH']}"))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: proc.poll() is not None or answers(base + "/login"), 60,
+                   "the console line serving")
+        with urllib.request.urlopen(base + "/", timeout=30) as page:
+            body = page.read().decode()
+        assert '<a href="/events?topic=order">order</a>' in body
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -2,11 +2,10 @@
 ``chi-redis`` process, with the password right and wrong, from the environment, a file or a
 URL), exception text and chained tracebacks, repr/str of config, client and bus,
 ``chi-redis config show``, the Prometheus page of ``chi-redis metrics``, dead letters'
-error fields, nor the command line of worker processes.
+error fields, the web console's pages, nor the command line of worker processes.
 
 Authentication failures (wrong password, none, a disabled user) are a RedisAuthError with a
-clear message, raised at once (no retries).  (The web console does not exist yet: when it
-does, its pages belong in this list.)
+clear message, raised at once (no retries).
 """
 
 from __future__ import annotations
@@ -144,6 +143,41 @@ def test_dead_letters_hold_no_password(server: RedisServer, ns: str,
     raw = bus.client.xrange(bus.keys.dlq("leaky"))
     assert "cannot reach" in dl.error and "ConnectionError" in dl.traceback
     clean(dl.error, dl.traceback, repr(dl), raw)
+
+
+def test_console_pages_hold_no_password(server: RedisServer, ns: str) -> None:
+    from starlette.testclient import TestClient
+
+    from chi_redis.console.app import Console, create_app
+    from chi_redis.console.security import Credentials
+    from chi_redis.runtime.deadletters import dead_letter_fields, encode_body
+
+    bus = EventBus(connect(server.url, password=CANARY), namespace=ns)
+    event = Event(type="sec.leak", data={"password": CANARY,
+                                         "note": f"via redis://app:{CANARY}@db:6379/0"})
+    bus.publish(event)
+    fields = {b"id": event.id.encode(), b"type": b"sec.leak", b"ts": b"1700000000000000",
+              b"ver": b"1.0", b"meta": b"{}", b"enc": b"js",
+              b"data": b'{"password": "%s"}' % CANARY.encode()}
+    dl_id = bus.client.xadd(bus.keys.dlq("leaky"), dead_letter_fields(
+        sub="leaky", reason="retries_exhausted", exc=ConnectionError(f"password={CANARY}"),
+        kind="event", body=encode_body(fields), event_id=event.id, type_="sec.leak",
+        topic="sec", source_stream=bus.keys.stream("sec"), source_id="1-0")).decode()
+    pages = ["/", "/events?topic=sec", f"/events/{event.id}", "/deadletters/leaky",
+             f"/deadletters/leaky/{dl_id}", "/replay"]
+    for password in (CANARY, WRONG):
+        console = Console(EventBus(connect(server.url, password=password), namespace=ns),
+                          Credentials(token="t"))
+        console.secrets = [password]
+        with TestClient(create_app(console, sample=False)) as tc:
+            got = [tc.get(p) for p in pages]
+        if password == CANARY:
+            assert [r.status_code for r in got] == [200] * len(pages)
+            assert event.id in got[2].text and "retries_exhausted" in got[4].text
+        else:
+            assert all(r.status_code >= 400 and "authentication failed" in r.text
+                       for r in got), [(r.status_code, r.text[-300:]) for r in got]
+        clean(*(r.text for r in got))
 
 
 def test_metrics_page_and_worker_command_line_hold_no_password(
