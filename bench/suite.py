@@ -10,7 +10,7 @@ results file.
   --smoke       tiny N everywhere: every scenario and every peer in 1-2 minutes (CI)
   --only A,B    only the steps whose name contains A or B (publish, e2e, peers.faststream,
                 peers.dramatiq, peers.taskiq, latency, replay, query, startup, outbox,
-                archive, rss)
+                archive, rss, cluster, rabbitmq)
   --rounds R    run the steps R times in turn; the best figure of each is kept
   --out FILE    the results file (default bench/results/<UTC time>.txt)
 
@@ -74,6 +74,8 @@ STEPS = [
     Step("outbox", "bench_outbox.py", [], ["-n", "300", "--rounds", "1"], needs="postgres"),
     Step("archive", "bench_archive.py", [], ["-n", "300", "--rounds", "1"], needs="postgres"),
     Step("rss", "bench_rss.py", [], ["-n", "3000"]),
+    Step("cluster", "bench_cluster.py", [], ["-n", "300", "--n-single", "100"]),
+    Step("rabbitmq", "bench_rabbitmq.py", [], ["-n", "30"]),
 ]
 
 
