@@ -116,7 +116,8 @@ def _rows() -> list[Row]:
 
 def _scale_rows() -> list[Row]:
     """Issue #13: the 3-master cluster beside the single node (``bench_cluster.py``), the
-    RabbitMQ bus beside raw pika (``bench_rabbitmq.py``); no targets, the issue sets none."""
+    RabbitMQ bus beside raw pika (``bench_rabbitmq.py``), the Kafka bus beside raw
+    confluent-kafka on tansu (``bench_kafka.py``); no targets, the issue sets none."""
     rows = []
     for what, name in (("publish one at a time", "publish.single"),
                        ("publish_batch, 1000 of one topic", "publish_batch.1000"),
@@ -139,6 +140,11 @@ def _scale_rows() -> list[Row]:
         Row("RabbitMQ bus: e2e, publish + 1 consumer", "rabbitmq.chi.e2e",
             "rabbitmq.raw.e2e", "raw pika", step=rabbit),
     ]
+    for what, name in (("publish one at a time (acks=all)", "publish.one"),
+                       ("publish_batch 1000", "publish.batch1000"),
+                       ("e2e, 1 consumer, commit each", "e2e")):
+        rows.append(Row(f"Kafka bus (tansu): {what}", f"kafka.chi.{name}", f"kafka.raw.{name}",
+                        "raw confluent-kafka", step="kafka"))
     return rows
 
 
