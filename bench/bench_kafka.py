@@ -162,7 +162,8 @@ def e2e(addr: str, n: int) -> tuple[float, float]:
 def raw_e2e(addr: str, topic: str, n: int) -> float:
     c = ck.Consumer({"bootstrap.servers": addr, "group.id": f"raw-{uuid.uuid4().hex[:6]}",
                      "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                     "session.timeout.ms": SESSION_MS})
+                     "session.timeout.ms": SESSION_MS,
+                     "heartbeat.interval.ms": SESSION_MS // 5})  # as the bus's consumer
     c.subscribe([topic])
     got, t0 = 0, 0.0
     while got < n:
