@@ -132,7 +132,7 @@ def publish_batch(t: Target, topics: list[str], n: int, mixed: bool) -> None:
 
 def raw_xadd(t: Target, topics: list[str], n: int) -> None:
     keys = [f"{NS}:raw:{{{topic}}}" for topic in topics]
-    body = {"data": b"x" * 120, "type": b"order.created"}
+    body: dict[Any, Any] = {"data": b"x" * 120, "type": b"order.created"}
     for k in keys:
         t.client.xadd(k, body)
     with timed(t) as m:

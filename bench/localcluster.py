@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
-from redis.cluster import RedisCluster, key_slot
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 __all__ = ["MASTERS", "LocalCluster", "local_cluster", "on_distinct_masters",
            "topics_by_slot_range"]
