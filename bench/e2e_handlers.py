@@ -100,11 +100,3 @@ SPREAD_TOPICS = topics_by_slot_range("benchspread")
 def spread(event: Event) -> None:
     """Does nothing: the cluster's read and ack paths, not the handler, are measured."""
 
-
-# The partitioned-topic bench (bench/bench_partitions.py): the same no-op and 1 ms handlers
-# on a topic declared partitioned (by the bench, before the workers start) and on a plain one.
-for _slow in ("", "slow"):
-    _handler = sleep_1ms if _slow else noop
-    bus.subscribe(f"bench-part{_slow}", topics=[f"benchpart{_slow}"], max_retries=0)(_handler)
-    bus.subscribe(f"bench-unpart{_slow}", topics=[f"benchunpart{_slow}"],
-                  max_retries=0)(_handler)

@@ -115,8 +115,7 @@ def _rows() -> list[Row]:
 
 
 def _scale_rows() -> list[Row]:
-    """Issue #13: the 3-master cluster beside the single node (``bench_cluster.py``), a
-    partitioned topic beside an unpartitioned one (``bench_partitions.py``), the
+    """Issue #13: the 3-master cluster beside the single node (``bench_cluster.py``), the
     RabbitMQ bus beside raw pika (``bench_rabbitmq.py``), the Kafka bus beside raw
     confluent-kafka on tansu (``bench_kafka.py``); no targets, the issue sets none."""
     rows = []
@@ -128,11 +127,6 @@ def _scale_rows() -> list[Row]:
                         f"chi.single.{name}", "single node", step="cluster"))
     rows.append(Row("cluster (3 masters): raw XADD one at a time", "raw.cluster.xadd.single",
                     "raw.single.xadd.single", "single node", step="cluster"))
-    for what, slow in (("no-op", ""), ("1 ms handler", ".sleep1ms")):
-        rows.append(Row(f"partitioned topic (8 partitions, 64 keys): e2e {what}, 2 procs x 4",
-                        f"chi.e2e.partitioned8{slow}.procs2.threads4",
-                        f"chi.e2e.unpartitioned{slow}.procs2.threads4", "unpartitioned",
-                        step="partitions"))
     rabbit = "rabbitmq"
     rows += [
         Row("RabbitMQ bus: publish one at a time (confirmed)", "rabbitmq.chi.publish.single",
