@@ -110,6 +110,15 @@ def _rows() -> list[Row]:
             "raw executemany", ">=0.5", step="archive"),
         Row("archive store_many", "chi.archive.store_many", "raw.archive.copy", "raw COPY",
             ">=0.5", step="archive"),
+        Row("publish one at a time, acks=replicas, master + 1 replica",
+            "chi.acks.node.single.replicas", "chi.acks.node.single", "default acks",
+            step="acks"),
+        Row("publish one at a time, acks=replicas, 3-master cluster",
+            "chi.acks.cluster.single.replicas", "chi.acks.cluster.single", "default acks",
+            step="acks"),
+        Row("publish_batch 100, acks=replicas, 3-master cluster",
+            "chi.acks.cluster.batch100.replicas", "chi.acks.cluster.batch100", "default acks",
+            step="acks"),
     ]
     return rows + _scale_rows()
 

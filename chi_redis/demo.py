@@ -180,14 +180,16 @@ def exercise_handlers(bus: EventBus) -> None:
         Event.of(OrderCreated(order_id="o-bad", user_id="u-9", amount_cents=-1)),
     ])
     mail_key, audit_key = f"{ns}:app:mail", f"{ns}:app:audit"
-    _wait(lambda: client.llen(mail_key) >= 1 and client.llen(audit_key) >= 5, 60)
+    orders_key = f"{ns}:app:orders"
+    _wait(lambda: client.llen(mail_key) >= 1 and client.llen(audit_key) >= 5
+          and client.hexists(orders_key, "u-9"), 60)
     for raw in client.lrange(mail_key, 0, -1):
         mail = msgspec.json.decode(raw)
         click.echo(f"welcome-email   sent {mail['subject']!r} to {mail['to']}")
     for raw in client.lrange(audit_key, 0, -1):
         line = msgspec.json.decode(raw)
         click.echo(f"{line['by']:<15} recorded {line['type']}")
-    total = client.hget(f"{ns}:app:orders", "u-9")
+    total = client.hget(orders_key, "u-9")
     click.echo(f"order-processor booked {int(total or 0)} cents for u-9")
     click.echo("order o-bad (negative amount) fails; retried with backoff, then ...")
     if _wait(lambda: bus.dead_letters("order-processor"), 90):

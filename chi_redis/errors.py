@@ -14,6 +14,7 @@ Every error a caller can catch subclasses :class:`ChiError`::
     │   ├── RedisTLSError                   the TLS handshake failed (certificate, host name)
     │   └── RedisFullError                  ``OOM command not allowed`` (maxmemory reached)
     ├── PublishError                        a batch was written only in part
+    │   └── NotReplicatedError              written on the master, replicas not confirmed
     ├── BufferFullError                     the background publisher's buffer is full
     ├── BatchFailed                         a batch handler: these events of the batch failed
     └── NotFoundError                       an unknown subscription, event or dead letter
@@ -35,6 +36,7 @@ __all__ = [
     "DecodeError",
     "InvalidNameError",
     "NotFoundError",
+    "NotReplicatedError",
     "PayloadTooLargeError",
     "PublishError",
     "RedeliveryRefusedError",
@@ -154,6 +156,30 @@ class PublishError(ChiError):
         self.failed = failed
         self.cause = cause
         self.outcome = outcome
+
+
+class NotReplicatedError(PublishError):
+    """``acks="replicas"``: the events WERE written on the master (they are in their streams
+    and will be delivered), but fewer replicas than required confirmed them within the
+    timeout (Redis ``WAIT``), so a failover of that master before they replicate may lose
+    them.
+
+    ``unconfirmed`` lists the indexes of those events; ``written`` maps every written
+    event's index to its stream id (the unconfirmed ones included); ``failed`` lists the
+    indexes of a batch's later events, not sent (publishing them again is safe);
+    ``replicas`` maps each unconfirmed index to the number of replicas that confirmed it;
+    ``required`` is ``min_replicas``.  Publishing an unconfirmed event again writes nothing
+    (its id is written once) and waits for its replicas again.
+    """
+
+    def __init__(
+        self, message: str, *, written: dict[int, str], failed: list[int],
+        unconfirmed: list[int], replicas: dict[int, int], required: int,
+    ) -> None:
+        super().__init__(message, written=written, failed=failed, cause=ChiError(message))
+        self.unconfirmed = unconfirmed
+        self.replicas = replicas
+        self.required = required
 
 
 class BufferFullError(ChiError):

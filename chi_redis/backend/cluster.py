@@ -9,6 +9,7 @@ topic entry) is split here by slot.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,8 +17,8 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 __all__ = [
-    "ClusterFlatView", "cluster_client", "cluster_client_of", "group_by_slot", "is_cluster",
-    "refuse_on_cluster", "same_slot", "slot", "split_dead_letter",
+    "ClusterFlatView", "async_cluster_client_of", "cluster_client", "cluster_client_of",
+    "group_by_slot", "is_cluster", "refuse_on_cluster", "same_slot", "slot", "split_dead_letter",
 ]
 
 
@@ -47,6 +48,22 @@ def cluster_client_of(client: Any) -> RedisCluster:
     if "SSL" in client.connection_pool.connection_class.__name__:
         kw["ssl"] = True
     return RedisCluster(host=host, port=port, **kw)
+
+
+def async_cluster_client_of(client: Any) -> Any:
+    """:func:`cluster_client_of` for a plain ``redis.asyncio`` client: a
+    ``redis.asyncio.cluster.RedisCluster`` with the same connection settings (its retry
+    policy of no hidden retries included)."""
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    kw = dict(client.connection_pool.connection_kwargs)
+    host, port = kw.pop("host"), kw.pop("port")
+    if "SSL" in client.connection_pool.connection_class.__name__:
+        kw["ssl"] = True
+    # Only what the cluster client takes (a pool keeps internals of its own in there).
+    accepted = inspect.signature(AsyncRedisCluster.__init__).parameters
+    kw = {k: v for k, v in kw.items() if k in accepted and k != "db"}
+    return AsyncRedisCluster(host=host, port=port, **kw)
 
 
 def refuse_on_cluster(client: Any, what: str) -> None:

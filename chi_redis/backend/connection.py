@@ -232,8 +232,22 @@ def is_cluster_server(client: redis.Redis) -> bool:
         return False
 
 
+async def ais_cluster_server(client: redis.asyncio.Redis) -> bool | None:
+    """Whether the server of a ``redis.asyncio`` client runs in cluster mode; None when it
+    cannot be asked now (ask again later: the error surfaces on the first real command)."""
+    try:
+        return bool((await client.info("cluster")).get("cluster_enabled") == 1)
+    except (rex.RedisError, OSError):
+        return None
+
+
 def connect_async(url: str = DEFAULT_URL, **options: Any) -> redis.asyncio.Redis:
-    """A ``redis.asyncio`` client for ``url`` with chi-redis's connection defaults."""
+    """A ``redis.asyncio`` client for ``url`` with chi-redis's connection defaults.
+
+    It makes no connection, so it cannot ask whether the server runs in cluster mode:
+    :class:`~chi_redis.AsyncEventBus` asks at its first publish and switches to a
+    ``redis.asyncio.cluster.RedisCluster`` then (docs/design.md §3.4).
+    """
     import redis.asyncio  # here, not at the top: only asyncio programs pay for it
     from redis.asyncio.retry import Retry as AsyncRetry
 
@@ -251,8 +265,9 @@ def client_url(client: Any) -> tuple[str, str | None]:
     pool = getattr(client, "connection_pool", None)
     if pool is None:  # a RedisCluster: the node it was given
         node = client.get_default_node()
-        pool = node.redis_connection.connection_pool
-        kw = pool.connection_kwargs
+        kw = getattr(node, "connection_kwargs", None)  # an asyncio cluster's node
+        if kw is None:
+            kw = node.redis_connection.connection_pool.connection_kwargs
         return f"redis://{node.host}:{node.port}/0", kw.get("password")
     kw = pool.connection_kwargs
     host = kw.get("host", kw.get("path", "?"))

@@ -149,6 +149,19 @@ def decode_message(codec: Codec, props: Any, body: bytes, queue: str) -> tuple[E
     return codec.decode(fields, topic=topic, stream=queue, entry_id=msg_id), meta
 
 
+def message_fields(props: Any, body: bytes) -> tuple[str, dict[str, bytes]]:
+    """``(chi topic, fields)`` of a message, fields named as
+    :meth:`~chi_redis.events.codec.Codec.envelope` reads them (missing ones left out: the
+    envelope then reports the message as undecodable instead of failing)."""
+    headers = props.headers if isinstance(props.headers, dict) else {}
+    raw = {"id": props.message_id, "type": props.type, "ts": headers.get("chi-ts"),
+           "ver": headers.get("chi-ver", "1.0"), "meta": headers.get("chi-meta", "{}"),
+           "enc": headers.get("chi-enc", "mp")}
+    fields = {k: _raw(v, k) for k, v in raw.items() if v is not None}
+    fields["data"] = body
+    return header_str(headers.get("chi-topic")), fields
+
+
 # topology -------------------------------------------------------------------------------
 def declare_exchanges(channel: Any, names: Names) -> None:
     """The durable exchanges of a bus (idempotent): topic, topics (headers) and dead."""

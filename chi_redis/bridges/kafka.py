@@ -34,6 +34,7 @@ from ..events.codec import DEFAULT_MAX_EVENT_BYTES, Codec, Encoding
 from ..events.event import Event
 from ..events.names import validate_name
 from ..runtime.subscriptions import Subscription, SubscriptionOptions
+from . import NotSupportedError
 
 if TYPE_CHECKING:
     from ..config.schema import Config
@@ -68,8 +69,9 @@ class KafkaError(ChiError):
     """The Kafka broker refused or failed an operation (or could not be reached)."""
 
 
-class KafkaUnsupportedError(ChiError):
-    """Something the Kafka bus cannot do (a per-message delay, a batch subscription, ...)."""
+class KafkaUnsupportedError(NotSupportedError):
+    """Something the Kafka bus cannot do (a per-message delay, a batch subscription, ...);
+    a :class:`~chi_redis.bridges.NotSupportedError`, as the RabbitMQ bus raises."""
 
 
 def _client() -> Any:
@@ -354,12 +356,11 @@ class KafkaEventBus:
 
     def dead_letters(self, sub: str, *, count: int = 100, timeout_s: float = 30.0
                      ) -> list[dict[str, Any]]:
-        """The first ``count`` dead letters of ``sub`` (oldest first), read without a group."""
-        from .kafka_worker import read_dead_letters
+        """The first ``count`` dead letters of ``sub`` not yet redriven or purged (oldest
+        first), read without a group (:mod:`.kafka_deadletters`)."""
+        from .kafka_deadletters import list_dead_letters
 
-        validate_name(sub, "subscription")
-        with mapped_errors(self.bootstrap):
-            return read_dead_letters(self, sub, count=count, timeout_s=timeout_s)
+        return list_dead_letters(self, sub, count=count, timeout_s=timeout_s)
 
 
 if TYPE_CHECKING:  # mypy checks that the Kafka bus and its worker implement the protocols

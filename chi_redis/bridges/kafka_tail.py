@@ -6,7 +6,7 @@ written after that are shown; nothing is committed and no consumer group is invo
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING
 
 from .kafka import _client, kafka_topic, mapped_errors
@@ -22,7 +22,7 @@ _FIELDS = {"chi-id": "id", "chi-type": "type", "chi-ts": "ts", "chi-ver": "ver",
 
 
 def follow(bus: KafkaEventBus, topics: Sequence[str], *, timeout_s: float = 30.0
-           ) -> Iterator[tuple[str, bytes, dict[str, bytes]]]:
+           ) -> Generator[tuple[str, bytes, dict[str, bytes]], None, None]:
     """``(chi topic, b"PARTITION:OFFSET", fields)`` of every new record of ``topics``,
     as they arrive (forever: the caller stops)."""
     ck = _client()

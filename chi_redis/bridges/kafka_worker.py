@@ -28,13 +28,14 @@ from ..errors import ChiError, DecodeError
 from ..events.filters import EntryView
 from ..runtime.subscriptions import Delivery
 from .kafka import _client, dead_letter_topic, kafka_topic
+from .kafka_deadletters import FOR_HEADER
 
 if TYPE_CHECKING:
     from ..events.event import Event
     from ..runtime.subscriptions import Subscription
     from .kafka import KafkaEventBus
 
-__all__ = ["KafkaWorker", "backoff_ms", "read_dead_letters"]
+__all__ = ["KafkaWorker", "backoff_ms"]
 
 logger = logging.getLogger(__name__)
 _FIELDS = {"chi-id": b"id", "chi-type": b"type", "chi-ts": b"ts", "chi-ver": b"ver",
@@ -163,6 +164,9 @@ class _Consumer:
     def handle(self, msg: Any) -> bool:
         """Handle one record; False when the worker stopped first (not to be committed)."""
         headers = {k: v for k, v in (msg.headers() or []) if v is not None}
+        only = headers.get(FOR_HEADER)
+        if only is not None and only != self.sub.name.encode():
+            return True  # redriven for another subscription: committed unseen
         topic = msg.topic()[len(self.prefix):]
         type_ = headers.get("chi-type", b"").decode("utf-8", "replace")
         if type_ and not self.sub.accepts(EntryView(type_, topic, headers.get("chi-meta", b"{}"))):
@@ -219,48 +223,3 @@ class _Consumer:
         producer.flush(self.bus.timeout_s + 5)
         self.bus._outcome(results)  # raises when the dead letter was not written
         logger.warning("dead-lettered a record of %s (%s)", self.sub.name, reason)
-
-
-def _headers_text(msg: Any) -> dict[str, str]:
-    return {k: (v or b"").decode("utf-8", "replace") for k, v in (msg.headers() or [])}
-
-
-def read_dead_letters(bus: KafkaEventBus, sub: str, *, count: int, timeout_s: float,
-                      idle_s: float = 1.0) -> list[dict[str, Any]]:
-    """The first ``count`` records of ``sub``'s dead-letter topic (oldest first in each
-    partition), read by a group-less consumer until ``idle_s`` passes without a record.
-
-    Watermark offsets are not used to find the end: some Kafka-compatible brokers count
-    record batches there, not records.
-    """
-    ck = _client()
-    topic = dead_letter_topic(bus.namespace, sub)
-    consumer = ck.Consumer({"bootstrap.servers": bus.bootstrap, "group.id": "chi-dlq-reader",
-                            "enable.auto.commit": False, **bus.client_options})
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return []
-        consumer.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING)
-                         for p in sorted(meta.partitions)])
-        return _read(consumer, count, timeout_s, idle_s)
-    finally:
-        consumer.close()
-
-
-def _read(consumer: Any, count: int, timeout_s: float, idle_s: float) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    now = time.monotonic()
-    deadline, idle_until = now + timeout_s, now + idle_s
-    while len(out) < count and time.monotonic() < min(deadline, idle_until):
-        msg = consumer.poll(POLL_S)
-        if msg is None or msg.error():
-            continue
-        idle_until = time.monotonic() + idle_s
-        h = _headers_text(msg)
-        out.append({"id": f"{msg.partition()}:{msg.offset()}", "event_id": h.get("chi-id"),
-                    "type": h.get("chi-type"), "reason": h.get("chi-dlq-reason"),
-                    "exception": h.get("chi-dlq-exception"), "error": h.get("chi-dlq-error"),
-                    "attempts": int(h.get("chi-dlq-attempts") or 0),
-                    "source": h.get("chi-dlq-source"), "at_ms": int(h.get("chi-dlq-at-ms") or 0)})
-    return sorted(out, key=lambda d: (d["at_ms"], d["id"]))

@@ -143,7 +143,8 @@ class RabbitMQEventBus:
         """
         if idempotency_key is not None:
             raise NotSupportedError("idempotency_key is not supported on the RabbitMQ bus:"
-                                    " RabbitMQ keeps no record of published keys")
+                                    " RabbitMQ keeps no record of published keys; deduplicate"
+                                    " in the handler, by event id")
         self._send([encode_message(self.codec, event)])
         return event.id
 

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 from ..errors import NotFoundError
 from ..events.names import validate_name
 from ..runtime.deadletters import DeadLetter
-from .amqp import header_str, pika_module
+from .amqp import header_str, message_fields, pika_module
 from .rabbitmq_worker import DEAD_HEADERS, _int, _with_headers
 
 if TYPE_CHECKING:
     from .rabbitmq import RabbitMQEventBus
 
-__all__ = ["dead_letter_of", "list_dead_letters", "redrive"]
+__all__ = ["count_dead_letters", "dead_letter_of", "list_dead_letters", "purge", "redrive",
+           "show"]
 
 
 def _x_death(headers: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +111,78 @@ def redrive(bus: RabbitMQEventBus, sub: str, ids: list[str] | None) -> int:
             moved += 1
         channel.close()
         return moved
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def count_dead_letters(bus: RabbitMQEventBus, sub: str) -> int:
+    """How many messages ``sub``'s dead-letter queue holds."""
+    validate_name(sub, "subscription")
+    conn = bus.connect()
+    try:
+        return _queue_depth(conn.channel(), bus.names.dead_queue(sub), sub)
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def _event(bus: RabbitMQEventBus, props: Any, body: bytes) -> dict[str, Any]:
+    """The event a dead letter holds, as ``chi-redis tail`` prints it (``stream_id`` is
+    the event id: there is no stream; a message that is not a chi event gives ``error``)."""
+    topic, fields = message_fields(props, body)
+    return bus.codec.envelope(topic, fields.get("id", b"-"), fields)
+
+
+def show(bus: RabbitMQEventBus, sub: str, ref: str) -> tuple[DeadLetter, dict[str, Any]]:
+    """The dead letter of ``sub`` whose dead-letter id or event id is ``ref``, and its event
+    (left in its queue)."""
+    validate_name(sub, "subscription")
+    queue = bus.names.dead_queue(sub)
+    conn = bus.connect()
+    try:
+        channel = conn.channel()
+        hits = []
+        for _ in range(_queue_depth(channel, queue, sub)):
+            method, props, body = channel.basic_get(queue, auto_ack=False)
+            if method is None:
+                break
+            dl = dead_letter_of(sub, queue, props)
+            if ref in (dl.id, dl.event_id):
+                hits.append((dl, _event(bus, props, body)))
+        channel.close()  # every message taken goes back, in its place
+    finally:
+        if conn.is_open:
+            conn.close()
+    if not hits:
+        raise NotFoundError(f"no dead letter {ref!r} in subscription {sub!r} on the RabbitMQ bus")
+    if len(hits) > 1:
+        raise NotFoundError(f"event {ref!r} is in {len(hits)} dead letters of {sub!r}: give a"
+                            " dead-letter id (dlq list)")
+    return hits[0]
+
+
+def purge(bus: RabbitMQEventBus, sub: str, before_ms: int | None = None) -> int:
+    """Delete the dead letters of ``sub`` (only those dead-lettered before ``before_ms``,
+    if given); returns how many."""
+    validate_name(sub, "subscription")
+    queue = bus.names.dead_queue(sub)
+    conn = bus.connect()
+    try:
+        channel = conn.channel()
+        depth = _queue_depth(channel, queue, sub)
+        if before_ms is None:
+            return int(channel.queue_purge(queue).method.message_count)
+        n = 0
+        for _ in range(depth):
+            method, props, _body = channel.basic_get(queue, auto_ack=False)
+            if method is None:
+                break
+            if dead_letter_of(sub, queue, props).last_failure_ms < before_ms:
+                channel.basic_ack(method.delivery_tag)
+                n += 1
+        channel.close()  # the others go back, in their place
+        return n
     finally:
         if conn.is_open:
             conn.close()

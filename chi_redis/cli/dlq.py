@@ -12,10 +12,11 @@ from typing import Any
 import click
 import msgspec
 
-from ..bridges import NotSupportedError
 from ..errors import NotFoundError, ValidationError
 from ..events.names import validate_name
 from ..ops.timeparse import parse_time
+from . import bridge_cmds
+from .bridge_cmds import bridge_name
 from .options import (
     ChiGroup,
     common_options,
@@ -99,52 +100,26 @@ def dlq_list(sub: str, limit: int, after: str | None) -> None:
     from ..ops.deadletters import list_dead_letters
 
     s = settings()
-    if s.config.bus.type == "kafka" and not s.url:  # its dead-letter topic
-        _kafka_list(sub, limit, after)
+    if bridge_name(s):  # its dead-letter queue (RabbitMQ) or topic (Kafka)
+        bridge_cmds.dlq_list(s, sub, limit, after, _render_row, LIST_HEADER)
         return
-    bridge = s.bridge()
-    if bridge is not None:  # bus.type: rabbitmq: its dead-letter queue
-        if after:
-            raise NotSupportedError("--after is not supported on bus.type 'rabbitmq'")
-        letters = bridge.dead_letters(sub, count=limit)
-    else:
-        with usage_errors():
-            cursor = _check_ids([after])[0] if after else None
-        validate_name(sub, "subscription")  # before the bus connects (and asks INFO)
-        bus = s.bus()
-        _known_sub(bus, sub)
-        letters = list_dead_letters(bus, sub, after=cursor, count=limit)
-
-    def render(d: dict[str, Any]) -> str:
-        error = f"{d['error_type']}: {d['error']}" if d["error"] else d["error_type"] or "-"
-        return (
-            f"{d['id']:<17} {d['type'] or '-':<24} {d['event_id'] or '-':<36} {d['reason']:<18}"
-            f" {d['attempts']:>8}  {one_line(error)}"
-        )
-
-    n = emit_lines((_dl_dict(d) for d in letters), render, LIST_HEADER)
+    with usage_errors():
+        cursor = _check_ids([after])[0] if after else None
+    validate_name(sub, "subscription")  # before the bus connects (and asks INFO)
+    bus = s.bus()
+    _known_sub(bus, sub)
+    letters = list_dead_letters(bus, sub, after=cursor, count=limit)
+    n = emit_lines((_dl_dict(d) for d in letters), _render_row, LIST_HEADER)
     if not n and not settings().json:
         click.echo(f"no dead letters in {sub!r}", err=True)
 
 
-def _kafka_list(sub: str, limit: int, after: str | None) -> None:
-    """``dlq list`` on the Kafka bus: the records of ``sub``'s dead-letter topic."""
-    from ..bridges.kafka import KafkaEventBus, KafkaUnsupportedError
-
-    if after:
-        raise KafkaUnsupportedError("--after is not available on the Kafka bus")
-    s = settings()
-    bus = KafkaEventBus.from_config(s.config, namespace=s.namespace)
-    letters = bus.dead_letters(sub, count=limit)
-
-    def render(d: dict[str, Any]) -> str:
-        error = f"{d['exception']}: {d['error']}" if d["error"] else d["exception"] or "-"
-        return (f"{d['id']:<17} {d['type'] or '-':<24} {d['event_id'] or '-':<36}"
-                f" {d['reason'] or '-':<18} {d['attempts']:>8}  {one_line(error)}")
-
-    n = emit_lines(letters, render, LIST_HEADER)
-    if not n and not s.json:
-        click.echo(f"no dead letters in {sub!r}", err=True)
+def _render_row(d: dict[str, Any]) -> str:
+    error = f"{d['error_type']}: {d['error']}" if d["error"] else d["error_type"] or "-"
+    return (
+        f"{d['id']:<17} {d['type'] or '-':<24} {d['event_id'] or '-':<36} {d['reason'] or '-':<18}"
+        f" {d['attempts']:>8}  {one_line(error)}"
+    )
 
 
 @dlq.command("show")
@@ -155,6 +130,9 @@ def dlq_show(sub: str, dl_id: str) -> None:
     """Show one dead letter (by its id, or its event's id or stream id) with its traceback."""
     from ..ops.deadletters import resolve_dead_letter
 
+    if bridge_name(settings()):
+        bridge_cmds.dlq_show(settings(), sub, dl_id)
+        return
     validate_name(sub, "subscription")  # before the bus connects (and asks INFO)
     bus = settings().bus()
     _known_sub(bus, sub)
@@ -182,9 +160,8 @@ def dlq_redrive(sub: str, ids: tuple[str, ...], all_: bool) -> None:
         raise click.UsageError("give --id ID (repeatable) or --all")
     from ..ops.deadletters import redrive
 
-    bridge = settings().bridge()
-    if bridge is not None:  # ids: dead-letter ids or event ids
-        n = bridge.redrive(sub, list(ids) if ids else None)
+    if bridge_name(settings()):  # ids: dead-letter ids or event ids
+        n = bridge_cmds.dlq_redrive(settings(), sub, list(ids) if ids else None)
         emit({"subscription": sub, "redriven": n}, f"redriven {n} dead letter(s) of {sub!r}")
         return
     validate_name(sub, "subscription")  # before the bus connects (and asks INFO)
@@ -205,6 +182,10 @@ def dlq_purge(sub: str, before: str | None, yes: bool) -> None:
 
     with usage_errors():
         cutoff = parse_time(before, field="--before") if before else None
+    if bridge_name(settings()):
+        n = bridge_cmds.dlq_purge(settings(), sub, cutoff.lower_id()[0] if cutoff else None, yes)
+        emit({"subscription": sub, "purged": n}, f"purged {n} dead letter(s) of {sub!r}")
+        return
     validate_name(sub, "subscription")  # before the bus connects (and asks INFO)
     bus = settings().bus()
     _known_sub(bus, sub)

@@ -13,14 +13,18 @@ from typing import Any
 import click
 import msgspec
 
+from ..backend.cluster import group_by_slot, is_cluster
 from ..backend.streamids import MAX_SEQ, format_id, parse_id, pred
 from ..errors import NotFoundError, ValidationError
 from ..events.codec import Codec
 from ..events.event import Event
 from ..events.names import validate_name
 from ..ops.timeparse import TimePoint
+from ..runtime.slotreads import CLUSTER_BLOCK_MS
 from ..store.history import By, index_pages, merged, str_fields, stream_pages
 from ..store.query import TypeFilter
+from . import bridge_cmds
+from .bridge_cmds import bridge_name
 from .options import (
     ChiGroup,
     common_options,
@@ -111,8 +115,8 @@ def tail(
     match = TypeFilter(split_globs(types))
     start = time_arg(from_, "--from")
     s = settings()
-    if s.config.bus.type == "kafka" and not s.url:  # a group-less Kafka consumer
-        _kafka_tail(names, match, from_, count)
+    if bridge_name(s):  # a group-less Kafka consumer, a RabbitMQ queue of its own
+        bridge_cmds.tail(s, names, match, from_, count)
         return
     bus = s.bus()
     k = bus.keys
@@ -128,7 +132,7 @@ def tail(
     try:
         while count is None or n < count:
             want = 100 if count is None else min(100, count - n)
-            read = bus.call(lambda w=want: client.xread(positions, count=w, block=block_ms))
+            read = bus.call(lambda w=want: _read(client, positions, w, block_ms))
             got = []
             for raw_stream, entries in read or ():
                 stream = raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
@@ -146,28 +150,18 @@ def tail(
         out.flush()
 
 
-def _kafka_tail(names: list[str], match: TypeFilter, from_: str | None, count: int | None
-                ) -> None:
-    from ..bridges.kafka import KafkaEventBus, KafkaUnsupportedError
-    from ..bridges.kafka_tail import follow
-
-    if from_ is not None:
-        raise KafkaUnsupportedError("tail --from is not available on the Kafka bus: it shows"
-                                    " new events only")
-    s = settings()
-    bus = KafkaEventBus.from_config(s.config, namespace=s.namespace)
-    out, n = sys.stdout.buffer, 0
-    try:
-        for topic, where, fields in follow(bus, names):
-            if match and not match(fields):
-                continue
-            out.write(bus.codec.envelope_json(topic, where, fields) + b"\n")
-            out.flush()
-            n += 1
-            if count is not None and n >= count:
-                return
-    except KeyboardInterrupt:
-        out.flush()
+def _read(client: Any, positions: dict[str, Any], count: int, block_ms: int) -> Any:
+    """One XREAD of every stream from its position; on a cluster one per slot, sent to
+    their masters in one pipeline, each blocking at most 100 ms when there are several
+    (an XREAD cannot name streams of different slots: docs/design.md §3.4)."""
+    groups = group_by_slot(positions) if is_cluster(client) else [list(positions)]
+    if len(groups) == 1:
+        return client.xread(positions, count=count, block=block_ms)
+    pipe = client.pipeline(transaction=False)
+    for names in groups:
+        pipe.xread({n: positions[n] for n in names}, count=count,
+                   block=min(block_ms, CLUSTER_BLOCK_MS))
+    return [item for reply in pipe.execute() for item in reply or ()]
 
 
 def _last_ids(bus: Any, streams: list[str]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from ..events.names import validate_glob, validate_name
 from ..ops.timeparse import TimePoint, parse_time
 
 if TYPE_CHECKING:
+    from ..bridges.kafka import KafkaEventBus
     from ..bridges.rabbitmq import RabbitMQEventBus
     from ..publish.bus import EventBus
 
@@ -118,7 +119,20 @@ class Settings:
         return out
 
     def bus(self) -> EventBus:
-        """The bus for this invocation (created once)."""
+        """The bus for this invocation (created once).  On a bridge bus (``bus.type``
+        rabbitmq or kafka, no ``--redis-url``) the command needs the Redis event store:
+        a :class:`NotSupportedError` names the command, the bus and what to use."""
+        kind = self.config.bus.type
+        if not self.url and kind in ("rabbitmq", "kafka"):
+            from ..bridges import NotSupportedError
+
+            ctx = click.get_current_context(silent=True)
+            what = f"`{ctx.command_path}`" if ctx is not None else "this command"
+            raise NotSupportedError(
+                f"{what} is not supported on bus.type {kind!r}: it reads the Redis event"
+                " store (events, replay, subscriptions, retention, health, doctor, the"
+                " console); give --redis-url (or bus.type: redis) to run it on the Redis bus"
+                " that stores the events (docs/buses.md, capabilities)")
         if self._bus is None:
             # bus_from_config imports redis-py (~80 ms) only now: --help never pays for it.
             # A --redis-url flag means a Redis server, whatever bus.type the file names.
@@ -141,6 +155,14 @@ class Settings:
 
             self._bridge = RabbitMQEventBus.from_config(self.config, namespace=self.namespace)
         return self._bridge
+
+    def kafka(self) -> KafkaEventBus | None:
+        """The Kafka bus (``bus.type: kafka`` without a ``--redis-url`` flag), else None."""
+        if self.url or self.config.bus.type != "kafka":
+            return None
+        from ..bridges.kafka import KafkaEventBus
+
+        return KafkaEventBus.from_config(self.config, namespace=self.namespace)
 
     def publisher(self) -> Any:
         """What ``publish`` writes to: the Kafka bus when ``bus.type`` is ``kafka`` (and no

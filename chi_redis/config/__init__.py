@@ -85,16 +85,20 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
         "encoding": config.bus.encoding, "max_event_bytes": config.bus.max_event_bytes,
         "idempotency_ttl_ms": config.bus.idempotency_ttl_ms,
     }
+    acks: dict[str, Any] = {"acks": config.bus.acks, "min_replicas": config.bus.min_replicas,
+            "ack_timeout_ms": config.bus.ack_timeout_ms}
     if config.bus.type == "memory":
         return EventBus.embedded(namespace=ns, **common, **options)
     if config.bus.type == "rabbitmq":
         raise ConfigError(
-            "not supported on bus.type 'rabbitmq': this needs the Redis event store (queries,"
-            " replay, stats and tail stay there; give --redis-url for a Redis bus); publish,"
-            " worker and dlq list/redrive work on RabbitMQ (docs/buses.md)")
+            "not supported on bus.type 'rabbitmq': this needs the Redis event store (queries"
+            " and replay stay there; give --redis-url for a Redis bus); publish, worker, tail,"
+            " dlq and stats work on RabbitMQ (docs/buses.md)")
     if config.bus.type == "kafka":  # a bridge, not an EventBus (chi_redis.bridges.kafka)
-        raise ConfigError("bus.type 'kafka' serves only `chi-redis publish`, `worker` and"
-                          " `dlq list`: this command needs bus.type redis (or --redis-url)")
+        raise ConfigError(
+            "not supported on bus.type 'kafka': this needs the Redis event store (queries"
+            " and replay stay there; give --redis-url for a Redis bus); publish, worker, tail,"
+            " dlq and stats work on Kafka (docs/buses.md)")
     if config.bus.type != "redis":  # load_config already refused these
         raise ConfigError(f"bus.type {config.bus.type!r} is not available yet")
     from ..backend.connection import connect
@@ -102,7 +106,7 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
     target = url or config.bus.redis.effective_url()
     client = connect(target, detect_cluster=detect_cluster,
                      **config.bus.redis.client_options(target))
-    bus = EventBus(client, namespace=ns, **common, **options)
+    bus = EventBus(client, namespace=ns, **common, **acks, **options)
     bus.cluster_unknown = not detect_cluster
     return bus
 

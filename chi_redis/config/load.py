@@ -35,6 +35,7 @@ ENV_VARS: dict[str, tuple[tuple[str, ...], type]] = {
     "CHI_REDIS_TLS_CA_FILE": (("bus", "redis", "tls_ca_file"), str),
     "CHI_RABBITMQ_URL": (("bus", "rabbitmq", "url"), str),
     "CHI_RABBITMQ_EXCHANGE": (("bus", "rabbitmq", "exchange"), str),
+    "CHI_KAFKA_BROKERS": (("bus", "kafka", "brokers"), list),
     "CHI_BUFFER_SIZE": (("bus", "buffer_size"), int),
     "CHI_WORKER_COUNT": (("bus", "worker_count"), int),
     "CHI_MAX_EVENT_BYTES": (("bus", "max_event_bytes"), int),
@@ -125,6 +126,8 @@ def _apply_env(events: dict[str, Any], env: Mapping[str, str]) -> None:
                 value = int(text)
             except ValueError:
                 raise ConfigError(f"{var} must be an integer, got {text!r}") from None
+        if kind is list:  # comma-separated
+            value = [v.strip() for v in text.split(",") if v.strip()]
         section = events
         for key in path[:-1]:
             inner = section.get(key)

@@ -166,6 +166,9 @@ class BusConfig(_Section):
     encoding: Literal["msgpack", "json"] = "msgpack"
     max_event_bytes: Annotated[int, Meta(ge=1, le=512 << 20)] = 1 << 20  # chi_redis.limits
     idempotency_ttl_ms: Annotated[int, Meta(ge=1, le=365 * 24 * 3600 * 1000)] = 24 * 3600 * 1000
+    acks: Literal["master", "replicas"] = "master"  # replicas: publish waits (WAIT) for them
+    min_replicas: Annotated[int, Meta(ge=1, le=100)] = 1
+    ack_timeout_ms: Annotated[int, Meta(ge=1, le=60_000)] = 1_000
     redis: RedisConfig = field(default_factory=RedisConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     rabbitmq: RabbitMQConfig = field(default_factory=RabbitMQConfig)

@@ -9,7 +9,11 @@ background task writes the buffer in batches with :meth:`AsyncEventBus.publish_b
 - a batch that cannot be written is retried under the bus's :class:`~chi_redis.RetryPolicy`
   (inside ``publish_batch``), then the events that were not written are reported to
   ``on_error(events, exc)``, counted in ``failed_count`` and in the Prometheus counter
-  ``chi_publish_failed_total``, and logged.
+  ``chi_publish_failed_total``, and logged;
+- on a bus with ``acks="replicas"``, events written but not confirmed by the replicas in
+  time go to ``on_error(events, exc)`` too, with ``exc`` a
+  :class:`~chi_redis.NotReplicatedError` (they are written: counted in
+  ``unconfirmed_count``, not in ``failed_count``), and are logged.
 
 ``flush()`` waits until everything queued so far is written or reported; ``close()``
 drains the buffer and stops the task (the bus stays open: its owner closes it)::
@@ -27,7 +31,13 @@ import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
-from ..errors import BufferFullError, ChiError, PublishError, ValidationError
+from ..errors import (
+    BufferFullError,
+    ChiError,
+    NotReplicatedError,
+    PublishError,
+    ValidationError,
+)
 from ..events.event import Event
 from ..limits import MAX_CHUNK, check_limit
 from ..observe.metrics import counter
@@ -78,6 +88,8 @@ class BufferedPublisher:
         #: Events written, and events reported as failed, since the publisher was made.
         self.published_count = 0
         self.failed_count = 0
+        #: Events written but not confirmed by the replicas (``acks="replicas"``).
+        self.unconfirmed_count = 0
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=max_buffer)
         self._enqueued = 0  # events accepted by publish()
         self._settled = 0  # events written or reported, in queue order
@@ -219,6 +231,8 @@ class BufferedPublisher:
         except PublishError as exc:
             self._count_published(len(exc.written))
             await self._report([batch[i] for i in exc.failed], exc.cause)
+            if isinstance(exc, NotReplicatedError):
+                await self._unconfirmed([batch[i] for i in exc.unconfirmed], exc)
         except ValidationError:  # an event changed after publish() checked it
             await self._write_each(batch)
         except Exception as exc:  # a bug or an unexpected error: report, never drop
@@ -253,6 +267,9 @@ class BufferedPublisher:
             self.bus.namespace,
             exc,
         )
+        await self._call_on_error(events, exc)
+
+    async def _call_on_error(self, events: list[Event], exc: BaseException) -> None:
         if self.on_error is None:
             return
         try:
@@ -261,6 +278,12 @@ class BufferedPublisher:
                 await result
         except Exception:
             logger.exception("on_error callback failed")
+
+    async def _unconfirmed(self, events: list[Event], exc: NotReplicatedError) -> None:
+        self.unconfirmed_count += len(events)
+        logger.warning("%d events published to namespace %r are not confirmed replicated: %s",
+                       len(events), self.bus.namespace, exc)
+        await self._call_on_error(events, exc)
 
     def _settle(self, n: int) -> None:
         self._settled += n

@@ -14,6 +14,7 @@ from ..events.codec import DEFAULT_MAX_EVENT_BYTES, Codec, Encoding
 from ..events.event import Event
 from ..runtime.subscriptions import Subscription, SubscriptionOptions
 from ..store.redis import RedisEventStore
+from .acks import AckMode, Acks, acks_of
 from .writer import DEFAULT_CHUNK, DEFAULT_IDEMPOTENCY_TTL_MS, Writer, split_bus_options
 
 if TYPE_CHECKING:
@@ -47,8 +48,15 @@ class EventBus:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         idempotency_ttl_ms: int = DEFAULT_IDEMPOTENCY_TTL_MS,
         retry: RetryPolicy | None = None,
+        acks: AckMode = "master",
+        min_replicas: int = 1,
+        ack_timeout_ms: int = 1_000,
     ) -> None:
         self.keys = Keys(namespace)
+        #: ``acks="replicas"``: every publish returns once ``min_replicas`` replicas have
+        #: its events, or raises NotReplicatedError after ``ack_timeout_ms`` (§3.4).
+        self.acks = acks_of(acks, min_replicas, ack_timeout_ms)
+        self._replica_acks = self.acks or Acks(min_replicas, ack_timeout_ms)
         self.codec = Codec(encoding, max_event_bytes)
         self.idempotency_ttl_ms = idempotency_ttl_ms
         self.retry = retry or RetryPolicy()
@@ -139,26 +147,41 @@ class EventBus:
         self.client.close()
 
     # publishing ---------------------------------------------------------------------
-    def publish(self, event: Event, *, idempotency_key: str | None = None) -> str:
+    def publish(
+        self, event: Event, *, idempotency_key: str | None = None, acks: AckMode | None = None
+    ) -> str:
         """Append ``event`` to its topic stream and index it; returns the stream id.
 
         One round trip.  With ``idempotency_key``, a second publish within the TTL writes
         nothing and returns the first stream id.  Publishing the same event id twice (a
-        retry) also writes it once.
+        retry) also writes it once.  ``acks`` (default: the bus's): ``"replicas"`` returns
+        once ``min_replicas`` replicas have the event (WAIT), else raises
+        :class:`~chi_redis.NotReplicatedError` (written on the master, not confirmed).
         """
         idem = (idempotency_key,) if idempotency_key is not None else None
-        return self.writer.write((event,), idem)[0]
+        return self.writer.write((event,), idem, acks=self._acks(acks))[0]
 
     def publish_batch(
-        self, events: Sequence[Event], *, chunk_size: int = DEFAULT_CHUNK
+        self, events: Sequence[Event], *, chunk_size: int = DEFAULT_CHUNK,
+        acks: AckMode | None = None,
     ) -> list[str]:
         """Publish ``events`` in order, pipelined; one round trip per ``chunk_size`` events.
 
         Every event is validated and encoded before anything is sent.  When a chunk fails,
         raises :class:`PublishError` whose ``written`` maps event indexes to stream ids and
-        whose ``failed`` lists the indexes not written.
+        whose ``failed`` lists the indexes not written.  ``acks="replicas"``: each round
+        trip waits for the replicas; :class:`~chi_redis.NotReplicatedError` names the
+        events written but not confirmed (``unconfirmed``) and those not sent (``failed``).
         """
-        return self.writer.write_batch(events, chunk_size)
+        return self.writer.write_batch(events, chunk_size, acks=self._acks(acks))
+
+    def _acks(self, acks: AckMode | None) -> Acks | None:
+        if acks is None:
+            return self.acks
+        if acks == "replicas":
+            return self._replica_acks
+        acks_of(acks, 1, 1)  # refuses anything but "master"
+        return None
 
     # subscriptions ----------------------------------------------------------------------
     def subscribe(

@@ -27,6 +27,7 @@ from ..events.event import Event
 from ..events.names import validate_name
 from ..limits import MAX_CHUNK, check_limit
 from ..observe import metrics, tracing
+from .acks import Acks, write_acked, write_batch_acked
 from .packing import Call, pack
 from .republish import checkpoint_argv, pack_republish
 from .single import OnePacking, count_one
@@ -52,7 +53,8 @@ DEFAULT_IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 
 #: Chunks (publish-script calls) sent per pipeline round trip.
 CHUNKS_PER_ROUND_TRIP = 20
-_BUS_OPTIONS = ("encoding", "max_event_bytes", "idempotency_ttl_ms", "retry")
+_BUS_OPTIONS = ("encoding", "max_event_bytes", "idempotency_ttl_ms", "retry", "acks",
+                "min_replicas", "ack_timeout_ms")
 
 
 def split_bus_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -199,22 +201,25 @@ class Writer(_Packing):
 
     def write(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None = None,
-        *, archive: bool = False,
+        *, archive: bool = False, acks: Acks | None = None,
     ) -> list[str]:
         """Write ``events`` in one script call (one chunk); their stream ids.
 
         Retried under the policy: the script skips ids (and idempotency keys) already
-        written, so a retry after a lost reply writes nothing twice.
+        written, so a retry after a lost reply writes nothing twice.  ``acks``: return once
+        that many replicas have them (``acks="replicas"``, :mod:`.acks`).
         """
         if tracing.enabled() and not archive:
             with tracing.publishing(events) as traced:
-                return self._write(traced, idempotency_keys, archive)
-        return self._write(events, idempotency_keys, archive)
+                return self._write(traced, idempotency_keys, archive, acks)
+        return self._write(events, idempotency_keys, archive, acks)
 
     def _write(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None,
-        archive: bool,
+        archive: bool, acks: Acks | None = None,
     ) -> list[str]:
+        if acks is not None:
+            return write_acked(self, events, idempotency_keys, acks)
         if len(events) == 1 and not archive:
             event = events[0]
             one = self.pack_one(event, idempotency_keys[0] if idempotency_keys else None)
@@ -233,7 +238,8 @@ class Writer(_Packing):
         return ids
 
     def write_batch(
-        self, events: Sequence[Event], chunk_size: int = DEFAULT_CHUNK, *, archive: bool = False
+        self, events: Sequence[Event], chunk_size: int = DEFAULT_CHUNK, *, archive: bool = False,
+        acks: Acks | None = None,
     ) -> list[str]:
         """Write ``events`` in order, ``chunk_size`` per script call, pipelined.
 
@@ -242,21 +248,25 @@ class Writer(_Packing):
         """
         if tracing.enabled() and not archive:
             with tracing.publishing(list(events)) as traced:
-                return self._write_batch(traced, chunk_size, archive)
-        return self._write_batch(list(events), chunk_size, archive)
+                return self._write_batch(traced, chunk_size, archive, acks)
+        return self._write_batch(list(events), chunk_size, archive, acks)
 
-    def _write_batch(self, events: list[Event], chunk_size: int, archive: bool) -> list[str]:
+    def _write_batch(
+        self, events: list[Event], chunk_size: int, archive: bool, acks: Acks | None = None
+    ) -> list[str]:
+        if acks is not None:
+            return write_batch_acked(self, events, chunk_size, acks)
         out: list[str] = []
         rounds = self.rounds(events, chunk_size, archive)
         try:
             self.register(_topics(events))
         except ChiError as exc:
-            raise self._failure(events, out, exc) from exc
+            raise self.failure(events, out, exc) from exc
         for group in rounds:
             try:
                 results = self.call(partial(self.send_pipelined, group))
             except ChiError as exc:
-                raise self._failure(events, out, exc) from exc
+                raise self.failure(events, out, exc) from exc
             start = len(out)
             for r in results:
                 out += _stream_ids(r)
@@ -306,7 +316,7 @@ class Writer(_Packing):
         count_published(str(t) for t in packed[1][0::8])
         return ids
 
-    def _failure(self, events: list[Event], out: list[str], exc: ChiError) -> PublishError:
+    def failure(self, events: list[Event], out: list[str], exc: ChiError) -> PublishError:
         rest = self.unwritten(events, out)
         found: list[bytes | str | None] | None = None
         # Some events of the failed chunks may have been written: ask the id lookup.
@@ -338,18 +348,22 @@ class AsyncWriter(_Packing):
 
     async def write(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None = None,
-        *, archive: bool = False,
+        *, archive: bool = False, acks: Acks | None = None,
     ) -> list[str]:
         """As :meth:`Writer.write`."""
         if tracing.enabled() and not archive:
             with tracing.publishing(events) as traced:
-                return await self._write(traced, idempotency_keys, archive)
-        return await self._write(events, idempotency_keys, archive)
+                return await self._write(traced, idempotency_keys, archive, acks)
+        return await self._write(events, idempotency_keys, archive, acks)
 
     async def _write(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None,
-        archive: bool,
+        archive: bool, acks: Acks | None = None,
     ) -> list[str]:
+        if acks is not None:
+            from .acks_aio import awrite_acked
+
+            return await awrite_acked(self, events, idempotency_keys, acks)
         if len(events) == 1 and not archive:
             event = events[0]
             one = self.pack_one(event, idempotency_keys[0] if idempotency_keys else None)
@@ -368,26 +382,33 @@ class AsyncWriter(_Packing):
         return ids
 
     async def write_batch(
-        self, events: Sequence[Event], chunk_size: int = DEFAULT_CHUNK, *, archive: bool = False
+        self, events: Sequence[Event], chunk_size: int = DEFAULT_CHUNK, *, archive: bool = False,
+        acks: Acks | None = None,
     ) -> list[str]:
         """As :meth:`Writer.write_batch`."""
         if tracing.enabled() and not archive:
             with tracing.publishing(list(events)) as traced:
-                return await self._write_batch(traced, chunk_size, archive)
-        return await self._write_batch(list(events), chunk_size, archive)
+                return await self._write_batch(traced, chunk_size, archive, acks)
+        return await self._write_batch(list(events), chunk_size, archive, acks)
 
-    async def _write_batch(self, events: list[Event], chunk_size: int, archive: bool) -> list[str]:
+    async def _write_batch(
+        self, events: list[Event], chunk_size: int, archive: bool, acks: Acks | None = None
+    ) -> list[str]:
+        if acks is not None:
+            from .acks_aio import awrite_batch_acked
+
+            return await awrite_batch_acked(self, events, chunk_size, acks)
         out: list[str] = []
         rounds = self.rounds(events, chunk_size, archive)
         try:
             await self.register(_topics(events))
         except ChiError as exc:
-            raise await self._failure(events, out, exc) from exc
+            raise await self.failure(events, out, exc) from exc
         for group in rounds:
             try:
                 results = await self.call(partial(self.send_pipelined, group))
             except ChiError as exc:
-                raise await self._failure(events, out, exc) from exc
+                raise await self.failure(events, out, exc) from exc
             start = len(out)
             for r in results:
                 out += _stream_ids(r)
@@ -407,7 +428,7 @@ class AsyncWriter(_Packing):
         """Several publish-script calls in one round trip, unretried and unmapped."""
         return await self.script.arun_pipelined(self.client, calls)
 
-    async def _failure(self, events: list[Event], out: list[str], exc: ChiError) -> PublishError:
+    async def failure(self, events: list[Event], out: list[str], exc: ChiError) -> PublishError:
         rest = self.unwritten(events, out)
         found: list[bytes | str | None] | None = None
         with contextlib.suppress(rex.RedisError, OSError):

@@ -123,7 +123,6 @@ def test_cli_publish_dlq_and_redis_only_commands_on_a_rabbitmq_bus(
     finally:
         proc.stop()
     for args in (["replay", "--topic", "job", "--to", "jobs"], ["events", "list", "--topic", "job"],
-                 ["stats"], ["tail", "job", "--count", "1"], ["dlq", "show", "jobs", "x"],
                  ["publish", "job", "job.run", "{}", "--idempotency-key", "k"]):
         code, text = run_cli(app, *args)
         assert code == 1 and "not supported" in text, (args, code, text)

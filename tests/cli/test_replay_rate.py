@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -165,13 +166,19 @@ class Running:
         self.proc = subprocess.Popen(argv, env=clean_env(), cwd=str(ROOT),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.out = bytearray()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+        self.err = bytearray()
+        # Both pipes are drained by threads of their own; ``communicate`` would read stdout
+        # too and take the last lines away from ``out``.
+        self.readers = [threading.Thread(target=self._read, args=(pipe, buf), daemon=True)
+                        for pipe, buf in ((self.proc.stdout, self.out),
+                                          (self.proc.stderr, self.err))]
+        for reader in self.readers:
+            reader.start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.out += line
+    @staticmethod
+    def _read(pipe: Any, buf: bytearray) -> None:
+        for line in pipe:
+            buf += line
 
     def lines(self) -> int:
         return bytes(self.out).count(b"\n")
@@ -179,12 +186,14 @@ class Running:
     def stop(self, sig: int) -> tuple[int, str]:
         self.proc.send_signal(sig)
         try:
-            _, err = self.proc.communicate(timeout=60)
+            self.proc.wait(timeout=60)
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
-        self.reader.join(timeout=10)
-        return self.proc.returncode, err.decode()
+        for reader in self.readers:
+            reader.join(timeout=30)
+            assert not reader.is_alive(), "the replay's output did not end"
+        return self.proc.returncode, bytes(self.err).decode()
 
 
 def _argv(ns: str, *args: str) -> list[str]:

@@ -43,6 +43,11 @@ def test_stats_report_lag_pending_delayed_and_dead_letters(
     assert 0 <= sub["oldest_pending_age_s"] < 60
     text = cli("stats").stdout
     assert "order" in text and "audit" in text
+    client.hset(bus.keys.subs(), "other", msgspec.json.encode({"types": ["x.*"]}))
+    assert [s["name"] for s in json.loads(cli("--json", "stats").stdout)["subscriptions"]] == [
+        "audit", "other"]
+    only = json.loads(cli("--json", "stats", "--sub", "other").stdout)
+    assert [s["name"] for s in only["subscriptions"]] == ["other"]  # --sub: only those
 
 
 def test_stats_on_100_topics_and_10_subscriptions_is_well_under_a_second(

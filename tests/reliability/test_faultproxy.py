@@ -13,6 +13,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from support import RedisServers, wait_until
 from support.faultproxy import FaultProxy
+from support.waiting import stays
 
 pytestmark = pytest.mark.redis
 
@@ -52,7 +53,7 @@ def test_blackhole_times_out_and_heal_delivers_late_bytes(proxy: FaultProxy) -> 
             c.ping()
         # A command sent into the hole is held, not lost: it runs after the heal.
         d.connection_pool.get_connection().send_command("SET", "late", "1")
-        time.sleep(0.2)
+        assert stays(lambda: _direct(proxy).get("late") is None, 0.3), "SET went through the hole"
         proxy.heal()
         wait_until(lambda: _direct(proxy).get("late") == b"1", 10, "late SET applied")
 

@@ -84,6 +84,18 @@ class LocalCluster:
             node = c.get_node_from_key(key)
             return f"{node.host}:{node.port}"
 
+    def replica_of(self, master: str) -> RedisServer:
+        """The node that replicates the master at ``host:port``."""
+        port = int(master.rsplit(":", 1)[1])
+        for node in self.nodes:
+            if not node.alive():
+                continue
+            with contextlib.closing(node.client()) as c:
+                repl = c.info("replication")
+            if repl.get("role") == "slave" and int(repl.get("master_port", 0)) == port:
+                return node
+        raise AssertionError(f"no replica of {master}")
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()

@@ -45,6 +45,9 @@ SETTINGS: list[tuple[str, Build, int]] = [
     ("max_event_bytes", lambda v, c: _async_bus(max_event_bytes=v), MAX_EVENT_BYTES),
     ("idempotency_ttl_ms", lambda v, c: EventBus(c, idempotency_ttl_ms=v), MAX_TTL_MS),
     ("idempotency_ttl_ms", lambda v, c: _async_bus(idempotency_ttl_ms=v), MAX_TTL_MS),
+    ("min_replicas", lambda v, c: EventBus(c, acks="replicas", min_replicas=v), 100),
+    ("ack_timeout_ms", lambda v, c: EventBus(c, acks="replicas", ack_timeout_ms=v), 60_000),
+    ("ack_timeout_ms", lambda v, c: _async_bus(acks="replicas", ack_timeout_ms=v), 60_000),
     ("batch_size", lambda v, c: _buffered(batch_size=v), MAX_CHUNK),
     ("max_buffer", lambda v, c: _buffered(max_buffer=v), 10_000_000),
     ("dedupe_ttl_ms", lambda v, c: EventBus(c).subscribe("s", dedupe=True, dedupe_ttl_ms=v),
@@ -113,6 +116,8 @@ def test_dead_letter_page_size_is_bounded_and_nothing_is_sent(
 @pytest.mark.parametrize(("path", "value"), [
     ("bus.max_event_bytes", 0), ("bus.max_event_bytes", MAX_EVENT_BYTES + 1),
     ("bus.idempotency_ttl_ms", 0), ("bus.idempotency_ttl_ms", MAX_TTL_MS + 1),
+    ("bus.min_replicas", 0), ("bus.min_replicas", 101), ("bus.ack_timeout_ms", 0),
+    ("bus.ack_timeout_ms", 60_001),
     ("bus.buffer_size", 0), ("bus.buffer_size", ABSURD),
     ("worker.block_ms", 0), ("worker.block_ms", -5), ("worker.prefetch", 0),
     ("worker.prefetch", MAX_COUNT + 1), ("worker.max_prefetch", ABSURD),

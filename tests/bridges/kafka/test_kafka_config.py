@@ -37,7 +37,7 @@ def test_kafka_is_accepted_and_builds_the_kafka_bus(tmp_path: Path) -> None:
     assert bus.bootstrap == "k1:9092,k2:9092" and bus.namespace == "shop"
     assert bus.group_id("audit") == "chi-events.shop.audit"
     assert (bus.partitions, bus.replication_factor, bus.session_timeout_ms) == (3, 1, 45_000)
-    with pytest.raises(ConfigError, match=r"bus\.type 'kafka' serves only"):
+    with pytest.raises(ConfigError, match=r"not supported on bus\.type 'kafka'"):
         bus_from_config(config)  # the Redis-only commands say so
 
 
@@ -100,3 +100,26 @@ def test_publish_to_an_unreachable_broker_is_a_clear_error() -> None:
         bus.publish(Event(type="parcel.sent", data=1))
     with pytest.raises(KafkaError):
         bus.dead_letters("audit", timeout_s=1.5)
+
+
+def test_priority_is_accepted_and_changes_nothing() -> None:
+    """Each subscription has its own consumer group and threads: no order among them."""
+    bus = KafkaEventBus(["k:9092"])
+    bus.subscribe("urgent", types=["a.b"], priority=9)(lambda e: None)
+    bus.subscribe("normal", types=["a.b"])(lambda e: None)
+    assert bus.subscriptions["urgent"].priority == 9
+    assert bus.worker(threads=1).bus is bus  # built the same way for both
+
+
+def test_chi_kafka_brokers_is_a_comma_separated_list() -> None:
+    config = load_config(None, {"CHI_BUS_TYPE": "kafka",
+                                "CHI_KAFKA_BROKERS": "k1:9092, k2:9092,"})
+    assert config.bus.kafka.brokers == ["k1:9092", "k2:9092"]
+    assert KafkaEventBus.from_config(config).bootstrap == "k1:9092,k2:9092"
+
+
+def test_what_kafka_cannot_do_is_the_bridges_not_supported_error() -> None:
+    from chi_redis.bridges import NotSupportedError
+
+    with pytest.raises(NotSupportedError, match="Kafka has no per-message delay"):
+        KafkaEventBus(["k:9092"]).publish_batch([], delay_ms=100)
