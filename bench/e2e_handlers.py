@@ -87,8 +87,8 @@ try:
         "bench-batch", topics=["benchbatch"], max_retries=0, batch_size=100, batch_wait_ms=5,
     )(batch_noop)
     BATCH = True
-except (TypeError, ConfigError):  # a chi-redis without batch subscriptions, or a cluster
-    BATCH = False  # (which refuses them: docs/design.md 3.4; bench_cluster.py runs there)
+except (TypeError, ConfigError):  # a chi-redis without batch subscriptions, or one that
+    BATCH = False  # refuses them on a cluster (bench_cluster.py's workers run there)
 
 
 # The cluster bench (bench/bench_cluster.py): one subscription on three topics whose streams
@@ -99,4 +99,3 @@ SPREAD_TOPICS = topics_by_slot_range("benchspread")
 @bus.subscribe("bench-spread", topics=SPREAD_TOPICS, max_retries=0)
 def spread(event: Event) -> None:
     """Does nothing: the cluster's read and ack paths, not the handler, are measured."""
-
