@@ -14,7 +14,10 @@ from __future__ import annotations
 import threading
 import time
 
+from localcluster import topics_by_slot_range
+
 from chi_redis import Event
+from chi_redis.errors import ConfigError
 from chi_redis.worker import bus
 
 LATENCY_KEY = f"{bus.namespace}:bench:latency"
@@ -84,5 +87,15 @@ try:
         "bench-batch", topics=["benchbatch"], max_retries=0, batch_size=100, batch_wait_ms=5,
     )(batch_noop)
     BATCH = True
-except TypeError:  # a chi-redis without batch subscriptions
-    BATCH = False
+except (TypeError, ConfigError):  # a chi-redis without batch subscriptions, or one that
+    BATCH = False  # refuses them on a cluster (bench_cluster.py's workers run there)
+
+
+# The cluster bench (bench/bench_cluster.py): one subscription on three topics whose streams
+# live on the three masters of a 3-master cluster (the same topics on a single node).
+SPREAD_TOPICS = topics_by_slot_range("benchspread")
+
+
+@bus.subscribe("bench-spread", topics=SPREAD_TOPICS, max_retries=0)
+def spread(event: Event) -> None:
+    """Does nothing: the cluster's read and ack paths, not the handler, are measured."""

