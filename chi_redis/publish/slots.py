@@ -20,14 +20,17 @@ _MAX_REGISTERED = 10_000
 REFRESH_S = 60.0
 
 
-def topic_runs(events: Sequence[Event], chunk_size: int) -> Iterator[Sequence[Event]]:
-    """``events`` cut into runs of one topic, each at most ``chunk_size`` long, in order:
-    their stream ids, concatenated, are in the events' order."""
+def topic_runs(
+    events: Sequence[Event], chunk_size: int, names: Sequence[str] | None = None
+) -> Iterator[tuple[int, int]]:
+    """``events`` cut into runs of one topic (of one name of ``names``: a partition), each
+    at most ``chunk_size`` long, in order, as ``(start, stop)``: their stream ids,
+    concatenated, are in the events' order."""
+    of = names if names is not None else [e.topic for e in events]
     start = 0
     for i in range(1, len(events) + 1):
-        if (i == len(events) or events[i].topic != events[start].topic
-                or i - start == chunk_size):
-            yield events[start:i]
+        if i == len(events) or of[i] != of[start] or i - start == chunk_size:
+            yield start, i
             start = i
 
 
@@ -58,8 +61,11 @@ class TopicMemory:
         self.known.update(topics)
 
 
-def id_lookups(pipe: Any, keys: Keys, events: Sequence[Event]) -> Any:
-    """Queue ``HGET <topic's ids> <id>`` for each event on ``pipe``; the pipeline."""
-    for event in events:
-        pipe.hget(keys.ids(event.topic), event.id)
+def id_lookups(
+    pipe: Any, keys: Keys, events: Sequence[Event], names: Sequence[str] | None = None
+) -> Any:
+    """Queue ``HGET <topic's ids> <id>`` for each event on ``pipe`` (the ids of its name in
+    ``names``, when given: its partition); the pipeline."""
+    for i, event in enumerate(events):
+        pipe.hget(keys.ids(names[i] if names is not None else event.topic), event.id)
     return pipe

@@ -20,6 +20,7 @@ import redis.exceptions as rex
 
 from ..backend.cluster import is_cluster
 from ..backend.keys import Keys
+from ..backend.partitions import PartitionRegistry
 from ..backend.scripts import direct_connection, script
 from ..errors import ChiError, PublishError
 from ..events.codec import Codec
@@ -129,37 +130,55 @@ class _Packing(OnePacking):
         self.per_topic = False
         #: Topics known to be in the topics set (added before a topic's first event).
         self.registered = TopicMemory()
+        #: The partitioned topics' declarations (set by the bus; None: route nothing).
+        self.partitions: PartitionRegistry | None = None
 
     def pack(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None,
-        archive: bool,
+        archive: bool, names: Sequence[str] | None = None,
     ) -> Call:
         return pack(self.keys, self.codec, events, idempotency_keys, self.idempotency_ttl_ms,
-                    archive)
+                    archive, names)
+
+    def route(self, events: Sequence[Event]) -> list[str] | None:
+        """The partition each event goes to (``orders/3``), its topic for the others; None
+        when no topic of ``events`` is partitioned (docs/design.md §15)."""
+        registry = self.partitions
+        if registry is None:
+            return None
+        out: list[str] | None = None
+        for i, event in enumerate(events):
+            decl = registry.get(event.topic)
+            if decl is not None:
+                if out is None:
+                    out = [e.topic for e in events]
+                out[i] = decl.part(event.topic, event)
+        return out
 
     def pack_runs(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None,
         archive: bool,
     ) -> list[Call]:
         """:meth:`pack` of ``events`` (one call), or on a cluster of each run of one topic."""
+        names = self.route(events)
         if not self.per_topic:
-            return [self.pack(events, idempotency_keys, archive)]
-        calls, start = [], 0
-        for run in topic_runs(events, len(events)):
-            idem = idempotency_keys[start:start + len(run)] if idempotency_keys else None
-            calls.append(self.pack(run, idem, archive))
-            start += len(run)
-        return calls
+            return [self.pack(events, idempotency_keys, archive, names)]
+        return [self.pack(events[a:b], idempotency_keys[a:b] if idempotency_keys else None,
+                          archive, names[a:b] if names else None)
+                for a, b in topic_runs(events, len(events), names)]
 
     def rounds(self, events: list[Event], chunk_size: int, archive: bool) -> list[list[Call]]:
         """Every chunk packed (so nothing is sent if one is invalid), grouped per round trip."""
         check_limit(chunk_size, "chunk_size", 1, MAX_CHUNK)
+        names = self.route(events)
         if self.per_topic:  # a cluster: one topic (one slot) per script call
-            calls = [self.pack(run, None, archive) for run in topic_runs(events, chunk_size)]
+            calls = [self.pack(events[a:b], None, archive, names[a:b] if names else None)
+                     for a, b in topic_runs(events, chunk_size, names)]
             per = CLUSTER_CALLS_PER_ROUND_TRIP
         else:
             calls = [
-                self.pack(events[i : i + chunk_size], None, archive)
+                self.pack(events[i : i + chunk_size], None, archive,
+                          names[i : i + chunk_size] if names else None)
                 for i in range(0, len(events), chunk_size)
             ]
             per = CHUNKS_PER_ROUND_TRIP
@@ -217,7 +236,9 @@ class Writer(_Packing):
     ) -> list[str]:
         if len(events) == 1 and not archive:
             event = events[0]
-            one = self.pack_one(event, idempotency_keys[0] if idempotency_keys else None)
+            name = self.route(events)
+            one = self.pack_one(event, idempotency_keys[0] if idempotency_keys else None,
+                                name[0] if name else None)
             if not self.registered.knows(event.topic):
                 self.register((event.topic,))
             sid: bytes = self.call(lambda: self.send_one(*one))
@@ -312,7 +333,8 @@ class Writer(_Packing):
         # Some events of the failed chunks may have been written: ask the id lookup.
         with contextlib.suppress(rex.RedisError):
             pipe = self.client.pipeline(transaction=False)
-            found = id_lookups(pipe, self.keys, rest).execute() if rest else []
+            found = (id_lookups(pipe, self.keys, rest, self.route(rest)).execute()
+                     if rest else [])
         return partial_failure(events, out, found, exc)
 
 

@@ -1,0 +1,167 @@
+"""``PartitionedConsumer``: a subscription's consumer when it binds partitioned topics
+(docs/design.md §15).
+
+It reads everything a :class:`~.consumer.StreamsConsumer` reads (the private stream and the
+plain topic streams, as before) and, beside that, the partitions it owns
+(:mod:`.partowners`), one entry at a time per partition: a partition is read again only
+once its entry was acked or dead-lettered, so one key's events reach the handlers in
+publish order however many threads and processes run.  A failing entry's retry holds its
+partition, as in Kafka: its backoff runs here, the entry stays pending (its lease renewed)
+and the same entry is handed out again when the backoff is over; the partition's later
+entries wait for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+import redis.exceptions as rex
+
+from .consumer import StreamsConsumer
+from .messages import StreamMessage, as_stream_message
+from .partowners import Ownership, is_part_stream
+from .slotreads import queue_reads
+
+if TYPE_CHECKING:
+    from .broker import StreamsBroker
+
+__all__ = ["PartitionedConsumer"]
+
+#: While a read of partitions found nothing, how long the read of the other streams may
+#: block: a partition's next entry waits at most about this long.
+PART_IDLE_BLOCK_MS = 100
+
+
+class PartitionedConsumer(StreamsConsumer):
+    READ_AHEAD = False  #: one entry per partition in flight: nothing to read ahead
+
+    def __init__(self, broker: StreamsBroker, queue: str, prefetch: int, timeout: int) -> None:
+        self.owners = Ownership(broker, queue, broker.consumer_id, broker.options.lease_ms)
+        self._part_replies: list[str] = []  # streams read in the last pipeline, in order
+        self._parts_found = True
+        super().__init__(broker, queue, prefetch, timeout)
+        self._next_round = 0.0
+
+    # Dramatiq interface ------------------------------------------------------------------
+    def ack(self, message: dramatiq.MessageProxy) -> None:
+        m = as_stream_message(message)
+        hold_ms = m.hold_ms
+        if hold_ms is None:
+            super().ack(message)
+            return
+        # A retry of a partition's entry: hand the same entry out again after the backoff
+        # (still in flight: its partition stays busy and its lease is renewed meanwhile).
+        again = StreamMessage(m._message, m.entry_queue, m.entry_stream, m.entry_id,
+                              m.deliveries)
+        again.entry_fields = m.entry_fields
+        with self.state.cond:
+            self.state.held.append((time.monotonic() + hold_ms / 1000, again))
+            self.state.cond.notify_all()
+
+    def close(self) -> None:
+        with self.state.cond:
+            held, self.state.held = [m for _, m in self.state.held], []
+        with contextlib.suppress(Exception):  # Redis unreachable: its lease expires
+            if held:
+                self.requeue(held)
+        super().close()
+        with contextlib.suppress(rex.RedisError):  # else the leases run out
+            self.owners.leave()
+
+    # the loop ----------------------------------------------------------------------------
+    def _next(self) -> StreamMessage | None:
+        if self.state.held and not self.stopping:
+            now = time.monotonic()
+            with self.state.cond:
+                due = [m for t, m in self.state.held if t <= now]
+                self.state.held = [(t, m) for t, m in self.state.held if t > now]
+            self._local.extend(due)
+        return super()._next()
+
+    def _busy(self) -> set[str]:
+        with self.state.cond:
+            return {s for s, _ in self.state.inflight if is_part_stream(s)}
+
+    def _read_pipe(self, free: int, now: float) -> tuple[Any, dict[str, list[bytes]]]:
+        """The base read (acks, promotion, the other streams) with, before its read, one
+        ``XREADGROUP COUNT 1`` per partition readable now (each its own slot on a
+        cluster); the other streams' read does not block when the partitions had entries
+        last time, and at most :data:`PART_IDLE_BLOCK_MS` when they had none."""
+        reads = self.owners.reads(self._busy())
+        self._part_replies = list(reads)
+        acks = self.acks.take()
+        pipe = self.client.pipeline(transaction=False)
+        self.acks.queue(pipe, acks)
+        pipe.evalsha(self._promote.sha, 2, self.delayed, self.private, 100)
+        for stream, start in reads.items():
+            pipe.xreadgroup(self.queue, self.name, {stream: start}, count=1)
+        block = None if reads and self._parts_found else self._block_ms(now)
+        return queue_reads(pipe, self.queue, self.name, self._streams, free, block), acks
+
+    def _block_ms(self, now: float) -> int | None:
+        block = super()._block_ms(now)
+        if self._part_replies and block is not None:
+            block = min(block, PART_IDLE_BLOCK_MS)
+        return block
+
+    def _absorb(self, results: list[Any]) -> None:
+        part_results = results[-1 - len(self._part_replies):-1] if self._part_replies else []
+        if self._part_replies:
+            results = [*results[: -1 - len(self._part_replies)], results[-1]]
+        super()._absorb(results)
+        found = 0
+        for stream, read in zip(self._part_replies, part_results, strict=True):
+            if isinstance(read, Exception):
+                self._read_error(read)
+                continue
+            entries = read[0][1] if read else []
+            if stream in self.owners.history:
+                self._read_back(stream, entries)
+            elif entries:
+                self._handle(stream, entries)
+            found += len(entries)
+        self._parts_found = found > 0
+        self._hand_off = self._hand_off or bool(self._local)
+
+    def _read_back(self, stream: str, entries: list[Any]) -> None:
+        """Own pending entries read back: handed out as delivered again (counted by the
+        crash guard, run alone); one whose entry was trimmed meanwhile is acked."""
+        self.owners.read_back(stream, len(entries))
+        gone = [sid for sid, fields in entries if fields is None]
+        if gone:
+            self.client.xack(stream, self.queue, *gone)
+            self.owners.history.add(stream)  # read on: there may be more behind it
+        live = [(sid, f) for sid, f in entries if f is not None]
+        if live:
+            self._handle(stream, live, {sid: 2 for sid, _ in live})
+
+    # maintenance -------------------------------------------------------------------------
+    def _refresh_streams(self) -> None:
+        super()._refresh_streams()
+        topics = [self.broker.keys.topic_from_stream(s) for s in self._streams
+                  if s != self.private]
+        self.owners.bind(topics)
+        for s in self.owners.streams():
+            self._topic_of[s] = self.owners.topic_of(s)
+
+    def _maintain(self, now: float) -> None:
+        super()._maintain(now)
+        if now >= self._next_round and not self.stopping and self.owners.topics:
+            busy = self._busy()
+            self.owners.round(busy)
+            for stream, claimed, counts in self.owners.recover(busy):
+                claimed, doomed = self.crashes.sort(stream, claimed, counts)
+                for sid, fields, count in doomed:  # started max_deliveries times
+                    self._reject(stream, sid, fields, "max_deliveries", count)
+            self._next_round = now + self.lease_ms_s / 3
+
+    @property
+    def lease_ms_s(self) -> float:
+        return self.opts.lease_ms / 1000
+
+    def _wait_s(self, most_ms: int) -> float:
+        wait = super()._wait_s(most_ms)
+        return max(0.0, min(wait, self._next_round - time.monotonic()))
