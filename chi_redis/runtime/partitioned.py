@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import dramatiq
 import redis.exceptions as rex
 
+from ..backend.cluster import is_cluster
 from .consumer import StreamsConsumer
 from .messages import StreamMessage, as_stream_message
 from .partowners import Ownership, is_part_stream
@@ -30,9 +31,12 @@ if TYPE_CHECKING:
 
 __all__ = ["PartitionedConsumer"]
 
-#: While a read of partitions found nothing, how long the read of the other streams may
-#: block: a partition's next entry waits at most about this long.
+#: On a cluster, while a read of partitions found nothing, how long the read of the other
+#: streams may block: a partition's next entry waits at most about this long.
 PART_IDLE_BLOCK_MS = 100
+#: While every partition held is running an entry, how long to wait for an ack at most
+#: before reading the other streams again.
+ALL_BUSY_WAIT_MS = 50
 
 
 class PartitionedConsumer(StreamsConsumer):
@@ -40,7 +44,7 @@ class PartitionedConsumer(StreamsConsumer):
 
     def __init__(self, broker: StreamsBroker, queue: str, prefetch: int, timeout: int) -> None:
         self.owners = Ownership(broker, queue, broker.consumer_id, broker.options.lease_ms)
-        self._part_replies: list[str] = []  # streams read in the last pipeline, in order
+        self._plan: list[list[str]] = []  # partition reads of the last pipeline, in order
         self._parts_found = True
         super().__init__(broker, queue, prefetch, timeout)
         self._next_round = 0.0
@@ -79,50 +83,79 @@ class PartitionedConsumer(StreamsConsumer):
                 due = [m for t, m in self.state.held if t <= now]
                 self.state.held = [(t, m) for t, m in self.state.held if t > now]
             self._local.extend(due)
+        if not self._local and not self.stopping and self._all_busy():
+            # Every partition held here is running an entry: what frees one is an ack
+            # (a worker thread's, which notifies), not Redis: wait for it, not in a read.
+            with self.state.cond:
+                if self._all_busy():
+                    self.state.cond.wait(timeout=self._wait_s(ALL_BUSY_WAIT_MS))
         return super()._next()
+
+    def _all_busy(self) -> bool:
+        held = self.owners.held
+        return bool(held) and self.owners.valid() and held.keys() <= self._busy()
 
     def _busy(self) -> set[str]:
         with self.state.cond:
             return {s for s, _ in self.state.inflight if is_part_stream(s)}
 
     def _read_pipe(self, free: int, now: float) -> tuple[Any, dict[str, list[bytes]]]:
-        """The base read (acks, promotion, the other streams) with, before its read, one
-        ``XREADGROUP COUNT 1`` per partition readable now (each its own slot on a
-        cluster); the other streams' read does not block when the partitions had entries
-        last time, and at most :data:`PART_IDLE_BLOCK_MS` when they had none."""
+        """The base read (acks, promotion, the other streams) with, before its read, the
+        read of the partitions readable now, ``COUNT 1`` each: own pending entries first
+        (``0``), then new ones (``>``).  On a single node the new ones are one command that
+        blocks (the other streams' read then does not); on a cluster each partition is
+        its own slot, so each is read without blocking, and the other streams' read
+        blocks only when the partitions had nothing last time (at most
+        :data:`PART_IDLE_BLOCK_MS`)."""
         reads = self.owners.reads(self._busy())
-        self._part_replies = list(reads)
+        history = [s for s, start in reads.items() if start == "0"]
+        new = [s for s, start in reads.items() if start == ">"]
+        cluster = is_cluster(self.client)
         acks = self.acks.take()
         pipe = self.client.pipeline(transaction=False)
         self.acks.queue(pipe, acks)
         pipe.evalsha(self._promote.sha, 2, self.delayed, self.private, 100)
-        for stream, start in reads.items():
-            pipe.xreadgroup(self.queue, self.name, {stream: start}, count=1)
-        block = None if reads and self._parts_found else self._block_ms(now)
+        plan = [[s] for s in history] if cluster else ([history] if history else [])
+        for streams in plan:
+            pipe.xreadgroup(self.queue, self.name, dict.fromkeys(streams, "0"), count=1)
+        block = self._block_ms(now)
+        if new and not cluster:
+            pipe.xreadgroup(self.queue, self.name, dict.fromkeys(new, ">"), count=1,
+                            block=None if history else block)
+            plan.append(new)
+            block = None
+        elif new:
+            for s in new:
+                pipe.xreadgroup(self.queue, self.name, {s: ">"}, count=1)
+                plan.append([s])
+            if not self._parts_found and block is not None:
+                block = min(block, PART_IDLE_BLOCK_MS)
+            elif self._parts_found:
+                block = None
+        elif self._all_busy():
+            block = None  # waited for an ack already (_next)
+        self._plan = plan
         return queue_reads(pipe, self.queue, self.name, self._streams, free, block), acks
 
-    def _block_ms(self, now: float) -> int | None:
-        block = super()._block_ms(now)
-        if self._part_replies and block is not None:
-            block = min(block, PART_IDLE_BLOCK_MS)
-        return block
-
     def _absorb(self, results: list[Any]) -> None:
-        part_results = results[-1 - len(self._part_replies):-1] if self._part_replies else []
-        if self._part_replies:
-            results = [*results[: -1 - len(self._part_replies)], results[-1]]
+        n = len(self._plan)
+        part_results = results[-1 - n:-1] if n else []
+        if n:
+            results = [*results[: -1 - n], results[-1]]
         super()._absorb(results)
         found = 0
-        for stream, read in zip(self._part_replies, part_results, strict=True):
+        for streams, read in zip(self._plan, part_results, strict=True):
             if isinstance(read, Exception):
                 self._read_error(read)
                 continue
-            entries = read[0][1] if read else []
-            if stream in self.owners.history:
-                self._read_back(stream, entries)
-            elif entries:
-                self._handle(stream, entries)
-            found += len(entries)
+            got = {(k.decode() if isinstance(k, bytes) else k): v for k, v in (read or [])}
+            for stream in streams:
+                entries = got.get(stream, [])
+                if stream in self.owners.history:
+                    self._read_back(stream, entries)
+                elif entries:
+                    self._handle(stream, entries)
+                found += len(entries)
         self._parts_found = found > 0
         self._hand_off = self._hand_off or bool(self._local)
 
