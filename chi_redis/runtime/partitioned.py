@@ -34,9 +34,9 @@ __all__ = ["PartitionedConsumer"]
 #: On a cluster, while a read of partitions found nothing, how long the read of the other
 #: streams may block: a partition's next entry waits at most about this long.
 PART_IDLE_BLOCK_MS = 100
-#: While every partition held is running an entry, how long to wait for an ack at most
-#: before reading the other streams again.
-ALL_BUSY_WAIT_MS = 50
+#: While a partition held here runs an entry, how long to wait for an ack at most before
+#: reading again (the partitions idle meanwhile are read without blocking).
+BUSY_WAIT_MS = 50
 
 
 class PartitionedConsumer(StreamsConsumer):
@@ -44,6 +44,7 @@ class PartitionedConsumer(StreamsConsumer):
 
     def __init__(self, broker: StreamsBroker, queue: str, prefetch: int, timeout: int) -> None:
         self.owners = Ownership(broker, queue, broker.consumer_id, broker.options.lease_ms)
+        self._busy_at_read: set[str] = set()
         self._plan: list[list[str]] = []  # partition reads of the last pipeline, in order
         self._parts_found = True
         super().__init__(broker, queue, prefetch, timeout)
@@ -83,17 +84,19 @@ class PartitionedConsumer(StreamsConsumer):
                 due = [m for t, m in self.state.held if t <= now]
                 self.state.held = [(t, m) for t, m in self.state.held if t > now]
             self._local.extend(due)
-        if not self._local and not self.stopping and self._all_busy():
-            # Every partition held here is running an entry: what frees one is an ack
-            # (a worker thread's, which notifies), not Redis: wait for it, not in a read.
+        if not self._local and not self.stopping and self.owners.held:
+            # A partition held here runs an entry: what frees it is an ack (a worker
+            # thread's, which notifies), not Redis.  Wait for one rather than block in a
+            # read, unless one was freed since the last read (then read it at once).
             with self.state.cond:
-                if self._all_busy():
-                    self.state.cond.wait(timeout=self._wait_s(ALL_BUSY_WAIT_MS))
+                busy = self._busy_now()
+                if busy and not self._busy_at_read - busy:
+                    self.state.cond.wait(timeout=self._wait_s(BUSY_WAIT_MS))
         return super()._next()
 
-    def _all_busy(self) -> bool:
-        held = self.owners.held
-        return bool(held) and self.owners.valid() and held.keys() <= self._busy()
+    def _busy_now(self) -> set[str]:
+        """The partition streams with an entry in flight (caller holds ``state.cond``)."""
+        return {s for s, _ in self.state.inflight if is_part_stream(s)}
 
     def _busy(self) -> set[str]:
         with self.state.cond:
@@ -107,7 +110,9 @@ class PartitionedConsumer(StreamsConsumer):
         its own slot, so each is read without blocking, and the other streams' read
         blocks only when the partitions had nothing last time (at most
         :data:`PART_IDLE_BLOCK_MS`)."""
-        reads = self.owners.reads(self._busy())
+        busy = self._busy()
+        reads = self.owners.reads(busy)
+        running = bool(busy & self.owners.held.keys())  # no read blocks then (_next)
         history = [s for s, start in reads.items() if start == "0"]
         new = [s for s, start in reads.items() if start == ">"]
         cluster = is_cluster(self.client)
@@ -121,18 +126,18 @@ class PartitionedConsumer(StreamsConsumer):
         block = self._block_ms(now)
         if new and not cluster:
             pipe.xreadgroup(self.queue, self.name, dict.fromkeys(new, ">"), count=1,
-                            block=None if history else block)
+                            block=None if history or running else block)
             plan.append(new)
             block = None
         elif new:
             for s in new:
                 pipe.xreadgroup(self.queue, self.name, {s: ">"}, count=1)
                 plan.append([s])
-            if not self._parts_found and block is not None:
-                block = min(block, PART_IDLE_BLOCK_MS)
-            elif self._parts_found:
+            if self._parts_found or running:
                 block = None
-        elif self._all_busy():
+            elif block is not None:
+                block = min(block, PART_IDLE_BLOCK_MS)
+        elif running:
             block = None  # waited for an ack already (_next)
         self._plan = plan
         return queue_reads(pipe, self.queue, self.name, self._streams, free, block), acks
@@ -157,6 +162,7 @@ class PartitionedConsumer(StreamsConsumer):
                     self._handle(stream, entries)
                 found += len(entries)
         self._parts_found = found > 0
+        self._busy_at_read = self._busy()
         self._hand_off = self._hand_off or bool(self._local)
 
     def _read_back(self, stream: str, entries: list[Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import defaultdict
 
 import pytest
@@ -39,6 +40,17 @@ def order_problems(log: list[str]) -> tuple[dict[str, set[int]], list[str]]:
             last_first[key] = seq
             done[key].add(seq)
     return done, problems
+
+
+def test_order_check_catches_violations() -> None:
+    # The checker of the process test, on logs that break each rule.
+    ok = ["s a 0 1", "d a 0 1", "s a 1 1", "s a 1 2", "d a 1 2", "d a 1 1"]
+    assert order_problems(ok)[1] == []  # a run again after a kill is allowed
+    early = ["s a 0 1", "s a 1 2", "d a 1 2", "d a 0 1"]
+    assert order_problems(early)[1] == ["a/1 started before a/[0] completed",
+                                        "a/0 first completed after a/1"]
+    swapped = ["s a 0 1", "s a 1 2", "d a 0 1", "d a 1 2", "d a 0 1"]
+    assert "a/1 started" in order_problems(swapped)[1][0]
 
 
 def test_mapping_is_stable_crc32() -> None:
@@ -121,7 +133,9 @@ def test_order_kept_with_three_workers_and_a_kill(
         bus.publish_batch([Event(type="orders.placed", data={
             "key": k, "seq": seq, "fail": seq == 50 and k in ("k7", "k8")}) for k in keys])
     log = f"{ns}:t:log"
+    t0 = time.monotonic()
     wait_until(lambda: real_client.llen(log) > 6000, 300, "a third handled")
+    print(f"a third in {time.monotonic() - t0:.1f} s")
     os.killpg(procs[0].pid, signal.SIGKILL)  # the worker and its child, no cleanup
     wait_until(lambda: shares() == [4, 4], 60, "the dead worker's partitions taken over")
     total = len(keys) * per_key
@@ -130,7 +144,9 @@ def test_order_kept_with_three_workers_and_a_kill(
         lines = [b.decode() for b in real_client.lrange(log, 0, -1)]
         return sum(len(v) for v in order_problems(lines)[0].values())
 
+    print(f"taken over at {time.monotonic() - t0:.1f} s")
     wait_until(lambda: completed() == total, 600, "every event handled", interval=1)
+    print(f"all done at {time.monotonic() - t0:.1f} s")
     lines = [b.decode() for b in real_client.lrange(log, 0, -1)]
     done, problems = order_problems(lines)
     assert problems == []
