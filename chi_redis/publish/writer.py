@@ -26,6 +26,7 @@ from ..errors import ChiError, PublishError
 from ..events.codec import Codec
 from ..events.event import Event
 from ..events.names import validate_name
+from ..events.partitioning import topic_of_part
 from ..limits import MAX_CHUNK, check_limit
 from ..observe import metrics, tracing
 from .packing import Call, pack
@@ -317,14 +318,14 @@ class Writer(_Packing):
         Never retried: after a lost reply a retry would write the events twice, and the
         checkpoint tells a rerun where the replay really stopped.
         """
-        self.register(str(t) for t in packed[1][0::8])
+        self.register(topic_of_part(str(t)) for t in packed[1][0::8])
         keys = [checkpoint_key or (packed[0][0] if packed[0] else self.keys.topics()),
                 *packed[0]]
         argv = [*checkpoint_argv(checkpoint or {}), *packed[1]]
         s = self.republish_script
         ids = _stream_ids(self.call_once(lambda: s.run(self.client, keys, argv)))
         # Eight arguments per entry, the topic first (``pack_republish``).
-        count_published(str(t) for t in packed[1][0::8])
+        count_published(topic_of_part(str(t)) for t in packed[1][0::8])
         return ids
 
     def _failure(self, events: list[Event], out: list[str], exc: ChiError) -> PublishError:
