@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections import defaultdict
 
 import pytest
 import redis
+from support.ordering import order_problems
 from support.processes import Workers
 from support.waiting import wait_until
 
@@ -18,28 +18,6 @@ from chi_redis.events.partitioning import Declaration, partition_of
 
 pytestmark = pytest.mark.redis
 MODULE = "runtime.proc_partitions"
-
-
-def order_problems(log: list[str]) -> tuple[dict[str, set[int]], list[str]]:
-    """Check the handler log: no event of a key starts before every earlier event of that
-    key completed at least once, and a key's first completions come in publish order.
-    Returns (completed seqs per key, problems)."""
-    done: dict[str, set[int]] = defaultdict(set)
-    last_first: dict[str, int] = {}
-    problems = []
-    for line in log:
-        kind, key, raw, _pid = line.split()
-        seq = int(raw)
-        if kind == "s":
-            missing = [m for m in range(seq) if m not in done[key]]
-            if missing:
-                problems.append(f"{key}/{seq} started before {key}/{missing[:3]} completed")
-        elif seq not in done[key]:
-            if seq <= last_first.get(key, -1):
-                problems.append(f"{key}/{seq} first completed after {key}/{last_first[key]}")
-            last_first[key] = seq
-            done[key].add(seq)
-    return done, problems
 
 
 def test_order_check_catches_violations() -> None:
