@@ -49,6 +49,7 @@ class PartitionedConsumer(StreamsConsumer):
         self._parts_found = True
         super().__init__(broker, queue, prefetch, timeout)
         self._next_round = 0.0
+        self._rounds = 0
 
     # Dramatiq interface ------------------------------------------------------------------
     def ack(self, message: dramatiq.MessageProxy) -> None:
@@ -74,7 +75,7 @@ class PartitionedConsumer(StreamsConsumer):
                 self.requeue(held)
         super().close()
         with contextlib.suppress(rex.RedisError):  # else the leases run out
-            self.owners.leave()
+            self.owners.leave(self._busy())
 
     # the loop ----------------------------------------------------------------------------
     def _next(self) -> StreamMessage | None:
@@ -195,6 +196,9 @@ class PartitionedConsumer(StreamsConsumer):
                 claimed, doomed = self.crashes.sort(stream, claimed, counts)
                 for sid, fields, count in doomed:  # started max_deliveries times
                     self._reject(stream, sid, fields, "max_deliveries", count)
+            self._rounds += 1
+            if self._rounds % 12 == 0:  # consumers of dead workers, with nothing pending
+                self.leases.reap(list(self.owners.held))
             self._next_round = now + self.lease_ms_s / 3
 
     @property

@@ -150,10 +150,11 @@ class Ownership:
         if not got:
             self.history.discard(stream)
 
-    def leave(self) -> None:
-        """Give up every partition (the consumer closes): others take them at once."""
+    def leave(self, busy: set[str]) -> None:
+        """Give up every partition (the consumer closes): others take them at once, but
+        those in ``busy`` (an entry still running) only when their lease runs out."""
         if self.topics:
-            self.round(set(), leaving=True)
+            self.round(busy, leaving=True)
         self.held.clear()
 
     def topic_of(self, stream: str) -> str:

@@ -3,18 +3,26 @@ with worker processes killed mid-run."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import redis
+from click.testing import CliRunner
 from support.ordering import order_problems
 from support.processes import Workers
+from support.servers import REDIS_URL
 from support.waiting import wait_until
 
 from chi_redis import ConfigError, Event, EventBus, ValidationError
+from chi_redis.cli.main import cli as chi_cli
+from chi_redis.config import bus_from_config, load_config
 from chi_redis.events.partitioning import Declaration, partition_of
+from chi_redis.ops.retention import Policy, trim_topic
+from chi_redis.ops.stats import collect
 
 pytestmark = pytest.mark.redis
 MODULE = "runtime.proc_partitions"
@@ -86,6 +94,31 @@ def test_publish_load_query_see_one_topic(real_client: redis.Redis, ns: str) -> 
     assert sorted(e.data["seq"] for e in found) == list(range(40))
     page = bus.store.load_by_topic("orders", 0, 40)
     assert [e.data["seq"] for e in page] == list(range(40))  # append order across partitions
+    [topic] = collect(bus).topics
+    assert (topic.topic, topic.length, topic.partitions) == ("orders", 40, 4)
+    runner = CliRunner(env={"CHI_REDIS_URL": None, "CHI_NAMESPACE": None, "CHI_CONFIG": None})
+    res = runner.invoke(chi_cli, ["--redis-url", REDIS_URL, "--namespace", ns, "replay",
+                                  "--topic", "orders", "--since", "-1h", "--print"])
+    assert res.exit_code == 0, res.output
+    printed = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
+    assert sorted(p["id"] for p in printed) == sorted(e.id for e in events)
+    assert {p["topic"] for p in printed} == {"orders"}
+    trimmed = trim_topic(bus, "orders", Policy(max_len=2))  # max_len is per partition
+    assert (trimmed.trimmed, trimmed.length) == (32, 8)
+
+
+def test_config_declares_partitions(real_client: redis.Redis, ns: str, tmp_path: Path) -> None:
+    cfg = tmp_path / "chi.yaml"
+    cfg.write_text("events:\n  topics:\n    orders:\n      partitions: 3\n"
+                   "      partition_key: metadata.customer\n")
+    bus = bus_from_config(load_config(path=cfg, env={}), url=REDIS_URL, namespace=ns)
+    bus.publish(Event(type="orders.placed", metadata={"customer": "c1"}))  # stored at first use
+    assert EventBus(real_client, namespace=ns).partitions.get("orders") == Declaration(
+        3, "metadata.customer")
+    cfg.write_text("events:\n  topics:\n    orders:\n      partitions: 3\n"
+                   "      partition_key: customer\n")
+    with pytest.raises(ConfigError, match="partition_key"):
+        load_config(path=cfg, env={})
 
 
 def test_order_kept_with_three_workers_and_a_kill(
