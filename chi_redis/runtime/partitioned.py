@@ -3,9 +3,11 @@
 
 It reads everything a :class:`~.consumer.StreamsConsumer` reads (the private stream and the
 plain topic streams, as before) and, beside that, the partitions it owns
-(:mod:`.partowners`), one entry at a time per partition: a partition is read again only
-once its entry was acked or dead-lettered, so one key's events reach the handlers in
-publish order however many threads and processes run.  A failing entry's retry holds its
+(:mod:`.partowners`), up to :data:`PART_BATCH` entries of a partition at a time, handed
+to the worker threads one at a time: a partition's next entry goes out only once the one
+before it was acked or dead-lettered, and the partition is read again only once all it
+gave were, so one key's events reach the handlers in publish order however many threads
+and processes run.  A failing entry's retry holds its
 partition, as in Kafka: its backoff runs here, the entry stays pending (its lease renewed)
 and the same entry is handed out again when the backoff is over; the partition's later
 entries wait for it.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
@@ -37,6 +40,10 @@ PART_IDLE_BLOCK_MS = 100
 #: While a partition held here runs an entry, how long to wait for an ack at most before
 #: reading again (the partitions idle meanwhile are read without blocking).
 BUSY_WAIT_MS = 50
+#: Entries read at once from one partition (at most; the prefetch window bounds them): the
+#: first is handed out, the others wait here, each handed out the moment the one before
+#: it was acked, without a round trip to Redis.
+PART_BATCH = 32
 
 
 class PartitionedConsumer(StreamsConsumer):
@@ -45,6 +52,9 @@ class PartitionedConsumer(StreamsConsumer):
     def __init__(self, broker: StreamsBroker, queue: str, prefetch: int, timeout: int) -> None:
         self.owners = Ownership(broker, queue, broker.consumer_id, broker.options.lease_ms)
         self._busy_at_read: set[str] = set()
+        #: Per partition: the entries read and not yet handed out, and the one handed out.
+        self._queued: dict[str, deque[StreamMessage]] = {}
+        self._running: dict[str, bytes] = {}
         self._plan: list[list[str]] = []  # partition reads of the last pipeline, in order
         self._parts_found = True
         super().__init__(broker, queue, prefetch, timeout)
@@ -70,6 +80,8 @@ class PartitionedConsumer(StreamsConsumer):
     def close(self) -> None:
         with self.state.cond:
             held, self.state.held = [m for _, m in self.state.held], []
+        held += [m for q in self._queued.values() for m in q]
+        self._queued.clear()
         with contextlib.suppress(Exception):  # Redis unreachable: its lease expires
             if held:
                 self.requeue(held)
@@ -85,15 +97,64 @@ class PartitionedConsumer(StreamsConsumer):
                 due = [m for t, m in self.state.held if t <= now]
                 self.state.held = [(t, m) for t, m in self.state.held if t > now]
             self._local.extend(due)
+        self._hand_queued()
         if not self._local and not self.stopping and self.owners.held:
             # A partition held here runs an entry: what frees it is an ack (a worker
             # thread's, which notifies), not Redis.  Wait for one rather than block in a
             # read, unless one was freed since the last read (then read it at once).
             with self.state.cond:
                 busy = self._busy_now()
-                if busy and not self._busy_at_read - busy:
+                if busy and not self._busy_at_read - busy and not self._queued_ready():
                     self.state.cond.wait(timeout=self._wait_s(BUSY_WAIT_MS))
+            self._hand_queued()
         return super()._next()
+
+    def _queued_ready(self) -> bool:
+        """Whether a partition's next entry may go out (caller holds ``state.cond``)."""
+        inflight = self.state.inflight
+        return any(q and (s, self._running.get(s, b"")) not in inflight
+                   for s, q in self._queued.items())
+
+    def _hand_queued(self) -> None:
+        """Hand out the next waiting entry of each partition whose entry before it ended."""
+        if not self._queued:
+            return
+        with self.state.cond:
+            inflight = self.state.inflight
+            for stream, q in list(self._queued.items()):
+                if (stream, self._running.get(stream, b"")) in inflight:
+                    continue
+                m = q.popleft()
+                self._running[stream] = m.entry_id
+                self._local.append(m)
+                if not q:
+                    del self._queued[stream]
+
+    def _pop(self) -> StreamMessage | None:
+        """As the base's, but an entry delivered again waits only for the entries handed
+        out, not for those waiting here behind their partition's running one."""
+        m = self._local[0]
+        waiting = sum(len(q) for q in self._queued.values())
+        if (m.deliveries > 1 or self._alone) and (
+                len(self.state.inflight) - waiting > len(self._local)):
+            return self._wait()
+        self._alone = m.deliveries > 1
+        return self._local.popleft()
+
+    def _handle(
+        self, stream: str, entries: Any, deliveries: dict[bytes, int] | None = None
+    ) -> None:
+        """As the base's; a partition's messages wait in its queue, handed out one at a
+        time (:meth:`_hand_queued`)."""
+        if not is_part_stream(stream):
+            super()._handle(stream, entries, deliveries)
+            return
+        before = len(self._local)
+        super()._handle(stream, entries, deliveries)
+        taken = [self._local.pop() for _ in range(len(self._local) - before)][::-1]
+        if taken:
+            self._queued.setdefault(stream, deque()).extend(taken)
+            self._hand_queued()
 
     def _busy_now(self) -> set[str]:
         """The partition streams with an entry in flight (caller holds ``state.cond``)."""
@@ -105,8 +166,9 @@ class PartitionedConsumer(StreamsConsumer):
 
     def _read_pipe(self, free: int, now: float) -> tuple[Any, dict[str, list[bytes]]]:
         """The base read (acks, promotion, the other streams) with, before its read, the
-        read of the partitions readable now, ``COUNT 1`` each: own pending entries first
-        (``0``), then new ones (``>``).  On a single node the new ones are one command that
+        read of the partitions readable now (those with nothing in flight here), up to
+        :data:`PART_BATCH` each within the window: own pending entries first (``0``), then
+        new ones (``>``).  On a single node the new ones are one command that
         blocks (the other streams' read then does not); on a cluster each partition is
         its own slot, so each is read without blocking, and the other streams' read
         blocks only when the partitions had nothing last time (at most
@@ -122,17 +184,18 @@ class PartitionedConsumer(StreamsConsumer):
         self.acks.queue(pipe, acks)
         pipe.evalsha(self._promote.sha, 2, self.delayed, self.private, 100)
         plan = [[s] for s in history] if cluster else ([history] if history else [])
+        count = max(1, min(PART_BATCH, free // max(1, len(reads))))
         for streams in plan:
-            pipe.xreadgroup(self.queue, self.name, dict.fromkeys(streams, "0"), count=1)
+            pipe.xreadgroup(self.queue, self.name, dict.fromkeys(streams, "0"), count=count)
         block = self._block_ms(now)
         if new and not cluster:
-            pipe.xreadgroup(self.queue, self.name, dict.fromkeys(new, ">"), count=1,
+            pipe.xreadgroup(self.queue, self.name, dict.fromkeys(new, ">"), count=count,
                             block=None if history or running else block)
             plan.append(new)
             block = None
         elif new:
             for s in new:
-                pipe.xreadgroup(self.queue, self.name, {s: ">"}, count=1)
+                pipe.xreadgroup(self.queue, self.name, {s: ">"}, count=count)
                 plan.append([s])
             if self._parts_found or running:
                 block = None

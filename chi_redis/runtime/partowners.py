@@ -35,9 +35,10 @@ __all__ = ["Ownership", "is_part_stream"]
 
 logger = logging.getLogger(__name__)
 
-#: Pending entries of a dirty partition looked at per recovery (one at a time is in flight
-#: per partition, so a handful is plenty).
-_RECOVER_COUNT = 50
+#: Pending entries of a dirty partition claimed per XAUTOCLAIM page.
+_RECOVER_COUNT = 100
+#: At most this many pages of the pending list are claimed per partition and round.
+_RECOVER_PAGES = 20
 
 
 def is_part_stream(stream: str) -> bool:
@@ -123,14 +124,25 @@ class Ownership:
         out = []
         client = self.broker.client
         for stream in sorted(self.dirty - busy):
-            res = client.xautoclaim(stream, self.queue, self.name, self.lease_ms, "0-0",
-                                    count=_RECOVER_COUNT)
-            claimed = [c for c in res[1] if c[1] is not None]
-            pending = client.xpending_range(stream, self.queue, min="-", max="+",
-                                            count=_RECOVER_COUNT)
-            if any(_text(p["consumer"]) != self.name for p in pending):
+            claimed: list[Any] = []
+            cursor = "0-0"
+            for _ in range(_RECOVER_PAGES):  # the whole pending list, page by page
+                res = client.xautoclaim(stream, self.queue, self.name, self.lease_ms, cursor,
+                                        count=_RECOVER_COUNT)
+                claimed += [c for c in res[1] if c[1] is not None]
+                cursor = _text(res[0])
+                if cursor == "0-0":
+                    break
+            summary = client.xpending(stream, self.queue)
+            if cursor != "0-0" or any(_text(c["name"]) != self.name and int(c["pending"])
+                                      for c in summary.get("consumers") or ()):
                 continue  # another consumer still runs one of its entries: wait for it
-            counts = {_bytes(p["message_id"]): int(p["times_delivered"]) for p in pending}
+            counts: dict[bytes, int] = {}
+            if claimed:
+                pending = client.xpending_range(
+                    stream, self.queue, min=claimed[0][0], max=claimed[-1][0],
+                    count=len(claimed) + _RECOVER_COUNT, consumername=self.name)
+                counts = {_bytes(p["message_id"]): int(p["times_delivered"]) for p in pending}
             self.dirty.discard(stream)
             self.history.add(stream)
             if claimed:
