@@ -116,8 +116,9 @@ class PartitionedConsumer(StreamsConsumer):
                    for s, q in self._queued.items())
 
     def _hand_queued(self) -> None:
-        """Hand out the next waiting entry of each partition whose entry before it ended."""
-        if not self._queued:
+        """Hand out the next waiting entry of each partition whose entry before it ended
+        (none once the worker shuts down: what waits is handed back by :meth:`close`)."""
+        if not self._queued or self.stopping:
             return
         with self.state.cond:
             inflight = self.state.inflight

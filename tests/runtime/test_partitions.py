@@ -72,6 +72,9 @@ def test_declaration_errors(real_client: redis.Redis, ns: str) -> None:
     bus.publish(Event(type="orders.placed", metadata={"c": "x"}))
     with pytest.raises(ConfigError, match="hold 1 events"):
         bus.declare_topic("orders", partitions=8, key="metadata.c", resize=True)
+    bus.declare_topic("empty", partitions=2, key="data.k")
+    assert bus.declare_topic("empty", partitions=4, key="data.k", resize=True).partitions == 4
+    assert EventBus(real_client, namespace=ns).partitions.get("empty") == Declaration(4, "data.k")
     bus.publish(Event(type="plain.x"))
     with pytest.raises(ConfigError, match="holds 1 events"):
         bus.declare_topic("plain", partitions=2, key="metadata.c")
