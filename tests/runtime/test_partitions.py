@@ -106,6 +106,12 @@ def test_publish_load_query_see_one_topic(real_client: redis.Redis, ns: str) -> 
     printed = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
     assert sorted(p["id"] for p in printed) == sorted(e.id for e in events)
     assert {p["topic"] for p in printed} == {"orders"}
+    res = runner.invoke(chi_cli, ["--redis-url", REDIS_URL, "--namespace", ns, "tail",
+                                  "orders", "--from", "-1h", "--count", "40"])
+    assert res.exit_code == 0, res.output
+    tailed = [json.loads(line) for line in res.output.splitlines()]
+    assert sorted(t["id"] for t in tailed) == sorted(e.id for e in events)
+    assert {t["topic"] for t in tailed} == {"orders"}
     trimmed = trim_topic(bus, "orders", Policy(max_len=2))  # max_len is per partition
     assert (trimmed.trimmed, trimmed.length) == (32, 8)
 
