@@ -112,7 +112,7 @@ class Keys:
     def owner(self, sub: str, part: str) -> str:
         """The lease on partition ``part`` (``orders/3``) of the subscription: its owner's
         consumer name, with a TTL its owner renews."""
-        return f"{self.ns}:q:{{{sub}}}:owner:{part}"
+        return f"{self.ns}:q:{{{sub}}}:owner:{key_part(part)}"
 
     def checkpoint(self, name: str) -> str:
         """A replay checkpoint."""

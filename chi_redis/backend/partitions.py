@@ -60,8 +60,23 @@ class PartitionRegistry:
             return hit[0]
         return self._load(topic)
 
+    def cached(self, topic: str) -> Declaration | None:
+        """``topic``'s declaration as cached (None when not partitioned *or* not known):
+        no I/O, for the publishers' hot path, whose topic registration fills the cache
+        (:meth:`learn`) before a topic's first event is written."""
+        hit = self._cache.get(topic)
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
+    def learn(self, found: dict[str, bytes | None]) -> list[str]:
+        """Cache what a publisher read (topic → raw declaration or None, ``HMGET``); the
+        topics of ``found`` that are partitioned.  Checks them as :meth:`get` does."""
+        return [t for t, raw in found.items() if self._check(t, raw) is not None]
+
     def _load(self, topic: str) -> Declaration | None:
         raw = self._call(lambda: self._client().hget(self.keys.partitions(), topic))
+        return self._check(topic, raw)
+
+    def _check(self, topic: str, raw: bytes | None) -> Declaration | None:
         found = Declaration.decode(raw) if raw is not None else None
         wanted = self.configured.get(topic)
         if wanted is not None and found is None:

@@ -138,35 +138,7 @@ def collect_groups(bus: EventBus) -> tuple[Stats, list[GroupStats]]:
     }
     need_pending: list[tuple[str, str]] = []  # (stream, group)
     detail: list[GroupStats] = []
-    by_topic: dict[str, TopicStats] = {}
-    seen: dict[tuple[str, str], GroupStats] = {}
-    for i, (t, n) in enumerate(names_of):
-        info, mem_s, mem_i, groups = r2[4 * i : 4 * i + 4]
-        ts = by_topic.get(t)
-        if ts is None:
-            ts = by_topic[t] = TopicStats(t, partitions=decls[t].partitions if t in decls else 0)
-            tstats.append(ts)
-        if isinstance(info, dict):
-            _add_stream(ts, info)
-        ts.memory_bytes += sum(m for m in (mem_s, mem_i) if isinstance(m, int))
-        for g in groups if isinstance(groups, list) else ():
-            name = _s(g["name"])
-            gs = seen.get((name, t))
-            sub = subs.setdefault(name, SubscriptionStats(name))
-            if gs is None:
-                gs = seen[name, t] = GroupStats(name, t, 0, 0)
-                detail.append(gs)
-                ts.groups += 1
-                sub.topics.append(t)
-            lag = _lag(g)
-            gs.lag = None if gs.lag is None or lag is None else gs.lag + lag
-            gs.pending += int(g["pending"])
-            sub.lag = None if sub.lag is None or g.get("lag") is None else sub.lag + int(g["lag"])
-            sub.pending += int(g["pending"])
-            sub.consumers = max(sub.consumers, int(g["consumers"]))
-            if g["pending"]:
-                need_pending.append((k.stream(n), name))
-
+    _topic_rows(k, names_of, decls, r2, tstats, subs, need_pending, detail)
     names = sorted(subs)
 
     def round3(p: Any) -> None:
@@ -198,6 +170,43 @@ def collect_groups(bus: EventBus) -> tuple[Stats, list[GroupStats]]:
         if n in oldest:
             sub.oldest_pending_age_s = max(now_ms - oldest[n], 0) / 1000
     return Stats(now_ms, tstats, [subs[n] for n in names]), detail
+
+
+def _topic_rows(
+    k: Any, names_of: list[tuple[str, str]], decls: dict[str, Declaration], r2: list[Any],
+    tstats: list[TopicStats], subs: dict[str, SubscriptionStats],
+    need_pending: list[tuple[str, str]], detail: list[GroupStats],
+) -> None:
+    """One row per topic from the second round's replies (a partitioned topic's
+    partitions summed into it), and each group's lag and pending into its subscription."""
+    by_topic: dict[str, TopicStats] = {}
+    seen: dict[tuple[str, str], GroupStats] = {}
+    for i, (t, n) in enumerate(names_of):
+        info, mem_s, mem_i, groups = r2[4 * i : 4 * i + 4]
+        ts = by_topic.get(t)
+        if ts is None:
+            ts = by_topic[t] = TopicStats(t, partitions=decls[t].partitions if t in decls else 0)
+            tstats.append(ts)
+        if isinstance(info, dict):
+            _add_stream(ts, info)
+        ts.memory_bytes += sum(m for m in (mem_s, mem_i) if isinstance(m, int))
+        for g in groups if isinstance(groups, list) else ():
+            name = _s(g["name"])
+            gs = seen.get((name, t))
+            sub = subs.setdefault(name, SubscriptionStats(name))
+            if gs is None:
+                gs = seen[name, t] = GroupStats(name, t, 0, 0)
+                detail.append(gs)
+                ts.groups += 1
+                sub.topics.append(t)
+            lag = _lag(g)
+            gs.lag = None if gs.lag is None or lag is None else gs.lag + lag
+            gs.pending += int(g["pending"])
+            sub.lag = None if sub.lag is None or g.get("lag") is None else sub.lag + int(g["lag"])
+            sub.pending += int(g["pending"])
+            sub.consumers = max(sub.consumers, int(g["consumers"]))
+            if g["pending"]:
+                need_pending.append((k.stream(n), name))
 
 
 def _add_stream(ts: TopicStats, info: dict[Any, Any]) -> None:

@@ -8,9 +8,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ..backend.keys import Keys
+from ..backend.partitions import PartitionRegistry
 from ..events.event import Event
 
-__all__ = ["CLUSTER_CALLS_PER_ROUND_TRIP", "TopicMemory", "id_lookups", "topic_runs"]
+__all__ = ["CLUSTER_CALLS_PER_ROUND_TRIP", "TopicMemory", "id_lookups", "register_partitioned",
+           "route", "topic_runs"]
 
 #: Script calls sent per pipeline round trip on a cluster (one topic each, so often small).
 CLUSTER_CALLS_PER_ROUND_TRIP = 200
@@ -59,6 +61,36 @@ class TopicMemory:
 
     def add(self, topics: Iterable[str]) -> None:
         self.known.update(topics)
+
+
+def route(registry: PartitionRegistry, events: Sequence[Event]) -> list[str] | None:
+    """The partition each event goes to (``orders/3``), its topic for the others; None when
+    no topic of ``events`` is partitioned (docs/design.md §15).  From the registry's cache
+    only (no I/O): the writer routes a topic not registered lately again after
+    :func:`register_partitioned`."""
+    out: list[str] | None = None
+    for i, event in enumerate(events):
+        if not isinstance(event, Event):
+            continue  # refused by the packing, before anything is sent
+        decl = registry.cached(event.topic)
+        if decl is not None:
+            if out is None:
+                out = [getattr(e, "topic", "") for e in events]
+            out[i] = decl.part(event.topic, event)
+    return out
+
+
+def register_partitioned(
+    client: Any, keys: Keys, registry: PartitionRegistry, fresh: list[str]
+) -> list[str]:
+    """Add ``fresh`` to the topics set and read their partitioning, one round trip; the
+    ones that are partitioned (raises ConfigError when one disagrees with this process's
+    configuration)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.sadd(keys.topics(), *fresh)
+    pipe.hmget(keys.partitions(), fresh)
+    raws = pipe.execute()[1]
+    return registry.learn(dict(zip(fresh, raws, strict=True)))
 
 
 def id_lookups(

@@ -32,7 +32,14 @@ from ..observe import metrics, tracing
 from .packing import Call, pack
 from .republish import checkpoint_argv, pack_republish
 from .single import OnePacking, count_one
-from .slots import CLUSTER_CALLS_PER_ROUND_TRIP, TopicMemory, id_lookups, topic_runs
+from .slots import (
+    CLUSTER_CALLS_PER_ROUND_TRIP,
+    TopicMemory,
+    id_lookups,
+    register_partitioned,
+    route,
+    topic_runs,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -143,18 +150,9 @@ class _Packing(OnePacking):
 
     def route(self, events: Sequence[Event]) -> list[str] | None:
         """The partition each event goes to (``orders/3``), its topic for the others; None
-        when no topic of ``events`` is partitioned (docs/design.md §15)."""
-        registry = self.partitions
-        if registry is None:
-            return None
-        out: list[str] | None = None
-        for i, event in enumerate(events):
-            decl = registry.get(event.topic)
-            if decl is not None:
-                if out is None:
-                    out = [e.topic for e in events]
-                out[i] = decl.part(event.topic, event)
-        return out
+        when no topic of ``events`` is partitioned (docs/design.md §15).  From the cache
+        only: a topic not registered lately is routed again after :meth:`register`."""
+        return route(self.partitions, events) if self.partitions is not None else None
 
     def pack_runs(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None,
@@ -209,13 +207,22 @@ class Writer(_Packing):
         self._direct = direct_connection(client)
         self.per_topic = is_cluster(client)
 
-    def register(self, topics: Iterable[str]) -> None:
+    def register(self, topics: Iterable[str]) -> list[str]:
         """Add the topics not added yet by this writer to the topics set (one round trip,
-        before their first events: a reader of the set never misses a written topic)."""
+        before their first events: a reader of the set never misses a written topic), and
+        read their partitioning in the same round trip; the fresh ones that are partitioned
+        (what was packed for them must be packed again, routed)."""
         fresh = self.registered.fresh(topics)
-        if fresh:
+        if not fresh:
+            return []
+        if self.partitions is None:
             self.call(lambda: self.client.sadd(self.keys.topics(), *fresh))
-            self.registered.add(fresh)
+            partitioned: list[str] = []
+        else:
+            partitioned = self.call(partial(
+                register_partitioned, self.client, self.keys, self.partitions, fresh))
+        self.registered.add(fresh)
+        return partitioned
 
     def write(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None = None,
@@ -237,16 +244,18 @@ class Writer(_Packing):
     ) -> list[str]:
         if len(events) == 1 and not archive:
             event = events[0]
+            idem = idempotency_keys[0] if idempotency_keys else None
             name = self.route(events)
-            one = self.pack_one(event, idempotency_keys[0] if idempotency_keys else None,
-                                name[0] if name else None)
-            if not self.registered.knows(event.topic):
-                self.register((event.topic,))
+            one = self.pack_one(event, idem, name[0] if name else None)
+            if not self.registered.knows(event.topic) and self.register((event.topic,)):
+                name = self.route(events)  # partitioned: packed again, for its partition
+                one = self.pack_one(event, idem, name[0] if name else None)
             sid: bytes = self.call(lambda: self.send_one(*one))
             count_one(event.topic)
             return [sid.decode()]
         calls = self.pack_runs(events, idempotency_keys, archive)
-        self.register(_topics(events))
+        if self.register(_topics(events)):  # partitioned topics seen first: route them
+            calls = self.pack_runs(events, idempotency_keys, archive)
         ids: list[str] = []
         for keys, argv in calls:
             ids += _stream_ids(self.call(partial(self.send, keys, argv)))
@@ -271,7 +280,8 @@ class Writer(_Packing):
         out: list[str] = []
         rounds = self.rounds(events, chunk_size, archive)
         try:
-            self.register(_topics(events))
+            if self.register(_topics(events)):  # partitioned topics seen first: route them
+                rounds = self.rounds(events, chunk_size, archive)
         except ChiError as exc:
             raise self._failure(events, out, exc) from exc
         for group in rounds:

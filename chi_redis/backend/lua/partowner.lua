@@ -14,7 +14,11 @@ if leaving then
 else
   redis.call('ZADD', KEYS[1], now + ttl, me)
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+-- (ZRANGEBYSCORE + ZREM, not ZREMRANGEBYSCORE, and PEXPIRE 1, not DEL: the worker's ACL
+-- grants those, docs/security.md)
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  redis.call('ZREM', KEYS[1], dead)
+end
 redis.call('PEXPIRE', KEYS[1], ttl * 100)
 local live = redis.call('ZCARD', KEYS[1])
 local n = #KEYS - 1
@@ -29,7 +33,7 @@ local held, count = {}, #mine
 for j = #mine, 1, -1 do
   local i = mine[j]
   if count > share and string.sub(busy, i, i) ~= '1' then
-    redis.call('DEL', KEYS[i + 1])
+    redis.call('PEXPIRE', KEYS[i + 1], 1)  -- released: free within a millisecond
     count = count - 1
   else
     redis.call('PEXPIRE', KEYS[i + 1], ttl)
