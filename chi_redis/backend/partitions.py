@@ -3,8 +3,9 @@ topic → :class:`~chi_redis.events.partitioning.Declaration` as JSON.
 
 Every process reads the same declaration, so every publisher routes a key to the same
 partition and every worker reads the same partitions.  A process caches what it read for
-:data:`CACHE_S` (a topic known *not* to be partitioned for :data:`NEGATIVE_CACHE_S`), so
-routing costs one dict lookup per event.  Declarations a process was configured with
+:data:`CACHE_S` (a topic known *not* to be partitioned, when asked by :meth:`get`, for
+:data:`NEGATIVE_CACHE_S`); a publisher reads it with its topic registration
+(:meth:`learn`), so routing costs one dict lookup per event and no round trip.  Declarations a process was configured with
 (``events.topics`` in the YAML file) are checked against Redis at their first use and
 written there when missing: a process whose configuration disagrees with Redis refuses to
 publish to (or consume) the topic rather than scatter its keys over other partitions.
