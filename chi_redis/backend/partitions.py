@@ -5,10 +5,11 @@ Every process reads the same declaration, so every publisher routes a key to the
 partition and every worker reads the same partitions.  A process caches what it read for
 :data:`CACHE_S` (a topic known *not* to be partitioned, when asked by :meth:`get`, for
 :data:`NEGATIVE_CACHE_S`); a publisher reads it with its topic registration
-(:meth:`learn`), so routing costs one dict lookup per event and no round trip.  Declarations a process was configured with
-(``events.topics`` in the YAML file) are checked against Redis at their first use and
-written there when missing: a process whose configuration disagrees with Redis refuses to
-publish to (or consume) the topic rather than scatter its keys over other partitions.
+(:meth:`learn`), so routing costs one dict lookup per event and no round trip.
+Declarations a process was configured with (``events.topics`` in the YAML file) are
+checked against Redis at their first use and written there when missing: a process
+whose configuration disagrees with Redis refuses to publish to (or consume) the topic
+rather than scatter its keys over other partitions.
 """
 
 from __future__ import annotations
