@@ -104,3 +104,25 @@ SPREAD_TOPICS = topics_by_slot_range("benchspread")
 @bus.subscribe("bench-spread", topics=SPREAD_TOPICS, max_retries=0)
 def spread(event: Event) -> None:
     """Does nothing: the cluster's read and ack paths, not the handler, are measured."""
+
+
+@bus.subscribe("bench-keyed", topics=["benchkeyed"], max_retries=0)
+def keyed(event: Event) -> None:
+    """No-op on the unpartitioned twin of the partitioned scenario (bench_partitions.py)."""
+
+
+@bus.subscribe("bench-part", topics=["benchpart"], max_retries=0)
+def partitioned(event: Event) -> None:
+    """No-op on a topic of 8 partitions (bench_partitions.py declares it)."""
+
+
+@bus.subscribe("bench-keyed-slow", topics=["benchkeyedslow"], max_retries=0)
+def keyed_slow(event: Event) -> None:
+    """1 ms on the unpartitioned twin (bench_partitions.py)."""
+    time.sleep(0.001)
+
+
+@bus.subscribe("bench-part-slow", topics=["benchpartslow"], max_retries=0)
+def partitioned_slow(event: Event) -> None:
+    """1 ms on a topic of 8 partitions (bench_partitions.py)."""
+    time.sleep(0.001)

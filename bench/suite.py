@@ -62,6 +62,7 @@ STEPS = [
     Step("query", "bench_publish.py", ["--only", "chi.query"],
          ["--range-total", "20000", "--only", "chi.query"]),
     Step("e2e", "bench_e2e.py", [], ["-n", "500", "--n-slow", "100"]),
+    Step("partitions", "bench_partitions.py", [], ["-n", "500", "--n-slow", "200"]),
     Step("peers.dramatiq", "peer_dramatiq.py", [], ["-n", "500", "--n-slow", "200"],
          needs="dramatiq", prints="dramatiq."),
     Step("peers.faststream", "peer_faststream.py", [], ["-n", "300"], needs="faststream",

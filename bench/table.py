@@ -73,6 +73,13 @@ def _rows() -> list[Row]:
             "chi.baseline.raw_fanout4", "raw, 4 groups", step=e2e),
         Row("glob matching 1 event in 8", "chi.e2e.glob1of8.procs2.threads4",
             "chi.baseline.raw_glob1of8", "raw read + match", step=e2e),
+        Row("partitioned topic (8), 2 procs x 4, no-op", "chi.e2e.part8.procs2.threads4",
+            "chi.e2e.keyed.procs2.threads4", "the same events unpartitioned",
+            step="partitions"),
+        Row("partitioned topic (8), 2 procs x 4, 1 ms",
+            "chi.e2e.part8.sleep1ms.procs2.threads4",
+            "chi.e2e.keyed.sleep1ms.procs2.threads4", "the same events unpartitioned",
+            step="partitions"),
     ]
     for rate in (1000, 5000):
         fs, raw, chi = f"fs.latency.{rate}", f"raw.latency.{rate}", f"chi.latency.{rate}"

@@ -74,6 +74,10 @@ class Keys:
         """The topic of a stream key built by :meth:`stream`."""
         return key[len(self.ns) + 2 : -len("}:stream")]
 
+    def partitions(self) -> str:
+        """Hash: partitioned topic → its declaration (JSON: ``partitions``, ``key``)."""
+        return f"{self.ns}:partitions"
+
     # subscriptions ----------------------------------------------------------------------
     def subs(self) -> str:
         """Hash: subscription name → its registration (msgspec JSON, last-seen time)."""
@@ -99,6 +103,16 @@ class Keys:
         """How often the handler started on an entry delivered again after a crash (TTL)."""
         sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
         return f"{self.ns}:q:{{{sub}}}:starts:{key_part(stream)}:{key_part(sid)}"
+
+    def members(self, sub: str) -> str:
+        """Sorted set of the subscription's live consumers of partitioned topics: member =
+        consumer name, score = when its heartbeat runs out (server clock, ms)."""
+        return f"{self.ns}:q:{{{sub}}}:members"
+
+    def owner(self, sub: str, part: str) -> str:
+        """The lease on partition ``part`` (``orders/3``) of the subscription: its owner's
+        consumer name, with a TTL its owner renews."""
+        return f"{self.ns}:q:{{{sub}}}:owner:{key_part(part)}"
 
     def checkpoint(self, name: str) -> str:
         """A replay checkpoint (its spec and state; on a single node its progress too)."""

@@ -118,7 +118,8 @@ def tail(
         return
     bus = s.bus()
     k = bus.keys
-    streams = {k.stream(t): t for t in names}
+    # A partitioned topic is followed on each of its names (docs/design.md §15.2).
+    streams = {k.stream(n): t for t in names for n in bus.partitions.names(t)}
     positions: dict[str, Any]
     if start is not None:
         positions = dict.fromkeys(streams, format_id(pred(start.lower_id())))

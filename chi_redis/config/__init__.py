@@ -108,6 +108,8 @@ def bus_from_config(config: Config, *, url: str | None = None, namespace: str | 
                      **config.bus.redis.client_options(target))
     bus = EventBus(client, namespace=ns, **common, **acks, **options)
     bus.cluster_unknown = not detect_cluster
+    for topic, tc in config.topics.items():  # checked against Redis at first use (§15.1)
+        bus.partitions.configure(topic, tc.partitions, tc.partition_key)
     return bus
 
 

@@ -57,6 +57,12 @@ def check(config: Config) -> None:
                 raise _at(f"{path}.max_age", str(exc)) from None
     for topic in config.retention.topics:
         _name(topic, "topic", "retention.topics")
+    for topic, tc in config.topics.items():
+        _name(topic, "topic", "topics")
+        source, _, key = tc.partition_key.partition(".")
+        if source not in ("metadata", "data") or not key:
+            raise _at(f"topics.{topic}.partition_key", "must be 'metadata.<key>' or"
+                      f" 'data.<field>', got {tc.partition_key!r}")
     if config.outbox.keep is not None:
         try:
             parse_duration_ms(config.outbox.keep)

@@ -275,6 +275,13 @@ class RetentionConfig(_Section):
     topics: dict[str, RetentionPolicy] = field(default_factory=dict)
 
 
+class TopicConfig(_Section):
+    """``events.topics.<topic>``: a partitioned topic (docs/design.md §15)."""
+
+    partitions: Annotated[int, Meta(ge=1, le=1024)]
+    partition_key: str  # "metadata.<key>" or "data.<field>"
+
+
 class FilterConfig(_Section):
     """``filter`` of a routing rule."""
 
@@ -317,6 +324,7 @@ class Config(_Section):
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    topics: dict[str, TopicConfig] = field(default_factory=dict)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     subscriptions_seen_days: Annotated[float, Meta(ge=0)] = 7.0
 

@@ -387,8 +387,8 @@ class Codec:
     def envelope_lines(self, items: Iterable[tuple[str, bytes, Mapping[str, bytes], Any]]) -> bytes:
         """:meth:`envelope_json` of each ``(topic, stream id, fields, …)``, one line each
         (every line ends with a newline), encoded in one call."""
-        env = self._envelope
-        return self._json_lines([env(it[0], it[1], it[2]) for it in items])
+        env = self._envelope  # a partition's name (``orders/3``) prints as its topic
+        return self._json_lines([env(it[0].split("/", 1)[0], it[1], it[2]) for it in items])
 
 
 class _Invalid(ValueError):

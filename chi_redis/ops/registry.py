@@ -150,7 +150,8 @@ def rewind(
         raise NotFoundError(f"subscription {sub!r} has no consumer group on topic {missing!r}")
     last = format_id(pred(to.lower_id()))
     if not force:
-        again = {t: n for t in chosen if (n := redelivered(bus, sub, t, last))}
+        again = {t: n for t in chosen if (n := sum(  # a partitioned topic: each partition
+            redelivered(bus, sub, name, last) for name in bus.partitions.names(t)))}
         if again:
             where = ", ".join(f"{n} on topic {t}" for t, n in sorted(again.items()))
             raise RedeliveryRefusedError(
@@ -159,7 +160,8 @@ def rewind(
                 " replay the range --to a new subscription")
     done: dict[str, str] = {}
     for t in chosen:
-        bus.call(lambda t=t: bus.client.xgroup_setid(bus.keys.stream(t), sub, last))
+        for name in bus.partitions.names(t):
+            bus.call(lambda n=name: bus.client.xgroup_setid(bus.keys.stream(n), sub, last))
         done[t] = last
     return done
 

@@ -262,8 +262,11 @@ def replay(
     """
     opts = options or ReplayOptions()
     opts.validate()
-    topics = sorted({validate_name(t, "topic") for t in topics})
     types = [validate_glob(g, "types") for g in types or ()]  # before any Redis command
+    # A partitioned topic is read as its names: the topic and each partition (§15.5);
+    # each is positioned and checkpointed on its own, delivered as the topic's events.
+    topics = sorted({n for t in topics
+                     for n in bus.partitions.names(validate_name(t, "topic"))})
     if target is None:
         opts.dry_run = True
     spec, gaps = plan(bus, topics, by, since, until)

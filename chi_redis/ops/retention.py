@@ -112,9 +112,10 @@ def _server_ms(bus: EventBus) -> int:
 
 
 def trim_topic(bus: EventBus, topic: str, policy: Policy, *, chunk: int = CHUNK) -> TrimResult:
-    """Apply ``policy`` to one topic's stream and index, never past its safe bound."""
+    """Apply ``policy`` to one topic's stream and index, never past its safe bound.  A
+    partitioned topic's partitions are trimmed each by the policy (``max_len`` is then
+    per partition; docs/design.md §15.5), reported as the one topic."""
     validate_name(topic, "topic")
-    k = bus.keys
     result = TrimResult(topic, policy.describe())
     if not policy:
         return result
@@ -122,22 +123,31 @@ def trim_topic(bus: EventBus, topic: str, policy: Policy, *, chunk: int = CHUNK)
     if policy.max_age_ms is not None:
         age_bound = f"{max(_server_ms(bus) - policy.max_age_ms, 0)}-0"
     max_len = -1 if policy.max_len is None else policy.max_len
-    keys = [k.stream(topic), k.index(topic), k.ids(topic)]
+    for name in bus.partitions.names(topic):
+        _trim_name(bus, name, age_bound, max_len, chunk, result)
+    if result.trimmed or result.held_back:
+        logger.info("%s", result.describe())
+    return result
+
+
+def _trim_name(bus: EventBus, name: str, age_bound: str, max_len: int, chunk: int,
+               result: TrimResult) -> None:
+    """Trim the stream and index of ``name`` (a topic or a partition) into ``result``."""
+    k = bus.keys
+    keys = [k.stream(name), k.index(name), k.ids(name)]
     trim, argv = script("trim"), [age_bound, max_len, chunk]
     while True:
         n, _last, reason, holder, bound = bus.call(partial(trim.run, bus.client, keys, argv))
         result.trimmed += int(n)
         if reason != b"more":
             break
-    result.length = int(bus.call(lambda: bus.client.xlen(keys[0])))
+    result.length += int(bus.call(lambda: bus.client.xlen(keys[0])))
     if reason == b"held":
         result.held_by = holder.decode()
         result.held_at = bound.decode()
-        result.held_back = _held_back(bus, keys[0], result.length, max_len, age_bound)
+        length = int(bus.call(lambda: bus.client.xlen(keys[0])))
+        result.held_back += _held_back(bus, keys[0], length, max_len, age_bound)
         _describe_group(bus, keys[0], result)
-    if result.trimmed or result.held_back:
-        logger.info("%s", result.describe())
-    return result
 
 
 def _held_back(bus: EventBus, stream: str, length: int, max_len: int, age_bound: str) -> int:

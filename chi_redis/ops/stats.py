@@ -18,6 +18,7 @@ import redis.exceptions as rex
 from ..backend.cluster import is_cluster
 from ..backend.streamids import parse_id
 from ..events.codec import iso_us
+from ..events.partitioning import Declaration
 from ..runtime.subscriptions import decode_record
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class TopicStats(msgspec.Struct):
     last_event_time: str | None = None
     memory_bytes: int = 0
     groups: int = 0
+    partitions: int = 0  #: 0: not partitioned (docs/design.md §15)
 
 
 class SubscriptionStats(msgspec.Struct):
@@ -113,17 +115,21 @@ def collect_groups(bus: EventBus) -> tuple[Stats, list[GroupStats]]:
     """:func:`collect`, plus each consumer group's own lag and pending count (the
     per-topic detail the metrics exporter needs; the same three round trips)."""
     k = bus.keys
-    topics_raw, subs_raw, now = _registries(bus)
+    topics_raw, subs_raw, parts_raw, now = _registries(bus)
     now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
     topics = sorted(_s(t) for t in topics_raw)
     registry = {_s(n): decode_record(_s(n), v) for n, v in subs_raw.items()}
+    decls = {_s(t): Declaration.decode(v) for t, v in parts_raw.items()}
+    # Each topic's names: itself, and its partitions when partitioned (one topic to all).
+    names_of = [(t, n) for t in topics
+                for n in ([t, *decls[t].parts(t)] if t in decls else [t])]
 
     def round2(p: Any) -> None:
-        for t in topics:
-            p.xinfo_stream(k.stream(t))
-            p.memory_usage(k.stream(t))
-            p.memory_usage(k.index(t))
-            p.xinfo_groups(k.stream(t))
+        for _, n in names_of:
+            p.xinfo_stream(k.stream(n))
+            p.memory_usage(k.stream(n))
+            p.memory_usage(k.index(n))
+            p.xinfo_groups(k.stream(n))
 
     r2 = _execute(bus, round2)
     tstats: list[TopicStats] = []
@@ -132,29 +138,7 @@ def collect_groups(bus: EventBus) -> tuple[Stats, list[GroupStats]]:
     }
     need_pending: list[tuple[str, str]] = []  # (stream, group)
     detail: list[GroupStats] = []
-    for i, t in enumerate(topics):
-        info, mem_s, mem_i, groups = r2[4 * i : 4 * i + 4]
-        ts = TopicStats(t)
-        if isinstance(info, dict):
-            ts.length = int(info["length"])
-            first, last = info.get("first-entry"), info.get("last-entry")
-            ts.first_id = _s(first[0]) if first else None
-            ts.last_id = _s(last[0]) if last else None
-            ts.first_event_time, ts.last_event_time = _event_time(first), _event_time(last)
-        ts.memory_bytes = sum(m for m in (mem_s, mem_i) if isinstance(m, int))
-        for g in groups if isinstance(groups, list) else ():
-            name = _s(g["name"])
-            ts.groups += 1
-            detail.append(GroupStats(name, t, _lag(g), int(g["pending"])))
-            sub = subs.setdefault(name, SubscriptionStats(name))
-            sub.topics.append(t)
-            sub.lag = None if sub.lag is None or g.get("lag") is None else sub.lag + int(g["lag"])
-            sub.pending += int(g["pending"])
-            sub.consumers = max(sub.consumers, int(g["consumers"]))
-            if g["pending"]:
-                need_pending.append((k.stream(t), name))
-        tstats.append(ts)
-
+    _topic_rows(k, names_of, decls, r2, tstats, subs, need_pending, detail)
     names = sorted(subs)
 
     def round3(p: Any) -> None:
@@ -188,17 +172,64 @@ def collect_groups(bus: EventBus) -> tuple[Stats, list[GroupStats]]:
     return Stats(now_ms, tstats, [subs[n] for n in names]), detail
 
 
-def _registries(bus: EventBus) -> tuple[Any, Any, Any]:
-    """The topics set, the subscription registry and the server's TIME: one round trip
-    (two on a cluster, whose pipelines refuse TIME)."""
+def _topic_rows(
+    k: Any, names_of: list[tuple[str, str]], decls: dict[str, Declaration], r2: list[Any],
+    tstats: list[TopicStats], subs: dict[str, SubscriptionStats],
+    need_pending: list[tuple[str, str]], detail: list[GroupStats],
+) -> None:
+    """One row per topic from the second round's replies (a partitioned topic's
+    partitions summed into it), and each group's lag and pending into its subscription."""
+    by_topic: dict[str, TopicStats] = {}
+    seen: dict[tuple[str, str], GroupStats] = {}
+    for i, (t, n) in enumerate(names_of):
+        info, mem_s, mem_i, groups = r2[4 * i : 4 * i + 4]
+        ts = by_topic.get(t)
+        if ts is None:
+            ts = by_topic[t] = TopicStats(t, partitions=decls[t].partitions if t in decls else 0)
+            tstats.append(ts)
+        if isinstance(info, dict):
+            _add_stream(ts, info)
+        ts.memory_bytes += sum(m for m in (mem_s, mem_i) if isinstance(m, int))
+        for g in groups if isinstance(groups, list) else ():
+            name = _s(g["name"])
+            gs = seen.get((name, t))
+            sub = subs.setdefault(name, SubscriptionStats(name))
+            if gs is None:
+                gs = seen[name, t] = GroupStats(name, t, 0, 0)
+                detail.append(gs)
+                ts.groups += 1
+                sub.topics.append(t)
+            lag = _lag(g)
+            gs.lag = None if gs.lag is None or lag is None else gs.lag + lag
+            gs.pending += int(g["pending"])
+            sub.lag = None if sub.lag is None or g.get("lag") is None else sub.lag + int(g["lag"])
+            sub.pending += int(g["pending"])
+            sub.consumers = max(sub.consumers, int(g["consumers"]))
+            if g["pending"]:
+                need_pending.append((k.stream(n), name))
+
+
+def _add_stream(ts: TopicStats, info: dict[Any, Any]) -> None:
+    """Add one stream's XINFO STREAM (the topic's, or one of its partitions') to ``ts``."""
+    ts.length += int(info["length"])
+    first, last = info.get("first-entry"), info.get("last-entry")
+    if first and (ts.first_id is None or parse_id(_s(first[0])) < parse_id(ts.first_id)):
+        ts.first_id, ts.first_event_time = _s(first[0]), _event_time(first)
+    if last and (ts.last_id is None or parse_id(_s(last[0])) > parse_id(ts.last_id)):
+        ts.last_id, ts.last_event_time = _s(last[0]), _event_time(last)
+
+
+def _registries(bus: EventBus) -> tuple[Any, Any, Any, Any]:
+    """The topics set, the subscription registry, the partitioned topics and the server's
+    TIME: one round trip (two on a cluster, whose pipelines refuse TIME)."""
     k = bus.keys
     if is_cluster(bus.client):
-        topics_raw, subs_raw = _execute(
-            bus, lambda p: (p.smembers(k.topics()), p.hgetall(k.subs())))
-        return topics_raw, subs_raw, bus.call(bus.client.time)
-    topics_raw, subs_raw, now = _execute(
-        bus, lambda p: (p.smembers(k.topics()), p.hgetall(k.subs()), p.time()))
-    return topics_raw, subs_raw, now
+        topics_raw, subs_raw, parts_raw = _execute(bus, lambda p: (
+            p.smembers(k.topics()), p.hgetall(k.subs()), p.hgetall(k.partitions())))
+        return topics_raw, subs_raw, parts_raw, bus.call(bus.client.time)
+    topics_raw, subs_raw, parts_raw, now = _execute(bus, lambda p: (
+        p.smembers(k.topics()), p.hgetall(k.subs()), p.hgetall(k.partitions()), p.time()))
+    return topics_raw, subs_raw, parts_raw, now
 
 
 def _lag(group: Any) -> int | None:

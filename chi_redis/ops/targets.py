@@ -23,6 +23,7 @@ import msgspec
 
 from ..backend.scripts import bulk, script
 from ..events.names import validate_name
+from ..events.partitioning import topic_of_part
 from ..publish.packing import Call
 from ..publish.writer import checkpoint_argv, pack_republish
 from ..store.history import Item
@@ -132,7 +133,8 @@ class QueueTarget:
     def _template(self, topic: str) -> _Template:
         tpl = self._templates.get(topic)
         if tpl is None:
-            tpl = self._templates[topic] = _Template(self.sub, topic, self.bus.keys.stream(topic))
+            tpl = self._templates[topic] = _Template(  # a partition's events: its topic's
+                self.sub, topic_of_part(topic), self.bus.keys.stream(topic))
         return tpl
 
     def message(self, item: Item, now_ms: int | None = None) -> bytes:

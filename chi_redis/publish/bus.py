@@ -10,8 +10,10 @@ import redis
 
 from ..backend.connection import DEFAULT_URL, RetryPolicy, call_with_retry, client_url, connect
 from ..backend.keys import Keys
+from ..backend.partitions import PartitionRegistry
 from ..events.codec import DEFAULT_MAX_EVENT_BYTES, Codec, Encoding
 from ..events.event import Event
+from ..events.partitioning import Declaration
 from ..runtime.subscriptions import Subscription, SubscriptionOptions
 from ..store.redis import RedisEventStore
 from .acks import AckMode, Acks, acks_of
@@ -63,6 +65,8 @@ class EventBus:
         #: Whether the client was made without asking the server about cluster mode
         #: (``connect(..., detect_cluster=False)``); :meth:`adopt_cluster` asks.
         self.cluster_unknown = False
+        #: Partitioned topics (docs/design.md §15): declared here or in Redis, cached.
+        self.partitions = PartitionRegistry(self.keys, lambda: self.client, self.call)
         self._bind(client)
         self.subscriptions: dict[str, Subscription] = {}
         #: Handlers by the name routing rules refer to (``@bus.handler("audit")``).
@@ -85,6 +89,7 @@ class EventBus:
             client, self.keys, self.codec, idempotency_ttl_ms=self.idempotency_ttl_ms,
             call=self.call, call_once=self.call_once,
         )
+        self.writer.partitions = self.partitions
         self.store = RedisEventStore(self)
 
     def adopt_cluster(self) -> bool:
@@ -147,6 +152,20 @@ class EventBus:
         self.client.close()
 
     # publishing ---------------------------------------------------------------------
+    def declare_topic(
+        self, topic: str, *, partitions: int, key: str, resize: bool = False
+    ) -> Declaration:
+        """Declare ``topic`` partitioned: its events spread over ``partitions`` streams by
+        ``key`` (``"metadata.<key>"`` or ``"data.<field>"``), one key's events in one
+        partition, handled in publish order by each subscription (docs/design.md §15).
+
+        Stored in Redis, so every process and the CLI agree; declaring it again the same
+        way does nothing.  Raises :class:`~chi_redis.ConfigError` when the topic already
+        holds unpartitioned events or is declared otherwise (``resize=True`` changes the
+        count, only while every partition is empty).
+        """
+        return self.partitions.declare(topic, partitions, key, resize=resize)
+
     def publish(
         self, event: Event, *, idempotency_key: str | None = None, acks: AckMode | None = None
     ) -> str:

@@ -23,12 +23,15 @@ def pack(
     idempotency_keys: Sequence[str | None] | None,
     ttl_ms: int,
     archive: bool = False,
+    names: Sequence[str] | None = None,
 ) -> Call:
     """KEYS and ARGV of one publish-script call for ``events`` (validated and encoded first).
 
     Raises before anything is sent: nothing of an invalid chunk reaches Redis.  The layout
     is documented in ``lua/publish.lua``: each topic's keys are passed once per chunk and
     each event costs seven arguments, so packing stays cheap in Python and in Redis.
+    ``names``: the name each event is filed under when it is not its topic (the partition
+    of a partitioned topic, ``orders/3``: docs/design.md §15).
     """
     slots: dict[str, int] = {}
     topic_keys: list[str] = []
@@ -42,7 +45,7 @@ def pack(
             raise ValidationError(
                 f"expected an Event, got {type(event).__name__}", field=f"events[{i}]"
             )
-        topic = event.topic
+        topic = names[i] if names is not None else event.topic
         slot = slots.get(topic)
         if slot is None:
             slot = slots[topic] = len(topic_names) + 1

@@ -51,16 +51,17 @@ class OnePacking:
         self._topic_keys: dict[str, tuple[bytes, ...]] = {}
 
     def pack_one(
-        self, event: Event, idempotency_key: str | None
+        self, event: Event, idempotency_key: str | None, name: str | None = None
     ) -> tuple[list[bytes], list[bytes]]:
         """KEYS and ARGV of a ``lua/publish_one.lua`` call: one event, 7 arguments (8 with
-        an idempotency key), validated and encoded first, all bytes."""
+        an idempotency key), validated and encoded first, all bytes; ``name``: the partition it
+        goes to, when its topic is partitioned."""
         if not isinstance(event, Event):
             raise ValidationError(
                 f"expected an Event, got {type(event).__name__}", field="events[0]"
             )
         id_, type_, ts, ver, meta, data = self.codec.encode_parts(event)
-        topic = event.topic
+        topic = name or event.topic
         topic_keys = self._topic_keys.get(topic)
         if topic_keys is None:
             if len(self._topic_keys) >= _MAX_CACHED_TOPICS:

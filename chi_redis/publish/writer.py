@@ -20,18 +20,27 @@ import redis.exceptions as rex
 
 from ..backend.cluster import is_cluster
 from ..backend.keys import Keys
+from ..backend.partitions import PartitionRegistry
 from ..backend.scripts import direct_connection, script
 from ..errors import ChiError, PublishError
 from ..events.codec import Codec
 from ..events.event import Event
 from ..events.names import validate_name
+from ..events.partitioning import topic_of_part
 from ..limits import MAX_CHUNK, check_limit
 from ..observe import metrics, tracing
 from .acks import Acks, write_acked, write_batch_acked
 from .packing import Call, pack
 from .republish import checkpoint_argv, pack_republish
 from .single import OnePacking, count_one
-from .slots import CLUSTER_CALLS_PER_ROUND_TRIP, TopicMemory, id_lookups, topic_runs
+from .slots import (
+    CLUSTER_CALLS_PER_ROUND_TRIP,
+    TopicMemory,
+    id_lookups,
+    register_partitioned,
+    route,
+    topic_runs,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -131,37 +140,46 @@ class _Packing(OnePacking):
         self.per_topic = False
         #: Topics known to be in the topics set (added before a topic's first event).
         self.registered = TopicMemory()
+        #: The partitioned topics' declarations (set by the bus; None: route nothing).
+        self.partitions: PartitionRegistry | None = None
 
     def pack(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None,
-        archive: bool,
+        archive: bool, names: Sequence[str] | None = None,
     ) -> Call:
         return pack(self.keys, self.codec, events, idempotency_keys, self.idempotency_ttl_ms,
-                    archive)
+                    archive, names)
+
+    def route(self, events: Sequence[Event]) -> list[str] | None:
+        """The partition each event goes to (``orders/3``), its topic for the others; None
+        when no topic of ``events`` is partitioned (docs/design.md §15).  From the cache
+        only: a topic not registered lately is routed again after :meth:`register`."""
+        return route(self.partitions, events) if self.partitions is not None else None
 
     def pack_runs(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None,
         archive: bool,
     ) -> list[Call]:
         """:meth:`pack` of ``events`` (one call), or on a cluster of each run of one topic."""
+        names = self.route(events)
         if not self.per_topic:
-            return [self.pack(events, idempotency_keys, archive)]
-        calls, start = [], 0
-        for run in topic_runs(events, len(events)):
-            idem = idempotency_keys[start:start + len(run)] if idempotency_keys else None
-            calls.append(self.pack(run, idem, archive))
-            start += len(run)
-        return calls
+            return [self.pack(events, idempotency_keys, archive, names)]
+        return [self.pack(events[a:b], idempotency_keys[a:b] if idempotency_keys else None,
+                          archive, names[a:b] if names else None)
+                for a, b in topic_runs(events, len(events), names)]
 
     def rounds(self, events: list[Event], chunk_size: int, archive: bool) -> list[list[Call]]:
         """Every chunk packed (so nothing is sent if one is invalid), grouped per round trip."""
         check_limit(chunk_size, "chunk_size", 1, MAX_CHUNK)
+        names = self.route(events)
         if self.per_topic:  # a cluster: one topic (one slot) per script call
-            calls = [self.pack(run, None, archive) for run in topic_runs(events, chunk_size)]
+            calls = [self.pack(events[a:b], None, archive, names[a:b] if names else None)
+                     for a, b in topic_runs(events, chunk_size, names)]
             per = CLUSTER_CALLS_PER_ROUND_TRIP
         else:
             calls = [
-                self.pack(events[i : i + chunk_size], None, archive)
+                self.pack(events[i : i + chunk_size], None, archive,
+                          names[i : i + chunk_size] if names else None)
                 for i in range(0, len(events), chunk_size)
             ]
             per = CHUNKS_PER_ROUND_TRIP
@@ -191,13 +209,22 @@ class Writer(_Packing):
         self._direct = direct_connection(client)
         self.per_topic = is_cluster(client)
 
-    def register(self, topics: Iterable[str]) -> None:
+    def register(self, topics: Iterable[str]) -> list[str]:
         """Add the topics not added yet by this writer to the topics set (one round trip,
-        before their first events: a reader of the set never misses a written topic)."""
+        before their first events: a reader of the set never misses a written topic), and
+        read their partitioning in the same round trip; the fresh ones that are partitioned
+        (what was packed for them must be packed again, routed)."""
         fresh = self.registered.fresh(topics)
-        if fresh:
+        if not fresh:
+            return []
+        if self.partitions is None:
             self.call(lambda: self.client.sadd(self.keys.topics(), *fresh))
-            self.registered.add(fresh)
+            partitioned: list[str] = []
+        else:
+            partitioned = self.call(partial(
+                register_partitioned, self.client, self.keys, self.partitions, fresh))
+        self.registered.add(fresh)
+        return partitioned
 
     def write(
         self, events: Sequence[Event], idempotency_keys: Sequence[str | None] | None = None,
@@ -222,14 +249,18 @@ class Writer(_Packing):
             return write_acked(self, events, idempotency_keys, acks)
         if len(events) == 1 and not archive:
             event = events[0]
-            one = self.pack_one(event, idempotency_keys[0] if idempotency_keys else None)
-            if not self.registered.knows(event.topic):
-                self.register((event.topic,))
+            idem = idempotency_keys[0] if idempotency_keys else None
+            name = self.route(events)
+            one = self.pack_one(event, idem, name[0] if name else None)
+            if not self.registered.knows(event.topic) and self.register((event.topic,)):
+                name = self.route(events)  # partitioned: packed again, for its partition
+                one = self.pack_one(event, idem, name[0] if name else None)
             sid: bytes = self.call(lambda: self.send_one(*one))
             count_one(event.topic)
             return [sid.decode()]
         calls = self.pack_runs(events, idempotency_keys, archive)
-        self.register(_topics(events))
+        if self.register(_topics(events)):  # partitioned topics seen first: route them
+            calls = self.pack_runs(events, idempotency_keys, archive)
         ids: list[str] = []
         for keys, argv in calls:
             ids += _stream_ids(self.call(partial(self.send, keys, argv)))
@@ -259,7 +290,8 @@ class Writer(_Packing):
         out: list[str] = []
         rounds = self.rounds(events, chunk_size, archive)
         try:
-            self.register(_topics(events))
+            if self.register(_topics(events)):  # partitioned topics seen first: route them
+                rounds = self.rounds(events, chunk_size, archive)
         except ChiError as exc:
             raise self.failure(events, out, exc) from exc
         for group in rounds:
@@ -306,14 +338,14 @@ class Writer(_Packing):
         Never retried: after a lost reply a retry would write the events twice, and the
         checkpoint tells a rerun where the replay really stopped.
         """
-        self.register(str(t) for t in packed[1][0::8])
+        self.register(topic_of_part(str(t)) for t in packed[1][0::8])
         keys = [checkpoint_key or (packed[0][0] if packed[0] else self.keys.topics()),
                 *packed[0]]
         argv = [*checkpoint_argv(checkpoint or {}), *packed[1]]
         s = self.republish_script
         ids = _stream_ids(self.call_once(lambda: s.run(self.client, keys, argv)))
         # Eight arguments per entry, the topic first (``pack_republish``).
-        count_published(str(t) for t in packed[1][0::8])
+        count_published(topic_of_part(str(t)) for t in packed[1][0::8])
         return ids
 
     def failure(self, events: list[Event], out: list[str], exc: ChiError) -> PublishError:
@@ -322,7 +354,8 @@ class Writer(_Packing):
         # Some events of the failed chunks may have been written: ask the id lookup.
         with contextlib.suppress(rex.RedisError):
             pipe = self.client.pipeline(transaction=False)
-            found = id_lookups(pipe, self.keys, rest).execute() if rest else []
+            found = (id_lookups(pipe, self.keys, rest, self.route(rest)).execute()
+                     if rest else [])
         return partial_failure(events, out, found, exc)
 
 

@@ -36,6 +36,8 @@ from .consumer import StreamMessage, StreamsConsumer
 from .deadletters import DLQ_MAXLEN
 from .encoder import MsgpackEncoder, encode_message
 from .hooks import HookFilter, lighter
+from .partitioned import PartitionedConsumer
+from .partowners import is_part_stream
 from .runner import ChiMiddleware, make_runner
 from .subscriptions import Subscription, encode_record
 
@@ -94,6 +96,8 @@ class QueueState:
     avg_run_s: float = 0.0
     #: Dedupe claims of the runs in progress (key → token), refreshed with the leases.
     claims: dict[str, bytes] = field(default_factory=dict)
+    #: Partition entries waiting out a retry's backoff: (due, monotonic s; the message).
+    held: list[tuple[float, Any]] = field(default_factory=list)
 
     def observe_run(self, seconds: float) -> None:
         avg = self.avg_run_s
@@ -157,7 +161,8 @@ class StreamsBroker(HookFilter):
             self.subscriptions[sub.name] = sub
         new = self.register(sub)
         for topic in sub.bound_topics(self._call(self.topics)):
-            self.ensure_group(self.keys.stream(topic), sub.name, self._start_id(sub, new))
+            for name in self._call(lambda t=topic: self.bus.partitions.names(t)):
+                self.ensure_group(self.keys.stream(name), sub.name, self._start_id(sub, new))
         o = sub.options
         actor_options: dict[str, Any] = {
             "max_retries": o.max_retries,
@@ -236,12 +241,21 @@ class StreamsBroker(HookFilter):
         sub = self.subscriptions.get(queue_name)
         if sub is not None and sub.batched:  # docs/design.md §5.10
             return BatchConsumer(self, queue_name, self.options.prefetch or prefetch, timeout)
+        if sub is not None and any(  # docs/design.md §15
+                self._call(lambda t=t: self.bus.partitions.get(t))
+                for t in sub.bound_topics(self._call(self.topics))):
+            return PartitionedConsumer(self, queue_name, self.options.prefetch or prefetch,
+                                       timeout)
         return StreamsConsumer(self, queue_name, self.options.prefetch or prefetch, timeout)
 
     def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
         queue_name = message.queue_name
         self.declare_queue(queue_name)
         self.emit_before("enqueue", message, delay)
+        if isinstance(message, StreamMessage) and is_part_stream(message.entry_stream):
+            # A partition's entry: its retry holds the partition (docs/design.md §15.4).
+            message.hold_ms = int(delay or 0)
+            return message
         body = encode_message(message)
         try:
             if delay:
@@ -291,6 +305,14 @@ class StreamsBroker(HookFilter):
             streams += [self.keys.stream(t) for t in sub.bound_topics(self.topics())]
         return streams
 
+    def part_streams(self, queue_name: str) -> list[str]:
+        """The partition streams of the partitioned topics the queue binds (§15)."""
+        sub = self.subscriptions.get(queue_name)
+        if sub is None:
+            return []
+        return [self.keys.stream(n) for t in sub.bound_topics(self.topics())
+                for n in self.bus.partitions.names(t)[1:]]
+
     def flush(self, queue_name: str) -> None:
         """Drop everything waiting in the queue: its private stream, delayed set, and for a
         subscription everything unread or pending on its topic groups."""
@@ -329,7 +351,8 @@ class StreamsBroker(HookFilter):
                 return False
         if self.client.zcard(self.keys.delayed(queue_name)):
             return False
-        return all(group_idle(self.client, s, queue_name) for s in self.streams_of(queue_name))
+        return all(group_idle(self.client, s, queue_name)
+                   for s in self.streams_of(queue_name) + self.part_streams(queue_name))
 
     # acking (called from worker threads) ---------------------------------------------------
     def buffer_ack(

@@ -85,6 +85,9 @@ class StreamMessage(dramatiq.MessageProxy):
         # Set when a retry copy of this message could not be written: the entry is then
         # left pending (not acked) so that the lease expires and it is reclaimed.
         self.keep_pending = False
+        # Set when a retry of a partition's entry holds its partition: the backoff (ms)
+        # after which the consumer hands the entry out again (runtime/partitioned.py).
+        self.hold_ms: int | None = None
         # The topic entry's fields as read (bytes keys), so the runner need not rebuild them.
         self.entry_fields: dict[bytes, bytes] | None = None
 

@@ -10,9 +10,11 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from ..backend.scripts import script
+from ..backend.streamids import parse_id
 from ..errors import PublishError
 from ..events.event import Event
 from ..events.names import validate_name
+from ..events.partitioning import topic_of_part
 from .eventtime import EventTimeReader, event_time_entries, flat_view
 from .query import check_page, check_range, sort_key, type_matcher
 
@@ -46,8 +48,15 @@ class RedisEventStore:
         return self.bus.call(fn)
 
     def _decode(self, topic: str, entries: Iterable[Entry]) -> list[Event]:
+        # ``topic`` may be a partition's name (``orders/3``): its events are the topic's.
         stream = self._keys.stream(topic)
-        return self.bus.codec.decode_flat_many(entries, topic=topic, stream=stream)
+        return self.bus.codec.decode_flat_many(entries, topic=topic_of_part(topic),
+                                               stream=stream)
+
+    def _names(self, topics: Iterable[str]) -> list[str]:
+        """The names ``topics``' events are filed under: each topic and, if partitioned,
+        its partitions (docs/design.md §15)."""
+        return [n for t in topics for n in self.bus.partitions.names(t)]
 
     def _xrange(
         self, stream: str, lo: str | bytes, hi: str | bytes, count: int | None = None
@@ -74,9 +83,10 @@ class RedisEventStore:
         """``(topic, stream id)`` of an event, or None.
 
         Each topic keeps its own id hash (in its slot): every topic's is asked, in one
-        pipelined round trip (per cluster node).
+        pipelined round trip (per cluster node); a partitioned topic's events are found in
+        their partition's (the topic returned is then the partition's name, ``orders/3``).
         """
-        names = self.topics()
+        names = self._names(self.topics())
         if not names:
             return None
 
@@ -122,9 +132,21 @@ class RedisEventStore:
         check_page(topic, offset, limit)
         if limit == 0:
             return []
-        keys = [self._keys.stream(topic)]
-        entries = self._r(partial(self._page.run, self.bus.client, keys, [offset, limit]))
-        return self._decode(topic, entries)
+        names = self.bus.partitions.names(topic)
+        if len(names) == 1:
+            keys = [self._keys.stream(topic)]
+            entries = self._r(partial(self._page.run, self.bus.client, keys, [offset, limit]))
+            return self._decode(topic, entries)
+        # A partitioned topic: the first offset + limit of each partition, merged by
+        # append time (the stream id's ms; within one ms by event time), then the page.
+        merged: list[tuple[tuple[int, int, int], str, Entry]] = []
+        for n in names:
+            got = self._r(partial(self._page.run, self.bus.client, [self._keys.stream(n)],
+                                  [0, offset + limit]))
+            merged += [((parse_id(e[0])[0], _event_us(e[1]), parse_id(e[0])[1]), n, e)
+                       for e in got]
+        merged.sort(key=lambda m: m[0])
+        return [self._decode(n, [e])[0] for _, n, e in merged[offset:offset + limit]]
 
     def page_by_topic(
         self, topic: str, after: str | None = None, limit: int = 100
@@ -158,7 +180,7 @@ class RedisEventStore:
         match = type_matcher(types)
         if limit == 0 or lo > hi:
             return []
-        topics = [topic] if topic is not None else self.topics()
+        topics = self._names([topic] if topic is not None else self.topics())
         events: list[Event] = []
         with _gc_paused():
             for t in topics:
@@ -227,6 +249,12 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
+
+
+def _event_us(flat: list[bytes]) -> int:
+    """The event time (``ts``) of an entry's flat field list; 0 if it has none."""
+    raw = dict(zip(flat[::2], flat[1::2], strict=False)).get(b"ts", b"0")
+    return int(raw) if raw.isdigit() else 0
 
 
 def _type_matches(match: Callable[[str], bool], flat: list[bytes]) -> bool:

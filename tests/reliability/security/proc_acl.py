@@ -34,6 +34,11 @@ def one(event: Event) -> None:
             os._exit(1)
 
 
+@bus.subscribe("acl-part", topics=["aclp"], start="earliest")
+def part(event: Event) -> None:
+    """A partitioned topic's consumer: ownership rounds (``partowner.lua``) as this user."""
+
+
 @bus.subscribe("acl-batch", topics=["acl"], batch_size=10, batch_wait_ms=50, max_retries=0)
 def batch(events: list[Event]) -> None:
     failed = [e for e in events if e.type == "acl.fail"]

@@ -188,6 +188,8 @@ def _publish(server: RedisServer) -> None:
     bus.publish(Event(type="acl.ok", data={"n": 1}), idempotency_key="order-1")
     bus.publish(Event(type="acl.ok", data={"n": 1}), idempotency_key="order-1")
     bus.publish_batch([Event(type="other.ok", data={"n": i}) for i in range(3)])
+    bus.declare_topic("aclp", partitions=2, key="data.k")  # a partitioned topic (§15)
+    bus.publish_batch([Event(type="aclp.ok", data={"k": f"k{i}"}) for i in range(6)])
     bus.client.close()
 
 
@@ -200,7 +202,7 @@ def _work(server: RedisServer, admin: redis.Redis, tmp: Path) -> str:
     try:
         wait_ready(w)
         watch = EventBus(admin, namespace=NS)
-        wait_until(lambda: admin.hlen(watch.keys.subs()) == 2, 60, "subscriptions registered")
+        wait_until(lambda: admin.hlen(watch.keys.subs()) == 3, 60, "subscriptions registered")
         pub = EventBus(user_client(server, "chi-publisher"), namespace=NS)
         pub.publish_batch([Event(type="acl.ok", data={}), Event(type="acl.fail", data={}),
                            Event(type="acl.slow", data={"sleep_ms": 2500})])
@@ -209,7 +211,8 @@ def _work(server: RedisServer, admin: redis.Redis, tmp: Path) -> str:
             wait_until(lambda: dlq_len(admin, watch, "acl-one") >= 1
                        and dlq_len(admin, watch, "acl-batch") >= 1
                        and drained(admin, watch, "acl-one", ["acl"])
-                       and drained(admin, watch, "acl-batch", ["acl"]), 120,
+                       and drained(admin, watch, "acl-batch", ["acl"])
+                       and drained(admin, watch, "acl-part", ["aclp/0", "aclp/1"]), 120,
                        "the worker user's job done", interval=0.2)
         except AssertionError as exc:
             state = {s: (dlq_len(admin, watch, s), drained(admin, watch, s, ["acl"]))
