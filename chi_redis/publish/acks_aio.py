@@ -26,7 +26,7 @@ from .acks import (
 )
 
 if TYPE_CHECKING:
-    from .writer import AsyncWriter
+    from .writer_aio import AsyncWriter
 
 __all__ = ["AsyncAckedSend", "awrite_acked", "awrite_batch_acked"]
 

@@ -20,10 +20,12 @@ from ..backend.connection import (
     connect_async,
 )
 from ..backend.keys import Keys
+from ..backend.partitions import PartitionRegistry
 from ..events.codec import DEFAULT_MAX_EVENT_BYTES, Codec, Encoding
 from ..events.event import Event
 from .acks import AckMode, Acks, acks_of
-from .writer import DEFAULT_CHUNK, DEFAULT_IDEMPOTENCY_TTL_MS, AsyncWriter, split_bus_options
+from .writer import DEFAULT_CHUNK, DEFAULT_IDEMPOTENCY_TTL_MS, split_bus_options
+from .writer_aio import AsyncWriter
 
 if TYPE_CHECKING:
     import asyncio
@@ -73,6 +75,9 @@ class AsyncEventBus:
         #: ``acks="replicas"``: as EventBus.acks (docs/design.md §3.4).
         self.acks = acks_of(acks, min_replicas, ack_timeout_ms)
         self._replica_acks = self.acks or Acks(min_replicas, ack_timeout_ms)
+        #: Partitioned topics (docs/design.md §15), read with the topics' registration and
+        #: cached; declaring one is the synchronous bus's (``EventBus.declare_topic``).
+        self.partitions = PartitionRegistry(self.keys, lambda: self.client, _no_sync_io)
         self._bind(client)
         #: Whether the server is yet to be asked about cluster mode (a plain client: a
         #: ``redis.asyncio`` client is made without I/O, so the first publish asks).
@@ -87,6 +92,7 @@ class AsyncEventBus:
             client, self.keys, self.codec, idempotency_ttl_ms=self.idempotency_ttl_ms,
             call=self.call,
         )
+        self.writer.partitions = self.partitions
 
     async def adopt_cluster(self) -> bool:
         """Ask the server whether it runs in cluster mode (once) and, if so, switch to a
@@ -184,3 +190,13 @@ class AsyncEventBus:
             self.writer.rounds(list(events), chunk_size, False)
             await self.adopt_cluster()
         return await self.writer.write_batch(events, chunk_size, acks=self._acks(acks))
+
+
+def _no_sync_io(fn: Callable[[], Any]) -> Any:
+    """The partition registry's synchronous calls (declaring, a lookup outside the
+    publish round trip): not on an asyncio bus."""
+    from ..errors import ConfigError
+
+    raise ConfigError("declare partitioned topics with the synchronous EventBus"
+                      " (declare_topic) or the configuration file's events.topics, not on"
+                      " AsyncEventBus", field="partitions")

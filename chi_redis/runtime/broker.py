@@ -161,7 +161,14 @@ class StreamsBroker(HookFilter):
             self.subscriptions[sub.name] = sub
         new = self.register(sub)
         for topic in sub.bound_topics(self._call(self.topics)):
-            for name in self._call(lambda t=topic: self.bus.partitions.names(t)):
+            names = self._call(lambda t=topic: self.bus.partitions.names(t))
+            if sub.batched and len(names) > 1:
+                from ..errors import ConfigError
+
+                raise ConfigError(f"batch subscription {sub.name!r} binds the partitioned topic"
+                                  f" {topic!r}: batch subscriptions do not read partitions"
+                                  " (docs/design.md §15.4); subscribe without batch_size")
+            for name in names:
                 self.ensure_group(self.keys.stream(name), sub.name, self._start_id(sub, new))
         o = sub.options
         actor_options: dict[str, Any] = {

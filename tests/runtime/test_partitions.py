@@ -191,3 +191,50 @@ def test_rebalance_on_join_and_leave(ns: str, real_client: redis.Redis, workers:
     second.stop()  # a clean shutdown gives its partitions up at once
     wait_until(lambda: shares() == [6], 60, "the leaver's partitions taken back")
     assert first.alive()
+
+
+def test_asyncio_bus_and_buffered_publisher_route_to_partitions(
+    real_client: redis.Redis, ns: str
+) -> None:
+    import asyncio
+
+    from chi_redis import AsyncEventBus, BufferedPublisher
+
+    EventBus(real_client, namespace=ns).declare_topic("orders", partitions=4, key="data.key")
+    events = [Event(type="orders.placed", data={"key": f"k{i % 10}", "seq": i})
+              for i in range(60)]
+
+    async def publish() -> None:
+        bus = AsyncEventBus.from_url(REDIS_URL, namespace=ns)
+        try:
+            await bus.publish(events[0])
+            await bus.publish_batch(events[1:20])
+            publisher = BufferedPublisher(bus, batch_size=16, max_buffer=100)
+            for e in events[20:]:
+                await publisher.publish(e)
+            await publisher.flush()
+            await publisher.close()
+            with pytest.raises(ValidationError):  # no key: refused, nothing written
+                await bus.publish(Event(type="orders.placed", data={"seq": -1}))
+        finally:
+            await bus.close()
+
+    asyncio.run(publish())
+    assert not real_client.exists(f"{ns}:{{orders}}:stream")
+    for p in range(4):  # each event in its key's partition
+        assert real_client.xlen(f"{ns}:{{orders/{p}}}:stream") == sum(
+            1 for e in events if partition_of(e.data["key"], 4) == p)
+    loaded = EventBus(real_client, namespace=ns).store.load_by_topic("orders", 0, 100)
+    assert sorted(e.data["seq"] for e in loaded) == list(range(60))
+
+
+def test_a_batch_subscription_of_a_partitioned_topic_is_refused(
+    real_client: redis.Redis, ns: str
+) -> None:
+    from chi_redis.runtime.broker import StreamsBroker
+
+    bus = EventBus(real_client, namespace=ns)
+    bus.declare_topic("orders", partitions=2, key="data.key")
+    bus.subscribe("order-batches", topics=["orders"], batch_size=10)(lambda events: None)
+    with pytest.raises(ConfigError, match="batch subscriptions do not read partitions"):
+        StreamsBroker(bus)
