@@ -89,3 +89,29 @@ def test_partitions_spread_over_masters_and_keep_per_key_order(
     assert res.exit_code == 0, res.output
     [topic] = json.loads(res.output)["topics"]
     assert (topic["topic"], topic["length"], topic["partitions"]) == ("po", len(events), 6)
+
+
+def test_replay_and_tail_of_a_partitioned_topic_on_the_cluster(
+    cbus: EventBus, redis_cluster: LocalCluster, ns: str
+) -> None:
+    decl = cbus.declare_topic("pr", partitions=6, key="data.key")
+    events = [Event(type="pr.placed", data={"key": f"k{i % 9}", "seq": i}) for i in range(60)]
+    cbus.publish_batch(events)
+    runner = CliRunner(env={"CHI_REDIS_URL": None, "CHI_NAMESPACE": None, "CHI_CONFIG": None})
+    base = ["--redis-url", redis_cluster.nodes[1].url, "--namespace", ns]
+    res = runner.invoke(chi_cli, [*base, "replay", "--topic", "pr", "--since", "-1h", "--print"])
+    assert res.exit_code == 0, res.output
+    printed = [json.loads(x) for x in res.output.splitlines() if x.startswith("{")]
+    assert sorted(p["id"] for p in printed) == sorted(e.id for e in events)
+    assert {p["topic"] for p in printed} == {"pr"}
+    res = runner.invoke(chi_cli, [*base, "replay", "--topic", "pr", "--since", "-1h",
+                                  "--republish", "--checkpoint", "rp"])
+    assert res.exit_code == 0, res.output
+    for part in decl.parts("pr"):  # each copy in its original's partition (same key)
+        seqs = [cbus.codec.decode(f, topic="pr").data["seq"]
+                for _, f in cbus.client.xrange(cbus.keys.stream(part))]
+        half = len(seqs) // 2
+        assert seqs and sorted(seqs[:half]) == sorted(seqs[half:]), part
+    res = runner.invoke(chi_cli, [*base, "tail", "pr", "--from", "-1h", "--count", "120"])
+    assert res.exit_code == 0, res.output
+    assert len(res.output.splitlines()) == 120
