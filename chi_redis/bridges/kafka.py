@@ -322,14 +322,16 @@ class KafkaEventBus:
     ) -> Callable[[Handler], Handler]:
         """Register ``fn(event)`` (or ``fn(event, delivery)``) as subscription ``name``.
 
-        As :meth:`EventBus.subscribe`; ``priority`` is accepted and has no effect (each
-        subscription has its own consumers).  Batches, dedupe, time limits, delivery caps
-        and a datetime ``start`` are not available: :class:`KafkaUnsupportedError`.
+        As :meth:`EventBus.subscribe`.  A ``priority`` (each subscription has its own
+        consumers: nothing to order), batches, dedupe, time limits, delivery caps and a
+        datetime ``start`` are not available: :class:`KafkaUnsupportedError`.
         """
         unknown = sorted(set(rest) - _UNSUPPORTED)
         if unknown:
             raise TypeError(f"subscribe() got an unexpected keyword argument {unknown[0]!r}")
         given = sorted(k for k, v in rest.items() if v not in (None, False))
+        if priority:  # nothing to order: each subscription has its own consumers
+            given.insert(0, "priority")
         if given or not isinstance(start, str):
             what = ", ".join(given) or "start=<datetime>"
             raise KafkaUnsupportedError(f"the Kafka bus does not support {what}"

@@ -197,7 +197,7 @@ KAFKA = Backend(
         idempotent_publish=False, time_limit=False,
         redrive_same_entry=False, refuses=frozenset({
             "delay_ms", "time_limit_ms", "batch_size", "dedupe", "idempotency_key",
-            "max_deliveries"}),
+            "max_deliveries", "priority"}),
         reasons={
             "redrive_same_entry": "redrive appends the dead letter's record to its source"
                                   " topic again (for that subscription only): a new offset",

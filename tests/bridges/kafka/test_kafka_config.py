@@ -102,13 +102,13 @@ def test_publish_to_an_unreachable_broker_is_a_clear_error() -> None:
         bus.dead_letters("audit", timeout_s=1.5)
 
 
-def test_priority_is_accepted_and_changes_nothing() -> None:
-    """Each subscription has its own consumer group and threads: no order among them."""
+def test_priority_is_refused() -> None:
+    """Each subscription has its own consumer group and threads: nothing to order."""
     bus = KafkaEventBus(["k:9092"])
-    bus.subscribe("urgent", types=["a.b"], priority=9)(lambda e: None)
-    bus.subscribe("normal", types=["a.b"])(lambda e: None)
-    assert bus.subscriptions["urgent"].priority == 9
-    assert bus.worker(threads=1).bus is bus  # built the same way for both
+    with pytest.raises(KafkaUnsupportedError, match="does not support priority"):
+        bus.subscribe("urgent", types=["a.b"], priority=9)
+    assert "urgent" not in bus.subscriptions
+    bus.subscribe("normal", types=["a.b"], priority=0)(lambda e: None)  # the default
 
 
 def test_chi_kafka_brokers_is_a_comma_separated_list() -> None:
