@@ -133,6 +133,23 @@ class Session:
 Opener = Callable[[str, Path], contextlib.AbstractContextManager[Session]]
 
 
+class BridgeSession(Session):
+    """A session on a bridge bus (RabbitMQ, Kafka): its workers are the bus's own, started
+    by :meth:`run` into ``workers``; each is stopped, its consumer threads gone, when the
+    behaviour ends."""
+
+    workers: list[Any]
+
+    @contextlib.contextmanager
+    def running(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            for worker in self.workers:
+                worker.stop(timeout_s=DEADLINE_S)
+            assert [t for w in self.workers for t in w._threads] == []
+
+
 @dataclass(frozen=True)
 class Backend:
     """A backend the conformance suite runs against: ``open(ns, tmp_path)`` gives a session."""

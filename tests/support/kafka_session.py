@@ -24,7 +24,7 @@ from chi_redis.bridges.kafka import KafkaEventBus, kafka_topic
 from chi_redis.bridges.kafka_worker import KafkaWorker, subscription_topics
 from chi_redis.runtime.deadletters import DeadLetter
 
-from .backends import DEADLINE_S, Backend, Features, Session
+from .backends import DEADLINE_S, Backend, BridgeSession, Features, Session
 from .kafka import TansuBroker
 from .processes import ROOT, TESTS, WorkerProcess, clean_env
 from .skips import skip_or_fail
@@ -65,7 +65,7 @@ def as_dead_letter(bus: KafkaEventBus, sub: str, record: dict[str, Any]) -> Dead
         first_failure_ms=at_ms, last_failure_ms=at_ms, kind="event")
 
 
-class KafkaSession(Session):
+class KafkaSession(BridgeSession):
     """A session on a :class:`KafkaEventBus` of the shared broker."""
 
     bus: KafkaEventBus
@@ -79,15 +79,6 @@ class KafkaSession(Session):
 
         return ck.Consumer({"bootstrap.servers": self.bus.bootstrap, "enable.auto.commit": False,
                             "group.id": self.bus.group_id(sub), **extra})
-
-    @contextlib.contextmanager
-    def running(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-        try:
-            yield
-        finally:
-            for worker in self.workers:
-                worker.stop(timeout_s=DEADLINE_S)
-            assert [t for w in self.workers for t in w._threads] == []
 
     def prepare(self, **options: Any) -> None:
         """Create the topics and pin where new groups begin (what a worker does first)."""

@@ -26,7 +26,7 @@ import yaml
 from chi_redis.bridges.rabbitmq import RabbitMQEventBus
 from chi_redis.bridges.rabbitmq_worker import RabbitMQWorker
 
-from .backends import DEADLINE_S, Backend, Features, Session
+from .backends import DEADLINE_S, Backend, BridgeSession, Features, Session
 from .processes import ROOT, TESTS, WorkerProcess, clean_env
 from .rabbitmq import RABBITMQ_URL, rabbitmq_bus
 from .skips import skip_or_fail
@@ -50,7 +50,7 @@ def held(prefix: str) -> int:
     return total
 
 
-class RabbitSession(Session):
+class RabbitSession(BridgeSession):
     """A session on a :class:`RabbitMQEventBus` of its own exchange."""
 
     bus: RabbitMQEventBus
@@ -58,15 +58,6 @@ class RabbitSession(Session):
     def __init__(self, bus: RabbitMQEventBus) -> None:
         super().__init__(bus, url=bus.url)
         self.workers: list[RabbitMQWorker] = []
-
-    @contextlib.contextmanager
-    def running(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-        try:
-            yield
-        finally:
-            for worker in self.workers:
-                worker.stop(timeout_s=DEADLINE_S)
-            assert [t for w in self.workers for t in w._threads] == []
 
     def prepare(self, **options: Any) -> None:
         """Declare the exchanges and every subscription's queues (what a worker does first)."""
