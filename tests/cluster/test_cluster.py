@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from redis.cluster import RedisCluster
-from support.cluster import LocalCluster, delete_cluster_namespace, spread_topics
+from support.cluster import LocalCluster, spread_topics
 from support.runtime import Recorder, in_process_runtime
 from support.waiting import wait_until
 
@@ -20,14 +20,6 @@ from chi_redis.cli.main import cli as chi_cli
 from chi_redis.config import bus_from_config, load_config
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def cbus(redis_cluster: LocalCluster, ns: str) -> EventBus:
-    bus = EventBus.from_url(redis_cluster.url, namespace=ns)
-    yield bus
-    delete_cluster_namespace(bus.client, ns)
-    bus.close()
 
 
 def test_any_nodes_url_gives_a_cluster_client(redis_cluster: LocalCluster, tmp_path: Path,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from support.cluster import LocalCluster, delete_cluster_namespace, spread_topics
+from support.cluster import LocalCluster, spread_topics
 from support.postgres import require_postgres, unique_table
 from support.processes import ROOT, clean_env
 from support.runtime import Recorder, in_process_runtime
@@ -29,14 +29,6 @@ from chi_redis.ops.replay import ReplayInterrupted, ReplayOptions, RepublishTarg
 from chi_redis.store.postgres import PostgresEventStore
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def cbus(redis_cluster: LocalCluster, ns: str) -> Iterator[EventBus]:
-    bus = EventBus.from_url(redis_cluster.url, namespace=ns)
-    yield bus
-    delete_cluster_namespace(bus.client, ns)
-    bus.close()
 
 
 def spread_events(bus: EventBus, cluster: LocalCluster, prefix: str, n: int) -> tuple[

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
-from support.cluster import LocalCluster, delete_cluster_namespace, spread_topics
+from support.cluster import LocalCluster, spread_topics
 from support.ports import free_port
 from support.processes import ROOT, clean_env
 from support.runtime import in_process_runtime
@@ -35,14 +35,6 @@ pytestmark = pytest.mark.redis
 
 CHI = ROOT / ".venv" / "bin" / "chi-redis"
 TOKEN = "cluster-console-token"
-
-
-@pytest.fixture
-def cbus(redis_cluster: LocalCluster, ns: str) -> Iterator[EventBus]:
-    bus = EventBus.from_url(redis_cluster.url, namespace=ns)
-    yield bus
-    delete_cluster_namespace(bus.client, ns)
-    bus.close()
 
 
 @pytest.fixture

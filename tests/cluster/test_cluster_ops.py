@@ -4,12 +4,11 @@ the real ``chi-redis retention apply`` and ``chi-redis metrics`` given one node'
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from support.cluster import LocalCluster, delete_cluster_namespace, spread_topics
+from support.cluster import LocalCluster, spread_topics
 from support.exporter import Exporter, sample
 from support.waiting import wait_until
 
@@ -17,14 +16,6 @@ from chi_redis import Event, EventBus
 from chi_redis.cli.main import cli as chi_cli
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def cbus(redis_cluster: LocalCluster, ns: str) -> Iterator[EventBus]:
-    bus = EventBus.from_url(redis_cluster.url, namespace=ns)
-    yield bus
-    delete_cluster_namespace(bus.client, ns)
-    bus.close()
 
 
 def _seed(cbus: EventBus, cluster: LocalCluster) -> list[str]:

@@ -10,11 +10,11 @@ import signal
 import subprocess
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import msgspec
 import pytest
-from support.cluster import LocalCluster, delete_cluster_namespace, spread_topics
+from support.cluster import LocalCluster, spread_topics
 from support.processes import ROOT, clean_env
 from support.runtime import in_process_runtime
 from support.waiting import wait_until
@@ -33,14 +33,6 @@ pytestmark = pytest.mark.redis
 
 CHI = ROOT / ".venv" / "bin" / "chi-redis"
 PER_TOPIC = 60
-
-
-@pytest.fixture
-def cbus(redis_cluster: LocalCluster, ns: str) -> Iterator[EventBus]:
-    bus = EventBus.from_url(redis_cluster.url, namespace=ns)
-    yield bus
-    delete_cluster_namespace(bus.client, ns)
-    bus.close()
 
 
 def publish_spread(bus: EventBus, cluster: LocalCluster, prefix: str) -> tuple[

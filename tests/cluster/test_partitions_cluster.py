@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
-from support.cluster import LocalCluster, delete_cluster_namespace
+from support.cluster import LocalCluster
 from support.ordering import order_problems
 from support.runtime import in_process_runtime
 from support.waiting import wait_until
@@ -21,14 +20,6 @@ from chi_redis import Event, EventBus
 from chi_redis.cli.main import cli as chi_cli
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def cbus(redis_cluster: LocalCluster, ns: str) -> Iterator[EventBus]:
-    bus = EventBus.from_url(redis_cluster.url, namespace=ns)
-    yield bus
-    delete_cluster_namespace(bus.client, ns)
-    bus.close()
 
 
 def test_partitions_spread_over_masters_and_keep_per_key_order(
