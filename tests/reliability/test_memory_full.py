@@ -1,7 +1,7 @@
 """F20: Redis at ``maxmemory`` with ``noeviction``.
 
 Publishing raises :class:`RedisFullError` with a message that says what to do, and sends
-each refused publish once (no retry storm: counted in ``INFO commandstats``); the worker
+each refused publish once (no retry storm: the publisher's commands counted as sent); the worker
 keeps handling the backlog (reads, acks and trims need no memory); once retention trims
 what every group has handled, publishing works again.  Nothing published ok is lost.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -33,9 +34,26 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
 BLOB = "x" * 1000
 
 
-def _calls(client: redis.Redis) -> dict[str, int]:
-    stats = client.info("commandstats")
-    return {c: int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval")}
+class _Sent:
+    """EVALSHA and EVAL commands this test process sends (the publisher's, not the worker
+    process's: ``INFO commandstats`` counts both, and the worker runs scripts of its own
+    while it drains)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = {"evalsha": 0, "eval": 0}
+        real = redis.connection.AbstractConnection.send_packed_command
+        sent = self
+
+        def counting(conn: Any, command: Any, check_health: bool = True) -> None:
+            chunks = [command] if isinstance(command, (bytes, str)) else command
+            for chunk in chunks:
+                data = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
+                sent.calls["evalsha"] += data.count(b"$7\r\nEVALSHA\r\n")
+                sent.calls["eval"] += data.count(b"$4\r\nEVAL\r\n")
+            real(conn, command, check_health)
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command",
+                            counting)
 
 
 def _fill(bus: EventBus, case: FaultCase) -> int:
@@ -49,11 +67,11 @@ def _fill(bus: EventBus, case: FaultCase) -> int:
     raise AssertionError("Redis never filled up")
 
 
-def _refused_publishes(bus: EventBus, case: FaultCase, client: redis.Redis,
+def _refused_publishes(bus: EventBus, case: FaultCase, sent: _Sent,
                        tries: int) -> tuple[int, dict[str, int], str]:
     """``tries`` single publishes on a full Redis: how many were refused, the commands they
     sent, and the error text."""
-    before = _calls(client)
+    before = dict(sent.calls)
     refused, text = 0, ""
     for i in range(tries):
         with contextlib.suppress(RedisFullError):
@@ -63,12 +81,11 @@ def _refused_publishes(bus: EventBus, case: FaultCase, client: redis.Redis,
             except RedisFullError as exc:
                 refused, text = refused + 1, str(exc)
                 raise
-    after = _calls(client)
-    return refused, {c: after[c] - before[c] for c in after}, text
+    return refused, {c: n - before[c] for c, n in sent.calls.items()}, text
 
 
 def test_full_redis_refuses_publishing_clearly_drains_and_recovers_after_trim(
-    tmp_path: Path, ns: str, redis_servers: RedisServers
+    tmp_path: Path, ns: str, redis_servers: RedisServers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = redis_servers.start("--maxmemory-policy", "noeviction")
     case = FaultCase(tmp_path, ns)
@@ -84,7 +101,7 @@ def test_full_redis_refuses_publishing_clearly_drains_and_recovers_after_trim(
         server.config_set(maxmemory=used + 3 * 1024 * 1024 // 2)
         figures["batches_before_full"] = _fill(bus, case)
         committed = len(case.history.commits())
-        refused, sent, text = _refused_publishes(bus, case, client, 20)
+        refused, sent, text = _refused_publishes(bus, case, _Sent(monkeypatch), 20)
         figures.update(refused_of_20=refused, commands_sent=sent, error_text=text)
         # The worker keeps handling the backlog while Redis is full.
         wait_until(lambda: len(case.history.commits()) >= committed + 20, 60, "draining")
