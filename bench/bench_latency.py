@@ -4,6 +4,9 @@
                                               XREADGROUP BLOCK COUNT 100 + one XACK a batch
   chi.latency.<rate>.*                        EventBus.publish / one `dramatiq
                                               chi_redis.worker` process x 4 threads
+  handoff.latency.<rate>.*                    the same chi-redis worker with
+                                              CHI_INLINE_WHEN_IDLE=false: every message handed
+                                              to a worker thread (what inline runs save)
   fs.latency.<rate>.*                         FastStream broker.publish(stream=) / a
                                               StreamSub(group, consumer, max_records=100)
                                               subscriber process ("n/a" without faststream:
@@ -229,7 +232,7 @@ def child_latency(args: Any, impl: str, rate: int) -> tuple[list[float], float]:
     return lat, achieved
 
 
-def chi_latency(args: Any, rate: int) -> tuple[list[float], float]:
+def chi_latency(args: Any, rate: int, inline: bool = True) -> tuple[list[float], float]:
     url = f"redis://{args.host}:{args.port}/0"
     r = redis.Redis(host=args.host, port=args.port)
     bus = EventBus(redis.Redis(host=args.host, port=args.port), namespace=NS)
@@ -237,7 +240,8 @@ def chi_latency(args: Any, rate: int) -> tuple[list[float], float]:
     stream = bus.keys.stream("benchlat")
     r.delete(key, stream)
     total = samples(args, rate)
-    proc = start_workers(url, NS, 1, 4, ["bench-latency"])
+    proc = start_workers(url, NS, 1, 4, ["bench-latency"],
+                         env={"CHI_INLINE_WHEN_IDLE": "true" if inline else "false"})
     try:
         wait_groups(r, stream, ["bench-latency"], 120, proc)
         warm = bus.publish(Event(type="benchlat.tick", data=PAYLOAD))
@@ -276,7 +280,7 @@ def report_latency(impl: str, rate: int, lat: list[float], achieved: float) -> N
 def run(args: Any) -> None:
     for rate in [int(x) for x in args.rates.split(",") if x]:
         p99: dict[str, float] = {}
-        for impl in ("raw", "chi", "fs"):
+        for impl in ("raw", "chi", "handoff", "fs"):
             name = f"{impl}.latency.{rate}"
             if not wanted(args, name):
                 continue
@@ -284,8 +288,8 @@ def run(args: Any) -> None:
                 for label in ("p50", "p99", "max"):
                     report_na(f"{name}.{label}_ms", "faststream not installed")
                 continue
-            lat, achieved = (chi_latency(args, rate) if impl == "chi"
-                             else child_latency(args, impl, rate))
+            lat, achieved = (chi_latency(args, rate, inline=impl == "chi")
+                             if impl in ("chi", "handoff") else child_latency(args, impl, rate))
             report_latency(impl, rate, lat, achieved)
             p99[impl] = percentiles(lat[WARMUP:] if len(lat) > 2 * WARMUP else lat)[1]
         same_run_ratios(rate, p99)
@@ -297,7 +301,7 @@ def same_run_ratios(rate: int, p99: dict[str, float]) -> None:
     the per-round ratios are what shows whether a target holds (the suite keeps the line)."""
     if "chi" not in p99:
         return
-    parts = [f"{base}={p99['chi'] / p99[base]:.2f}" for base in ("fs", "raw")
+    parts = [f"{base}={p99['chi'] / p99[base]:.2f}" for base in ("fs", "raw", "handoff")
              if p99.get(base, 0.0) > 0.0]
     if parts:
         print(f"# latency.{rate} p99 chi/baseline in this run: {' '.join(parts)}", flush=True)

@@ -94,6 +94,10 @@ def _rows() -> list[Row]:
                 step=lat),
             Row(f"latency p99 at {rate}/s", f"{chi}.p99_ms", f"{raw}.p99_ms", "raw redis-py",
                 step=lat),
+            Row(f"latency p50 at {rate}/s", f"{chi}.p50_ms", f"handoff.latency.{rate}.p50_ms",
+                "chi-redis, inline runs off", step=lat),
+            Row(f"latency p99 at {rate}/s", f"{chi}.p99_ms", f"handoff.latency.{rate}.p99_ms",
+                "chi-redis, inline runs off", step=lat),
         ]
     xrange = "raw.xrange.page1000"
     rows += [

@@ -42,10 +42,13 @@ def batch_supported() -> bool:
 
 
 def start_workers(url: str, namespace: str, processes: int, threads: int,
-                  queues: list[str]) -> subprocess.Popen[bytes]:
-    """``dramatiq chi_redis.worker e2e_handlers`` on ``queues``, in a session of its own."""
+                  queues: list[str], env: dict[str, str] | None = None
+                  ) -> subprocess.Popen[bytes]:
+    """``dramatiq chi_redis.worker e2e_handlers`` on ``queues``, in a session of its own
+    (``env``: more environment variables, e.g. ``CHI_*`` settings)."""
     env = {
         **os.environ,
+        **(env or {}),
         "CHI_REDIS_URL": url,
         "CHI_NAMESPACE": namespace,
         "PYTHONPATH": f"{ROOT}:{HERE}",

@@ -137,7 +137,7 @@ def broker_options_from_config(config: Config) -> BrokerOptions:
     return BrokerOptions(
         lease_ms=w.lease_ms, reclaim_interval_ms=w.reclaim_interval_ms,
         max_deliveries=w.max_deliveries, block_ms=w.block_ms, prefetch=w.prefetch,
-        max_prefetch=w.max_prefetch,
+        max_prefetch=w.max_prefetch, inline_when_idle=w.inline_when_idle,
     )
 
 

@@ -45,6 +45,7 @@ ENV_VARS: dict[str, tuple[tuple[str, ...], type]] = {
     "CHI_BLOCK_MS": (("worker", "block_ms"), int),
     "CHI_PREFETCH": (("worker", "prefetch"), int),
     "CHI_MAX_PREFETCH": (("worker", "max_prefetch"), int),
+    "CHI_INLINE_WHEN_IDLE": (("worker", "inline_when_idle"), bool),
     "CHI_METRICS_PORT": (("monitoring", "metrics_port"), int),
     "CHI_HEALTH_PORT": (("monitoring", "health_port"), int),
     "CHI_DATABASE_URL": (("store", "database", "dsn"), str),
@@ -126,6 +127,11 @@ def _apply_env(events: dict[str, Any], env: Mapping[str, str]) -> None:
                 value = int(text)
             except ValueError:
                 raise ConfigError(f"{var} must be an integer, got {text!r}") from None
+        if kind is bool:
+            flag = text.strip().lower()
+            if flag not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                raise ConfigError(f"{var} must be true or false, got {text!r}")
+            value = flag in ("true", "1", "yes", "on")
         if kind is list:  # comma-separated
             value = [v.strip() for v in text.split(",") if v.strip()]
         section = events

@@ -257,6 +257,7 @@ class WorkerConfig(_Section):
     block_ms: Annotated[int, Meta(ge=1, le=3_600_000)] = 1_000
     prefetch: Annotated[int, Meta(ge=1, le=10_000)] | None = None
     max_prefetch: Annotated[int, Meta(ge=1, le=10_000)] = 512
+    inline_when_idle: bool = True
     retry: RetryConfig = field(default_factory=RetryConfig)
 
 

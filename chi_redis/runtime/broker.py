@@ -64,6 +64,9 @@ class BrokerOptions:
     max_prefetch: int = 512
     dlq_maxlen: int = DLQ_MAXLEN
     registry_refresh_ms: int = 60_000
+    #: Run a message on the consumer thread that read it when every worker thread is idle
+    #: and the handler is fast (runtime/inline.py): no thread hand-off at low rates.
+    inline_when_idle: bool = True
 
     def __post_init__(self) -> None:
         # Each sizes a Redis command (chi_redis.limits): BLOCK 0 would wait forever, a

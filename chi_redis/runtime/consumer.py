@@ -33,6 +33,7 @@ from .crashes import CrashGuard
 from .deadletters import DeadLetterWriter
 from .deadletters import flush_log as flush_dead_letter_log
 from .dedupe import refresh_claims
+from .inline import Inline
 from .leases import AckBuffer, Leases
 from .leases import flush_log as flush_reclaim_log
 from .messages import StreamMessage, as_stream_message, malformed, private_message, topic_message
@@ -91,10 +92,9 @@ class StreamsConsumer(dramatiq.Consumer):
         self.acks = AckBuffer(self.state, queue, self.private)
         self._next_due_ms, self._hand_off = 0, False
         self._alone = False  #: the last message handed out was delivered again (_pop)
-        self.ahead = ReadAhead(self.acks)
+        self.ahead, self.inline = ReadAhead(self.acks), Inline(self)
         self.READ_AHEAD = self.READ_AHEAD and not is_cluster(self.client)  # slotreads
-        self._warned_at, self._sweeps = 0.0, 0
-        self.stopping = False  #: set when the worker shuts down: read nothing more
+        self._warned_at, self._sweeps, self.stopping = 0.0, 0, False  # stopping: read no more
         try:
             self._refresh_streams()
         except _CONNECTION_ERRORS as exc:
@@ -107,7 +107,7 @@ class StreamsConsumer(dramatiq.Consumer):
     # Dramatiq interface --------------------------------------------------------------------
     def __next__(self) -> StreamMessage | None:
         try:
-            return self._next()
+            return self.inline.take(self._next())  # run here when the workers are idle
         except _CONNECTION_ERRORS as exc:
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
 

@@ -19,6 +19,7 @@ from dramatiq.common import iter_queue
 from ..observe import metrics, tracing
 from .crashes import record_start
 from .dedupe import Dedupe
+from .inline import remember_worker
 from .subscriptions import Delivery, Subscription
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class ChiMiddleware(dramatiq.Middleware):
         bus = getattr(broker, "bus", None)
         if getattr(bus, "cluster_unknown", False):
             bus.adopt_cluster()  # type: ignore[union-attr]
+        remember_worker(worker)  # its consumers may run fast messages inline (.inline)
 
     def before_process_message(self, broker: Any, message: Any) -> None:
         _local.message = message

@@ -13,6 +13,7 @@ import pytest
 from chi_redis.config import (
     Config,
     ConfigFile,
+    broker_options_from_config,
     bus_from_config,
     load_config,
     parse_size,
@@ -284,6 +285,12 @@ def test_environment_beats_file_beats_default(tmp_path: Path) -> None:
 def test_environment_values_pass_the_same_checks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="CHI_LEASE_MS must be an integer"):
         load_config(None, {"CHI_LEASE_MS": "soon"})
+    with pytest.raises(ConfigError, match="CHI_INLINE_WHEN_IDLE must be true or false"):
+        load_config(None, {"CHI_INLINE_WHEN_IDLE": "maybe"})
+    assert load_config(None, {}).worker.inline_when_idle is True
+    assert load_config(None, {"CHI_INLINE_WHEN_IDLE": "false"}).worker.inline_when_idle is False
+    assert broker_options_from_config(
+        load_config(None, {"CHI_INLINE_WHEN_IDLE": "off"})).inline_when_idle is False
     with pytest.raises(ConfigError, match=r">= 1 - at `\$.events.worker.lease_ms`"):
         load_config(None, {"CHI_LEASE_MS": "0"})
     with pytest.raises(ConfigError, match=r"bus\.rabbitmq\.url must start with amqp://"):
