@@ -68,9 +68,9 @@ def _keeps_thread_state(broker: Any) -> bool:
 
 class _Shim:
     """What ``WorkerThread.process_message`` uses of its thread: broker, consumers, the work
-    queue (for ``task_done``) and a logger named like a worker thread's."""
+    queue (for ``task_done``) and a logger (a failed inline run logs under this module)."""
 
-    logger = logging.getLogger("dramatiq.worker.WorkerThread")
+    logger = logger
 
     def __init__(self, broker: Any, consumers: Any, work_queue: Any) -> None:
         self.broker, self.consumers, self.work_queue = broker, consumers, work_queue
