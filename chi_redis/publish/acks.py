@@ -39,8 +39,8 @@ from .packing import Call
 if TYPE_CHECKING:
     from .writer import Writer
 
-__all__ = ["AckMode", "AckedSend", "Acks", "acks_of", "not_replicated", "write_acked",
-           "write_batch_acked"]
+__all__ = ["AckMode", "AckedSend", "Acks", "acks_of", "call_acks", "not_replicated",
+           "write_acked", "write_batch_acked"]
 
 AckMode = Literal["master", "replicas"]
 _pack: Any = hiredis.pack_command
@@ -74,6 +74,18 @@ def acks_of(mode: object, min_replicas: object, timeout_ms: object) -> Acks | No
     replicas = check_limit(min_replicas, "min_replicas", 1, MAX_REPLICAS)
     timeout = check_limit(timeout_ms, "ack_timeout_ms", 1, MAX_ACK_TIMEOUT_MS)
     return Acks(replicas, timeout) if mode == "replicas" else None
+
+
+def call_acks(mode: object, default: Acks | None, replicas: Acks) -> Acks | None:
+    """The acks of one publish call on a bus: ``mode`` None keeps the bus's ``default``,
+    ``"replicas"`` waits with the bus's replica settings, ``"master"`` waits for none
+    (anything else is refused)."""
+    if mode is None:
+        return default
+    if mode == "replicas":
+        return replicas
+    acks_of(mode, 1, 1)  # refuses anything but "master"
+    return None
 
 
 class AckedBase:

@@ -23,7 +23,7 @@ from ..backend.keys import Keys
 from ..backend.partitions import PartitionRegistry
 from ..events.codec import DEFAULT_MAX_EVENT_BYTES, Codec, Encoding
 from ..events.event import Event
-from .acks import AckMode, Acks, acks_of
+from .acks import AckMode, Acks, acks_of, call_acks
 from .writer import DEFAULT_CHUNK, DEFAULT_IDEMPOTENCY_TTL_MS, split_bus_options
 from .writer_aio import AsyncWriter
 
@@ -168,12 +168,7 @@ class AsyncEventBus:
         return (await self.writer.write((event,), idem, acks=self._acks(acks)))[0]
 
     def _acks(self, acks: AckMode | None) -> Acks | None:
-        if acks is None:
-            return self.acks
-        if acks == "replicas":
-            return self._replica_acks
-        acks_of(acks, 1, 1)  # refuses anything but "master"
-        return None
+        return call_acks(acks, self.acks, self._replica_acks)
 
     async def publish_batch(
         self, events: Sequence[Event], *, chunk_size: int = DEFAULT_CHUNK,

@@ -16,7 +16,7 @@ from ..events.event import Event
 from ..events.partitioning import Declaration
 from ..runtime.subscriptions import Subscription, SubscriptionOptions
 from ..store.redis import RedisEventStore
-from .acks import AckMode, Acks, acks_of
+from .acks import AckMode, Acks, acks_of, call_acks
 from .writer import DEFAULT_CHUNK, DEFAULT_IDEMPOTENCY_TTL_MS, Writer, split_bus_options
 
 if TYPE_CHECKING:
@@ -195,12 +195,7 @@ class EventBus:
         return self.writer.write_batch(events, chunk_size, acks=self._acks(acks))
 
     def _acks(self, acks: AckMode | None) -> Acks | None:
-        if acks is None:
-            return self.acks
-        if acks == "replicas":
-            return self._replica_acks
-        acks_of(acks, 1, 1)  # refuses anything but "master"
-        return None
+        return call_acks(acks, self.acks, self._replica_acks)
 
     # subscriptions ----------------------------------------------------------------------
     def subscribe(

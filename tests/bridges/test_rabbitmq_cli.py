@@ -7,17 +7,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import wait_until
-from support.processes import ROOT, TESTS, WorkerProcess, clean_env
+from support.processes import CHI, ROOT, TESTS, WorkerProcess, chi, clean_env, ok
 from support.rabbitmq import RABBITMQ_URL, rabbitmq_bus, require_rabbitmq
 
 pytestmark = pytest.mark.rabbitmq
-CHI = Path(sys.executable).parent / "chi-redis"
 DEADLINE_S = 60.0
 
 
@@ -34,18 +32,6 @@ def env(request: pytest.FixtureRequest, ns: str, tmp_path: Path) -> Iterator[dic
         bus.subscribe("jobs", types=["job.*"], max_deliveries=5)(lambda e: None)
         bus.subscribe("rejects", types=["bad.*"], max_retries=0)(lambda e: None)
         yield env
-
-
-def chi(env: dict[str, str], *args: str, stdin: str | None = None
-        ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(CHI), *args], env=env, input=stdin, capture_output=True,
-                          text=True, timeout=120, check=False)
-
-
-def ok(env: dict[str, str], *args: str) -> str:
-    out = chi(env, *args)
-    assert out.returncode == 0, (args, out.stdout, out.stderr)
-    return out.stdout
 
 
 def handled(env: dict[str, str]) -> list[list[str]]:

@@ -14,17 +14,19 @@ redis-server, a Redis Cluster), :mod:`support.rabbitmq_session` and
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from chi_redis import Event
 from chi_redis.runtime.deadletters import DeadLetter
 
-from .processes import WorkerProcess
+from .processes import CHI, ROOT, TESTS, WorkerProcess, clean_env
 
 #: How long a session waits for a subscription to drain (every wait finishes in well under
 #: a second normally; group joins take a second or two on Kafka).
@@ -139,6 +141,7 @@ class BridgeSession(Session):
     behaviour ends."""
 
     workers: list[Any]
+    bus: Any
 
     @contextlib.contextmanager
     def running(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
@@ -148,6 +151,21 @@ class BridgeSession(Session):
             for worker in self.workers:
                 worker.stop(timeout_s=DEADLINE_S)
             assert [t for w in self.workers for t in w._threads] == []
+
+    def bus_config(self) -> dict[str, Any]:
+        """The config file's ``events.bus`` section that reaches this session's bus."""
+        raise NotImplementedError
+
+    def worker_process(self, module: str, threads: int, log: Path, **env: str) -> WorkerProcess:
+        """``chi-redis worker module`` on this session's bus (a config file beside ``log``)."""
+        config = log.with_suffix(".yaml")
+        config.write_text(yaml.safe_dump(
+            {"events": {"namespace": self.bus.namespace, "bus": self.bus_config()}}))
+        full = clean_env(CHI_CONFIG=str(config), PYTHONUNBUFFERED="1",
+                         PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]), **env)
+        proc = WorkerProcess(module, full, log)
+        proc.cmd = [str(CHI), "worker", module, "--threads", str(threads)]
+        return proc.start()
 
 
 @dataclass(frozen=True)

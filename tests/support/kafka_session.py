@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from chi_redis.bridges.kafka import KafkaEventBus, kafka_topic
 from chi_redis.bridges.kafka_worker import KafkaWorker, subscription_topics
@@ -26,11 +23,10 @@ from chi_redis.runtime.deadletters import DeadLetter
 
 from .backends import DEADLINE_S, Backend, BridgeSession, Features, Session
 from .kafka import TansuBroker
-from .processes import ROOT, TESTS, WorkerProcess, clean_env
+from .processes import WorkerProcess
 from .skips import skip_or_fail
 from .waiting import wait_until
 
-CHI = Path(sys.executable).parent / "chi-redis"
 #: The consumer session timeout: a group join takes about half of it on tansu, and a killed
 #: worker's partitions move after it.
 SESSION_MS = 2000
@@ -155,16 +151,9 @@ class KafkaSession(BridgeSession):
         assert where, "the malformed record was not acknowledged"
         return where[0]
 
-    def worker_process(self, module: str, threads: int, log: Path, **env: str) -> WorkerProcess:
-        config = log.with_suffix(".yaml")
-        config.write_text(yaml.safe_dump({"events": {"namespace": self.bus.namespace, "bus": {
-            "type": "kafka", "kafka": {"brokers": [self.bus.bootstrap],
-                                       "session_timeout_ms": SESSION_MS}}}}))
-        full = clean_env(CHI_CONFIG=str(config), PYTHONUNBUFFERED="1",
-                         PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]), **env)
-        proc = WorkerProcess(module, full, log)
-        proc.cmd = [str(CHI), "worker", module, "--threads", str(threads)]
-        return proc.start()
+    def bus_config(self) -> dict[str, Any]:
+        return {"type": "kafka", "kafka": {"brokers": [self.bus.bootstrap],
+                                           "session_timeout_ms": SESSION_MS}}
 
     def wait_ready(self, proc: WorkerProcess, subs: dict[str, list[str]]) -> None:
         wait_until(lambda: "kafka worker ready" in proc.output(), DEADLINE_S,

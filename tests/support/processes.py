@@ -18,6 +18,7 @@ from .waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
+CHI = Path(sys.executable).parent / "chi-redis"  # the console script of this environment
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -25,6 +26,20 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHI_", "dramatiq_"))}
     env.update(extra)
     return env
+
+
+def chi(env: dict[str, str], *args: str, stdin: str | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    """``chi-redis args…`` as a subprocess in ``env``, its output captured."""
+    return subprocess.run([str(CHI), *args], env=env, input=stdin, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def ok(env: dict[str, str], *args: str) -> str:
+    """The standard output of ``chi-redis args…``, which must exit 0."""
+    out = chi(env, *args)
+    assert out.returncode == 0, (args, out.stdout, out.stderr)
+    return out.stdout
 
 
 def worker_env(url: str, ns: str, **extra: Any) -> dict[str, str]:

@@ -9,11 +9,9 @@ worker processes are ``chi-redis worker MODULE`` on a ``bus.type: rabbitmq`` con
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,18 +19,15 @@ from urllib.parse import urlsplit
 
 import pika
 import pytest
-import yaml
 
 from chi_redis.bridges.rabbitmq import RabbitMQEventBus
 from chi_redis.bridges.rabbitmq_worker import RabbitMQWorker
 
 from .backends import DEADLINE_S, Backend, BridgeSession, Features, Session
-from .processes import ROOT, TESTS, WorkerProcess, clean_env
+from .processes import WorkerProcess
 from .rabbitmq import RABBITMQ_URL, rabbitmq_bus
 from .skips import skip_or_fail
 from .waiting import wait_until
-
-CHI = Path(sys.executable).parent / "chi-redis"
 
 
 def held(prefix: str) -> int:
@@ -101,16 +96,9 @@ class RabbitSession(BridgeSession):
             conn.close()
         return event_id  # a RabbitMQ dead letter's source id is the message id
 
-    def worker_process(self, module: str, threads: int, log: Path, **env: str) -> WorkerProcess:
-        config = log.with_suffix(".yaml")
-        config.write_text(yaml.safe_dump({"events": {"namespace": self.bus.namespace, "bus": {
-            "type": "rabbitmq",
-            "rabbitmq": {"url": self.bus.url, "exchange": self.bus.names.exchange}}}}))
-        full = clean_env(CHI_CONFIG=str(config), PYTHONUNBUFFERED="1",
-                         PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]), **env)
-        proc = WorkerProcess(module, full, log)
-        proc.cmd = [str(CHI), "worker", module, "--threads", str(threads)]
-        return proc.start()
+    def bus_config(self) -> dict[str, Any]:
+        return {"type": "rabbitmq",
+                "rabbitmq": {"url": self.bus.url, "exchange": self.bus.names.exchange}}
 
     def wait_ready(self, proc: WorkerProcess, subs: dict[str, list[str]]) -> None:
         wait_until(lambda: "consuming with" in proc.output(), DEADLINE_S,

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.kafka import TansuBroker
-from support.processes import clean_env
+from support.processes import CHI, chi, clean_env, ok
 from support.waiting import wait_until
 
 from chi_redis import Event
@@ -22,20 +21,7 @@ from chi_redis.bridges.kafka import KafkaEventBus
 from .conftest import SESSION_MS
 
 pytestmark = pytest.mark.kafka
-CHI = Path(sys.executable).parent / "chi-redis"
 DEADLINE_S = 60.0
-
-
-def chi(env: dict[str, str], *args: str, stdin: str | None = None
-        ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(CHI), *args], env=env, input=stdin, capture_output=True,
-                          text=True, timeout=120, check=False)
-
-
-def ok(env: dict[str, str], *args: str) -> str:
-    out = chi(env, *args)
-    assert out.returncode == 0, (args, out.stdout, out.stderr)
-    return out.stdout
 
 
 def dead(env: dict[str, str]) -> list[dict[str, Any]]:
